@@ -1,0 +1,9 @@
+//! avatar: WeChat history in, a chat model that talks like you out, as a make-style pipeline.
+//!
+//! `engine` runs manifests; `stages` (mounted from `stages/`) implements each stage kind;
+//! `runtime` is the model runtime the model stages share.
+
+pub mod engine;
+
+#[path = "../stages/mod.rs"]
+pub mod stages;

@@ -1,0 +1,3 @@
+//! Data contracts shared between stages.
+
+pub mod message;

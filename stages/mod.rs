@@ -1,0 +1,13 @@
+//! Stage implementations. Each module implements `engine::Stage` for one kind; `registry()` is
+//! the only place the engine learns their names.
+
+pub mod common;
+
+use crate::engine::Registry;
+
+/// Every product stage kind.
+pub fn registry() -> Registry {
+    #[allow(unused_mut)]
+    let mut registry = Registry::new();
+    registry
+}
