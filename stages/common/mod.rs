@@ -1,3 +1,5 @@
 //! Data contracts shared between stages.
 
+pub mod jsonl;
 pub mod message;
+pub mod sample;
