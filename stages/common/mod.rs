@@ -2,4 +2,5 @@
 
 pub mod jsonl;
 pub mod message;
+pub mod plot;
 pub mod sample;
