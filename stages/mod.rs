@@ -2,6 +2,7 @@
 //! the only place the engine learns their names.
 
 pub mod common;
+pub mod window;
 
 use crate::engine::Registry;
 
@@ -9,5 +10,6 @@ use crate::engine::Registry;
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.add(window::WindowStage);
     registry
 }
