@@ -2,6 +2,7 @@
 //! the only place the engine learns their names.
 
 pub mod common;
+pub mod split;
 pub mod window;
 
 use crate::engine::Registry;
@@ -11,5 +12,6 @@ pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
     registry.add(window::WindowStage);
+    registry.add(split::SplitStage);
     registry
 }
