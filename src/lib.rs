@@ -4,6 +4,7 @@
 //! `runtime` is the model runtime the model stages share.
 
 pub mod engine;
+pub mod quant;
 
 #[path = "../stages/mod.rs"]
 pub mod stages;

@@ -2,6 +2,7 @@
 //! the only place the engine learns their names.
 
 pub mod common;
+pub mod decrypt_read;
 pub mod split;
 pub mod window;
 

@@ -1,0 +1,446 @@
+//! Matrix-vector kernels on GGML block formats, the hot loop of quantized decoding.
+//!
+//! Like llama.cpp, the activation is quantized to Q8_0 once per matmul and every weight
+//! block is dotted with it in integer arithmetic (AVX2 `maddubs`), so a decode step reads
+//! each weight byte exactly once. AVX2/FMA/F16C is detected at run time; the portable
+//! fallback computes the same integer sums.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Elements per Q8_0 / Q4_0 block.
+pub const QK: usize = 32;
+/// Bytes of one Q8_0 block: f16 scale + 32 signed bytes.
+pub const Q8_0_BYTES: usize = 34;
+/// Bytes of one Q4_0 block: f16 scale + 16 bytes of nibbles.
+pub const Q4_0_BYTES: usize = 18;
+
+/// The activation side of a quantized matmul: `t` vectors of length `k`, each in Q8_0 blocks.
+pub struct QuantizedActs {
+    pub k: usize,
+    pub t: usize,
+    pub qs: Vec<i8>,
+    /// One scale per block.
+    pub d: Vec<f32>,
+    /// Sum of the quants of each block, scaled by its `d` (for Q4_0's offset of 8).
+    pub dsum: Vec<f32>,
+}
+
+impl QuantizedActs {
+    /// Quantize `t` rows of `k` floats (row-major); `k` must be a multiple of 32.
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        assert!(k % QK == 0 && x.len() % k == 0, "activation length {} not a multiple of block row {k}", x.len());
+        let t = x.len() / k;
+        let nb = x.len() / QK;
+        let mut qs = vec![0i8; x.len()];
+        let mut d = vec![0f32; nb];
+        let mut dsum = vec![0f32; nb];
+        for b in 0..nb {
+            let src = &x[b * QK..(b + 1) * QK];
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in qs[b * QK..(b + 1) * QK].iter_mut().zip(src) {
+                let r = (v * inv).round() as i32;
+                *q = r as i8;
+                sum += r;
+            }
+            // The stored scale is f16 in llama.cpp's Q8_0; keep f32 here (more precise, no cost).
+            d[b] = scale;
+            dsum[b] = scale * sum as f32;
+        }
+        Self { k, t, qs, d, dsum }
+    }
+
+    fn row(&self, i: usize) -> (&[i8], &[f32], &[f32]) {
+        let nb = self.k / QK;
+        (&self.qs[i * self.k..(i + 1) * self.k], &self.d[i * nb..(i + 1) * nb], &self.dsum[i * nb..(i + 1) * nb])
+    }
+}
+
+/// Block format of a quantized weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    Q8_0,
+    Q4_0,
+}
+
+impl BlockKind {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockKind::Q8_0 => Q8_0_BYTES,
+            BlockKind::Q4_0 => Q4_0_BYTES,
+        }
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which kernel family runs on this machine ("avx2" or "portable"), for bench output.
+pub fn kernel_name() -> &'static str {
+    if has_avx2() { "avx2" } else { "portable" }
+}
+
+/// Up to this many activation vectors share one pass over a weight row (prefill/batching).
+const TILE: usize = 4;
+
+/// `out[t][r] = dot(weight row r, act t)` for a `rows x k` block-quantized matrix.
+/// `out` is row-major `[acts.t][rows]`.
+pub fn matmul_q(kind: BlockKind, w: &[u8], rows: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    let k = acts.k;
+    let nb = k / QK;
+    let row_bytes = nb * kind.block_bytes();
+    assert_eq!(w.len(), rows * row_bytes, "weight bytes do not match {rows}x{k}");
+    assert_eq!(out.len(), rows * acts.t);
+    let avx2 = has_avx2();
+    let t = acts.t;
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    // Chunks small enough to balance two busy cores, large enough to amortise rayon.
+    let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(16, 512);
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let out_ptr = &out_ptr;
+        let r0 = c * chunk;
+        let r1 = (r0 + chunk).min(rows);
+        let mut sums = [0f32; TILE];
+        for r in r0..r1 {
+            let wrow = &w[r * row_bytes..(r + 1) * row_bytes];
+            let mut t0 = 0;
+            while t0 < t {
+                let n = (t - t0).min(TILE);
+                let mut a_rows: [(&[i8], &[f32], &[f32]); TILE] = [(&[], &[], &[]); TILE];
+                for (j, slot) in a_rows.iter_mut().enumerate().take(n) {
+                    *slot = acts.row(t0 + j);
+                }
+                dot_row(kind, avx2, wrow, &a_rows[..n], nb, &mut sums[..n]);
+                for (j, s) in sums.iter().enumerate().take(n) {
+                    // SAFETY: each (t, r) cell is written by exactly one task (rows are disjoint).
+                    unsafe { *out_ptr.0.add((t0 + j) * rows + r) = *s };
+                }
+                t0 += n;
+            }
+        }
+    });
+}
+
+/// `out[t][r] = dot(w row r, x_t)` for an f32 matrix (used for F16/F32/K-quant tensors,
+/// dequantized at load).
+pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], k: usize, out: &mut [f32]) {
+    let t = x.len() / k;
+    assert_eq!(w.len(), rows * k);
+    assert_eq!(out.len(), rows * t);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let out_ptr = &out_ptr;
+        for r in c * chunk..((c + 1) * chunk).min(rows) {
+            let wrow = &w[r * k..(r + 1) * k];
+            for ti in 0..t {
+                let s = dot_f32(wrow, &x[ti * k..(ti + 1) * k]);
+                // SAFETY: disjoint rows per task.
+                unsafe { *out_ptr.0.add(ti * rows + r) = s };
+            }
+        }
+    });
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: used only for writes to disjoint indices from parallel tasks.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+fn dot_row(kind: BlockKind, avx2: bool, w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: features checked at run time; slices are sized by the caller's asserts.
+        unsafe {
+            match kind {
+                BlockKind::Q8_0 => avx2_impl::dot_q8_0(w, acts, nb, out),
+                BlockKind::Q4_0 => avx2_impl::dot_q4_0(w, acts, nb, out),
+            }
+        }
+        return;
+    }
+    let _ = avx2;
+    match kind {
+        BlockKind::Q8_0 => portable_dot_q8_0(w, acts, nb, out),
+        BlockKind::Q4_0 => portable_dot_q4_0(w, acts, nb, out),
+    }
+}
+
+fn scale_of(block: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32()
+}
+
+fn portable_dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for b in 0..nb {
+        let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+        let dw = scale_of(blk);
+        for (o, (aq, ad, _)) in out.iter_mut().zip(acts) {
+            let a = &aq[b * QK..(b + 1) * QK];
+            let s: i32 = blk[2..].iter().zip(a).map(|(&x, &y)| (x as i8 as i32) * (y as i32)).sum();
+            *o += dw * ad[b] * s as f32;
+        }
+    }
+}
+
+fn portable_dot_q4_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for b in 0..nb {
+        let blk = &w[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
+        let dw = scale_of(blk);
+        for (o, (aq, ad, dsum)) in out.iter_mut().zip(acts) {
+            let a = &aq[b * QK..(b + 1) * QK];
+            let mut s = 0i32;
+            for j in 0..16 {
+                let byte = blk[2 + j];
+                s += (byte & 0x0F) as i32 * a[j] as i32 + (byte >> 4) as i32 * a[j + 16] as i32;
+            }
+            // Nibbles are stored with an offset of 8: sum((q-8)*a) = sum(q*a) - 8*sum(a).
+            *o += dw * (ad[b] * s as f32 - 8.0 * dsum[b]);
+        }
+    }
+}
+
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked at run time.
+        return unsafe { avx2_impl::dot_f32(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += alpha * x` (attention's weighted sum of values).
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2_impl {
+    use std::arch::x86_64::*;
+
+    use super::{Q4_0_BYTES, Q8_0_BYTES, QK, TILE};
+
+    #[inline(always)]
+    unsafe fn f16_scale(p: *const u8) -> f32 {
+        unsafe {
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// Signed 8-bit dot of 32 lanes into 8 i32 sums, as float.
+    #[inline(always)]
+    unsafe fn dot_i8(w: __m256i, a: __m256i) -> __m256 {
+        unsafe {
+            let ax = _mm256_sign_epi8(w, w);
+            let sy = _mm256_sign_epi8(a, w);
+            let p16 = _mm256_maddubs_epi16(ax, sy);
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+        unsafe {
+            let n = acts.len();
+            let mut acc = [_mm256_setzero_ps(); TILE];
+            let wp = w.as_ptr();
+            for b in 0..nb {
+                let blk = wp.add(b * Q8_0_BYTES);
+                let dw = f16_scale(blk);
+                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                for j in 0..n {
+                    let (aq, ad, _) = acts[j];
+                    let av = _mm256_loadu_si256(aq.as_ptr().add(b * QK) as *const __m256i);
+                    let d = _mm256_set1_ps(dw * *ad.get_unchecked(b));
+                    acc[j] = _mm256_fmadd_ps(d, dot_i8(wq, av), acc[j]);
+                }
+            }
+            for j in 0..n {
+                out[j] = hsum(acc[j]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+        unsafe {
+            let n = acts.len();
+            let mut acc = [_mm256_setzero_ps(); TILE];
+            // The -8 offset of every nibble is applied once per block through the act sums.
+            let mut off = [0f32; TILE];
+            let mask = _mm_set1_epi8(0x0F);
+            let ones = _mm256_set1_epi16(1);
+            let wp = w.as_ptr();
+            for b in 0..nb {
+                let blk = wp.add(b * Q4_0_BYTES);
+                let dw = f16_scale(blk);
+                let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                // Unsigned nibbles 0..15: elements 0..15 in the low lane, 16..31 in the high lane.
+                let wq = _mm256_set_m128i(hi, lo);
+                for j in 0..n {
+                    let (aq, ad, dsum) = acts[j];
+                    let av = _mm256_loadu_si256(aq.as_ptr().add(b * QK) as *const __m256i);
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, av), ones));
+                    let d = _mm256_set1_ps(dw * *ad.get_unchecked(b));
+                    acc[j] = _mm256_fmadd_ps(d, p, acc[j]);
+                    off[j] += dw * *dsum.get_unchecked(b);
+                }
+            }
+            for j in 0..n {
+                out[j] = hsum(acc[j]) - 8.0 * off[j];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        unsafe {
+            let n = a.len().min(b.len());
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= n {
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                    acc1,
+                );
+                i += 16;
+            }
+            let mut s = hsum(_mm256_add_ps(acc0, acc1));
+            while i < n {
+                s += a[i] * b[i];
+                i += 1;
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quantize_q8_0_row(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blk in x.chunks(QK) {
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            for v in blk {
+                out.push((if d > 0.0 { (v / d).round() } else { 0.0 }) as i8 as u8);
+            }
+        }
+        out
+    }
+
+    fn quantize_q4_0_row(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blk in x.chunks(QK) {
+            let max = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            for j in 0..16 {
+                let q0 = ((blk[j] * id + 8.5) as i32).clamp(0, 15) as u8;
+                let q1 = ((blk[j + 16] * id + 8.5) as i32).clamp(0, 15) as u8;
+                out.push(q0 | (q1 << 4));
+            }
+        }
+        out
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// SIMD and portable kernels agree, and both approximate the float product.
+    #[test]
+    fn kernels_match_float_and_each_other() {
+        let (rows, k, t) = (37, 96, 6);
+        let w = pseudo(rows * k, 1);
+        let x = pseudo(t * k, 2);
+        let acts = QuantizedActs::quantize(&x, k);
+        for (kind, bytes, tol) in [
+            (BlockKind::Q8_0, w.chunks(k).flat_map(quantize_q8_0_row).collect::<Vec<_>>(), 0.15),
+            (BlockKind::Q4_0, w.chunks(k).flat_map(quantize_q4_0_row).collect::<Vec<_>>(), 0.6),
+        ] {
+            let mut out = vec![0f32; rows * t];
+            matmul_q(kind, &bytes, rows, &acts, &mut out);
+            let row_bytes = k / QK * kind.block_bytes();
+            for ti in 0..t {
+                for r in 0..rows {
+                    let exact: f32 = (0..k).map(|i| w[r * k + i] * x[ti * k + i]).sum();
+                    let got = out[ti * rows + r];
+                    assert!((got - exact).abs() < tol, "{kind:?} r{r} t{ti}: {got} vs {exact}");
+                    let mut portable = [0f32; 1];
+                    let a = [acts.row(ti)];
+                    match kind {
+                        BlockKind::Q8_0 => portable_dot_q8_0(&bytes[r * row_bytes..(r + 1) * row_bytes], &a, k / QK, &mut portable),
+                        BlockKind::Q4_0 => portable_dot_q4_0(&bytes[r * row_bytes..(r + 1) * row_bytes], &a, k / QK, &mut portable),
+                    }
+                    assert!((portable[0] - got).abs() < 1e-3 * (1.0 + got.abs()), "{kind:?} simd {got} vs portable {}", portable[0]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matmul_matches() {
+        let (rows, k, t) = (5, 40, 3);
+        let w = pseudo(rows * k, 3);
+        let x = pseudo(t * k, 4);
+        let mut out = vec![0f32; rows * t];
+        matmul_f32(&w, rows, &x, k, &mut out);
+        for ti in 0..t {
+            for r in 0..rows {
+                let exact: f32 = (0..k).map(|i| w[r * k + i] * x[ti * k + i]).sum();
+                assert!((out[ti * rows + r] - exact).abs() < 1e-4);
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! A quantized Qwen2/Llama decoder for inference from a GGUF file, with a KV cache per
+//! sequence and a batched forward: one call advances any number of sequences by any number of
+//! tokens each (prefill chunks and decode steps mixed), so the server can batch continuously and
+//! every weight row is read once per step for all of them.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use super::gguf::GgufFile;
+use super::kernels::{self, BlockKind, QK, QuantizedActs};
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct QConfig {
+    pub arch: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+    /// Qwen2 GGUFs use NEOX (rotate-half) RoPE; llama GGUFs have Q/K permuted for interleaved RoPE.
+    pub rope_neox: bool,
+}
+
+/// A weight matrix `rows x cols` applied as `y = W x`.
+pub enum Weight {
+    Blocks { kind: BlockKind, bytes: Vec<u8>, rows: usize, cols: usize },
+    F32 { data: Vec<f32>, rows: usize, cols: usize },
+}
+
+impl Weight {
+    fn load(f: &mut GgufFile, name: &str) -> Result<Self> {
+        let (dtype, dims) = f.tensor_meta(name)?;
+        if dims.len() != 2 {
+            bail!("{}: tensor `{name}` should be a matrix, has shape {dims:?}", f.path.display());
+        }
+        let (rows, cols) = (dims[0], dims[1]);
+        let kind = match dtype {
+            GgmlDType::Q8_0 if cols % QK == 0 => Some(BlockKind::Q8_0),
+            GgmlDType::Q4_0 if cols % QK == 0 => Some(BlockKind::Q4_0),
+            _ => None,
+        };
+        Ok(match kind {
+            Some(kind) => Weight::Blocks { kind, bytes: f.tensor_bytes(name)?, rows, cols },
+            // Other types (F16, K-quants, ...) run through the f32 path: correct, not the fast one.
+            None => Weight::F32 { data: f.tensor_f32(name)?, rows, cols },
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Weight::Blocks { rows, .. } | Weight::F32 { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Weight::Blocks { cols, .. } | Weight::F32 { cols, .. } => *cols,
+        }
+    }
+
+    /// Bytes this weight occupies in memory (for reporting).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Weight::Blocks { bytes, .. } => bytes.len(),
+            Weight::F32 { data, .. } => data.len() * 4,
+        }
+    }
+
+    /// `out[t] = W x[t]` for `x` holding `t` rows of `cols`.
+    fn apply(&self, x: &Input, out: &mut [f32]) {
+        match self {
+            Weight::Blocks { kind, bytes, rows, .. } => kernels::matmul_q(*kind, bytes, *rows, x.acts(), out),
+            Weight::F32 { data, rows, cols } => kernels::matmul_f32(data, *rows, x.x, *cols, out),
+        }
+    }
+
+    /// Row `r` as floats (embedding lookup).
+    fn row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Weight::F32 { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            Weight::Blocks { kind, bytes, cols, .. } => {
+                let bb = kind.block_bytes();
+                let nb = cols / QK;
+                let row = &bytes[r * nb * bb..(r + 1) * nb * bb];
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                    let o = &mut out[b * QK..(b + 1) * QK];
+                    match kind {
+                        BlockKind::Q8_0 => {
+                            for (v, &q) in o.iter_mut().zip(&blk[2..]) {
+                                *v = d * (q as i8) as f32;
+                            }
+                        }
+                        BlockKind::Q4_0 => {
+                            for j in 0..16 {
+                                o[j] = d * ((blk[2 + j] & 0x0F) as i32 - 8) as f32;
+                                o[j + 16] = d * ((blk[2 + j] >> 4) as i32 - 8) as f32;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Activations shared by several weights, quantized to Q8_0 at most once.
+struct Input<'a> {
+    x: &'a [f32],
+    k: usize,
+    acts: std::cell::OnceCell<QuantizedActs>,
+}
+
+impl<'a> Input<'a> {
+    fn new(x: &'a [f32], k: usize) -> Self {
+        Self { x, k, acts: std::cell::OnceCell::new() }
+    }
+    fn acts(&self) -> &QuantizedActs {
+        self.acts.get_or_init(|| QuantizedActs::quantize(self.x, self.k))
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+pub struct QModel {
+    pub cfg: QConfig,
+    embed: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    /// `None` when embeddings are tied.
+    output: Option<Weight>,
+}
+
+/// Keys and values of every past position of one sequence, per layer, `[pos][kv_heads*head_dim]`.
+#[derive(Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One sequence's slice of a batched forward call.
+pub struct SeqStep<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+}
+
+impl QModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut f = GgufFile::open(path)?;
+        let arch = f
+            .meta_str("general.architecture")
+            .ok_or_else(|| anyhow::anyhow!("{}: missing general.architecture", path.display()))?
+            .to_string();
+        let rope_neox = match arch.as_str() {
+            "qwen2" => true,
+            "llama" => false,
+            other => bail!("{}: architecture `{other}` is not supported (qwen2, llama)", path.display()),
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = f.meta_u32(&key("embedding_length"))? as usize;
+        let heads = f.meta_u32(&key("attention.head_count"))? as usize;
+        let (_, embd_dims) = f.tensor_meta("token_embd.weight")?;
+        let cfg = QConfig {
+            hidden,
+            layers: f.meta_u32(&key("block_count"))? as usize,
+            heads,
+            kv_heads: f.meta_u32(&key("attention.head_count_kv"))? as usize,
+            head_dim: hidden / heads.max(1),
+            intermediate: f.meta_u32(&key("feed_forward_length"))? as usize,
+            vocab: embd_dims[0],
+            context: f.meta_u32(&key("context_length"))? as usize,
+            eps: f.meta_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_base: f.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_neox,
+            arch,
+        };
+        if heads == 0 || cfg.kv_heads == 0 || hidden % heads != 0 || heads % cfg.kv_heads != 0 {
+            bail!("{}: inconsistent head counts ({heads} heads, {} kv heads, hidden {hidden})", path.display(), cfg.kv_heads);
+        }
+        let embed = Weight::load(&mut f, "token_embd.weight")?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let bias = |f: &mut GgufFile, s: &str| -> Result<Option<Vec<f32>>> {
+                let name = n(s);
+                if f.has_tensor(&name) { Ok(Some(f.tensor_f32(&name)?)) } else { Ok(None) }
+            };
+            layers.push(Layer {
+                attn_norm: f.tensor_f32(&n("attn_norm.weight"))?,
+                wq: Weight::load(&mut f, &n("attn_q.weight"))?,
+                wk: Weight::load(&mut f, &n("attn_k.weight"))?,
+                wv: Weight::load(&mut f, &n("attn_v.weight"))?,
+                bq: bias(&mut f, "attn_q.bias")?,
+                bk: bias(&mut f, "attn_k.bias")?,
+                bv: bias(&mut f, "attn_v.bias")?,
+                wo: Weight::load(&mut f, &n("attn_output.weight"))?,
+                ffn_norm: f.tensor_f32(&n("ffn_norm.weight"))?,
+                gate: Weight::load(&mut f, &n("ffn_gate.weight"))?,
+                up: Weight::load(&mut f, &n("ffn_up.weight"))?,
+                down: Weight::load(&mut f, &n("ffn_down.weight"))?,
+            });
+        }
+        let out_norm = f.tensor_f32("output_norm.weight")?;
+        let output = if f.has_tensor("output.weight") { Some(Weight::load(&mut f, "output.weight")?) } else { None };
+        Ok(Self { cfg, embed, layers, out_norm, output })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { k: vec![Vec::new(); self.cfg.layers], v: vec![Vec::new(); self.cfg.layers], len: 0 }
+    }
+
+    /// Total bytes of weights held (for reporting).
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = self.embed.size_bytes() + self.output.as_ref().map_or(0, |w| w.size_bytes());
+        for l in &self.layers {
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.size_bytes()).sum::<usize>();
+        }
+        n
+    }
+
+    /// Advance every sequence by its tokens; returns the logits after the last token of each.
+    pub fn forward(&self, steps: &mut [SeqStep]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.cfg;
+        let (h, hd) = (c.hidden, c.head_dim);
+        let kvd = c.kv_heads * hd;
+        for s in steps.iter() {
+            if s.tokens.is_empty() {
+                bail!("forward called with an empty token list");
+            }
+            if s.cache.len + s.tokens.len() > c.context {
+                bail!("sequence of {} tokens exceeds the model context of {}", s.cache.len + s.tokens.len(), c.context);
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                bail!("token id {t} is outside the vocabulary of {}", c.vocab);
+            }
+        }
+        // Flatten all sequences' tokens into one activation matrix.
+        let mut pos = Vec::new();
+        let mut owner = Vec::new();
+        for (si, s) in steps.iter().enumerate() {
+            for i in 0..s.tokens.len() {
+                pos.push(s.cache.len + i);
+                owner.push(si);
+            }
+        }
+        let t = pos.len();
+        let mut x = vec![0f32; t * h];
+        let mut row = 0;
+        for s in steps.iter() {
+            for &tok in s.tokens {
+                self.embed.row(tok as usize, &mut x[row * h..(row + 1) * h]);
+                row += 1;
+            }
+        }
+        let mut normed = vec![0f32; t * h];
+        let mut q = vec![0f32; t * h];
+        let mut k = vec![0f32; t * kvd];
+        let mut v = vec![0f32; t * kvd];
+        let mut attn = vec![0f32; t * h];
+        let mut proj = vec![0f32; t * h];
+        let mut gate = vec![0f32; t * c.intermediate];
+        let mut up = vec![0f32; t * c.intermediate];
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.eps, &mut normed);
+            {
+                let inp = Input::new(&normed, h);
+                layer.wq.apply(&inp, &mut q);
+                layer.wk.apply(&inp, &mut k);
+                layer.wv.apply(&inp, &mut v);
+            }
+            add_bias(&mut q, layer.bq.as_deref());
+            add_bias(&mut k, layer.bk.as_deref());
+            add_bias(&mut v, layer.bv.as_deref());
+            for (i, &p) in pos.iter().enumerate() {
+                self.rope(&mut q[i * h..(i + 1) * h], p);
+                self.rope(&mut k[i * kvd..(i + 1) * kvd], p);
+            }
+            // Append this step's keys/values to each sequence's cache.
+            let mut row = 0;
+            for s in steps.iter_mut() {
+                let n = s.tokens.len();
+                s.cache.k[li].extend_from_slice(&k[row * kvd..(row + n) * kvd]);
+                s.cache.v[li].extend_from_slice(&v[row * kvd..(row + n) * kvd]);
+                row += n;
+            }
+            self.attention(steps, li, &q, &pos, &owner, &mut attn);
+            layer.wo.apply(&Input::new(&attn, h), &mut proj);
+            add_into(&mut x, &proj);
+
+            rms_norm(&x, &layer.ffn_norm, c.eps, &mut normed);
+            {
+                let inp = Input::new(&normed, h);
+                layer.gate.apply(&inp, &mut gate);
+                layer.up.apply(&inp, &mut up);
+            }
+            gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
+                for (gi, ui) in g.iter_mut().zip(u) {
+                    *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+                }
+            });
+            layer.down.apply(&Input::new(&gate, c.intermediate), &mut proj);
+            add_into(&mut x, &proj);
+        }
+        for s in steps.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        // Logits only for the last token of each sequence (prefill needs no others).
+        let mut last = Vec::with_capacity(steps.len() * h);
+        let mut row = 0;
+        for s in steps.iter() {
+            row += s.tokens.len();
+            last.extend_from_slice(&x[(row - 1) * h..row * h]);
+        }
+        let mut last_n = vec![0f32; last.len()];
+        rms_norm(&last, &self.out_norm, c.eps, &mut last_n);
+        let out_w = self.output.as_ref().unwrap_or(&self.embed);
+        let mut logits = vec![0f32; steps.len() * c.vocab];
+        out_w.apply(&Input::new(&last_n, h), &mut logits);
+        Ok(logits.chunks(c.vocab).map(|l| l.to_vec()).collect())
+    }
+
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let hd = self.cfg.head_dim;
+        let half = hd / 2;
+        for head in v.chunks_mut(hd) {
+            for i in 0..half {
+                let theta = pos as f32 * self.cfg.rope_base.powf(-2.0 * i as f32 / hd as f32);
+                let (s, c) = theta.sin_cos();
+                let (a, b) = if self.cfg.rope_neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+
+    /// Causal attention of every new token over its own sequence's cache, parallel over
+    /// (sequence, head).
+    fn attention(&self, steps: &[SeqStep], li: usize, q: &[f32], pos: &[usize], owner: &[usize], out: &mut [f32]) {
+        let c = &self.cfg;
+        let (h, hd) = (c.hidden, c.head_dim);
+        let kvd = c.kv_heads * hd;
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Row range of each sequence in the flattened batch.
+        let mut starts = vec![0usize; steps.len() + 1];
+        for (i, &o) in owner.iter().enumerate() {
+            starts[o + 1] = i + 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] = starts[i].max(starts[i - 1]);
+        }
+        let jobs: Vec<(usize, usize)> = (0..steps.len()).flat_map(|s| (0..c.heads).map(move |hh| (s, hh))).collect();
+        let results: Vec<Vec<f32>> = jobs
+            .par_iter()
+            .map(|&(s, head)| {
+                let kc = &steps[s].cache.k[li];
+                let vc = &steps[s].cache.v[li];
+                let g = head / group;
+                let rows = starts[s]..starts[s + 1];
+                let mut res = vec![0f32; rows.len() * hd];
+                let mut scores = Vec::new();
+                for (ri, r) in rows.enumerate() {
+                    let qv = &q[r * h + head * hd..r * h + (head + 1) * hd];
+                    let n = pos[r] + 1;
+                    scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for p in 0..n {
+                        let kv = &kc[p * kvd + g * hd..p * kvd + (g + 1) * hd];
+                        let sc = kernels::dot_f32(qv, kv) * scale;
+                        max = max.max(sc);
+                        scores.push(sc);
+                    }
+                    let mut sum = 0f32;
+                    for sc in scores.iter_mut() {
+                        *sc = (*sc - max).exp();
+                        sum += *sc;
+                    }
+                    let o = &mut res[ri * hd..(ri + 1) * hd];
+                    for (p, sc) in scores.iter().enumerate() {
+                        kernels::axpy(sc / sum, &vc[p * kvd + g * hd..p * kvd + (g + 1) * hd], o);
+                    }
+                }
+                res
+            })
+            .collect();
+        for (&(s, head), res) in jobs.iter().zip(results) {
+            for (ri, r) in (starts[s]..starts[s + 1]).enumerate() {
+                out[r * h + head * hd..r * h + (head + 1) * hd].copy_from_slice(&res[ri * hd..(ri + 1) * hd]);
+            }
+        }
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let h = w.len();
+    for (xr, or) in x.chunks(h).zip(out.chunks_mut(h)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, xi), wi) in or.iter_mut().zip(xr).zip(w) {
+            *o = xi * inv * wi;
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_mut(b.len()) {
+            add_into(row, b);
+        }
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
