@@ -8,3 +8,4 @@ pub mod quant;
 
 #[path = "../stages/mod.rs"]
 pub mod stages;
+pub mod synth;
