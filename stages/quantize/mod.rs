@@ -1,0 +1,78 @@
+//! `quantize`: merged HF-layout weights → one GGUF file per requested type, loadable by
+//! llama.cpp, ollama and our own server. The tokenizer files are copied next to the GGUFs so
+//! the server tokenizes exactly as training did.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::quant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantizeParams {
+    /// llama.cpp type names: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k. K-quants fall
+    /// back to q8_0 per tensor whose rows are not a multiple of 256.
+    pub types: Vec<String>,
+    /// File stem: `<name>-<type>.gguf`.
+    pub name: String,
+}
+
+impl Default for QuantizeParams {
+    fn default() -> Self {
+        Self { types: vec!["q8_0".into(), "q4_0".into()], name: "model".into() }
+    }
+}
+
+pub struct QuantizeStage;
+
+impl TypedStage for QuantizeStage {
+    type Params = QuantizeParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "quantize",
+        version: 1,
+        summary: "merged weights → GGUF files (q8_0, q4_0, f16, K-quants) for llama.cpp/ollama and `avatar serve`",
+        inputs: &[InputSpec {
+            name: "model",
+            required: true,
+            help: "HF-layout folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json",
+        }],
+        outputs: &[OutputSpec { name: "gguf", path: "gguf", help: "one <name>-<type>.gguf per type, plus tokenizer files" }],
+    };
+
+    fn run(&self, ctx: &StageContext, params: &QuantizeParams) -> anyhow::Result<Metrics> {
+        if params.types.is_empty() {
+            anyhow::bail!("param `types` is empty: name at least one type, e.g. [\"q4_0\"]");
+        }
+        if params.name.is_empty() || params.name.contains(['/', '\\']) {
+            anyhow::bail!("param `name` must be a plain file stem");
+        }
+        let types = params
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let model = ctx.input("model")?;
+        let out = ctx.output("gguf", &Self::INFO)?;
+        std::fs::create_dir_all(&out)?;
+        let bar = ctx.progress.bar(types.len() as u64, "files");
+        let mut m = Metrics::new();
+        for (name, ty) in params.types.iter().zip(types) {
+            let name = name.to_ascii_lowercase();
+            let path = out.join(format!("{}-{name}.gguf", params.name));
+            let report = quant::convert(model, ty, &path)?;
+            m.insert(format!("{name}_bytes"), report.bytes.into());
+            m.insert(format!("{name}_fallback_tensors"), report.fallbacks.into());
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            let src = model.join(f);
+            if src.exists() {
+                std::fs::copy(&src, out.join(f))?;
+            }
+        }
+        ctx.progress.note(&format!("wrote {} GGUF file(s)", params.types.len()));
+        Ok(m)
+    }
+}
