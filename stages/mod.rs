@@ -2,6 +2,7 @@
 //! the only place the engine learns their names.
 
 pub mod common;
+pub mod export;
 pub mod quantize;
 pub mod decrypt_read;
 pub mod split;
@@ -15,6 +16,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.add(window::WindowStage);
     registry.add(split::SplitStage);
+    registry.add(export::ExportStage);
     registry.add(quantize::QuantizeStage);
     registry
 }

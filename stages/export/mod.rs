@@ -1,0 +1,119 @@
+//! `export`: train/val/test samples → files other trainers read.
+//!
+//! Output `export` is a directory:
+//! - `wechat_avatar/{train,val,test}.jsonl` (seed 002's format),
+//! - `atom_csv/{train,dev,test}_sft.csv` (Atom / Llama-Chinese, seed 000),
+//! - `sharegpt/{train,val,test}.json` + `sharegpt/dataset_info.json` (LLaMA-Factory),
+//! - `export.json`: what was written, with counts.
+//!
+//! Samples whose context ends with the person's own turn cannot alternate human/assistant and
+//! are left out (counted as `skipped_not_alternating`).
+
+pub mod atom_csv;
+pub mod dialogue;
+pub mod params;
+pub mod sharegpt;
+pub mod wechat_avatar;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use rayon::prelude::*;
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::stages::common::jsonl::read_jsonl;
+use crate::stages::common::sample::Sample;
+
+pub use dialogue::{Dialogue, dialogue};
+pub use params::{ExportParams, Format};
+
+pub struct ExportStage;
+
+/// Split name → file names per format (Llama-Chinese calls its validation file `dev`).
+const SPLITS: [(&str, &str); 3] = [("train", "train"), ("val", "dev"), ("test", "test")];
+
+impl TypedStage for ExportStage {
+    type Params = ExportParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "export",
+        version: 1,
+        summary: "samples → wechat-avatar JSONL, Atom/Llama-Chinese CSV, ShareGPT + LLaMA-Factory dataset_info.json",
+        inputs: &[
+            InputSpec { name: "train", required: true, help: "train.jsonl from split" },
+            InputSpec { name: "val", required: false, help: "val.jsonl from split" },
+            InputSpec { name: "test", required: false, help: "test.jsonl from split" },
+        ],
+        outputs: &[OutputSpec { name: "export", path: "export", help: "one folder per format" }],
+    };
+
+    fn run(&self, ctx: &StageContext, params: &ExportParams) -> anyhow::Result<Metrics> {
+        params.validate()?;
+        let mut inputs = Vec::new();
+        for (split, _) in SPLITS {
+            let path = if split == "train" { Some(ctx.input(split)?) } else { ctx.optional_input(split) };
+            if let Some(path) = path {
+                inputs.push((split, read_jsonl::<Sample>(path)?));
+            }
+        }
+        let out = ctx.output("export", &Self::INFO)?;
+        let summary = export(&out, &inputs, params)?;
+        let mut m = Metrics::new();
+        for (split, n) in &summary.written {
+            m.insert(format!("{split}_dialogues"), (*n).into());
+        }
+        m.insert("skipped_not_alternating".into(), summary.skipped_not_alternating.into());
+        Ok(m)
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ExportSummary {
+    /// Dialogues written per split (the same in every format).
+    pub written: BTreeMap<String, u64>,
+    pub skipped_not_alternating: u64,
+    pub files: Vec<String>,
+}
+
+/// Writes every requested format for the given (split, samples) into `dir`.
+pub fn export(dir: &Path, splits: &[(&str, Vec<Sample>)], params: &ExportParams) -> anyhow::Result<ExportSummary> {
+    params.validate()?;
+    let mut summary = ExportSummary::default();
+    let mut dataset_info = serde_json::Map::new();
+    for (split, samples) in splits {
+        let file_stem = SPLITS.iter().find(|(s, _)| s == split).map(|(_, f)| *f).unwrap_or(split);
+        let dialogues: Vec<Dialogue> = samples.par_iter().filter_map(dialogue).collect();
+        summary.skipped_not_alternating += (samples.len() - dialogues.len()) as u64;
+        summary.written.insert(split.to_string(), dialogues.len() as u64);
+        for format in &params.formats {
+            let (sub, name, bytes) = match format {
+                Format::WechatAvatar => {
+                    ("wechat_avatar", format!("{split}.jsonl"), wechat_avatar::render(&dialogues, &params.category))
+                }
+                Format::AtomCsv => ("atom_csv", format!("{file_stem}_sft.csv"), atom_csv::render(&dialogues, params.atom_newline)?),
+                Format::Sharegpt => {
+                    let name = format!("{split}.json");
+                    let with_system = params.include_system && dialogues.iter().any(|d| d.system.is_some());
+                    dataset_info.insert(format!("{}_{split}", params.dataset_name), sharegpt::dataset_info_entry(&name, with_system));
+                    ("sharegpt", name, sharegpt::render(&dialogues, params.include_system))
+                }
+            };
+            write(dir, sub, &name, &bytes)?;
+            summary.files.push(format!("{sub}/{name}"));
+        }
+    }
+    if params.formats.contains(&Format::Sharegpt) {
+        let bytes = serde_json::to_vec_pretty(&dataset_info)?;
+        write(dir, "sharegpt", "dataset_info.json", &bytes)?;
+        summary.files.push("sharegpt/dataset_info.json".into());
+    }
+    write(dir, "", "export.json", &serde_json::to_vec_pretty(&summary)?)?;
+    Ok(summary)
+}
+
+fn write(dir: &Path, sub: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let folder = dir.join(sub);
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let path = folder.join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+}
