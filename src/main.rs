@@ -1,3 +1,3 @@
-fn main() {
-    println!("avatar: under construction");
+fn main() -> std::process::ExitCode {
+    avatar::cli::main()
 }

@@ -9,3 +9,7 @@ mod corpus;
 mod split;
 #[path = "window_split/window.rs"]
 mod window;
+#[path = "window_split/export.rs"]
+mod export;
+#[path = "window_split/stages.rs"]
+mod stages;

@@ -1,8 +1,23 @@
 //! The pipeline engine: manifest → DAG → content-addressed, make-style execution.
 
+pub mod dag;
+pub mod diagnostics;
+pub mod fsutil;
+pub mod gc;
+pub mod hashing;
+pub mod history;
+pub mod key;
+pub mod lockfile;
+pub mod manifest;
 pub mod progress;
 pub mod registry;
+pub mod resolve;
+pub mod runner;
 pub mod stage;
+pub mod status;
+pub mod store;
 
+pub use manifest::Manifest;
 pub use registry::Registry;
+pub use runner::{RunOptions, RunReport, run};
 pub use stage::{Globals, InputSpec, Metrics, OutputSpec, Stage, StageContext, StageInfo, TypedStage};

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
 use crate::engine::progress::Progress;
@@ -52,7 +52,7 @@ pub struct ResolvedInput {
 }
 
 /// Pipeline-wide settings that change outputs and so enter every stage key.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Globals {
     pub seed: u64,
     /// "cpu" or "cuda": the device class, not the device index.
@@ -98,9 +98,17 @@ impl StageContext<'_> {
     }
 }
 
+/// Every global: the safe default for stages that touch the model runtime.
+pub const ALL_GLOBALS: &[&str] = &["seed", "device", "dtype"];
+
 /// Object-safe stage interface used by the engine.
 pub trait Stage: Send + Sync {
     fn info(&self) -> &'static StageInfo;
+    /// Which pipeline globals ("seed", "device", "dtype") the output depends on; only these
+    /// enter the key, so changing the seed does not re-run a data-cleaning stage.
+    fn globals(&self) -> &'static [&'static str] {
+        ALL_GLOBALS
+    }
     /// Parse and validate params; returns them canonicalised (defaults filled in), which is
     /// what enters the stage key, so adding a param at its default value is still a cache hit.
     fn canonical_params(&self, params: &toml::Table) -> Result<serde_json::Value, ParamError>;
@@ -119,6 +127,8 @@ pub struct ParamError {
 pub trait TypedStage: Send + Sync + 'static {
     type Params: DeserializeOwned + Serialize;
     const INFO: StageInfo;
+    /// Globals the output depends on (see [`Stage::globals`]); data stages override with `&[]`.
+    const GLOBALS: &'static [&'static str] = ALL_GLOBALS;
     fn run(&self, ctx: &StageContext, params: &Self::Params) -> anyhow::Result<Metrics>;
 }
 
@@ -130,6 +140,10 @@ impl<T: TypedStage> Stage for T {
             const INFO: &'static StageInfo = &T::INFO;
         }
         Holder::<T>::INFO
+    }
+
+    fn globals(&self) -> &'static [&'static str] {
+        T::GLOBALS
     }
 
     fn canonical_params(&self, params: &toml::Table) -> Result<serde_json::Value, ParamError> {
@@ -148,6 +162,6 @@ pub fn parse_params<P: DeserializeOwned>(params: &toml::Table) -> Result<P, Para
     let value = toml::Value::Table(params.clone());
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        ParamError { path: if path == "." { String::new() } else { path }, message: e.into_inner().to_string() }
+        ParamError { path: if path == "." { String::new() } else { path }, message: e.into_inner().to_string().trim().to_string() }
     })
 }

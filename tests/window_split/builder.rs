@@ -22,7 +22,6 @@ impl Chat {
         Chat { group: true, ..Chat::private(conversation) }
     }
 
-
     fn push(&mut self, after: i64, is_self: bool, sender: (&str, &str), kind: MessageKind, text: &str, quoted: Option<QuotedMessage>) -> &mut Self {
         self.t += after;
         let id = format!("{}-{}", self.conversation, self.messages.len());

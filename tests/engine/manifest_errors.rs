@@ -1,0 +1,117 @@
+//! Every manifest error class is reported with file:line:column before anything runs.
+
+use avatar::engine::Manifest;
+
+use crate::fixture::Fixture;
+
+/// Load `text` and return the diagnostics as strings "line:col: message".
+fn errors(text: &str) -> Vec<String> {
+    let f = Fixture::new(text);
+    let err = Manifest::load(&f.manifest, &f.registry).expect_err("manifest should be rejected");
+    assert!(f.ran().is_empty());
+    err.diagnostics
+        .iter()
+        .map(|d| {
+            assert_eq!(d.file, f.manifest, "diagnostic names the manifest file");
+            format!("{}:{}: {}", d.line, d.column, d.message)
+        })
+        .collect()
+}
+
+fn one(text: &str) -> String {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn toml_syntax_error() {
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" \n");
+    assert!(e.starts_with("3:"), "{e}");
+    assert!(e.contains("TOML syntax"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let e = one("[pipline]\nseed = 1\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
+    assert!(e.starts_with("1:2: unknown top-level key `pipline`"), "{e}");
+}
+
+#[test]
+fn unknown_pipeline_setting_and_bad_choice() {
+    let e = errors("[pipeline]\nseed = 1\nsede = 2\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("3:1: [pipeline]: unknown field `sede`"), "{e:?}");
+    assert!(!e[0].ends_with('\n'));
+    let e = one("[pipeline]\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
+    assert!(e.starts_with("2:10: `pipeline.device` is `tpu`"), "{e}");
+}
+
+#[test]
+fn unknown_param_key() {
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nsufix = \"x\"\n");
+    assert!(e.starts_with("4:1: stage `a` (transform) param `sufix`: unknown field `sufix`"), "{e}");
+}
+
+#[test]
+fn wrong_param_type() {
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nsleep_ms = \"long\"\n");
+    assert!(e.starts_with("4:12: stage `a` (transform) param `sleep_ms`: invalid type"), "{e}");
+}
+
+#[test]
+fn invalid_param_value() {
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nop = \"sideways\"\n");
+    assert!(e.starts_with("4:6: stage `a` (transform) param `op`: unknown op `sideways`"), "{e}");
+}
+
+#[test]
+fn unknown_stage_kind_lists_known_kinds() {
+    let e = one("[stages.a]\nkind = \"transfrom\"\ninputs = { a = \"./input.txt\" }\n");
+    assert!(e.starts_with("2:8: stage `a`: unknown kind `transfrom` (known kinds: transform, transform2)"), "{e}");
+}
+
+#[test]
+fn missing_kind_and_bad_stage_name() {
+    let e = one("[stages.a]\ninputs = { a = \"./input.txt\" }\n");
+    assert!(e.starts_with("1:9: stage `a` has no `kind`"), "{e}");
+    let e = one("[stages.\"a.b\"]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
+    assert!(e.contains("may only use letters"), "{e}");
+}
+
+#[test]
+fn cycle() {
+    let e = one(
+        "[stages.a]\nkind = \"transform\"\ninputs = { a = \"b.data\" }\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"a.data\" }\n",
+    );
+    assert!(e.contains("dependency cycle: "), "{e}");
+    assert!(e.contains("a -> b -> a") || e.contains("b -> a -> b"), "{e}");
+}
+
+#[test]
+fn input_naming_missing_stage_output_or_file() {
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"nope.data\" }\n");
+    assert!(e.starts_with("3:16: input `a` names stage `nope`, which is not in this manifest"), "{e}");
+    let e = errors(
+        "[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"a.dta\" }\n",
+    );
+    assert!(e[0].starts_with("6:16: stage `a` (transform) has no output `dta` (its outputs: data, timing)"), "{e:?}");
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"./missing.txt\" }\n");
+    assert!(e.starts_with("3:16: input `a`: file `") && e.contains("missing.txt` does not exist"), "{e}");
+    let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"input\" }\n");
+    assert!(e.contains("neither `stage.output` nor a path"), "{e}");
+}
+
+#[test]
+fn unknown_and_missing_inputs() {
+    let e = errors("[stages.a]\nkind = \"transform\"\ninputs = { z = \"./input.txt\" }\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("3:12: stage `a` (transform) has no input `z` (its inputs: a, b)"), "{e:?}");
+    assert!(e[1].starts_with("1:9: stage `a` (transform) needs input `a`"), "{e:?}");
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let e = errors("[stages.a]\nkind = \"nope\"\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nbogus = 1\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+}
