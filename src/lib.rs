@@ -3,6 +3,7 @@
 //! `engine` runs manifests; `stages` (mounted from `stages/`) implements each stage kind;
 //! `runtime` is the model runtime the model stages share.
 
+pub mod cli;
 pub mod engine;
 pub mod quant;
 
