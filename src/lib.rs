@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod runtime;
 pub mod quant;
 
 #[path = "../stages/mod.rs"]

@@ -1,0 +1,195 @@
+//! The HF `config.json` of a Qwen2/Llama-family decoder.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// Architecture hyper-parameters. Unknown config keys are kept in `raw` and written back on save,
+/// so a merged model keeps the base's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Llama's switch for q/k/v/o biases; Qwen2 always has q/k/v biases.
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub bos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_model_type() -> String {
+    "llama".into()
+}
+fn default_max_pos() -> usize {
+    4096
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> anyhow::Result<(Self, serde_json::Value)> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let cfg: ModelConfig = serde_path_to_error::deserialize(&raw)
+            .map_err(|e| anyhow::anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
+        cfg.validate().with_context(|| format!("{}: unsupported model", path.display()))?;
+        Ok((cfg, raw))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.model_type.as_str(), "qwen2" | "llama" | "mistral" | "internlm2" | "yi") {
+            bail!("model_type `{}`: only the Qwen2/Llama family is supported", self.model_type);
+        }
+        if self.hidden_act != "silu" {
+            bail!("hidden_act `{}`: only silu (SwiGLU) is supported", self.hidden_act);
+        }
+        if self.num_attention_heads == 0 || self.num_key_value_heads() == 0 {
+            bail!("num_attention_heads and num_key_value_heads must be positive");
+        }
+        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+            bail!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_key_value_heads()
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            bail!("head_dim {} must be even for rotary embeddings", self.head_dim());
+        }
+        self.rope_scale()?;
+        Ok(())
+    }
+
+    pub fn num_key_value_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Whether q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama).
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias.unwrap_or(self.model_type == "qwen2")
+    }
+
+    /// Whether o_proj carries a bias (Llama with `attention_bias = true`; never for Qwen2).
+    pub fn o_bias(&self) -> bool {
+        self.model_type != "qwen2" && self.attention_bias.unwrap_or(false)
+    }
+
+    /// Position divisor for linear RoPE scaling; other scaling kinds are refused rather than
+    /// silently computed wrong.
+    pub fn rope_scale(&self) -> anyhow::Result<f64> {
+        let Some(s) = &self.rope_scaling else { return Ok(1.0) };
+        if s.is_null() {
+            return Ok(1.0);
+        }
+        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        match kind {
+            "default" => Ok(1.0),
+            "linear" => s
+                .get("factor")
+                .and_then(|f| f.as_f64())
+                .filter(|f| *f > 0.0)
+                .ok_or_else(|| anyhow::anyhow!("rope_scaling.factor must be a positive number")),
+            other => bail!("rope_scaling type `{other}` is not supported"),
+        }
+    }
+
+    /// Token ids that end generation.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|n| n as u32).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Number of parameters (tied embeddings counted once).
+    pub fn parameter_count(&self) -> usize {
+        let h = self.hidden_size;
+        let kv = self.num_key_value_heads() * self.head_dim();
+        let q = self.num_attention_heads * self.head_dim();
+        let attn = h * q + 2 * h * kv + q * h + if self.qkv_bias() { q + 2 * kv } else { 0 };
+        let mlp = 3 * h * self.intermediate_size;
+        let layer = attn + mlp + 2 * h;
+        let emb = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
+        emb + self.num_hidden_layers * layer + h
+    }
+
+    /// A config JSON for a fresh model (used by scratch-base and tests).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("plain data");
+        let obj = v.as_object_mut().expect("struct");
+        obj.retain(|_, v| !v.is_null());
+        let arch = if self.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+        obj.insert("architectures".into(), serde_json::json!([arch]));
+        obj.insert("torch_dtype".into(), "float32".into());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qwen_config_parses_and_counts_parameters() {
+        let raw = serde_json::json!({
+            "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "tie_word_embeddings": true, "rope_theta": 1000000.0, "eos_token_id": 151645,
+            "hidden_act": "silu", "sliding_window": 32768
+        });
+        let cfg: ModelConfig = serde_json::from_value(raw).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.head_dim(), 64);
+        assert!(cfg.qkv_bias() && !cfg.o_bias());
+        // Qwen2.5-0.5B has 494M parameters.
+        assert_eq!(cfg.parameter_count() / 1_000_000, 494);
+        assert_eq!(cfg.eos_token_ids(), vec![151645]);
+    }
+
+    #[test]
+    fn unsupported_rope_scaling_is_refused() {
+        let raw = serde_json::json!({
+            "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}
+        });
+        let cfg: ModelConfig = serde_json::from_value(raw).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("yarn"));
+    }
+}

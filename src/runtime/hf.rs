@@ -1,0 +1,106 @@
+//! A local Hugging Face model folder: config.json, model.safetensors or a sharded
+//! model.safetensors.index.json, tokenizer.json, tokenizer_config.json (chat template).
+//! Nothing is downloaded.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+
+use super::chat::ChatTemplate;
+use super::config::ModelConfig;
+use super::model::{Model, TrainMode};
+use super::tokenizer::Tokenizer;
+
+/// Files besides weights and config that travel with a model folder.
+pub const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+];
+
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// config.json as read, unknown keys included.
+    pub raw_config: serde_json::Value,
+}
+
+/// Read every weight tensor of a folder, on the CPU, keyed by HF name.
+pub fn read_weights(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<std::path::PathBuf> = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{}: missing `weight_map`", index.display()))?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        shards.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        bail!("{}: neither model.safetensors nor model.safetensors.index.json", dir.display());
+    };
+    let mut out = HashMap::new();
+    for f in files {
+        let part = candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// Load a model folder onto `device`. `seed` initialises LoRA matrices in LoRA mode.
+pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> anyhow::Result<LoadedModel> {
+    if !dir.is_dir() {
+        bail!("model folder {} does not exist", dir.display());
+    }
+    let (cfg, raw_config) = ModelConfig::from_file(&dir.join("config.json"))?;
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tc = dir.join("tokenizer_config.json");
+    let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
+    let weights = read_weights(dir)?;
+    let model = Model::from_tensors(cfg, weights, mode, seed, device).with_context(|| format!("loading {}", dir.display()))?;
+    if tokenizer.vocab_size() > model.cfg.vocab_size {
+        bail!(
+            "{}: tokenizer has {} tokens but the model's vocab_size is {}",
+            dir.display(),
+            tokenizer.vocab_size(),
+            model.cfg.vocab_size
+        );
+    }
+    Ok(LoadedModel { model, tokenizer, template, raw_config })
+}
+
+/// Write a merged HF folder: config.json, model.safetensors (f32, LoRA folded in), and the
+/// tokenizer files copied from `tokenizer_dir`.
+pub fn save_hf_dir(dir: &Path, model: &Model, raw_config: &serde_json::Value, tokenizer_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut config = raw_config.clone();
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("torch_dtype".into(), "float32".into());
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    let weights: HashMap<String, Tensor> = model
+        .merged_weights()?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
+        .collect::<anyhow::Result<_>>()?;
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors"))
+        .with_context(|| format!("writing {}", dir.join("model.safetensors").display()))?;
+    for f in TOKENIZER_FILES {
+        let src = tokenizer_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}

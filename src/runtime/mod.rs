@@ -1,0 +1,37 @@
+//! The model runtime shared by every model stage (sft, reward-*, ppo, quantize, serve).
+//!
+//! candle-transformers' models cannot be trained and several fused candle ops silently drop
+//! gradients (see DESIGN.md "The model runtime"), so this module owns a differentiable decoder
+//! for the Qwen2/Llama family. The fused ops are used only on the no-grad (generation) path.
+//!
+//! - [`device`]: `"auto" | "cpu" | "cuda"` → a candle `Device`.
+//! - [`config`]: HF `config.json` of a Qwen2/Llama model.
+//! - [`model`]: the decoder ([`Model`]), with LoRA or full trainable weights.
+//! - [`frozen`]: the frozen-weight matmul whose backward returns only the input gradient.
+//! - [`lora`]: LoRA settings and adapters, PEFT file layout.
+//! - [`hf`]: load/save a local HF folder (config, safetensors single or sharded, tokenizer).
+//! - [`tokenizer`], [`chat`]: tokenizer wrapper, chat template (minijinja), sample encoding.
+//! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
+//! - [`optim`]: AdamW with checkpointable state, warmup + cosine schedule, gradient clipping.
+
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod frozen;
+pub mod generate;
+pub mod hf;
+pub mod lora;
+pub mod model;
+pub mod optim;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate, EncodedSample};
+pub use config::ModelConfig;
+pub use device::select_device;
+pub use generate::{FinishReason, Generation, GenerationParams, Generator};
+pub use hf::{LoadedModel, load_hf_dir, save_hf_dir};
+pub use lora::LoraConfig;
+pub use model::{Cache, Model, TrainMode};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;

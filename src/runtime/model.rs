@@ -1,0 +1,537 @@
+//! The differentiable Qwen2/Llama decoder (GQA, RoPE, RMSNorm, SwiGLU, optional QKV bias, tied
+//! embeddings) with HF weight names.
+//!
+//! Two paths share the weights:
+//! - [`Model::loss`] / [`Model::forward_hidden`]: differentiable ops only (`softmax`,
+//!   `rms_norm_slow`, a rotate-half RoPE), frozen weights through [`frozen_linear`].
+//! - [`Model::forward_cached`]: generation with a KV cache and candle's fused kernels, which drop
+//!   gradients and so are never used where a gradient is needed.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, bail};
+use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::ModelConfig;
+use super::frozen::frozen_linear;
+use super::lora::{LoraConfig, peft_key};
+
+/// Which weights train.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainMode {
+    /// Inference only: nothing trains.
+    Frozen,
+    /// Adapters on the targeted linear layers; the base stays frozen.
+    Lora(LoraConfig),
+    /// Every weight trains.
+    Full,
+}
+
+struct Lora {
+    a: Var,
+    b: Var,
+    scale: f64,
+    dropout: f64,
+}
+
+/// A linear layer `y = x W^T + b` with an optional LoRA adapter.
+struct Linear {
+    /// HF module path without `.weight`, e.g. `model.layers.0.self_attn.q_proj`.
+    name: String,
+    w: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<Lora>,
+}
+
+/// Per-call state of a forward pass.
+pub struct Pass<'a> {
+    /// A gradient will be taken: frozen weights go through the frozen-matmul op.
+    pub grad: bool,
+    /// Dropout randomness; `None` disables dropout.
+    pub rng: Option<&'a mut ChaCha8Rng>,
+}
+
+impl Pass<'_> {
+    pub fn inference() -> Pass<'static> {
+        Pass { grad: false, rng: None }
+    }
+}
+
+fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        let mut y = if pass.grad && !self.w.is_variable() { frozen_linear(x, &self.w)? } else { matmul_t(x, &self.w)? };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xin = match pass.rng.as_deref_mut() {
+                Some(rng) if l.dropout > 0.0 => dropout(x, l.dropout, rng)?,
+                _ => x.clone(),
+            };
+            let delta = matmul_t(&matmul_t(&xin, l.a.as_tensor())?, l.b.as_tensor())?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        Ok(y)
+    }
+
+    /// The weight with the adapter folded in.
+    fn merged(&self) -> anyhow::Result<Tensor> {
+        let w = self.w.detach();
+        Ok(match &self.lora {
+            Some(l) => (w + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?)?,
+            None => w,
+        })
+    }
+}
+
+/// Inverted dropout with a seeded mask (candle's CPU rng cannot be seeded).
+fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let n = x.elem_count();
+    let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    fn linears(&self) -> [&Linear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+}
+
+/// Per-sequence KV cache for generation (batch 1).
+pub struct Cache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens already in the cache.
+    pub len: usize,
+}
+
+impl Cache {
+    pub fn new(model: &Model) -> Cache {
+        Cache { kv: (0..model.layers.len()).map(|_| None).collect(), len: 0 }
+    }
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `None` with tied embeddings.
+    lm_head: Option<Linear>,
+    device: Device,
+    /// Trainable tensors by name: HF names in full mode, PEFT names in LoRA mode.
+    trainable: Vec<(String, Var)>,
+    lora: Option<LoraConfig>,
+}
+
+/// A batch for the loss: `b` rows of `t` tokens, row-major.
+pub struct Batch {
+    pub b: usize,
+    pub t: usize,
+    pub input_ids: Vec<u32>,
+    /// RoPE position of every token (restarts per packed segment).
+    pub positions: Vec<u32>,
+    /// Segment id of every token; attention never crosses segments (packing) and padding gets
+    /// its own segment.
+    pub segments: Vec<u32>,
+    /// (flat index of the predicting token, target id): the next token where the loss counts.
+    pub targets: Vec<(u32, u32)>,
+}
+
+impl Model {
+    /// Build from HF-named tensors. `seed` initialises LoRA A matrices.
+    pub fn from_tensors(
+        cfg: ModelConfig,
+        mut weights: HashMap<String, Tensor>,
+        mode: &TrainMode,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Model> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut trainable = Vec::new();
+        let full = matches!(mode, TrainMode::Full);
+        let lora_cfg = match mode {
+            TrainMode::Lora(l) => {
+                l.validate()?;
+                Some(l.clone())
+            }
+            _ => None,
+        };
+        let mut loader = Loader { weights: &mut weights, full, device };
+        let take = |l: &mut Loader, name: &str, shape: &[usize], t: &mut Vec<(String, Var)>| l.take(name, shape, t);
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let q_out = cfg.num_attention_heads * hd;
+        let kv_out = cfg.num_key_value_heads() * hd;
+        let embed = take(&mut loader, "model.embed_tokens.weight", &[cfg.vocab_size, h], &mut trainable)?;
+        let linear = |loader: &mut Loader,
+                      module: String,
+                          short: &str,
+                          out: usize,
+                          inp: usize,
+                          bias: bool,
+                          trainable: &mut Vec<(String, Var)>,
+                          rng: &mut ChaCha8Rng|
+         -> anyhow::Result<Linear> {
+            let w = take(loader, &format!("{module}.weight"), &[out, inp], trainable)?;
+            let bias = if bias { Some(take(loader, &format!("{module}.bias"), &[out], trainable)?) } else { None };
+            let lora = match &lora_cfg {
+                Some(l) if l.targets(short) => {
+                    // PEFT's default init: kaiming-uniform A (bound 1/sqrt(in)), zero B.
+                    let bound = 1.0 / (inp as f64).sqrt();
+                    let a: Vec<f32> = (0..l.r * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                    let a = Var::from_tensor(&Tensor::from_vec(a, (l.r, inp), device)?)?;
+                    let b = Var::zeros((out, l.r), DType::F32, device)?;
+                    trainable.push((peft_key(&module, 'A'), a.clone()));
+                    trainable.push((peft_key(&module, 'B'), b.clone()));
+                    Some(Lora { a, b, scale: l.scale(), dropout: l.dropout })
+                }
+                _ => None,
+            };
+            Ok(Linear { name: module, w, bias, lora })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
+            let i_dim = cfg.intermediate_size;
+            let t = &mut trainable;
+            let r = &mut rng;
+            let input_norm = take(&mut loader, &format!("{p}.input_layernorm.weight"), &[h], t)?;
+            let post_norm = take(&mut loader, &format!("{p}.post_attention_layernorm.weight"), &[h], t)?;
+            layers.push(Layer {
+                input_norm,
+                post_norm,
+                q: linear(&mut loader, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
+                k: linear(&mut loader, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
+                v: linear(&mut loader, format!("{p}.self_attn.v_proj"), "v_proj", kv_out, h, qb, t, r)?,
+                o: linear(&mut loader, format!("{p}.self_attn.o_proj"), "o_proj", h, q_out, ob, t, r)?,
+                gate: linear(&mut loader, format!("{p}.mlp.gate_proj"), "gate_proj", i_dim, h, false, t, r)?,
+                up: linear(&mut loader, format!("{p}.mlp.up_proj"), "up_proj", i_dim, h, false, t, r)?,
+                down: linear(&mut loader, format!("{p}.mlp.down_proj"), "down_proj", h, i_dim, false, t, r)?,
+            });
+        }
+        let norm = take(&mut loader, "model.norm.weight", &[h], &mut trainable)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            loader.weights.remove("lm_head.weight");
+            None
+        } else {
+            let w = take(&mut loader, "lm_head.weight", &[cfg.vocab_size, h], &mut trainable)?;
+            Some(Linear { name: "lm_head".into(), w, bias: None, lora: None })
+        };
+        Ok(Model { cfg, embed, layers, norm, lm_head, device: device.clone(), trainable, lora: lora_cfg })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// Trainable tensors with their names (PEFT names for LoRA, HF names for full training).
+    pub fn trainable(&self) -> &[(String, Var)] {
+        &self.trainable
+    }
+
+    pub fn trainable_parameter_count(&self) -> usize {
+        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Cos and sin tables `[n, head_dim/2]` for the given positions.
+    fn rope_tables(&self, positions: &[u32]) -> anyhow::Result<(Tensor, Tensor)> {
+        let half = self.cfg.head_dim() / 2;
+        let scale = self.cfg.rope_scale()?;
+        let inv: Vec<f64> = (0..half)
+            .map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / self.cfg.head_dim() as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for f in &inv {
+                let a = (p as f64 / scale) * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let n = positions.len();
+        Ok((Tensor::from_vec(cos, (n, half), &self.device)?, Tensor::from_vec(sin, (n, half), &self.device)?))
+    }
+
+    fn embed(&self, ids: &[u32], shape: (usize, usize)) -> anyhow::Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
+        }
+        let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.embed.index_select(&ids, 0)?.reshape((shape.0, shape.1, self.cfg.hidden_size))?)
+    }
+
+    /// Differentiable forward to the final norm: hidden states `[b, t, hidden]`.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &[u32],
+        positions: &[u32],
+        segments: &[u32],
+        (b, t): (usize, usize),
+        pass: &mut Pass,
+    ) -> anyhow::Result<Tensor> {
+        if input_ids.len() != b * t || positions.len() != b * t || segments.len() != b * t {
+            bail!("batch arrays must each hold {b}×{t} entries");
+        }
+        let eps = self.cfg.rms_norm_eps as f32;
+        let hd = self.cfg.head_dim();
+        let (cos, sin) = self.rope_tables(positions)?;
+        // [b, 1, t, hd]: the rotate-half layout of HF's Qwen2/Llama.
+        let cos = Tensor::cat(&[&cos, &cos], 1)?.reshape((b, 1, t, hd))?;
+        let sin = Tensor::cat(&[&sin, &sin], 1)?.reshape((b, 1, t, hd))?;
+        let mask = self.block_causal_mask(segments, b, t)?;
+        let mut x = self.embed(input_ids, (b, t))?;
+        for layer in &self.layers {
+            let hn = candle_nn::ops::rms_norm_slow(&x, &layer.input_norm, eps)?;
+            let attn = self.attention_train(layer, &hn, &cos, &sin, &mask, (b, t), pass)?;
+            x = (x + attn)?;
+            let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
+            let mlp = mlp(layer, &hn, pass)?;
+            x = (x + mlp)?;
+        }
+        Ok(candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?)
+    }
+
+    /// Additive mask `[b, 1, 1, t, t]`: causal, and no attention across segments.
+    fn block_causal_mask(&self, segments: &[u32], b: usize, t: usize) -> anyhow::Result<Tensor> {
+        let mut m = vec![0f32; b * t * t];
+        for r in 0..b {
+            let seg = &segments[r * t..(r + 1) * t];
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || seg[j] != seg[i] {
+                        m[r * t * t + i * t + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, 1, t, t), &self.device)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_train(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        (b, t): (usize, usize),
+        pass: &mut Pass,
+    ) -> anyhow::Result<Tensor> {
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads(), self.cfg.head_dim());
+        let rep = nh / nkv;
+        let q = layer.q.forward(x, pass)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = layer.k.forward(x, pass)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = layer.v.forward(x, pass)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = rope_diff(&q, cos, sin)?;
+        let k = rope_diff(&k, cos, sin)?;
+        // GQA without copying K/V: the `rep` query heads sharing a KV head become extra rows.
+        let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, nkv, rep * t, hd))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.reshape((b, nkv, rep * t, t))?;
+        let ctx = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        layer.o.forward(&ctx, pass)
+    }
+
+    /// Logits `[b, t, vocab]` of the differentiable path (tests, small evaluations).
+    pub fn forward_logits(&self, input_ids: &[u32], (b, t): (usize, usize)) -> anyhow::Result<Tensor> {
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let segments = vec![0u32; b * t];
+        let h = self.forward_hidden(input_ids, &positions, &segments, (b, t), &mut Pass::inference())?;
+        self.lm_head(&h, &mut Pass::inference())
+    }
+
+    fn lm_head(&self, h: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(h, pass),
+            None if pass.grad && !self.embed.is_variable() => Ok(frozen_linear(h, &self.embed)?),
+            None => Ok(matmul_t(h, &self.embed)?),
+        }
+    }
+
+    /// Mean cross-entropy over the batch's targets (reply tokens only). Logits are computed only
+    /// at target positions: with a 150k vocabulary that is most of the saving.
+    pub fn loss(&self, batch: &Batch, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        if batch.targets.is_empty() {
+            bail!("batch has no target tokens");
+        }
+        let h = self.forward_hidden(&batch.input_ids, &batch.positions, &batch.segments, (batch.b, batch.t), pass)?;
+        let h = h.reshape((batch.b * batch.t, self.cfg.hidden_size))?;
+        let rows: Vec<u32> = batch.targets.iter().map(|(i, _)| *i).collect();
+        let labels: Vec<u32> = batch.targets.iter().map(|(_, y)| *y).collect();
+        let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
+        let labels = Tensor::from_vec(labels, (batch.targets.len(), 1), &self.device)?;
+        let logits = self.lm_head(&h.index_select(&rows, 0)?, pass)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok(logp.gather(&labels, 1)?.mean_all()?.neg()?)
+    }
+
+    /// Generation step(s) with a KV cache and the fused (no-gradient) kernels: feeds `ids` after
+    /// what the cache holds and returns the logits of the last one, `[vocab]`.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut Cache) -> anyhow::Result<Tensor> {
+        if ids.is_empty() {
+            bail!("forward_cached needs at least one token");
+        }
+        let t = ids.len();
+        let start = cache.len;
+        let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads(), self.cfg.head_dim());
+        let rep = nh / nkv;
+        let total = start + t;
+        let mask = if t > 1 {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (1, 1, 1, t, total), &self.device)?)
+        } else {
+            None
+        };
+        let mut pass = Pass::inference();
+        let mut x = self.embed(ids, (1, t))?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let hn = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
+            let q = layer.q.forward(&hn, &mut pass)?.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = layer.k.forward(&hn, &mut pass)?.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = layer.v.forward(&hn, &mut pass)?.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let (k, v) = match cache.kv[li].take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            cache.kv[li] = Some((k.clone(), v.clone()));
+            let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((1, nkv, rep * t, hd))?;
+            let mut scores = q.matmul(&k.t()?)?.reshape((1, nkv, rep, t, total))?;
+            if let Some(m) = &mask {
+                scores = scores.broadcast_add(m)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((1, nkv, rep * t, total))?;
+            let ctx = probs.matmul(&v)?.reshape((1, nh, t, hd))?.transpose(1, 2)?.reshape((1, t, nh * hd))?;
+            x = (x + layer.o.forward(&ctx, &mut pass)?)?;
+            let hn = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
+            x = (x + mlp(layer, &hn, &mut pass)?)?;
+        }
+        cache.len = total;
+        let last = x.i((0, t - 1))?.unsqueeze(0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        Ok(self.lm_head(&last, &mut pass)?.squeeze(0)?)
+    }
+
+    /// All weights in HF names with LoRA folded in: what a merged model folder holds.
+    pub fn merged_weights(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        out.insert("model.embed_tokens.weight".to_string(), self.embed.detach());
+        out.insert("model.norm.weight".to_string(), self.norm.detach());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.insert(format!("{p}.input_layernorm.weight"), layer.input_norm.detach());
+            out.insert(format!("{p}.post_attention_layernorm.weight"), layer.post_norm.detach());
+            for l in layer.linears() {
+                out.insert(format!("{}.weight", l.name), l.merged()?);
+                if let Some(b) = &l.bias {
+                    out.insert(format!("{}.bias", l.name), b.detach());
+                }
+            }
+        }
+        if let Some(head) = &self.lm_head {
+            out.insert("lm_head.weight".into(), head.merged()?);
+        }
+        Ok(out)
+    }
+
+    /// The LoRA tensors under PEFT key names.
+    pub fn adapter_tensors(&self) -> HashMap<String, Tensor> {
+        if self.lora.is_none() {
+            return HashMap::new();
+        }
+        self.trainable.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+    }
+
+    /// Overwrite trainable tensors from a name → tensor map (checkpoint resume, adapter load).
+    pub fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        for (name, var) in &self.trainable {
+            let t = tensors.get(name).with_context(|| format!("tensor `{name}` is missing"))?;
+            if t.dims() != var.dims() {
+                bail!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims());
+            }
+            var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+}
+
+struct Loader<'a> {
+    weights: &'a mut HashMap<String, Tensor>,
+    full: bool,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    /// Remove a weight, check its shape, move it to the device as f32; a Var in full mode.
+    fn take(&mut self, name: &str, shape: &[usize], trainable: &mut Vec<(String, Var)>) -> anyhow::Result<Tensor> {
+        let t = self.weights.remove(name).with_context(|| format!("weight `{name}` is missing"))?;
+        if t.dims() != shape {
+            bail!("weight `{name}` has shape {:?}, the config implies {:?}", t.dims(), shape);
+        }
+        let t = t.to_device(self.device)?.to_dtype(DType::F32)?;
+        if self.full {
+            let var = Var::from_tensor(&t)?;
+            let out = var.as_tensor().clone();
+            trainable.push((name.to_string(), var));
+            Ok(out)
+        } else {
+            Ok(t)
+        }
+    }
+}
+
+fn mlp(layer: &Layer, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
+    let g = layer.gate.forward(x, pass)?;
+    let u = layer.up.forward(x, pass)?;
+    layer.down.forward(&(candle_nn::ops::silu(&g)? * u)?, pass)
+}
+
+/// RoPE with the rotate-half layout built from differentiable ops; `cos`/`sin` are `[b, 1, t, hd]`.
+fn rope_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
