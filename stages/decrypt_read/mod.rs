@@ -1,5 +1,307 @@
 //! `decrypt-read`: every WeChat source (encrypted databases, decrypted copies, other tools'
-//! exports) in, one raw message table out.
+//! exports) in, one raw message table (`raw.rs`) out.
 
+pub mod android;
+pub mod detect;
+pub mod exports;
+pub mod keys;
+pub mod locate;
+pub mod pc3;
+pub mod pc4;
+pub mod protobuf;
 pub mod raw;
+pub mod secrets;
 pub mod sqlcipher;
+
+use std::path::Path;
+
+use anyhow::Context;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::stage::{InputSpec, Metrics, OutputSpec, ParamError, Stage, StageContext, StageInfo, parse_params};
+use keys::{Flavour, KeyMaterial};
+use raw::{RawContact, RawMessage, RawMeta};
+
+/// Source formats (`format` param).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFormat {
+    #[default]
+    Auto,
+    Android,
+    Pc3,
+    Pc4,
+    /// An already decrypted SQLite copy of any of the databases.
+    Sqlite,
+    /// The seed's CSV export of EnMicroMsg's message / rcontact / userinfo tables.
+    SeedCsv,
+    WechatmsgCsv,
+    WechatmsgTxt,
+    PywxdumpCsv,
+}
+
+impl SourceFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceFormat::Auto => "auto",
+            SourceFormat::Android => "android",
+            SourceFormat::Pc3 => "pc3",
+            SourceFormat::Pc4 => "pc4",
+            SourceFormat::Sqlite => "sqlite",
+            SourceFormat::SeedCsv => "seed-csv",
+            SourceFormat::WechatmsgCsv => "wechatmsg-csv",
+            SourceFormat::WechatmsgTxt => "wechatmsg-txt",
+            SourceFormat::PywxdumpCsv => "pywxdump-csv",
+        }
+    }
+}
+
+/// Params. Secrets (`key`, `imei`, `uin`) are never serialised: they do not enter the lock file,
+/// the stage key or logs (the output depends on the database content, not on the key).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecryptReadParams {
+    pub format: SourceFormat,
+    /// Key as hex: Android's 7-char passphrase, or PC's 32-byte key (64 hex chars).
+    #[serde(skip_serializing)]
+    pub key: Option<String>,
+    /// Name of an environment variable holding the key (recommended: keeps keys out of git).
+    pub key_env: Option<String>,
+    /// Android device IMEI; the fallback IMEI is always tried too.
+    #[serde(skip_serializing)]
+    pub imei: Option<String>,
+    /// Android account uin (decimal).
+    #[serde(skip_serializing)]
+    pub uin: Option<String>,
+    /// Own wxid, where the format cannot tell (exports, PC 3.x without the account folder).
+    pub self_id: Option<String>,
+    /// Own display name, where the format cannot tell (WeChatMsg TXT).
+    pub self_name: Option<String>,
+    /// UTC offset of exports that write local times ("+08:00" when unset).
+    pub utc_offset: Option<String>,
+}
+
+impl DecryptReadParams {
+    /// Seconds east of UTC for local-time exports.
+    pub fn offset_secs(&self) -> anyhow::Result<i64> {
+        let s = self.utc_offset.as_deref().unwrap_or("+08:00");
+        parse_offset(s).with_context(|| format!("param `utc_offset`: `{s}` is not an offset like +08:00"))
+    }
+}
+
+fn parse_offset(s: &str) -> Option<i64> {
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => (1, s),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 14 && m < 60).then_some(sign * (h * 3600 + m * 60))
+}
+
+pub struct DecryptReadStage;
+
+impl DecryptReadStage {
+    pub const INFO: StageInfo = StageInfo {
+        kind: "decrypt-read",
+        version: 1,
+        summary: "read WeChat databases (Android, PC 3.x, 4.x; encrypted or decrypted) and export files into a raw message table",
+        inputs: &[InputSpec { name: "db", required: true, help: "a database / export file, or the directory holding one account's files" }],
+        outputs: &[OutputSpec { name: "raw", path: "raw", help: "raw message table (meta.json + messages.jsonl)" }],
+    };
+}
+
+impl Stage for DecryptReadStage {
+    fn info(&self) -> &'static StageInfo {
+        &Self::INFO
+    }
+
+    fn canonical_params(&self, params: &toml::Table) -> Result<serde_json::Value, ParamError> {
+        let parsed: DecryptReadParams = parse_params(params)?;
+        if let Some(o) = &parsed.utc_offset {
+            if parse_offset(o).is_none() {
+                return Err(ParamError { path: "utc_offset".into(), message: format!("`{o}` is not an offset like +08:00") });
+            }
+        }
+        let canonical = serde_json::to_value(&parsed).map_err(|e| ParamError { path: String::new(), message: e.to_string() })?;
+        // The engine hands `run` only the canonical params; keep the secrets in memory for it.
+        secrets::remember(&canonical, &parsed);
+        Ok(canonical)
+    }
+
+    fn run(&self, ctx: &StageContext, params: &serde_json::Value) -> anyhow::Result<Metrics> {
+        let mut p: DecryptReadParams = serde_json::from_value(params.clone())?;
+        let input = ctx.input("db")?;
+        let candidates = secrets::recall(params);
+        let out = ctx.output("raw", &Self::INFO)?;
+        let started = std::time::Instant::now();
+        // Several stages may share identical canonical params but hold different keys: try each.
+        let mut result = None;
+        let mut last_err = None;
+        for secret in candidates.iter().map(Some).chain(candidates.is_empty().then_some(None)) {
+            if let Some(s) = secret {
+                p.key = s.key.clone();
+                p.imei = s.imei.clone();
+                p.uin = s.uin.clone();
+            }
+            match read_source(input, &p) {
+                Ok(r) => {
+                    result = Some(r);
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let (meta, messages) = match result {
+            Some(r) => r,
+            None => return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{}: nothing read", input.display()))),
+        };
+        raw::write_raw(&out, &meta, &messages)?;
+        let bytes = locate::files_under(input, 6).map(|f| f.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum::<u64>()).unwrap_or(0);
+        let secs = started.elapsed().as_secs_f64();
+        let mut m = Metrics::new();
+        m.insert("format".into(), meta.format.clone().into());
+        m.insert("messages".into(), messages.len().into());
+        m.insert("contacts".into(), meta.contacts.len().into());
+        m.insert("conversations".into(), count_conversations(&messages).into());
+        m.insert("input_mb".into(), serde_json::json!((bytes as f64 / 1e6 * 100.0).round() / 100.0));
+        m.insert("seconds".into(), serde_json::json!((secs * 1000.0).round() / 1000.0));
+        Ok(m)
+    }
+}
+
+fn count_conversations(messages: &[RawMessage]) -> usize {
+    messages.iter().map(|m| m.conversation.as_str()).collect::<std::collections::HashSet<_>>().len()
+}
+
+/// True when every named table exists.
+pub fn has_tables(conn: &Connection, names: &[&str]) -> bool {
+    names.iter().all(|n| {
+        conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [n], |r| r.get::<_, i64>(0))
+            .map(|c| c > 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Gather key material: params, then the environment variable named by `key_env`.
+pub fn key_material(p: &DecryptReadParams) -> anyhow::Result<KeyMaterial> {
+    let mut km = KeyMaterial { key: p.key.clone().map(|k| ("the `key` param".to_string(), k)), imei: p.imei.clone(), uin: p.uin.clone() };
+    if km.key.is_none() {
+        if let Some(var) = &p.key_env {
+            match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => km.key = Some((format!("the key in ${var}"), v.trim().to_string())),
+                _ => anyhow::bail!("param `key_env`: environment variable `{var}` is not set"),
+            }
+        }
+    }
+    Ok(km)
+}
+
+/// Read any supported source into the raw table (library entry point, used by the stage,
+/// tests and benches).
+pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMeta, Vec<RawMessage>)> {
+    if !input.exists() {
+        anyhow::bail!("{}: no such file or directory", input.display());
+    }
+    let keys = key_material(p)?;
+    let format = match p.format {
+        SourceFormat::Auto => detect::detect(input)?,
+        f => f,
+    };
+    let self_id = p.self_id.as_deref();
+    let (format_name, self_id, self_name, contacts, mut messages) = match format {
+        SourceFormat::Auto => unreachable!("detect never returns auto"),
+        SourceFormat::Android | SourceFormat::Sqlite if detect::single_db(input).is_some() || input.is_file() => {
+            let path = detect::single_db(input).unwrap_or_else(|| input.to_path_buf());
+            read_single_db(&path, &keys, p)?
+        }
+        SourceFormat::Android | SourceFormat::Sqlite => {
+            // A directory of decrypted PC files.
+            match detect::detect(input)? {
+                SourceFormat::Pc4 => pc4::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d))?,
+                _ => pc3::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d))?,
+            }
+        }
+        SourceFormat::Pc3 => pc3::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d))?,
+        SourceFormat::Pc4 => pc4::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d))?,
+        SourceFormat::SeedCsv => {
+            let (a, b, c, d) = exports::seed_csv::read(input, p)?;
+            ("seed-csv".to_string(), a, b, c, d)
+        }
+        SourceFormat::WechatmsgCsv => {
+            let (a, b, c, d) = exports::wechatmsg::read_csv(input, p)?;
+            ("wechatmsg-csv".to_string(), a, b, c, d)
+        }
+        SourceFormat::WechatmsgTxt => {
+            let (a, b, c, d) = exports::wechatmsg::read_txt(input, p)?;
+            ("wechatmsg-txt".to_string(), a, b, c, d)
+        }
+        SourceFormat::PywxdumpCsv => {
+            let (a, b, c, d) = exports::pywxdump::read(input, p)?;
+            ("pywxdump-csv".to_string(), a, b, c, d)
+        }
+    };
+    let self_name = p.self_name.clone().unwrap_or(self_name);
+    // Oldest first; ties keep source order.
+    messages.sort_by_key(|m| m.timestamp);
+    Ok((RawMeta { format: format_name, self_id, self_name, contacts }, messages))
+}
+
+type Read = (String, String, String, Vec<RawContact>, Vec<RawMessage>);
+
+/// One database file: Android EnMicroMsg.db (encrypted or not), or a decrypted PC 3.x / 4.x file.
+fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams) -> anyhow::Result<Read> {
+    let conn = keys::open(path, Flavour::Android, keys)?;
+    if android::looks_like(&conn) {
+        let (db_self, db_name) = android::read_self(&conn)?;
+        let self_id = p.self_id.clone().or(db_self).unwrap_or_else(|| "self".to_string());
+        let contacts = android::read_contacts(&conn)?;
+        let self_name = db_name.or_else(|| contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone())).unwrap_or_else(|| self_id.clone());
+        let messages = android::read_messages(&conn, &self_id)?;
+        return Ok(("android".into(), self_id, self_name, contacts, messages));
+    }
+    drop(conn);
+    if sqlcipher::is_plain_sqlite(path)? {
+        let conn = sqlcipher::open_plain(path)?;
+        if pc3::looks_like(&conn) {
+            return pc3::read(path, keys, p.self_id.as_deref()).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d));
+        }
+        if pc4::looks_like(&conn) {
+            return pc4::read(path, keys, p.self_id.as_deref()).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d));
+        }
+    }
+    anyhow::bail!("{}: not a WeChat database (no message/rcontact, MSG or Name2Id tables)", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_serialised() {
+        let mut t = toml::Table::new();
+        t.insert("key".into(), "93f2dd5".into());
+        t.insert("uin".into(), "1583567084".into());
+        t.insert("imei".into(), "866123456789012".into());
+        let v = DecryptReadStage.canonical_params(&t).unwrap();
+        let s = v.to_string();
+        assert!(!s.contains("93f2dd5") && !s.contains("1583567084") && !s.contains("866123456789012"), "{s}");
+        let recalled = secrets::recall(&v);
+        assert!(recalled.iter().any(|r| r.key.as_deref() == Some("93f2dd5")));
+    }
+
+    #[test]
+    fn bad_params_are_reported_with_their_path() {
+        let mut t = toml::Table::new();
+        t.insert("format".into(), "iphone".into());
+        let e = DecryptReadStage.canonical_params(&t).unwrap_err();
+        assert_eq!(e.path, "format");
+        let mut t = toml::Table::new();
+        t.insert("utc_offset".into(), "eight".into());
+        assert_eq!(DecryptReadStage.canonical_params(&t).unwrap_err().path, "utc_offset");
+        assert_eq!(parse_offset("+08:00"), Some(28800));
+        assert_eq!(parse_offset("-05:30"), Some(-19800));
+    }
+}

@@ -1,0 +1,133 @@
+//! Android EnMicroMsg.db (decrypted connection or the seed's CSV export of its tables) → raw.
+
+use rusqlite::Connection;
+
+use super::raw::{RawContact, RawMessage};
+
+/// One `message` row, by column name (schemas differ across versions; never positional).
+#[derive(Debug, Clone, Default)]
+pub struct AndroidRow {
+    pub msg_id: i64,
+    pub msg_svr_id: Option<i64>,
+    pub msg_type: i64,
+    pub is_send: i64,
+    pub create_time: i64,
+    pub talker: String,
+    pub content: String,
+}
+
+/// Android stores extended codes; the low 16 bits are the base type for positive values, and
+/// every negative code in the decompiled `Kx()` table is an appmsg (reference 4.4).
+pub fn base_type(code: i64) -> i64 {
+    if code >= 0 { code & 0xFFFF } else { 49 }
+}
+
+/// Received group messages carry `sender:\n` before the body (reference 1.4).
+pub fn split_sender_prefix(content: &str) -> Option<(&str, &str)> {
+    let idx = content.find(":\n")?;
+    let sender = &content[..idx];
+    let plausible = !sender.is_empty() && sender.len() <= 80 && !sender.contains(char::is_whitespace) && !sender.contains('<');
+    plausible.then(|| (sender, &content[idx + 2..]))
+}
+
+/// createTime is milliseconds; tolerate seconds from hand-made copies.
+pub fn to_seconds(t: i64) -> i64 {
+    if t.abs() >= 100_000_000_000 { t.div_euclid(1000) } else { t }
+}
+
+pub fn convert_row(row: AndroidRow, self_id: &str) -> RawMessage {
+    let base = base_type(row.msg_type);
+    let is_self = row.is_send == 1;
+    let is_group = row.talker.ends_with("@chatroom");
+    let mut content = row.content;
+    let mut sender_id = None;
+    if is_self {
+        sender_id = Some(self_id.to_string());
+    } else if is_group && base != 10000 && base != 10002 {
+        if let Some((s, body)) = split_sender_prefix(&content) {
+            sender_id = Some(s.to_string());
+            content = body.to_string();
+        }
+    } else if !is_group {
+        sender_id = Some(row.talker.clone());
+    }
+    let id = match row.msg_svr_id {
+        Some(id) if id != 0 => id.to_string(),
+        _ => format!("local-{}", row.msg_id),
+    };
+    RawMessage {
+        id,
+        conversation: row.talker,
+        sender_id,
+        sender_name: None,
+        is_self,
+        timestamp: to_seconds(row.create_time),
+        msg_type: base,
+        sub_type: 0,
+        source_type: row.msg_type,
+        content,
+        display_content: None,
+        exported: None,
+    }
+}
+
+/// Names from `rcontact`; groups are rows whose username ends in `@chatroom`.
+pub fn read_contacts(conn: &Connection) -> anyhow::Result<Vec<RawContact>> {
+    let mut stmt = conn.prepare("SELECT username, nickname, conRemark FROM rcontact")?;
+    let rows = stmt.query_map([], |r| {
+        let id: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
+        Ok(RawContact {
+            is_group: id.ends_with("@chatroom"),
+            id,
+            nickname: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            remark: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// userinfo id 2 = own wxid, id 4 = own nickname.
+pub fn read_self(conn: &Connection) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let get = |id: i64| -> Option<String> {
+        conn.query_row("SELECT value FROM userinfo WHERE id = ?1", [id], |r| r.get::<_, Option<String>>(0)).ok().flatten()
+    };
+    Ok((get(2), get(4)))
+}
+
+/// Every `message` row, oldest first.
+pub fn read_messages(conn: &Connection, self_id: &str) -> anyhow::Result<Vec<RawMessage>> {
+    let mut stmt =
+        conn.prepare("SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message ORDER BY createTime, msgId")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AndroidRow {
+            msg_id: r.get(0)?,
+            msg_svr_id: r.get(1)?,
+            msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+            create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+            talker: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            content: text_or_blob(r.get_ref(6)?),
+        })
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(convert_row(row?, self_id));
+    }
+    Ok(out)
+}
+
+/// A TEXT column that some rows store as a BLOB.
+pub fn text_or_blob(v: rusqlite::types::ValueRef<'_>) -> String {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Null => String::new(),
+    }
+}
+
+/// True when the connection holds Android's tables.
+pub fn looks_like(conn: &Connection) -> bool {
+    super::has_tables(conn, &["message", "rcontact"])
+}
