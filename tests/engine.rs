@@ -15,3 +15,6 @@ mod manifest_errors;
 
 #[path = "engine/robustness.rs"]
 mod robustness;
+
+#[path = "engine/cli.rs"]
+mod cli;
