@@ -4,7 +4,9 @@
 pub mod common;
 pub mod export;
 pub mod quantize;
+pub mod scratch_base;
 pub mod decrypt_read;
+pub mod normalise;
 pub mod split;
 pub mod window;
 
@@ -18,5 +20,6 @@ pub fn registry() -> Registry {
     registry.add(split::SplitStage);
     registry.add(export::ExportStage);
     registry.add(quantize::QuantizeStage);
+    registry.add(scratch_base::ScratchBaseStage);
     registry
 }

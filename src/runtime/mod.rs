@@ -14,12 +14,14 @@
 //! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
 //! - [`optim`]: AdamW with checkpointable state, warmup + cosine schedule, gradient clipping.
 
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod device;
 pub mod frozen;
 pub mod generate;
 pub mod hf;
+pub mod init;
 pub mod lora;
 pub mod model;
 pub mod optim;
