@@ -90,7 +90,8 @@ pub fn line_chart_svg(title: &str, x_label: &str, y_label: &str, series: &[(&str
         if pts.len() == 1 {
             let (x, y) = pts[0];
             if x.is_finite() && y.is_finite() {
-                let _ = writeln!(svg, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#, frame.px(x), frame.py(y));
+                let _ =
+                    writeln!(svg, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#, frame.px(x), frame.py(y));
             }
         }
         let _ = writeln!(svg, r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="1.6"/>"#, d.trim_end());
@@ -406,7 +407,10 @@ mod tests {
             "损失 <loss>",
             "step",
             "loss",
-            &[("train", vec![(0.0, 2.0), (1.0, 1.5), (2.0, f64::NAN), (3.0, 1.0)]), ("验证", vec![(0.0, 2.1), (3.0, 1.2)])],
+            &[
+                ("train", vec![(0.0, 2.0), (1.0, 1.5), (2.0, f64::NAN), (3.0, 1.0)]),
+                ("验证", vec![(0.0, 2.1), (3.0, 1.2)]),
+            ],
         );
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));

@@ -90,11 +90,16 @@ pub fn export(dir: &Path, splits: &[(&str, Vec<Sample>)], params: &ExportParams)
                 Format::WechatAvatar => {
                     ("wechat_avatar", format!("{split}.jsonl"), wechat_avatar::render(&dialogues, &params.category))
                 }
-                Format::AtomCsv => ("atom_csv", format!("{file_stem}_sft.csv"), atom_csv::render(&dialogues, params.atom_newline)?),
+                Format::AtomCsv => {
+                    ("atom_csv", format!("{file_stem}_sft.csv"), atom_csv::render(&dialogues, params.atom_newline)?)
+                }
                 Format::Sharegpt => {
                     let name = format!("{split}.json");
                     let with_system = params.include_system && dialogues.iter().any(|d| d.system.is_some());
-                    dataset_info.insert(format!("{}_{split}", params.dataset_name), sharegpt::dataset_info_entry(&name, with_system));
+                    dataset_info.insert(
+                        format!("{}_{split}", params.dataset_name),
+                        sharegpt::dataset_info_entry(&name, with_system),
+                    );
                     ("sharegpt", name, sharegpt::render(&dialogues, params.include_system))
                 }
             };

@@ -44,7 +44,10 @@ impl TypedStage for SplitStage {
         let window_stats: Option<WindowStats> = match ctx.optional_input("window_stats") {
             Some(path) => {
                 let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                Some(serde_json::from_slice(&bytes).with_context(|| format!("{}: not window stats JSON", path.display()))?)
+                Some(
+                    serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{}: not window stats JSON", path.display()))?,
+                )
             }
             None => None,
         };
@@ -52,8 +55,14 @@ impl TypedStage for SplitStage {
         for part in Part::ALL {
             write_jsonl(&ctx.output(part.name(), &Self::INFO)?, splits.get(part))?;
         }
-        let (st, reply, context) =
-            stats::compute(&splits, [params.train, params.val, params.test], seed, params.top_contacts, window_stats.as_ref());
+        let (st, reply, context) = stats::compute(
+            &splits,
+            [params.train, params.val, params.test],
+            seed,
+            params.top_contacts,
+            window_stats.as_ref(),
+            params.contact_names,
+        );
         stats::write(&ctx.output("stats", &Self::INFO)?, &st, &reply, &context, params.histogram_bins)?;
         ctx.progress.note(&format!(
             "train {} / val {} / test {}",

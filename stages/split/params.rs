@@ -13,13 +13,23 @@ pub struct SplitParams {
     pub seed: Option<u64>,
     /// Contacts shown in the top-contacts chart.
     pub top_contacts: usize,
+    /// Label contacts by display name (from window's stats) instead of conversation id.
+    pub contact_names: bool,
     /// Bins of the length histograms.
     pub histogram_bins: usize,
 }
 
 impl Default for SplitParams {
     fn default() -> Self {
-        SplitParams { train: 0.9, val: 0.05, test: 0.05, seed: None, top_contacts: 20, histogram_bins: 40 }
+        SplitParams {
+            train: 0.9,
+            val: 0.05,
+            test: 0.05,
+            seed: None,
+            top_contacts: 20,
+            contact_names: true,
+            histogram_bins: 40,
+        }
     }
 }
 

@@ -21,8 +21,8 @@ pub struct SplitStats {
     pub reply_bubbles: Summary,
     pub context_chars: Summary,
     pub context_turns: Summary,
-    /// Samples per conversation id, most first.
-    pub top_contacts: Vec<(String, u64)>,
+    /// Conversations with the most samples, most first.
+    pub top_contacts: Vec<Contact>,
     /// Samples by source ("window", "quote").
     pub sources: BTreeMap<String, u64>,
     pub group_samples: u64,
@@ -31,6 +31,14 @@ pub struct SplitStats {
     pub reply_kinds: Option<BTreeMap<String, u64>>,
     /// Input messages by kind, from window's stats when given.
     pub message_kinds: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Contact {
+    pub conversation: String,
+    /// Display name, when window's stats are given and `contact_names` is on.
+    pub name: Option<String>,
+    pub samples: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,7 +66,13 @@ impl Summary {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-        Summary { mean: v.iter().sum::<f64>() / v.len() as f64, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: v[v.len() - 1] }
+        Summary {
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: v[v.len() - 1],
+        }
     }
 }
 
@@ -73,6 +87,7 @@ pub fn compute(
     seed: u64,
     top_n: usize,
     window: Option<&WindowStats>,
+    contact_names: bool,
 ) -> (SplitStats, Vec<f64>, Vec<f64>) {
     let all = || Part::ALL.into_iter().flat_map(|p| splits.get(p).iter());
     let mut parts = BTreeMap::new();
@@ -83,12 +98,17 @@ pub fn compute(
         let conversations: std::collections::HashSet<&str> = s.iter().map(|x| x.conversation.as_str()).collect();
         parts.insert(
             p.name(),
-            PartStats { samples: s.len() as u64, sessions: sessions.len() as u64, conversations: conversations.len() as u64 },
+            PartStats {
+                samples: s.len() as u64,
+                sessions: sessions.len() as u64,
+                conversations: conversations.len() as u64,
+            },
         );
     }
     let reply: Vec<f64> = all().map(reply_chars).collect();
     let bubbles: Vec<f64> = all().map(|s| (s.reply.matches(BUBBLE_SEPARATOR).count() + 1) as f64).collect();
-    let context: Vec<f64> = all().map(|s| s.context.iter().map(|t| t.text.chars().count()).sum::<usize>() as f64).collect();
+    let context: Vec<f64> =
+        all().map(|s| s.context.iter().map(|t| t.text.chars().count()).sum::<usize>() as f64).collect();
     let turns: Vec<f64> = all().map(|s| s.context.len() as f64).collect();
 
     let mut contacts: HashMap<&str, u64> = HashMap::new();
@@ -102,9 +122,20 @@ pub fn compute(
     let mut top: Vec<(String, u64)> = contacts.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top.truncate(top_n);
+    let names = window.filter(|_| contact_names).map(|w| &w.conversation_names);
+    let top = top
+        .into_iter()
+        .map(|(conversation, samples)| Contact {
+            name: names.and_then(|n| n.get(&conversation)).cloned(),
+            conversation,
+            samples,
+        })
+        .collect();
     let kinds = |m: &BTreeMap<crate::stages::common::message::MessageKind, u64>| {
         m.iter()
-            .map(|(k, v)| (serde_json::to_value(k).ok().and_then(|j| j.as_str().map(str::to_string)).unwrap_or_default(), *v))
+            .map(|(k, v)| {
+                (serde_json::to_value(k).ok().and_then(|j| j.as_str().map(str::to_string)).unwrap_or_default(), *v)
+            })
             .collect::<BTreeMap<String, u64>>()
     };
     let stats = SplitStats {
@@ -146,7 +177,8 @@ pub fn write(dir: &Path, stats: &SplitStats, reply: &[f64], context: &[f64], bin
         &clip(context, stats.context_chars.p99),
         bins,
     )?;
-    let contacts: Vec<(&str, f64)> = stats.top_contacts.iter().map(|(c, n)| (c.as_str(), *n as f64)).collect();
+    let contacts: Vec<(&str, f64)> =
+        stats.top_contacts.iter().map(|c| (c.name.as_deref().unwrap_or(&c.conversation), c.samples as f64)).collect();
     plot::bar_chart(&dir.join("top_contacts.svg"), "样本最多的联系人 top contacts (samples)", &contacts)?;
     let sizes: Vec<(&str, f64)> = stats.splits.iter().map(|(k, v)| (*k, v.samples as f64)).collect();
     plot::bar_chart(&dir.join("split_sizes.svg"), "train / val / test samples", &sizes)?;
@@ -159,7 +191,8 @@ pub fn write(dir: &Path, stats: &SplitStats, reply: &[f64], context: &[f64], bin
         }
         None => stats.sources.iter().map(|(k, n)| (format!("source: {k}"), *n as f64)).collect(),
     };
-    let title = if stats.reply_kinds.is_some() { "回复消息类型 reply bubbles by kind" } else { "samples by source" };
+    let title =
+        if stats.reply_kinds.is_some() { "回复消息类型 reply bubbles by kind" } else { "samples by source" };
     plot::bar_chart(&dir.join("kind_mix.svg"), title, &mix)?;
     Ok(())
 }

@@ -127,6 +127,7 @@ impl<'a> Conversation<'a> {
         for m in messages {
             *stats.message_kinds.entry(m.kind).or_default() += 1;
         }
+        stats.conversation_names.insert(first.conversation.clone(), first.conversation_name.clone());
         let system = params
             .system_prompt
             .as_ref()
@@ -238,7 +239,9 @@ impl<'a> Conversation<'a> {
         sample_session: &mut Vec<u32>,
     ) {
         let quotes: Vec<usize> = (0..self.kept.len())
-            .filter(|&i| self.kept[i].is_self && self.kept[i].kind == MessageKind::Quote && self.kept[i].quoted.is_some())
+            .filter(|&i| {
+                self.kept[i].is_self && self.kept[i].kind == MessageKind::Quote && self.kept[i].quoted.is_some()
+            })
             .collect();
         if quotes.is_empty() {
             return;
@@ -262,11 +265,10 @@ impl<'a> Conversation<'a> {
                 continue;
             }
             // The quoted message: by source id, else the latest earlier message with that text.
-            let target = quoted
-                .message_ref
-                .as_deref()
-                .and_then(|r| by_id.get(r).copied())
-                .or_else(|| by_text.get(quoted.text.as_str()).and_then(|v| v.iter().rev().find(|&&j| j < i).copied()));
+            let target =
+                quoted.message_ref.as_deref().and_then(|r| by_id.get(r).copied()).or_else(|| {
+                    by_text.get(quoted.text.as_str()).and_then(|v| v.iter().rev().find(|&&j| j < i).copied())
+                });
             let quotes_self = match target {
                 Some(t) => self.kept[t].is_self,
                 None => own_names.contains(&quoted.sender_name.as_str()),

@@ -31,6 +31,8 @@ pub struct WindowStats {
     pub message_kinds: BTreeMap<MessageKind, u64>,
     /// Bubbles of emitted replies by kind (before dedup).
     pub reply_kinds: BTreeMap<MessageKind, u64>,
+    /// Display name of each conversation, for the top-contacts chart.
+    pub conversation_names: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,9 @@ impl WindowStats {
         }
         for (k, v) in &o.reply_kinds {
             *self.reply_kinds.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.conversation_names {
+            self.conversation_names.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
 }

@@ -15,14 +15,28 @@ pub struct Chat {
 
 impl Chat {
     pub fn private(conversation: &str) -> Chat {
-        Chat { conversation: conversation.into(), name: format!("{conversation}的备注"), group: false, t: 1_700_000_000, messages: Vec::new() }
+        Chat {
+            conversation: conversation.into(),
+            name: format!("{conversation}的备注"),
+            group: false,
+            t: 1_700_000_000,
+            messages: Vec::new(),
+        }
     }
 
     pub fn group(conversation: &str) -> Chat {
         Chat { group: true, ..Chat::private(conversation) }
     }
 
-    fn push(&mut self, after: i64, is_self: bool, sender: (&str, &str), kind: MessageKind, text: &str, quoted: Option<QuotedMessage>) -> &mut Self {
+    fn push(
+        &mut self,
+        after: i64,
+        is_self: bool,
+        sender: (&str, &str),
+        kind: MessageKind,
+        text: &str,
+        quoted: Option<QuotedMessage>,
+    ) -> &mut Self {
         self.t += after;
         let id = format!("{}-{}", self.conversation, self.messages.len());
         self.messages.push(Message {

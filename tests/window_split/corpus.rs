@@ -7,7 +7,20 @@ use avatar::stages::common::message::{Message, MessageKind, QuotedMessage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const WORDS: [&str; 12] = ["好", "开冲", "[呲牙]", "今天下午一点", "我妈说可以", "科三哈", "吃了吗", "哈哈哈", "明天见", "在吗", "收到", "晚安"];
+const WORDS: [&str; 12] = [
+    "好",
+    "开冲",
+    "[呲牙]",
+    "今天下午一点",
+    "我妈说可以",
+    "科三哈",
+    "吃了吗",
+    "哈哈哈",
+    "明天见",
+    "在吗",
+    "收到",
+    "晚安",
+];
 const MEMBERS: [&str; 5] = ["胡三行", "驾校周师傅", "小虫", "阿强", "Lily"];
 
 /// About `n` messages in chats of ~`per_chat` messages, sorted by conversation then time.

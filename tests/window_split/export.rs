@@ -36,7 +36,10 @@ fn dialogues_alternate_and_name_group_speakers() {
     let d = dialogue(&s).unwrap();
     assert_eq!(
         d.exchanges,
-        vec![("胡三行:对\n小虫:上号".to_string(), "好".to_string()), ("胡三行:冲".to_string(), "开冲<s>[呲牙]".to_string())]
+        vec![
+            ("胡三行:对\n小虫:上号".to_string(), "好".to_string()),
+            ("胡三行:冲".to_string(), "开冲<s>[呲牙]".to_string())
+        ]
     );
     assert_eq!(d.system.as_deref(), Some("你是乌冬面"));
     // A follow-up after one's own turn cannot alternate.
@@ -49,7 +52,10 @@ fn every_format_is_written_in_its_expected_shape() {
     let dir = tempfile::tempdir().unwrap();
     let train = vec![
         sample(vec![turn(Role::Other, None, "女孩子生气的时候是不是暂时不能讲理啊")], "嗯嗯"),
-        sample(vec![turn(Role::Other, None, "q1"), turn(Role::Self_, None, "a1"), turn(Role::Other, None, "q2, \"引号\"")], "a2<s>a3"),
+        sample(
+            vec![turn(Role::Other, None, "q1"), turn(Role::Self_, None, "a1"), turn(Role::Other, None, "q2, \"引号\"")],
+            "a2<s>a3",
+        ),
         sample(vec![turn(Role::Other, None, "在吗"), turn(Role::Self_, None, "在")], "跟进"),
     ];
     let val = vec![sample(vec![turn(Role::Other, None, "v")], "w")];
@@ -78,12 +84,17 @@ fn every_format_is_written_in_its_expected_shape() {
     assert!(!dir.path().join("atom_csv/test_sft.csv").exists(), "no test input, no test file");
 
     // ShareGPT + dataset_info.json (LLaMA-Factory).
-    let records: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("sharegpt/train.json")).unwrap()).unwrap();
+    let records: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sharegpt/train.json")).unwrap()).unwrap();
     let first = &records[0];
-    assert_eq!(first["conversations"][0], serde_json::json!({"from": "human", "value": "女孩子生气的时候是不是暂时不能讲理啊"}));
+    assert_eq!(
+        first["conversations"][0],
+        serde_json::json!({"from": "human", "value": "女孩子生气的时候是不是暂时不能讲理啊"})
+    );
     assert_eq!(first["conversations"][1], serde_json::json!({"from": "gpt", "value": "嗯嗯"}));
     assert_eq!(first["system"], "你是乌冬面");
-    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("sharegpt/dataset_info.json")).unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sharegpt/dataset_info.json")).unwrap()).unwrap();
     assert_eq!(info["avatar_train"]["file_name"], "train.json");
     assert_eq!(info["avatar_train"]["formatting"], "sharegpt");
     assert_eq!(info["avatar_train"]["columns"]["messages"], "conversations");

@@ -67,7 +67,9 @@ fn ratios_hold_over_sessions() {
     let all = samples(60_000, 5);
     let p = SplitParams { train: 0.7, val: 0.2, test: 0.1, ..Default::default() };
     let splits = split_samples(all, &p, 9).unwrap();
-    let sessions = |s: &[Sample]| s.iter().map(|x| (x.conversation.clone(), x.session.clone())).collect::<HashSet<_>>().len() as f64;
+    let sessions = |s: &[Sample]| {
+        s.iter().map(|x| (x.conversation.clone(), x.session.clone())).collect::<HashSet<_>>().len() as f64
+    };
     let (tr, va, te) = (sessions(&splits.train), sessions(&splits.val), sessions(&splits.test));
     let total = tr + va + te;
     assert!(total > 1500.0, "{total} sessions");

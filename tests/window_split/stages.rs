@@ -42,12 +42,14 @@ fn window_split_export_run_from_files() {
     write_jsonl(&messages, &corpus(8000, 400, 1)).unwrap();
 
     let w = dir.path().join("window");
-    let m = run("window", "include_groups = true\nsystem_prompt = \"你是{self_name}\"", &[("messages", messages)], &w).unwrap();
+    let m = run("window", "include_groups = true\nsystem_prompt = \"你是{self_name}\"", &[("messages", messages)], &w)
+        .unwrap();
     let samples: Vec<Sample> = read_jsonl(&w.join("samples.jsonl")).unwrap();
     assert_eq!(m["samples"], serde_json::json!(samples.len()));
     assert!(samples.len() > 1000);
     assert!(samples.iter().all(|s| s.system.as_deref() == Some("你是乌冬面")));
-    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("window_stats.json")).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.join("window_stats.json")).unwrap()).unwrap();
     assert_eq!(stats["messages"], 8000);
     assert!(stats["reply_kinds"]["text"].as_u64().unwrap() > 0);
 
@@ -59,8 +61,10 @@ fn window_split_export_run_from_files() {
         &s,
     )
     .unwrap();
-    let counts: Vec<usize> =
-        ["train", "val", "test"].iter().map(|p| read_jsonl::<Sample>(&s.join(format!("{p}.jsonl"))).unwrap().len()).collect();
+    let counts: Vec<usize> = ["train", "val", "test"]
+        .iter()
+        .map(|p| read_jsonl::<Sample>(&s.join(format!("{p}.jsonl"))).unwrap().len())
+        .collect();
     assert_eq!(counts.iter().sum::<usize>(), samples.len());
     assert_eq!(m["train"], serde_json::json!(counts[0]));
     for chart in ["reply_length.svg", "context_length.svg", "top_contacts.svg", "kind_mix.svg", "split_sizes.svg"] {
@@ -71,6 +75,12 @@ fn window_split_export_run_from_files() {
     assert_eq!(st["seed"], 17, "the pipeline seed is used when no `seed` param is given");
     assert_eq!(st["splits"]["train"]["samples"], serde_json::json!(counts[0]));
     assert!(st["reply_kinds"]["sticker"].as_u64().is_some());
+    let top = &st["top_contacts"][0];
+    assert!(
+        top["name"].as_str().unwrap().starts_with('好') || top["name"].as_str().unwrap().starts_with('群'),
+        "{top}"
+    );
+    assert!(std::fs::read_to_string(s.join("stats/top_contacts.svg")).unwrap().contains(top["name"].as_str().unwrap()));
     assert!(std::fs::read_to_string(s.join("stats/kind_mix.svg")).unwrap().contains("sticker"));
 
     let e = dir.path().join("export");

@@ -16,7 +16,13 @@ fn texts(s: &Sample) -> Vec<(Role, &str)> {
 
 #[test]
 fn own_bubbles_merge_with_s_and_others_with_the_separator() {
-    let msgs = Chat::private("wxid_a").them(0, "今天下午一点四十来练车").them(20, "准时到哈").me(30, "好").me(5, "开冲").me(5, "[呲牙]").build();
+    let msgs = Chat::private("wxid_a")
+        .them(0, "今天下午一点四十来练车")
+        .them(20, "准时到哈")
+        .me(30, "好")
+        .me(5, "开冲")
+        .me(5, "[呲牙]")
+        .build();
     let samples = window(&msgs, &WindowParams::default());
     assert_eq!(samples.len(), 1);
     let s = &samples[0];
@@ -107,7 +113,11 @@ fn quote_replies_pair_across_sessions_and_link_them() {
     assert_eq!(out.stats.sessions_linked_by_quotes, 1);
 
     // Without a source id the quoted text is matched instead.
-    let msgs = Chat::private("wxid_a").them(0, "我妈说可以").them(DAY, "周末去哪").me_quote(MIN, "我没问我爸", 0, false).build();
+    let msgs = Chat::private("wxid_a")
+        .them(0, "我妈说可以")
+        .them(DAY, "周末去哪")
+        .me_quote(MIN, "我没问我爸", 0, false)
+        .build();
     let s = window(&msgs, &WindowParams::default());
     assert!(s.iter().all(|x| x.session == msgs[0].timestamp.to_string()));
 
@@ -169,16 +179,14 @@ fn placeholder_only_replies_are_dropped_per_kind() {
     assert_eq!(out.samples.len(), 1);
     assert_eq!(out.samples[0].reply, "[手机图片]<s>你看");
     assert_eq!(out.stats.dropped.placeholder_reply, 1);
-    let keep_stickers = WindowParams {
-        placeholder_kinds: vec![MessageKind::Image],
-        ..Default::default()
-    };
+    let keep_stickers = WindowParams { placeholder_kinds: vec![MessageKind::Image], ..Default::default() };
     assert_eq!(window(&msgs, &keep_stickers).len(), 2);
 }
 
 #[test]
 fn reply_length_bounds_count_characters_not_bytes_or_separators() {
-    let msgs = Chat::private("wxid_a").them(0, "问").me(5, "一二").me(5, "三").them(10, "再问").me(5, "一二三四五六").build();
+    let msgs =
+        Chat::private("wxid_a").them(0, "问").me(5, "一二").me(5, "三").them(10, "再问").me(5, "一二三四五六").build();
     let p = WindowParams { min_reply_chars: 3, max_reply_chars: 5, ..Default::default() };
     let out = build_samples(&msgs, &p).unwrap();
     assert_eq!(out.samples.len(), 1);
@@ -227,7 +235,9 @@ fn system_notices_are_skipped_and_long_contexts_are_trimmed_from_the_oldest_turn
 #[test]
 fn system_prompt_fills_in_names() {
     let msgs = Chat::private("wxid_a").them(0, "在吗").me(5, "在").build();
-    let p = WindowParams { system_prompt: Some("你是{self_name}，正在和{contact}聊天".into()), ..Default::default() };
+    let p = WindowParams {
+        system_prompt: Some("你是{self_name}，正在和{contact}聊天".into()), ..Default::default()
+    };
     let s = window(&msgs, &p);
     assert_eq!(s[0].system.as_deref(), Some("你是乌冬面，正在和wxid_a的备注聊天"));
     assert_eq!(window(&msgs, &WindowParams::default())[0].system, None);
