@@ -260,47 +260,64 @@ mod avx2_impl {
         }
     }
 
-    /// Signed 8-bit dot of 32 lanes into 8 i32 sums, as float.
-    #[inline(always)]
-    unsafe fn dot_i8(w: __m256i, a: __m256i) -> __m256 {
+    /// Dispatch on the tile width so each kernel body is a straight-line loop over `N` registers.
+    pub unsafe fn dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
         unsafe {
-            let ax = _mm256_sign_epi8(w, w);
-            let sy = _mm256_sign_epi8(a, w);
-            let p16 = _mm256_maddubs_epi16(ax, sy);
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+            match acts.len() {
+                1 => q8_0_n::<1>(w, acts, nb, out),
+                2 => q8_0_n::<2>(w, acts, nb, out),
+                3 => q8_0_n::<3>(w, acts, nb, out),
+                _ => q8_0_n::<TILE>(w, acts, nb, out),
+            }
+        }
+    }
+
+    pub unsafe fn dot_q4_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+        unsafe {
+            match acts.len() {
+                1 => q4_0_n::<1>(w, acts, nb, out),
+                2 => q4_0_n::<2>(w, acts, nb, out),
+                3 => q4_0_n::<3>(w, acts, nb, out),
+                _ => q4_0_n::<TILE>(w, acts, nb, out),
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    unsafe fn q8_0_n<const N: usize>(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
         unsafe {
-            let n = acts.len();
-            let mut acc = [_mm256_setzero_ps(); TILE];
+            let mut acc = [_mm256_setzero_ps(); N];
+            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
+            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
             let wp = w.as_ptr();
             for b in 0..nb {
                 let blk = wp.add(b * Q8_0_BYTES);
                 let dw = f16_scale(blk);
                 let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                for j in 0..n {
-                    let (aq, ad, _) = acts[j];
-                    let av = _mm256_loadu_si256(aq.as_ptr().add(b * QK) as *const __m256i);
-                    let d = _mm256_set1_ps(dw * *ad.get_unchecked(b));
-                    acc[j] = _mm256_fmadd_ps(d, dot_i8(wq, av), acc[j]);
+                // |w| and sign(a, w) make maddubs' unsigned*signed product equal w*a.
+                let ax = _mm256_sign_epi8(wq, wq);
+                for j in 0..N {
+                    let av = _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i);
+                    let sy = _mm256_sign_epi8(av, wq);
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1)));
+                    acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * *ad[j].add(b)), p, acc[j]);
                 }
             }
-            for j in 0..n {
+            for j in 0..N {
                 out[j] = hsum(acc[j]);
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    unsafe fn q4_0_n<const N: usize>(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
         unsafe {
-            let n = acts.len();
-            let mut acc = [_mm256_setzero_ps(); TILE];
+            let mut acc = [_mm256_setzero_ps(); N];
             // The -8 offset of every nibble is applied once per block through the act sums.
-            let mut off = [0f32; TILE];
+            let mut off = [0f32; N];
+            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
+            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
+            let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].2.as_ptr());
             let mask = _mm_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
             let wp = w.as_ptr();
@@ -312,16 +329,14 @@ mod avx2_impl {
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 // Unsigned nibbles 0..15: elements 0..15 in the low lane, 16..31 in the high lane.
                 let wq = _mm256_set_m128i(hi, lo);
-                for j in 0..n {
-                    let (aq, ad, dsum) = acts[j];
-                    let av = _mm256_loadu_si256(aq.as_ptr().add(b * QK) as *const __m256i);
+                for j in 0..N {
+                    let av = _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i);
                     let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, av), ones));
-                    let d = _mm256_set1_ps(dw * *ad.get_unchecked(b));
-                    acc[j] = _mm256_fmadd_ps(d, p, acc[j]);
-                    off[j] += dw * *dsum.get_unchecked(b);
+                    acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * *ad[j].add(b)), p, acc[j]);
+                    off[j] += dw * *ds[j].add(b);
                 }
             }
-            for j in 0..n {
+            for j in 0..N {
                 out[j] = hsum(acc[j]) - 8.0 * off[j];
             }
         }

@@ -1,0 +1,224 @@
+//! What `avatar serve` serves: serve.json (written by the `serve` stage), a pipeline manifest
+//! (its newest `serve` stage output), a quantize output directory, an HF folder, or a .gguf file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use super::engine::Loaded;
+use crate::quant::QModel;
+use crate::quant::gguf::GgufFile;
+use crate::runtime::{ChatTemplate, Tokenizer};
+
+/// serve.json: everything the server needs besides the listening address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// The GGUF file to load.
+    pub model: PathBuf,
+    /// Directory holding tokenizer.json / tokenizer_config.json (default: the model's directory).
+    pub tokenizer_dir: Option<PathBuf>,
+    /// Model id reported by `/v1/models` (any id is accepted in requests).
+    pub name: String,
+    /// Chat template source; empty = from tokenizer_config.json / the GGUF.
+    pub chat_template: String,
+    pub defaults: Defaults,
+    pub limits: Limits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            tokenizer_dir: None,
+            name: "avatar".into(),
+            chat_template: String::new(),
+            defaults: Defaults::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Generation defaults for fields a request leaves out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub repetition_penalty: f64,
+    pub max_tokens: usize,
+    /// Joins the reply's `<s>` bubbles in `content`.
+    pub bubble_separator: String,
+    /// Prepended when a request has no (or an empty) system message.
+    pub system_prompt: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_p: 0.9,
+            top_k: 40,
+            repetition_penalty: 1.05,
+            max_tokens: 256,
+            bubble_separator: "\n".into(),
+            system_prompt: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Upper bound for max_tokens (requests asking more are clamped).
+    pub max_tokens: usize,
+    /// Prompt tokens accepted (also bounded by the model context).
+    pub max_prompt_tokens: usize,
+    pub max_n: usize,
+    pub max_batch: usize,
+    pub max_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, max_tokens: 1024, max_prompt_tokens: 4096, max_n: 4, max_batch: 8, max_queue: 256 }
+    }
+}
+
+impl ServeConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let mut cfg: ServeConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
+        // Relative paths in serve.json are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.model.is_relative() {
+            cfg.model = base.join(&cfg.model);
+        }
+        if let Some(t) = &cfg.tokenizer_dir {
+            if t.is_relative() {
+                cfg.tokenizer_dir = Some(base.join(t));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// A config for `target`: serve.json, a pipeline .toml, a directory (quantize output or HF
+    /// folder, converted to Q8_0 on the fly) or a .gguf file. `prefer` orders GGUF types.
+    pub fn resolve(target: &Path, prefer: &[&str]) -> Result<Self> {
+        if target.is_file() {
+            let ext = target.extension().and_then(|e| e.to_str()).unwrap_or("");
+            return match ext {
+                "json" => Self::read(target),
+                "toml" => Self::read(&pipeline_serve_json(target)?),
+                "gguf" => Ok(Self { model: target.to_path_buf(), ..Self::default() }),
+                _ => bail!("{}: expected a pipeline .toml, serve.json, .gguf file or a model directory", target.display()),
+            };
+        }
+        if !target.is_dir() {
+            bail!("{} does not exist", target.display());
+        }
+        if target.join("serve.json").is_file() {
+            return Self::read(&target.join("serve.json"));
+        }
+        if let Some(g) = pick_gguf(target, prefer)? {
+            return Ok(Self { model: g, ..Self::default() });
+        }
+        if target.join("config.json").is_file() {
+            // An HF folder: quantize to Q8_0 once into the temp dir (keyed by the folder's path).
+            let key = blake3::hash(target.canonicalize()?.to_string_lossy().as_bytes()).to_hex();
+            let out = std::env::temp_dir().join(format!("avatar-serve-{}.gguf", &key[..16]));
+            crate::quant::convert(target, crate::quant::parse_type("q8_0")?, &out)?;
+            return Ok(Self { model: out, tokenizer_dir: Some(target.to_path_buf()), ..Self::default() });
+        }
+        bail!("{}: no serve.json, .gguf file or HF model (config.json) in this directory", target.display())
+    }
+
+    /// Load the model, tokenizer and chat template this config names.
+    pub fn load(&self) -> Result<Loaded> {
+        let model = QModel::load(&self.model)?;
+        let tdir = self.tokenizer_dir.clone().unwrap_or_else(|| self.model.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let tpath = tdir.join("tokenizer.json");
+        if !tpath.is_file() {
+            bail!(
+                "no tokenizer.json in {} (the quantize stage writes one next to the GGUF files; set `tokenizer_dir` in serve.json)",
+                tdir.display()
+            );
+        }
+        let tokenizer = Tokenizer::from_file(&tpath)?;
+        let gguf = GgufFile::open(&self.model)?;
+        let tc = tdir.join("tokenizer_config.json");
+        let template = if !self.chat_template.is_empty() {
+            let eos = gguf
+                .meta_u32("tokenizer.ggml.eos_token_id")
+                .ok()
+                .and_then(|id| tokenizer.id_to_token(id))
+                .unwrap_or_else(|| "<|im_end|>".into());
+            ChatTemplate::new(&self.chat_template, "", &eos)?
+        } else if tc.is_file() {
+            ChatTemplate::from_tokenizer_config(&tc)?
+        } else if let Some(t) = gguf.meta_str("tokenizer.chat_template") {
+            ChatTemplate::new(t, "", "<|im_end|>")?
+        } else {
+            ChatTemplate::chatml()
+        };
+        let mut stop_ids: Vec<u32> = Vec::new();
+        if let Ok(id) = gguf.meta_u32("tokenizer.ggml.eos_token_id") {
+            stop_ids.push(id);
+        }
+        for s in [template.eos_token.as_str(), "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+            if let Some(id) = tokenizer.token_to_id(s) {
+                if tokenizer.is_special(id) && !stop_ids.contains(&id) {
+                    stop_ids.push(id);
+                }
+            }
+        }
+        if stop_ids.is_empty() {
+            bail!("{}: no end-of-sequence token found (tokenizer.ggml.eos_token_id or <|im_end|>)", self.model.display());
+        }
+        Ok(Loaded { model, tokenizer, template, stop_ids, name: self.name.clone() })
+    }
+}
+
+/// The preferred .gguf in a directory.
+fn pick_gguf(dir: &Path, prefer: &[&str]) -> Result<Option<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    found.sort();
+    let rank = |p: &PathBuf| {
+        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        prefer.iter().position(|t| name.contains(&t.to_lowercase())).unwrap_or(prefer.len())
+    };
+    Ok(found.into_iter().min_by_key(rank))
+}
+
+/// serve.json of the newest `serve` stage run recorded in a pipeline's lock file.
+fn pipeline_serve_json(manifest_path: &Path) -> Result<PathBuf> {
+    use crate::engine::lockfile::LockFile;
+    use crate::engine::store::Store;
+    let registry = crate::stages::registry();
+    let manifest = crate::engine::Manifest::load(manifest_path, &registry).map_err(|e| anyhow!("{e}"))?;
+    let lock = LockFile::read(&manifest.lock_path())?;
+    let store = Store::existing(&manifest.store_dir());
+    let stage = manifest
+        .stages
+        .iter()
+        .rev()
+        .find(|s| s.kind == "serve")
+        .ok_or_else(|| anyhow!("{}: no stage of kind \"serve\"", manifest_path.display()))?;
+    let entry = lock.stages.get(&stage.name).ok_or_else(|| {
+        anyhow!("stage `{}` has not run yet: run `avatar run {}` first", stage.name, manifest_path.display())
+    })?;
+    let path = store.object_dir(&entry.output).join("serve.json");
+    if !path.is_file() {
+        bail!("the output of stage `{}` is missing from the store ({}): run the pipeline again", stage.name, path.display());
+    }
+    Ok(path)
+}

@@ -1,0 +1,340 @@
+//! The model worker: one thread owns the quantized model and advances every active request by
+//! one token per step in a single batched forward (continuous batching). New requests join at
+//! the next step (their prompt is prefilled in chunks alongside the others' decode tokens);
+//! admission is FIFO from a bounded queue, so a full queue is an immediate "overloaded" answer
+//! instead of unbounded waiting.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::quant::{KvCache, QModel, SeqStep};
+use crate::runtime::{ChatTemplate, Sampler, SamplingParams, Tokenizer};
+
+/// A loaded model ready to serve.
+pub struct Loaded {
+    pub model: QModel,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// Tokens that end a reply.
+    pub stop_ids: Vec<u32>,
+    /// Name reported by `/v1/models`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// New reply text (raw, bubble markers included).
+    Text(String),
+    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize },
+    Error(String),
+}
+
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub params: GenParams,
+    /// Which of the request's `n` choices this is; events are tagged with it.
+    pub choice: usize,
+    pub events: UnboundedSender<(usize, Event)>,
+}
+
+impl Job {
+    fn send(&self, e: Event) {
+        // A closed channel means the client left; the worker drops the sequence next step.
+        let _ = self.events.send((self.choice, e));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Requests decoded together in one forward.
+    pub max_batch: usize,
+    /// Requests waiting for a batch slot before new ones get 429.
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step across all joining requests.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { max_batch: 8, max_queue: 256, prefill_chunk: 256 }
+    }
+}
+
+/// Handle to the worker thread; cheap to share.
+pub struct Engine {
+    tx: SyncSender<Job>,
+    pub loaded: Arc<Loaded>,
+    queued: Arc<AtomicUsize>,
+    active: Arc<AtomicUsize>,
+}
+
+pub struct Overloaded;
+
+impl Engine {
+    pub fn start(loaded: Arc<Loaded>, cfg: EngineConfig) -> Engine {
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        let worker = Worker { loaded: loaded.clone(), cfg, rx, queued: queued.clone(), active: active.clone() };
+        std::thread::Builder::new().name("avatar-model".into()).spawn(move || worker.run()).expect("spawn model thread");
+        Engine { tx, loaded, queued, active }
+    }
+
+    /// Queue a job, or refuse at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), Overloaded> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(Overloaded)
+            }
+        }
+    }
+
+    /// (waiting, running) request counts.
+    pub fn load(&self) -> (usize, usize) {
+        (self.queued.load(Ordering::SeqCst), self.active.load(Ordering::SeqCst))
+    }
+}
+
+struct Seq {
+    job: Job,
+    cache: KvCache,
+    /// Prompt tokens not yet prefilled.
+    pending: usize,
+    generated: Vec<u32>,
+    /// Sampled tokens including a final stop token (usage counts it).
+    sampled: usize,
+    counts: std::collections::HashMap<u32, u32>,
+    sampler: Sampler,
+    emitted: usize,
+    done: bool,
+}
+
+struct Worker {
+    loaded: Arc<Loaded>,
+    cfg: EngineConfig,
+    rx: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut seqs: Vec<Seq> = Vec::new();
+        let mut open = true;
+        loop {
+            // Admit waiting jobs in FIFO order up to the batch size; block only when idle.
+            while open && seqs.len() < self.cfg.max_batch {
+                let job = if seqs.is_empty() {
+                    match self.rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(j) => j,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                } else {
+                    match self.rx.try_recv() {
+                        Ok(j) => j,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                };
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                if let Some(s) = self.admit(job) {
+                    seqs.push(s);
+                }
+            }
+            if seqs.is_empty() && !open {
+                return;
+            }
+            // Requests whose client went away are dropped without further work.
+            seqs.retain(|s| !s.job.events.is_closed());
+            self.active.store(seqs.len(), Ordering::SeqCst);
+            if seqs.is_empty() {
+                continue;
+            }
+            self.step(&mut seqs);
+            seqs.retain(|s| !s.done);
+            self.active.store(seqs.len(), Ordering::SeqCst);
+        }
+    }
+
+    fn admit(&self, job: Job) -> Option<Seq> {
+        let ctx = self.loaded.model.cfg.context;
+        if job.prompt.is_empty() || job.prompt.len() >= ctx {
+            job.send(Event::Error(format!("prompt of {} tokens does not fit the context of {ctx}", job.prompt.len())));
+            return None;
+        }
+        let counts = Default::default();
+        let sampler = Sampler::new(job.params.sampling.clone());
+        Some(Seq {
+            cache: self.loaded.model.new_cache(),
+            pending: job.prompt.len(),
+            generated: Vec::new(),
+            sampled: 0,
+            counts,
+            sampler,
+            emitted: 0,
+            done: false,
+            job,
+        })
+    }
+
+    fn step(&self, seqs: &mut [Seq]) {
+        let model = &self.loaded.model;
+        // Decoding sequences take one token each; prefilling ones share the chunk budget.
+        let mut budget = self.cfg.prefill_chunk.max(1);
+        let mut inputs: Vec<(usize, Vec<u32>, bool)> = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            if s.pending > 0 {
+                if budget == 0 {
+                    continue;
+                }
+                let start = s.job.prompt.len() - s.pending;
+                let n = s.pending.min(budget);
+                budget -= n;
+                inputs.push((i, s.job.prompt[start..start + n].to_vec(), n == s.pending));
+            } else {
+                let last = *s.generated.last().unwrap_or(&s.job.prompt[s.job.prompt.len() - 1]);
+                inputs.push((i, vec![last], true));
+            }
+        }
+        let mut caches: Vec<(usize, KvCache)> =
+            inputs.iter().map(|(i, _, _)| (*i, std::mem::replace(&mut seqs[*i].cache, model.new_cache()))).collect();
+        let result = {
+            let mut steps: Vec<SeqStep> =
+                caches.iter_mut().zip(&inputs).map(|((_, c), (_, t, _))| SeqStep { cache: c, tokens: t }).collect();
+            model.forward(&mut steps)
+        };
+        for (i, c) in caches {
+            seqs[i].cache = c;
+        }
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for (i, _, _) in &inputs {
+                    seqs[*i].job.send(Event::Error(format!("model forward failed: {e}")));
+                    seqs[*i].done = true;
+                }
+                return;
+            }
+        };
+        for ((i, toks, sample), mut l) in inputs.into_iter().zip(logits) {
+            let s = &mut seqs[i];
+            if s.pending > 0 {
+                s.pending -= toks.len();
+            }
+            if sample {
+                self.sample_next(s, &mut l);
+            }
+        }
+    }
+
+    fn sample_next(&self, s: &mut Seq, logits: &mut [f32]) {
+        let p = &s.job.params;
+        for (&t, &c) in &s.counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+            }
+        }
+        // A bot reply must not be empty: no stop token as the very first token.
+        if s.generated.is_empty() {
+            for &t in &self.loaded.stop_ids {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let seen: Vec<u32> = s.job.prompt.iter().chain(&s.generated).copied().collect();
+        let tok = s.sampler.sample(logits, &seen);
+        s.sampled += 1;
+        let ctx = self.loaded.model.cfg.context;
+        if self.loaded.stop_ids.contains(&tok) {
+            return self.finish(s, Finish::Stop);
+        }
+        s.generated.push(tok);
+        *s.counts.entry(tok).or_insert(0) += 1;
+        let text = match self.loaded.tokenizer.decode(&s.generated, false) {
+            Ok(t) => t,
+            Err(e) => {
+                s.job.send(Event::Error(e.to_string()));
+                s.done = true;
+                return;
+            }
+        };
+        // Stop strings end the reply before them.
+        if let Some(cut) = p.stop.iter().filter(|st| !st.is_empty()).filter_map(|st| text.find(st.as_str())).min() {
+            if cut > s.emitted {
+                s.job.send(Event::Text(text[s.emitted..cut].to_string()));
+            }
+            s.emitted = cut.max(s.emitted);
+            return self.finish(s, Finish::Stop);
+        }
+        // Hold back an incomplete UTF-8 sequence and a possible stop-string prefix.
+        let mut safe = text.len();
+        if text.ends_with('\u{FFFD}') {
+            safe = text.trim_end_matches('\u{FFFD}').len();
+        }
+        for st in &p.stop {
+            for k in (1..st.len()).rev() {
+                if st.is_char_boundary(k) && text[..safe].ends_with(&st[..k]) {
+                    safe = safe.min(text.len() - k);
+                    break;
+                }
+            }
+        }
+        if safe > s.emitted && text.is_char_boundary(safe) && text.is_char_boundary(s.emitted) {
+            s.job.send(Event::Text(text[s.emitted..safe].to_string()));
+            s.emitted = safe;
+        }
+        if s.generated.len() >= p.max_tokens || s.cache.len() + 1 >= ctx {
+            if text.len() > s.emitted {
+                let rest = text.trim_end_matches('\u{FFFD}');
+                if rest.len() > s.emitted && rest.is_char_boundary(s.emitted) {
+                    s.job.send(Event::Text(rest[s.emitted..].to_string()));
+                }
+            }
+            self.finish(s, Finish::Length);
+        }
+    }
+
+    fn finish(&self, s: &mut Seq, finish: Finish) {
+        s.job.send(Event::Done { finish, prompt_tokens: s.job.prompt.len(), completion_tokens: s.sampled.max(1) });
+        s.done = true;
+    }
+}

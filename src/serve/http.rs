@@ -1,0 +1,337 @@
+//! The HTTP layer: OpenAI-compatible routes (with `//` and `/v1`-less paths tolerated), bearer
+//! auth, body limits, SSE streaming, the web chat page, and OpenAI-shaped errors everywhere.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::api::{ApiError, BubbleStream, ChatRequest, bubbles};
+use super::config::ServeConfig;
+use super::engine::{Engine, Event, GenParams, Job};
+use crate::runtime::SamplingParams;
+
+const PAGE: &str = include_str!("page.html");
+
+pub struct AppInner {
+    pub engine: Engine,
+    pub cfg: ServeConfig,
+    pub api_key: Option<String>,
+    pub created: u64,
+}
+
+pub type AppState = Arc<AppInner>;
+
+pub fn router(state: AppState) -> Router {
+    // One dispatcher so that `//v1//chat/completions` and `/chat/completions` route like
+    // `/v1/chat/completions`, and unknown paths still get OpenAI-shaped errors.
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn normalize(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(seg);
+    }
+    let out = out.strip_prefix("/v1").map(String::from).unwrap_or(out);
+    if out.is_empty() { "/".into() } else { out }
+}
+
+async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
+    let path = normalize(req.uri().path());
+    let method = req.method().clone();
+    let result = match (path.as_str(), &method) {
+        ("/", &Method::GET) | ("/index.html", &Method::GET) => return page(),
+        ("/health", &Method::GET) => {
+            let (waiting, running) = st.engine.load();
+            return axum::Json(json!({"status": "ok", "waiting": waiting, "running": running})).into_response();
+        }
+        ("/models", &Method::GET) => check_auth(&st, req.headers()).map(|_| models(&st)),
+        (p, &Method::GET) if p.starts_with("/models/") => check_auth(&st, req.headers()).and_then(|_| model(&st, &p[8..])),
+        ("/chat/completions", &Method::POST) => match check_auth(&st, req.headers()) {
+            Ok(()) => chat(st.clone(), req).await,
+            Err(e) => Err(e),
+        },
+        ("/", _) | ("/models", _) | ("/chat/completions", _) | ("/health", _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("method {method} is not allowed on {}", req.uri().path()),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("unknown request URL: {method} {}", req.uri().path()),
+        )),
+    };
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+fn page() -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
+}
+
+fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &st.api_key else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "incorrect API key provided")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "missing API key: send `Authorization: Bearer <key>`",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn model_json(st: &AppState) -> Value {
+    json!({"id": st.cfg.name, "object": "model", "created": st.created, "owned_by": "avatar"})
+}
+
+fn models(st: &AppState) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_json(st)]})).into_response()
+}
+
+fn model(st: &AppState, id: &str) -> Result<Response, ApiError> {
+    if id == st.cfg.name {
+        Ok(axum::Json(model_json(st)).into_response())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", format!("model `{id}` does not exist")))
+    }
+}
+
+struct Submitted {
+    rx: UnboundedReceiver<(usize, Event)>,
+    n: usize,
+    prompt_tokens: usize,
+}
+
+/// Validate, render, tokenize and queue a request's `n` generations.
+fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
+    let loaded = &st.engine.loaded;
+    let prompt_text = loaded.template.render(&req.messages, true).map_err(|e| ApiError::bad("messages", format!("cannot render the chat template: {e:#}")))?;
+    let prompt = loaded.tokenizer.encode(&prompt_text).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let ctx = loaded.model.cfg.context;
+    let limit = st.cfg.limits.max_prompt_tokens.min(ctx.saturating_sub(1));
+    if prompt.is_empty() || prompt.len() > limit {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("the prompt is {} tokens; this server accepts at most {limit}", prompt.len()),
+            kind: "invalid_request_error",
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    let max_tokens = req.max_tokens.min(ctx - prompt.len()).max(1);
+    let base_seed = req.seed.unwrap_or_else(rand::random);
+    let (tx, rx) = unbounded_channel();
+    for choice in 0..req.n {
+        let params = GenParams {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: req.temperature,
+                top_p: req.top_p,
+                top_k: req.top_k,
+                repetition_penalty: req.repetition_penalty,
+                seed: base_seed.wrapping_add(choice as u64),
+            },
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            stop: req.stop.clone(),
+        };
+        // Dropping `rx` on failure cancels the choices already queued.
+        st.engine.submit(Job { prompt: prompt.clone(), params, choice, events: tx.clone() }).map_err(|_| ApiError::overloaded())?;
+    }
+    Ok(Submitted { rx, n: req.n, prompt_tokens: prompt.len() })
+}
+
+async fn chat(st: AppState, req: Request) -> Result<Response, ApiError> {
+    let limit = st.cfg.limits.max_body_bytes;
+    let body: Bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", format!("request body exceeds {limit} bytes"))
+    })?;
+    let creq = ChatRequest::parse(&body, &st.cfg.defaults, &st.cfg.limits)?;
+    let sub = submit(&st, &creq)?;
+    let id = format!("chatcmpl-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+    let model = creq.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| st.cfg.name.clone());
+    if creq.stream {
+        Ok(stream_response(sub, creq, id, model).into_response())
+    } else {
+        complete(sub, &creq, id, model).await
+    }
+}
+
+async fn complete(mut sub: Submitted, req: &ChatRequest, id: String, model: String) -> Result<Response, ApiError> {
+    let mut texts = vec![String::new(); sub.n];
+    let mut finish = vec![None; sub.n];
+    let mut completion = 0;
+    let mut done = 0;
+    while done < sub.n {
+        let Some((i, ev)) = sub.rx.recv().await else {
+            return Err(ApiError::internal("the model worker stopped"));
+        };
+        match ev {
+            Event::Text(t) => texts[i].push_str(&t),
+            Event::Done { finish: f, completion_tokens, .. } => {
+                finish[i] = Some(f.as_str());
+                completion += completion_tokens;
+                done += 1;
+            }
+            Event::Error(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    let choices: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let parts = bubbles(t);
+            let content = if parts.is_empty() { t.trim().to_string() } else { parts.join(&req.bubble_separator) };
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": content, "bubbles": parts, "refusal": null},
+                "finish_reason": finish[i],
+                "logprobs": null,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now(),
+        "model": model,
+        "system_fingerprint": "avatar",
+        "choices": choices,
+        "usage": {"prompt_tokens": sub.prompt_tokens, "completion_tokens": completion, "total_tokens": sub.prompt_tokens + completion},
+    }))
+    .into_response())
+}
+
+struct StreamState {
+    sub: Submitted,
+    filters: Vec<BubbleStream>,
+    queue: std::collections::VecDeque<String>,
+    done: usize,
+    completion: usize,
+    finished: bool,
+    include_usage: bool,
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl StreamState {
+    fn chunk(&self, choices: Value) -> String {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "system_fingerprint": "avatar", "choices": choices,
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c.to_string()
+    }
+
+    fn on_event(&mut self, i: usize, ev: Event) {
+        match ev {
+            Event::Text(t) => {
+                let shown = self.filters[i].push(&t);
+                if !shown.is_empty() {
+                    let c = self.chunk(json!([{"index": i, "delta": {"content": shown}, "finish_reason": null, "logprobs": null}]));
+                    self.queue.push_back(c);
+                }
+            }
+            Event::Done { finish, completion_tokens, .. } => {
+                let rest = self.filters[i].finish();
+                if !rest.is_empty() {
+                    let c = self.chunk(json!([{"index": i, "delta": {"content": rest}, "finish_reason": null, "logprobs": null}]));
+                    self.queue.push_back(c);
+                }
+                let c = self.chunk(json!([{"index": i, "delta": {}, "finish_reason": finish.as_str(), "logprobs": null}]));
+                self.queue.push_back(c);
+                self.completion += completion_tokens;
+                self.done += 1;
+                if self.done == self.sub.n {
+                    if self.include_usage {
+                        let p = self.sub.prompt_tokens;
+                        let mut c = json!({
+                            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                            "model": self.model, "system_fingerprint": "avatar", "choices": [],
+                            "usage": {"prompt_tokens": p, "completion_tokens": self.completion, "total_tokens": p + self.completion},
+                        });
+                        c["usage"]["completion_tokens"] = json!(self.completion);
+                        self.queue.push_back(c.to_string());
+                    }
+                    self.queue.push_back("[DONE]".into());
+                    self.finished = true;
+                }
+            }
+            Event::Error(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        let err = json!({"error": {"message": message, "type": "server_error", "param": null, "code": "internal_error"}});
+        self.queue.push_back(err.to_string());
+        self.queue.push_back("[DONE]".into());
+        self.finished = true;
+    }
+}
+
+fn stream_response(sub: Submitted, req: ChatRequest, id: String, model: String) -> impl IntoResponse {
+    let mut st = StreamState {
+        filters: (0..sub.n).map(|_| BubbleStream::new(&req.bubble_separator)).collect(),
+        queue: Default::default(),
+        done: 0,
+        completion: 0,
+        finished: false,
+        include_usage: req.include_usage,
+        id,
+        model,
+        created: now(),
+        sub,
+    };
+    // The role comes first, in its own chunk per choice.
+    for i in 0..st.sub.n {
+        let c = st.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]));
+        st.queue.push_back(c);
+    }
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(data) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), st));
+            }
+            if st.finished {
+                return None;
+            }
+            match st.sub.rx.recv().await {
+                Some((i, ev)) => st.on_event(i, ev),
+                None => st.fail("the model worker stopped".into()),
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,132 @@
+//! `avatar serve`: an OpenAI-compatible chat server (what chatgpt-on-wechat, AstrBot and
+//! LangBot plug into) plus a web chat page, on the quantized CPU decoder with continuous
+//! batching.
+//!
+//! - [`config`]: serve.json and resolving a pipeline / directory / .gguf to it.
+//! - [`engine`]: the model worker thread (bounded FIFO queue, batched decode).
+//! - [`api`]: request parsing, OpenAI error shape, `<s>` bubbles.
+//! - [`http`]: routes, auth, SSE.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod http;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+pub use config::ServeConfig;
+use engine::{Engine, EngineConfig};
+
+/// Command-line arguments of `avatar serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// A pipeline manifest (serves its newest `serve` stage), serve.json, a model directory
+    /// (quantize output or HF folder) or a .gguf file.
+    #[arg(default_value = "pipeline.toml")]
+    pub target: PathBuf,
+    /// Address to listen on; anything but loopback requires an API key.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Bearer key clients must send (default: $AVATAR_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// GGUF types to prefer when a directory holds several, in order.
+    #[arg(long, default_value = "q4_0,q8_0,f16")]
+    pub prefer: String,
+    /// Requests decoded together.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Requests waiting before new ones get 429.
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Joins `<s>` bubbles in `content` (default from serve.json, else "\n").
+    #[arg(long)]
+    pub bubble_separator: Option<String>,
+}
+
+/// Everything needed to start serving, independent of how it was configured.
+pub struct ServerSetup {
+    pub cfg: ServeConfig,
+    pub api_key: Option<String>,
+}
+
+/// Whether binding `host` exposes the server beyond this machine.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Load the model and build the router (used by `run` and by tests with their own listener).
+pub fn build_app(setup: ServerSetup) -> Result<axum::Router> {
+    let loaded = setup.cfg.load()?;
+    let engine = Engine::start(
+        Arc::new(loaded),
+        EngineConfig { max_batch: setup.cfg.limits.max_batch.max(1), max_queue: setup.cfg.limits.max_queue.max(1), ..EngineConfig::default() },
+    );
+    let created = std::fs::metadata(&setup.cfg.model)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Ok(http::router(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created })))
+}
+
+/// Serve until ctrl-c / SIGTERM, then finish in-flight requests and exit.
+pub async fn serve_on(listener: tokio::net::TcpListener, app: axum::Router, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    eprintln!("shutting down: finishing in-flight requests");
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let api_key = args.api_key.clone().or_else(|| std::env::var("AVATAR_API_KEY").ok()).filter(|k| !k.is_empty());
+    if !is_loopback(&args.host) && api_key.is_none() {
+        bail!(
+            "refusing to listen on {} without an API key: pass --api-key or set AVATAR_API_KEY (or bind 127.0.0.1)",
+            args.host
+        );
+    }
+    let prefer: Vec<&str> = args.prefer.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut cfg = ServeConfig::resolve(&args.target, &prefer)?;
+    if let Some(b) = args.max_batch {
+        cfg.limits.max_batch = b;
+    }
+    if let Some(q) = args.max_queue {
+        cfg.limits.max_queue = q;
+    }
+    if let Some(s) = &args.bubble_separator {
+        cfg.defaults.bubble_separator = s.clone();
+    }
+    let model_path = cfg.model.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let app = build_app(ServerSetup { cfg, api_key })?;
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        println!("serving {} on http://{local}/ (OpenAI base URL: http://{local}/v1)", model_path.display());
+        serve_on(listener, app, shutdown_signal()).await
+    })
+}
