@@ -6,6 +6,7 @@ pub mod export;
 pub mod quantize;
 pub mod scratch_base;
 pub mod decrypt_read;
+pub mod eval;
 pub mod normalise;
 pub mod split;
 pub mod window;
@@ -17,6 +18,7 @@ pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
     registry.add(window::WindowStage);
+    registry.add(eval::Eval);
     registry.add(split::SplitStage);
     registry.add(export::ExportStage);
     registry.add(quantize::QuantizeStage);

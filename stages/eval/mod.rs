@@ -1,0 +1,178 @@
+//! eval: on the test split, how each model compares with the person — perplexity of their
+//! real replies, and the style of generated replies (length, bubbles, distinct-n, catchphrases,
+//! emoji, blocked words) next to the same statistics of what the person actually wrote.
+
+pub mod models;
+pub mod style;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::runtime::GenerationParams;
+use crate::stages::common::jsonl::read_jsonl;
+use crate::stages::common::sample::Sample;
+use models::FloatModel;
+use style::{StyleStats, mine_catchphrases, style_distance, style_stats};
+
+/// Model inputs, in the order they appear in the table.
+const MODEL_INPUTS: [&str; 4] = ["base", "sft", "ppo", "dpo"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalParams {
+    /// Test samples whose context each model answers.
+    pub prompts: usize,
+    /// Test samples used for perplexity.
+    pub perplexity_samples: usize,
+    pub max_len: usize,
+    pub generation: GenerationParams,
+    /// The person's catchphrases; empty = mined from the training replies.
+    pub catchphrases: Vec<String>,
+    /// How many example conversations to keep in the report.
+    pub examples: usize,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        let mut generation = GenerationParams { max_tokens: 48, ..Default::default() };
+        generation.sampling.seed = 1;
+        EvalParams { prompts: 48, perplexity_samples: 200, max_len: 256, generation, catchphrases: Vec::new(), examples: 6 }
+    }
+}
+
+pub struct Eval;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub perplexity: Option<f64>,
+    pub style: StyleStats,
+    pub style_distance: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub person: StyleStats,
+    pub catchphrases: Vec<String>,
+    pub models: BTreeMap<String, ModelReport>,
+    /// Model names in table order.
+    pub order: Vec<String>,
+    pub examples: Vec<Example>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Example {
+    pub context: Vec<String>,
+    pub person: String,
+    pub replies: BTreeMap<String, String>,
+}
+
+const INPUTS: &[InputSpec] = &[
+    InputSpec { name: "test", required: true, help: "test.jsonl from split" },
+    InputSpec { name: "train", required: false, help: "train.jsonl from split, to mine the person's catchphrases" },
+    InputSpec { name: "base", required: false, help: "the untrained base model folder, as a baseline" },
+    InputSpec { name: "sft", required: false, help: "sft.model" },
+    InputSpec { name: "ppo", required: false, help: "ppo.model" },
+    InputSpec { name: "dpo", required: false, help: "dpo.model" },
+    InputSpec { name: "blocked_words", required: false, help: "blocked words, one per line" },
+];
+
+const OUTPUTS: &[OutputSpec] = &[
+    OutputSpec { name: "report", path: "eval.json", help: "per-model metrics, the person's, and example replies" },
+    OutputSpec { name: "chart", path: "eval.svg", help: "style distance per model" },
+];
+
+impl TypedStage for Eval {
+    type Params = EvalParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "eval",
+        version: 1,
+        summary: "test split → perplexity and reply style of each model next to the person's own",
+        inputs: INPUTS,
+        outputs: OUTPUTS,
+    };
+
+    fn run(&self, ctx: &StageContext, p: &EvalParams) -> anyhow::Result<Metrics> {
+        let test: Vec<Sample> = read_jsonl(ctx.input("test")?)?;
+        anyhow::ensure!(!test.is_empty(), "the test split is empty; nothing to evaluate");
+        let mine_from: Vec<Sample> = match ctx.optional_input("train") {
+            Some(p) => read_jsonl(p)?,
+            None => test.clone(),
+        };
+        let catchphrases = if p.catchphrases.is_empty() {
+            mine_catchphrases(&mine_from.iter().map(|s| s.reply.clone()).collect::<Vec<_>>(), 8, 0.02)
+        } else {
+            p.catchphrases.clone()
+        };
+        let blocked = match ctx.optional_input("blocked_words") {
+            Some(path) => read_word_list(path)?,
+            None => Vec::new(),
+        };
+        let prompts: Vec<&Sample> = test.iter().take(p.prompts).collect();
+        let person_replies: Vec<String> = prompts.iter().map(|s| s.reply.clone()).collect();
+        let person = style_stats(&person_replies, &catchphrases, &blocked);
+
+        let present: Vec<&str> = MODEL_INPUTS.iter().copied().filter(|m| ctx.optional_input(m).is_some()).collect();
+        anyhow::ensure!(!present.is_empty(), "eval needs at least one model input (base, sft, ppo or dpo)");
+        let bar = ctx.progress.bar((present.len() * prompts.len()) as u64, "replies");
+        let mut models = BTreeMap::new();
+        let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in &present {
+            let started = Instant::now();
+            let model = FloatModel::load(ctx.input(name)?, &ctx.globals.device)?;
+            let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
+            let (ppl, _) = model.perplexity(&ppl_samples, p.max_len, 8).with_context(|| format!("perplexity of `{name}`"))?;
+            let mut replies = Vec::with_capacity(prompts.len());
+            for (i, s) in prompts.iter().enumerate() {
+                let mut g = p.generation.clone();
+                g.sampling.seed = p.generation.sampling.seed.wrapping_add(i as u64);
+                replies.push(model.reply(s, &g, p.max_len)?);
+                bar.inc(1);
+            }
+            let st = style_stats(&replies, &catchphrases, &blocked);
+            let dist = style_distance(&st, &person);
+            models.insert(name.to_string(), ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, seconds: started.elapsed().as_secs_f64() });
+            generated.insert(name.to_string(), replies);
+        }
+        bar.finish_and_clear();
+
+        let examples = prompts
+            .iter()
+            .enumerate()
+            .take(p.examples)
+            .map(|(i, s)| Example {
+                context: s.context.iter().rev().take(3).rev().map(|t| t.text.clone()).collect(),
+                person: s.reply.clone(),
+                replies: generated.iter().map(|(m, r)| (m.clone(), r[i].clone())).collect(),
+            })
+            .collect();
+        let report = EvalReport { person: person.clone(), catchphrases, models, order: present.iter().map(|s| s.to_string()).collect(), examples };
+        std::fs::write(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
+        let bars: Vec<(String, f64)> = report.order.iter().map(|m| (m.clone(), report.models[m].style_distance)).collect();
+        crate::stages::common::plot::bar_chart(&ctx.output("chart", &Self::INFO)?, "style distance to the person (lower is closer)", &bars)?;
+
+        let mut metrics = Metrics::new();
+        metrics.insert("person.len_mean".into(), serde_json::json!(person.len_mean));
+        metrics.insert("person.catchphrase_rate".into(), serde_json::json!(person.catchphrase_rate));
+        for (name, m) in &report.models {
+            if let Some(ppl) = m.perplexity {
+                metrics.insert(format!("{name}.perplexity"), serde_json::json!(ppl));
+            }
+            metrics.insert(format!("{name}.style_distance"), serde_json::json!(m.style_distance));
+            metrics.insert(format!("{name}.len_mean"), serde_json::json!(m.style.len_mean));
+            metrics.insert(format!("{name}.catchphrase_rate"), serde_json::json!(m.style.catchphrase_rate));
+            metrics.insert(format!("{name}.blocked_word_rate"), serde_json::json!(m.style.blocked_word_rate));
+        }
+        Ok(metrics)
+    }
+}
+
+/// One word per line; blank lines and `#` comments ignored.
+pub fn read_word_list(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading word list {}", path.display()))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+}
