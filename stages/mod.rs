@@ -6,6 +6,7 @@ pub mod export;
 pub mod quantize;
 pub mod scratch_base;
 pub mod decrypt_read;
+pub mod normalise;
 pub mod eval;
 pub mod normalise;
 pub mod split;
@@ -17,6 +18,8 @@ use crate::engine::Registry;
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
+    registry.add(decrypt_read::DecryptReadStage);
+    registry.add(normalise::NormaliseStage);
     registry.add(window::WindowStage);
     registry.add(eval::Eval);
     registry.add(split::SplitStage);

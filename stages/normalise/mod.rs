@@ -1,0 +1,231 @@
+//! `normalise`: raw messages → one typed, rendered, PII-masked message table plus stats.
+
+pub mod blocked;
+pub mod pii;
+pub mod render;
+pub mod xml;
+
+use std::collections::{BTreeMap, HashMap};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::stages::common::jsonl;
+use crate::stages::common::message::{Message, MessageKind};
+use crate::stages::decrypt_read::raw::{self, RawContact, RawMessage, RawMeta};
+use blocked::Blocked;
+use pii::{PiiConfig, PiiCounts};
+
+/// What to do with a message containing a blocked word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedMode {
+    /// Replace each blocked word by `*`s (keeps the conversation's shape).
+    #[default]
+    Mask,
+    /// Drop the whole message.
+    Drop,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NormaliseParams {
+    /// Which PII to mask (all on by default).
+    pub pii: PiiConfig,
+    /// What the `blocked_words` input does: "mask" or "drop".
+    pub blocked_mode: BlockedMode,
+    /// Message kinds to leave out of the table entirely (e.g. ["system"]); none by default.
+    pub drop_kinds: Vec<MessageKind>,
+}
+
+/// stats.json
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub format: String,
+    pub messages: u64,
+    pub self_messages: u64,
+    pub conversations: u64,
+    pub by_kind: BTreeMap<String, u64>,
+    /// Messages per conversation display name.
+    pub by_contact: BTreeMap<String, u64>,
+    pub by_year: BTreeMap<String, u64>,
+    /// Payloads that should have been XML and were not (rendered as `[未知消息]`).
+    pub malformed_xml: u64,
+    pub pii_masked: PiiCounts,
+    pub blocked_masked: u64,
+    pub blocked_dropped: u64,
+    pub kind_dropped: u64,
+}
+
+/// The pure transformation (stage, tests and benches share it).
+pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, blocked: &Blocked) -> (Vec<Message>, Stats) {
+    let contacts: HashMap<&str, &RawContact> = meta.contacts.iter().map(|c| (c.id.as_str(), c)).collect();
+    struct Row {
+        msg: Option<Message>,
+        order: usize,
+        malformed: bool,
+        pii: PiiCounts,
+        masked: bool,
+        dropped_blocked: bool,
+        dropped_kind: bool,
+    }
+    let rows: Vec<Row> = raw
+        .par_iter()
+        .enumerate()
+        .map(|(order, m)| {
+            let rendered = render::render(m);
+            let mut row = Row { msg: None, order, malformed: rendered.malformed, pii: PiiCounts::default(), masked: false, dropped_blocked: false, dropped_kind: false };
+            if params.drop_kinds.contains(&rendered.kind) {
+                row.dropped_kind = true;
+                return row;
+            }
+            let mut text = rendered.text;
+            let mut quoted = rendered.quoted;
+            if let Some(t) = pii::mask(&text, &params.pii, &mut row.pii) {
+                text = t;
+            }
+            if let Some(q) = quoted.as_mut() {
+                if let Some(t) = pii::mask(&q.text, &params.pii, &mut row.pii) {
+                    q.text = t;
+                }
+            }
+            if blocked.is_match(&text) {
+                match params.blocked_mode {
+                    BlockedMode::Drop => {
+                        row.dropped_blocked = true;
+                        return row;
+                    }
+                    BlockedMode::Mask => {
+                        text = blocked.mask(&text).unwrap_or(text);
+                        row.masked = true;
+                    }
+                }
+            }
+            if let Some(q) = quoted.as_mut() {
+                if let Some(t) = blocked.mask(&q.text) {
+                    q.text = t;
+                }
+            }
+            let conv = contacts.get(m.conversation.as_str());
+            let is_group = m.conversation.ends_with("@chatroom") || conv.is_some_and(|c| c.is_group);
+            let conversation_name = conv.map(|c| c.display_name().to_string()).unwrap_or_else(|| m.conversation.clone());
+            // System notices (revoke, pat, red packet opened, grey lines) have no human speaker.
+            let notice = matches!(rendered.kind, MessageKind::System | MessageKind::Revoke | MessageKind::Pat)
+                || m.msg_type == 10000
+                || m.msg_type == 10002;
+            let (sender_id, sender_name) = if m.is_self {
+                (meta.self_id.clone(), meta.self_name.clone())
+            } else if notice {
+                ("system".to_string(), "系统".to_string())
+            } else {
+                let id = m.sender_id.clone().or_else(|| (!is_group).then(|| m.conversation.clone()));
+                let name = id
+                    .as_deref()
+                    .and_then(|i| contacts.get(i))
+                    .map(|c| c.display_name().to_string())
+                    .or_else(|| m.sender_name.clone())
+                    .or_else(|| id.clone())
+                    .unwrap_or_else(|| "unknown".to_string());
+                (id.or_else(|| m.sender_name.clone()).unwrap_or_else(|| "unknown".to_string()), name)
+            };
+            row.msg = Some(Message {
+                id: m.id.clone(),
+                conversation: m.conversation.clone(),
+                conversation_name,
+                is_group,
+                sender_id,
+                sender_name,
+                is_self: m.is_self,
+                timestamp: m.timestamp,
+                kind: rendered.kind,
+                text,
+                quoted,
+            });
+            row
+        })
+        .collect();
+
+    let mut stats = Stats { format: meta.format.clone(), ..Default::default() };
+    let mut kept: Vec<(usize, Message)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        stats.malformed_xml += u64::from(row.malformed);
+        stats.pii_masked.add(&row.pii);
+        stats.blocked_masked += u64::from(row.masked);
+        stats.blocked_dropped += u64::from(row.dropped_blocked);
+        stats.kind_dropped += u64::from(row.dropped_kind);
+        if let Some(m) = row.msg {
+            kept.push((row.order, m));
+        }
+    }
+    // By conversation, then time; ties keep source order.
+    kept.par_sort_unstable_by(|(oa, a), (ob, b)| a.conversation.cmp(&b.conversation).then(a.timestamp.cmp(&b.timestamp)).then(oa.cmp(ob)));
+    let messages: Vec<Message> = kept.into_iter().map(|(_, m)| m).collect();
+    let mut by_kind: HashMap<MessageKind, u64> = HashMap::new();
+    let mut by_contact: HashMap<&str, u64> = HashMap::new();
+    let mut by_year: HashMap<i32, u64> = HashMap::new();
+    let mut last_conv: Option<&str> = None;
+    for m in &messages {
+        *by_kind.entry(m.kind).or_default() += 1;
+        *by_contact.entry(m.conversation_name.as_str()).or_default() += 1;
+        let year = chrono::DateTime::from_timestamp(m.timestamp, 0).map(|t| chrono::Datelike::year(&t)).unwrap_or(1970);
+        *by_year.entry(year).or_default() += 1;
+        stats.self_messages += u64::from(m.is_self);
+        if last_conv != Some(m.conversation.as_str()) {
+            stats.conversations += 1;
+            last_conv = Some(m.conversation.as_str());
+        }
+    }
+    stats.messages = messages.len() as u64;
+    stats.by_kind = by_kind.into_iter().map(|(k, v)| (kind_name(k), v)).collect();
+    stats.by_contact = by_contact.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    stats.by_year = by_year.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    (messages, stats)
+}
+
+pub fn kind_name(k: MessageKind) -> String {
+    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+pub struct NormaliseStage;
+
+impl TypedStage for NormaliseStage {
+    type Params = NormaliseParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "normalise",
+        version: 1,
+        summary: "render every message type as text (seed 002 rules), mask PII and blocked words, one sorted message table + stats",
+        inputs: &[
+            InputSpec { name: "raw", required: true, help: "decrypt-read's raw table" },
+            InputSpec { name: "blocked_words", required: false, help: "a word list, one per line; masks or drops (blocked_mode)" },
+        ],
+        outputs: &[
+            OutputSpec { name: "messages", path: "messages.jsonl", help: "normalised messages, by conversation then time" },
+            OutputSpec { name: "stats", path: "stats.json", help: "counts by kind, contact and year; PII and blocked-word counts" },
+        ],
+    };
+
+    fn run(&self, ctx: &StageContext, params: &NormaliseParams) -> anyhow::Result<Metrics> {
+        let started = std::time::Instant::now();
+        let (meta, raw) = raw::read_raw(ctx.input("raw")?)?;
+        let blocked = match ctx.optional_input("blocked_words") {
+            Some(p) => Blocked::from_file(p)?,
+            None => Blocked::none(),
+        };
+        let (messages, stats) = normalise(&meta, &raw, params, &blocked);
+        jsonl::write_jsonl(&ctx.output("messages", &Self::INFO)?, &messages)?;
+        let stats_path = ctx.output("stats", &Self::INFO)?;
+        std::fs::write(&stats_path, serde_json::to_vec_pretty(&stats)?)?;
+        let mut m = Metrics::new();
+        m.insert("messages".into(), stats.messages.into());
+        m.insert("self_messages".into(), stats.self_messages.into());
+        m.insert("conversations".into(), stats.conversations.into());
+        m.insert("malformed_xml".into(), stats.malformed_xml.into());
+        m.insert("blocked_masked".into(), stats.blocked_masked.into());
+        m.insert("blocked_dropped".into(), stats.blocked_dropped.into());
+        let pii = stats.pii_masked;
+        m.insert("pii_masked".into(), (pii.phone + pii.id_card + pii.bank_card + pii.email + pii.url).into());
+        m.insert("seconds".into(), serde_json::json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0));
+        Ok(m)
+    }
+}
