@@ -6,7 +6,6 @@ pub mod export;
 pub mod quantize;
 pub mod scratch_base;
 pub mod decrypt_read;
-pub mod normalise;
 pub mod eval;
 pub mod normalise;
 pub mod split;
