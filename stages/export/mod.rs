@@ -6,6 +6,17 @@
 //! - `sharegpt/{train,val,test}.json` + `sharegpt/dataset_info.json` (LLaMA-Factory),
 //! - `export.json`: what was written, with counts.
 //!
+//! ```toml
+//! [stages.export]
+//! kind = "export"
+//! inputs = { train = "split.train", val = "split.val", test = "split.test" }   # val, test optional
+//! formats = ["wechat_avatar", "atom_csv", "sharegpt"]
+//! dataset_name = "avatar"     # dataset_info.json keys: avatar_train, avatar_val, avatar_test
+//! category = "Conversation"
+//! include_system = true
+//! atom_newline = false        # true: `…\n</s>` as Llama-Chinese's inference template
+//! ```
+//!
 //! Samples whose context ends with the person's own turn cannot alternate human/assistant and
 //! are left out (counted as `skipped_not_alternating`).
 

@@ -2,6 +2,19 @@
 //! stats directory (stats.json and SVG charts).
 //!
 //! Params: see [`params::SplitParams`]. The seed is the `seed` param, else the pipeline seed.
+//!
+//! ```toml
+//! [stages.split]
+//! kind = "split"
+//! inputs = { samples = "window.samples", window_stats = "window.stats" }   # window_stats optional
+//! train = 0.9
+//! val = 0.05
+//! test = 0.05
+//! # seed = 7                 # default: the pipeline seed
+//! top_contacts = 20
+//! contact_names = true       # label the chart with display names from window_stats
+//! histogram_bins = 40
+//! ```
 
 pub mod assign;
 pub mod params;
