@@ -1,0 +1,13 @@
+//! The model runtime and the model stages: decoder parity with candle-transformers, gradients,
+//! LoRA/PEFT layout, generation, HF folders, scratch-base and sft.
+
+#[path = "runtime/common.rs"]
+mod common;
+#[path = "runtime/generation.rs"]
+mod generation;
+#[path = "runtime/gradients.rs"]
+mod gradients;
+#[path = "runtime/hf_io.rs"]
+mod hf_io;
+#[path = "runtime/parity.rs"]
+mod parity;

@@ -1,0 +1,75 @@
+//! Tiny models and tokenizers for the runtime tests.
+
+use std::collections::HashMap;
+
+use avatar::runtime::config::ModelConfig;
+use avatar::runtime::init::random_weights;
+use avatar::stages::common::sample::{Role, Sample, Turn};
+use candle_core::{Device, Tensor};
+
+pub fn tiny_config(model_type: &str, vocab: usize, tie: bool) -> ModelConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": model_type, "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "tie_word_embeddings": tie, "hidden_act": "silu", "eos_token_id": 2
+    }))
+    .unwrap()
+}
+
+/// Random weights with random (not unit/zero) norms and biases, so every parameter matters.
+pub fn tiny_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
+    let mut w = random_weights(cfg, seed, 0.2).unwrap();
+    let keys: Vec<String> = w.keys().cloned().collect();
+    for (i, k) in keys.iter().enumerate() {
+        if k.ends_with(".bias") || k.ends_with("norm.weight") {
+            let t = &w[k];
+            let noise = Tensor::randn(0f32, 0.1, t.shape(), &Device::Cpu).unwrap();
+            let base = if k.ends_with(".bias") { 0.0 } else { 1.0 };
+            let _ = i;
+            w.insert(k.clone(), (noise + base).unwrap());
+        }
+    }
+    w
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+pub fn sample(id: usize, context: &[(&str, Role)], reply: &str) -> Sample {
+    Sample {
+        id: format!("s{id}"),
+        conversation: format!("c{}", id % 3),
+        is_group: false,
+        session: format!("c{}-0", id % 3),
+        timestamp: 1_700_000_000 + id as i64,
+        system: None,
+        context: context
+            .iter()
+            .map(|(t, r)| Turn { role: *r, speaker: None, text: t.to_string() })
+            .collect(),
+        reply: reply.to_string(),
+        source: "window".into(),
+    }
+}
+
+/// A small synthetic chat corpus in the person's style: they answer briefly, with 哈哈 and bubbles.
+pub fn corpus(n: usize) -> Vec<Sample> {
+    let asks = ["在吗", "吃饭了吗", "明天去哪", "周末有空吗", "看电影吗", "晚上打球?", "作业写完没", "今天好冷"];
+    let replies = ["在的<s>咋了", "吃了哈哈", "去公园吧<s>😂", "有空哈哈", "好啊<s>几点", "行<s>老地方", "还没哈哈哈", "多穿点<s>别感冒"];
+    (0..n)
+        .map(|i| {
+            let k = i % asks.len();
+            sample(i, &[("hi", Role::Other), (asks[k], Role::Other)], replies[k])
+        })
+        .collect()
+}
+
+pub fn tokenizer_for_tests() -> avatar::runtime::Tokenizer {
+    let texts = corpus(64).into_iter().flat_map(|s| {
+        s.context.into_iter().map(|t| t.text).chain(std::iter::once(s.reply)).collect::<Vec<_>>()
+    });
+    let tk = avatar::stages::scratch_base::tokenizer::train_bpe(texts, 320, 2).unwrap();
+    avatar::runtime::Tokenizer::from_inner(tk)
+}

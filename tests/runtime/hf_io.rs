@@ -1,0 +1,77 @@
+//! HF folders: save a LoRA-trained model merged, load it back, same logits; sample encoding.
+
+use avatar::runtime::chat::ChatTemplate;
+use avatar::runtime::hf::{load_hf_dir, save_hf_dir};
+use avatar::runtime::lora::LoraConfig;
+use avatar::runtime::model::{Model, TrainMode};
+use avatar::stages::common::sample::Role;
+use candle_core::{Device, Tensor};
+
+use super::common::{max_abs_diff, sample, tiny_config, tiny_weights, tokenizer_for_tests};
+
+#[test]
+fn merged_save_loads_back_with_identical_logits() {
+    let dev = Device::Cpu;
+    let tk = tokenizer_for_tests();
+    let cfg = tiny_config("qwen2", tk.vocab_size(), true);
+    let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: true };
+    let model = Model::from_tensors(cfg.clone(), tiny_weights(&cfg, 6), &TrainMode::Lora(lora), 2, &dev).unwrap();
+    let values = model
+        .trainable()
+        .iter()
+        .map(|(n, v)| (n.clone(), Tensor::randn(0f32, 0.2, v.shape(), &dev).unwrap()))
+        .collect();
+    model.load_trainable(&values).unwrap();
+
+    let src = tempfile::tempdir().unwrap();
+    tk.inner().save(src.path().join("tokenizer.json"), false).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    save_hf_dir(out.path(), &model, &cfg.to_json(), src.path()).unwrap();
+    assert!(out.path().join("config.json").is_file() && out.path().join("tokenizer.json").is_file());
+    let st = candle_core::safetensors::load(out.path().join("model.safetensors"), &dev).unwrap();
+    assert!(!st.contains_key("lm_head.weight"), "tied embeddings are stored once");
+    assert!(st.keys().all(|k| !k.contains("lora")));
+
+    let loaded = load_hf_dir(out.path(), &dev, &TrainMode::Frozen, 0).unwrap();
+    let ids = [3u32, 40, 41, 100, 7, 250];
+    let a = model.forward_logits(&ids, (1, ids.len())).unwrap();
+    let b = loaded.model.forward_logits(&ids, (1, ids.len())).unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-4);
+    assert_eq!(loaded.tokenizer.vocab_size(), tk.vocab_size());
+}
+
+#[test]
+fn missing_folder_and_bad_config_are_clear_errors() {
+    let dev = Device::Cpu;
+    let err = load_hf_dir(std::path::Path::new("/nonexistent/model"), &dev, &TrainMode::Frozen, 0).err().unwrap();
+    assert!(err.to_string().contains("/nonexistent/model"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type":"qwen2","vocab_size":"many"}"#).unwrap();
+    let err = format!("{:#}", load_hf_dir(dir.path(), &dev, &TrainMode::Frozen, 0).err().unwrap());
+    assert!(err.contains("config.json") && err.contains("vocab_size"), "{err}");
+}
+
+#[test]
+fn sample_encoding_masks_only_the_reply_and_truncates_old_context() {
+    let tk = tokenizer_for_tests();
+    let tpl = ChatTemplate::chatml();
+    let mut s = sample(0, &[("很久以前的话", Role::Other), ("我说过的", Role::Self_), ("在吗", Role::Other)], "在的<s>咋了");
+    s.system = Some("你是小明".into());
+    let enc = tpl.encode_sample(&tk, &s, 512).unwrap().unwrap();
+    assert_eq!(enc.ids.len(), enc.mask.len());
+    let reply_ids: Vec<u32> = enc.ids.iter().zip(&enc.mask).filter(|(_, m)| **m).map(|(i, _)| *i).collect();
+    assert_eq!(tk.decode(&reply_ids, false).unwrap(), "在的<s>咋了<|im_end|>");
+    let prompt_ids: Vec<u32> = enc.ids.iter().zip(&enc.mask).filter(|(_, m)| !**m).map(|(i, _)| *i).collect();
+    let prompt = tk.decode(&prompt_ids, false).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n你是小明<|im_end|>"));
+    assert!(prompt.contains("<|im_start|>assistant\n我说过的<|im_end|>"));
+    assert!(prompt.ends_with("<|im_start|>assistant\n"));
+
+    // Too long: the oldest turn goes first, the system prompt stays.
+    let short = tpl.encode_sample(&tk, &s, enc.ids.len() - 2).unwrap().unwrap();
+    let text = tk.decode(&short.ids, false).unwrap();
+    assert!(!text.contains("很久以前的话") && text.contains("你是小明") && text.contains("在吗"));
+    assert!(short.ids.len() <= enc.ids.len() - 2);
+    // Nothing of the reply fits: skipped.
+    assert!(tpl.encode_sample(&tk, &s, 3).unwrap().is_none());
+}
