@@ -162,23 +162,24 @@ impl<'a> Conversation<'a> {
         self.stats.replies = runs.len() as u64;
 
         let mut samples = Vec::new();
-        let mut sample_session = Vec::new();
+        // Kept index of each sample's first reply bubble: gives its session and its id.
+        let mut first_bubble = Vec::new();
         if !p.quotes_only {
             for run in &mut runs {
                 if let Some(s) = self.window_sample(run) {
-                    sample_session.push(self.session[run.start]);
+                    first_bubble.push(run.start);
                     samples.push(s);
                 }
             }
         }
         let mut links = UnionFind::new(self.session_first.len());
         if p.quote_pairs {
-            self.quote_samples(&runs, &mut links, &mut samples, &mut sample_session);
+            self.quote_samples(&runs, &mut links, &mut samples, &mut first_bubble);
         }
-        for (s, sess) in samples.iter_mut().zip(sample_session) {
-            let root = links.find(sess as usize);
+        for (s, first) in samples.iter_mut().zip(first_bubble) {
+            let root = links.find(self.session[first] as usize);
             s.session = self.kept[self.session_first[root]].timestamp.to_string();
-            s.id = sample_id(s);
+            s.id = sample_id(s, &self.kept[first].id);
         }
         (samples, self.stats)
     }
@@ -236,7 +237,7 @@ impl<'a> Conversation<'a> {
         runs: &[Run],
         links: &mut UnionFind,
         samples: &mut Vec<Sample>,
-        sample_session: &mut Vec<u32>,
+        first_bubble: &mut Vec<usize>,
     ) {
         let quotes: Vec<usize> = (0..self.kept.len())
             .filter(|&i| {
@@ -297,7 +298,7 @@ impl<'a> Conversation<'a> {
                 }
             }
             samples.push(sample);
-            sample_session.push(self.session[i]);
+            first_bubble.push(i);
         }
     }
 
@@ -387,10 +388,13 @@ fn fit_context(context: &mut Vec<Turn>, max_chars: usize) -> bool {
     true
 }
 
-/// Stable sample id: conversation, session, reply time and source.
-fn sample_id(s: &Sample) -> String {
+/// Stable sample id: conversation, session, reply time, source and the reply's first message id
+/// (two replies can share a second).
+fn sample_id(s: &Sample, first_message_id: &str) -> String {
     let mut h = blake3::Hasher::new();
-    for part in [s.conversation.as_str(), s.session.as_str(), &s.timestamp.to_string(), s.source.as_str()] {
+    for part in
+        [s.conversation.as_str(), s.session.as_str(), &s.timestamp.to_string(), s.source.as_str(), first_message_id]
+    {
         h.update(part.as_bytes());
         h.update(&[0]);
     }

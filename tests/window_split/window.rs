@@ -254,4 +254,15 @@ fn input_order_does_not_matter() {
     assert!(sorted.len() > 300, "{} samples", sorted.len());
     assert!(sorted.iter().any(|s| s.source == "quote"));
     assert!(sorted.iter().any(|s| s.is_group));
+    let ids: std::collections::HashSet<&str> = sorted.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), sorted.len(), "sample ids are unique");
+}
+
+#[test]
+fn replies_in_the_same_second_get_different_ids() {
+    let msgs = Chat::private("wxid_a").them(0, "在吗").me(0, "在").them(0, "真的吗").me(0, "真的").build();
+    let s = window(&msgs, &WindowParams::default());
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].timestamp, s[1].timestamp);
+    assert_ne!(s[0].id, s[1].id);
 }
