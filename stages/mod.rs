@@ -5,6 +5,7 @@ pub mod common;
 pub mod export;
 pub mod quantize;
 pub mod scratch_base;
+pub mod sft;
 pub mod decrypt_read;
 pub mod eval;
 pub mod normalise;
@@ -25,5 +26,6 @@ pub fn registry() -> Registry {
     registry.add(export::ExportStage);
     registry.add(quantize::QuantizeStage);
     registry.add(scratch_base::ScratchBaseStage);
+    registry.add(sft::SftStage);
     registry
 }

@@ -11,3 +11,5 @@ mod gradients;
 mod hf_io;
 #[path = "runtime/parity.rs"]
 mod parity;
+#[path = "runtime/stages.rs"]
+mod stages;

@@ -485,12 +485,15 @@ impl Model {
 
     /// Overwrite trainable tensors from a name → tensor map (checkpoint resume, adapter load).
     pub fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        // Check everything before changing anything: a bad file leaves the model as it was.
         for (name, var) in &self.trainable {
             let t = tensors.get(name).with_context(|| format!("tensor `{name}` is missing"))?;
             if t.dims() != var.dims() {
                 bail!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims());
             }
-            var.set(&t.to_device(&self.device)?.to_dtype(DType::F32)?)?;
+        }
+        for (name, var) in &self.trainable {
+            var.set(&tensors[name].to_device(&self.device)?.to_dtype(DType::F32)?)?;
         }
         Ok(())
     }

@@ -78,12 +78,18 @@ impl AdamW {
     }
 
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, steps: u64) -> anyhow::Result<()> {
-        for (i, (name, var)) in self.vars.iter().enumerate() {
-            let m = state.get(&format!("m.{name}")).with_context(|| format!("optimiser state for `{name}` missing"))?;
-            let v = state.get(&format!("v.{name}")).with_context(|| format!("optimiser state for `{name}` missing"))?;
-            self.m[i] = m.to_device(var.device())?.to_dtype(DType::F32)?;
-            self.v[i] = v.to_device(var.device())?.to_dtype(DType::F32)?;
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        for (name, var) in &self.vars {
+            for (key, out) in [(format!("m.{name}"), &mut m), (format!("v.{name}"), &mut v)] {
+                let t = state.get(&key).with_context(|| format!("optimiser state `{key}` missing"))?;
+                if t.dims() != var.dims() {
+                    anyhow::bail!("optimiser state `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims());
+                }
+                out.push(t.to_device(var.device())?.to_dtype(DType::F32)?);
+            }
         }
+        self.m = m;
+        self.v = v;
         self.steps = steps;
         Ok(())
     }

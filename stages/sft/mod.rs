@@ -1,0 +1,172 @@
+//! `sft`: supervised fine-tuning of a Qwen2/Llama-family base on (context, reply) samples, with
+//! LoRA on a frozen base or full fine-tuning. The loss covers only the person's reply tokens.
+//!
+//! Outputs: `adapter` (PEFT: adapter_config.json + adapter_model.safetensors), `model` (merged
+//! HF folder the quantize and serve stages load), `curves` (loss.json + loss.svg). Metrics:
+//! final val loss and perplexity, tokens/s, steps, wall time.
+//!
+//! Params: see [`params::SftParams`].
+
+pub mod checkpoint;
+pub mod data;
+pub mod params;
+pub mod train;
+
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::runtime::device::select_device;
+use crate::runtime::hf::{load_hf_dir, save_hf_dir};
+use crate::runtime::lora::save_adapter;
+use crate::runtime::model::TrainMode;
+use crate::stages::common::plot::line_chart;
+
+pub use params::{Mode, SftParams};
+
+pub struct SftStage;
+
+/// Identity of a training run: a checkpoint from other params or inputs is never resumed.
+fn fingerprint(ctx: &StageContext, p: &SftParams, seed: u64) -> anyhow::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update(&SftStage::INFO.version.to_le_bytes());
+    h.update(serde_json::to_string(p)?.as_bytes());
+    h.update(&seed.to_le_bytes());
+    h.update(ctx.globals.device.as_bytes());
+    for (name, input) in ctx.inputs {
+        h.update(name.as_bytes());
+        h.update(input.hash.as_bytes());
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn write_curves(dir: &std::path::Path, curves: &checkpoint::Curves) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let rows = |v: &[(u64, f64)], key: &str| -> Vec<serde_json::Value> {
+        v.iter().map(|(s, x)| serde_json::json!({"step": s, key: x})).collect()
+    };
+    let json = serde_json::json!({
+        "train": rows(&curves.train_loss, "loss"),
+        "val": rows(&curves.val_loss, "loss"),
+        "learning_rate": rows(&curves.learning_rate, "lr"),
+    });
+    std::fs::write(dir.join("loss.json"), serde_json::to_string_pretty(&json)?)?;
+    let pts = |v: &[(u64, f64)]| v.iter().map(|(s, x)| (*s as f64, *x)).collect::<Vec<_>>();
+    line_chart(
+        &dir.join("loss.svg"),
+        "SFT loss (reply tokens)",
+        "optimiser step",
+        "cross-entropy",
+        &[("train", pts(&curves.train_loss)), ("val", pts(&curves.val_loss))],
+    )
+}
+
+impl TypedStage for SftStage {
+    type Params = SftParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "sft",
+        version: 1,
+        summary: "base model + train/val samples → LoRA adapter (PEFT), merged HF model, loss curves",
+        inputs: &[
+            InputSpec { name: "base", required: true, help: "HF model folder (scratch-base's model, or a local Qwen2.5/Llama folder)" },
+            InputSpec { name: "train", required: true, help: "training samples JSONL (split.train)" },
+            InputSpec { name: "val", required: true, help: "validation samples JSONL (split.val)" },
+        ],
+        outputs: &[
+            OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter (empty note in full mode)" },
+            OutputSpec { name: "model", path: "model", help: "merged model, HF folder" },
+            OutputSpec { name: "curves", path: "curves", help: "loss.json and loss.svg" },
+        ],
+    };
+
+    fn run(&self, ctx: &StageContext, p: &SftParams) -> anyhow::Result<Metrics> {
+        let wall = Instant::now();
+        p.validate()?;
+        let seed = p.seed.unwrap_or(ctx.globals.seed);
+        let device = select_device(&ctx.globals.device)?;
+        let base = ctx.input("base")?;
+        let mode = match p.mode {
+            Mode::Lora => TrainMode::Lora(p.lora.clone()),
+            Mode::Full => TrainMode::Full,
+        };
+        let loaded = load_hf_dir(base, &device, &mode, seed)?;
+        let (model, tokenizer, template) = (&loaded.model, &loaded.tokenizer, &loaded.template);
+        let max_len = p.max_seq_len.min(model.cfg.max_position_embeddings);
+
+        let train_path = ctx.input("train")?;
+        let val_path = ctx.input("val")?;
+        let train = data::encode_file(train_path, tokenizer, template, max_len, None)?;
+        data::require_samples(&train, train_path)?;
+        let val = data::encode_file(val_path, tokenizer, template, max_len, Some(p.eval_samples.max(1)))?;
+        data::require_samples(&val, val_path)?;
+        ctx.progress.note(&format!(
+            "{} train / {} val samples ({} skipped), {} trainable parameters on {}",
+            train.samples.len(),
+            val.samples.len(),
+            train.skipped + val.skipped,
+            model.trainable_parameter_count(),
+            crate::runtime::device::device_class(&device),
+        ));
+
+        std::fs::create_dir_all(ctx.work_dir).with_context(|| format!("creating {}", ctx.work_dir.display()))?;
+        let fp = fingerprint(ctx, p, seed)?;
+        let params = SftParams { max_seq_len: max_len, ..p.clone() };
+        let outcome = train::run(train::Job {
+            model,
+            train: &train.samples,
+            val: &val.samples,
+            params: &params,
+            seed,
+            pad_id: data::pad_id(tokenizer),
+            work_dir: ctx.work_dir,
+            fingerprint: &fp,
+            progress: ctx.progress,
+            stop_after: None,
+        })?;
+
+        let adapter_dir = ctx.output("adapter", &Self::INFO)?;
+        let base_name = base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match p.mode {
+            Mode::Lora => {
+                let tensors = model
+                    .adapter_tensors()
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
+                    .collect::<anyhow::Result<_>>()?;
+                save_adapter(&adapter_dir, &p.lora, &base_name, &tensors)?;
+            }
+            Mode::Full => {
+                std::fs::create_dir_all(&adapter_dir)?;
+                std::fs::write(
+                    adapter_dir.join("README.txt"),
+                    "mode = \"full\": every weight was trained, so there is no adapter; use the `model` output.\n",
+                )?;
+            }
+        }
+        save_hf_dir(&ctx.output("model", &Self::INFO)?, model, &loaded.raw_config, base)?;
+        write_curves(&ctx.output("curves", &Self::INFO)?, &outcome.curves)?;
+        checkpoint::clear(ctx.work_dir);
+
+        let mut m = Metrics::new();
+        m.insert("final_val_loss".into(), outcome.final_val_loss.into());
+        m.insert("val_perplexity".into(), outcome.final_val_loss.exp().into());
+        if let Some((_, l)) = outcome.curves.train_loss.last() {
+            m.insert("final_train_loss".into(), (*l).into());
+        }
+        m.insert("steps".into(), outcome.steps.into());
+        m.insert(
+            "tokens_per_second".into(),
+            (outcome.tokens_this_run as f64 / outcome.seconds_this_run.max(1e-9)).round().into(),
+        );
+        m.insert("train_seconds".into(), outcome.seconds_this_run.into());
+        m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        m.insert("train_samples".into(), train.samples.len().into());
+        m.insert("skipped_samples".into(), (train.skipped + val.skipped).into());
+        m.insert("trainable_parameters".into(), model.trainable_parameter_count().into());
+        if let Some(step) = outcome.resumed_from {
+            m.insert("resumed_from_step".into(), step.into());
+        }
+        Ok(m)
+    }
+}
