@@ -2,6 +2,7 @@
 //! the only place the engine learns their names.
 
 pub mod common;
+pub mod serve;
 pub mod export;
 pub mod quantize;
 pub mod scratch_base;
@@ -27,5 +28,6 @@ pub fn registry() -> Registry {
     registry.add(quantize::QuantizeStage);
     registry.add(scratch_base::ScratchBaseStage);
     registry.add(sft::SftStage);
+    registry.add(serve::ServeStage);
     registry
 }

@@ -1,7 +1,12 @@
-//! quantize + serve: GGUF conversion and the quantized decoder, the OpenAI-compatible server
-//! (driven by the official Python client when available), and the web page.
+//! quantize + serve: GGUF conversion and the quantized decoder, the two stages, the
+//! OpenAI-compatible server (also driven by the official Python client when available), and the
+//! web page in headless Chromium.
 
 #[path = "serve/fixture.rs"]
 mod fixture;
+#[path = "serve/http.rs"]
+mod http;
 #[path = "serve/quant.rs"]
 mod quant;
+#[path = "serve/stages.rs"]
+mod stages;

@@ -1,0 +1,120 @@
+//! `serve`: validates a model for serving (loads it, generates a few tokens through the chat
+//! template) and writes serve.json, which `avatar serve <pipeline.toml>` then serves.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::quant::SeqStep;
+use crate::runtime::{ChatMessage, Sampler, SamplingParams};
+use crate::serve::config::{Defaults, Limits, ServeConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeParams {
+    /// Model id reported by `/v1/models`.
+    pub name: String,
+    /// GGUF types to pick from a quantize output, in order of preference.
+    pub prefer: Vec<String>,
+    /// Tokens generated to validate the model.
+    pub validate_tokens: usize,
+    /// The user message of the validation chat.
+    pub validate_prompt: String,
+    pub defaults: Defaults,
+    pub limits: Limits,
+}
+
+impl Default for ServeParams {
+    fn default() -> Self {
+        Self {
+            name: "avatar".into(),
+            prefer: vec!["q4_0".into(), "q8_0".into(), "f16".into()],
+            validate_tokens: 8,
+            validate_prompt: "你好".into(),
+            defaults: Defaults::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+pub struct ServeStage;
+
+impl TypedStage for ServeStage {
+    type Params = ServeParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "serve",
+        version: 1,
+        summary: "validate a model for serving and write serve.json for `avatar serve`",
+        inputs: &[InputSpec {
+            name: "model",
+            required: true,
+            help: "quantize output directory, a .gguf file, or an HF folder (converted to q8_0)",
+        }],
+        outputs: &[OutputSpec { name: "config", path: "serve.json", help: "server config: model path, chat template, defaults, limits" }],
+    };
+
+    fn run(&self, ctx: &StageContext, params: &ServeParams) -> anyhow::Result<Metrics> {
+        if params.name.trim().is_empty() {
+            anyhow::bail!("param `name` must not be empty");
+        }
+        let input = ctx.input("model")?;
+        let prefer: Vec<&str> = params.prefer.iter().map(String::as_str).collect();
+        let mut cfg = if input.is_dir() && !has_gguf(input) && input.join("config.json").is_file() {
+            // An HF folder: quantize into the artifact so serve.json points at a stored file.
+            let model = ctx.out_dir.join("model-q8_0.gguf");
+            crate::quant::convert(input, crate::quant::parse_type("q8_0")?, &model)?;
+            for f in ["tokenizer.json", "tokenizer_config.json"] {
+                if input.join(f).is_file() {
+                    std::fs::copy(input.join(f), ctx.out_dir.join(f))?;
+                }
+            }
+            ServeConfig { model: "model-q8_0.gguf".into(), ..ServeConfig::default() }
+        } else {
+            let mut c = ServeConfig::resolve(input, &prefer)?;
+            c.model = c.model.canonicalize()?;
+            c
+        };
+        cfg.name = params.name.clone();
+        cfg.defaults = params.defaults.clone();
+        cfg.limits = params.limits.clone();
+
+        // Validate: load and generate a few tokens greedily.
+        let abs = if cfg.model.is_relative() { ServeConfig { model: ctx.out_dir.join(&cfg.model), tokenizer_dir: Some(ctx.out_dir.to_path_buf()), ..cfg.clone() } } else { cfg.clone() };
+        let t0 = Instant::now();
+        let loaded = abs.load()?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let prompt = loaded.template.render(&[ChatMessage::new("user", params.validate_prompt.clone())], true)?;
+        let ids = loaded.tokenizer.encode(&prompt)?;
+        let mut cache = loaded.model.new_cache();
+        let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..SamplingParams::default() });
+        let t1 = Instant::now();
+        let mut logits = loaded.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }])?;
+        let mut generated = Vec::new();
+        for _ in 0..params.validate_tokens {
+            let tok = sampler.sample(&logits[0], &generated);
+            if loaded.stop_ids.contains(&tok) {
+                break;
+            }
+            generated.push(tok);
+            logits = loaded.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &[tok] }])?;
+        }
+        let gen_s = t1.elapsed().as_secs_f64();
+        loaded.tokenizer.decode(&generated, false)?;
+
+        let out = ctx.output("config", &Self::INFO)?;
+        std::fs::write(&out, serde_json::to_string_pretty(&cfg)? + "\n")?;
+        ctx.progress.note(&format!("model ok: {} tokens generated in {:.2}s", generated.len(), gen_s));
+        let mut m = Metrics::new();
+        m.insert("load_s".into(), load_s.into());
+        m.insert("validate_prompt_tokens".into(), ids.len().into());
+        m.insert("validate_generated_tokens".into(), generated.len().into());
+        m.insert("validate_tok_per_s".into(), ((ids.len() + generated.len()) as f64 / gen_s.max(1e-9)).into());
+        m.insert("weight_bytes".into(), loaded.model.weight_bytes().into());
+        Ok(m)
+    }
+}
+
+fn has_gguf(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "gguf"))).unwrap_or(false)
+}
