@@ -8,6 +8,7 @@ pub mod engine;
 pub mod serve;
 pub mod runtime;
 pub mod quant;
+pub mod report;
 
 #[path = "../stages/mod.rs"]
 pub mod stages;

@@ -18,3 +18,6 @@ mod robustness;
 
 #[path = "engine/cli.rs"]
 mod cli;
+
+#[path = "engine/report.rs"]
+mod report;

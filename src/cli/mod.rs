@@ -31,8 +31,23 @@ enum Command {
     Show(inspect::ShowArgs),
     /// Delete artifacts no lock file or recorded run refers to.
     Gc(inspect::GcArgs),
+    /// Write one self-contained HTML page about the last run.
+    Report(ReportArgs),
+    /// Serve a model on an OpenAI-compatible API with a web chat page.
+    Serve(crate::serve::ServeArgs),
     /// List the stage kinds this build knows, with their inputs and outputs.
     Kinds,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    manifest: Option<PathBuf>,
+    /// Output file (default: report.html in the store).
+    #[arg(long, short = 'o')]
+    out: Option<PathBuf>,
+    /// Include example conversations from the eval stage (chat text: only for data you may show).
+    #[arg(long)]
+    examples: bool,
 }
 
 /// Entry point of the `avatar` binary.
@@ -51,6 +66,8 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Log(args) => inspect::log(&registry, &args),
         Command::Show(args) => inspect::show(&registry, &args),
         Command::Gc(args) => inspect::gc(&registry, &args),
+        Command::Report(args) => report(&registry, &args),
+        Command::Serve(args) => crate::serve::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Kinds => inspect::kinds(&registry),
     };
     match result {
@@ -60,6 +77,14 @@ pub fn main_with(registry: Registry) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn report(registry: &Registry, args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let manifest = load_manifest(args.manifest.as_deref(), registry)?;
+    let opts = crate::report::ReportOptions { examples: args.examples, out: args.out.clone() };
+    let path = crate::report::write_report(&manifest, registry, &opts)?;
+    println!("report written to {}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing() {
