@@ -370,7 +370,7 @@ impl Generator<'_> {
         let me = &self.cast.me;
         let friend_p = self.cast.person_by_wxid(friend).cloned().unwrap_or_else(|| me.clone());
         let sender_p = self.cast.person_by_wxid(sender).cloned().unwrap_or_else(|| me.clone());
-        let weights = [10, 7, 4, 3, 2, 5, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, if s.is_group { 3 } else { 0 }];
+        let weights = [10, 7, 4, 3, 2, 5, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, if s.is_group { 8 } else { 0 }];
         match weighted(&mut self.rng, &weights) {
             0 => Body::Image { md5: self.md5(), length: self.rng.random_range(20_000..900_000) },
             1 => Body::Sticker { md5: self.md5(), length: self.rng.random_range(5_000..300_000) },
