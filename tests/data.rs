@@ -10,3 +10,5 @@ mod errors;
 mod golden;
 #[path = "data/stages.rs"]
 mod stages;
+#[path = "data/sample.rs"]
+mod sample;
