@@ -29,7 +29,11 @@ pub struct QuantizedActs {
 impl QuantizedActs {
     /// Quantize `t` rows of `k` floats (row-major); `k` must be a multiple of 32.
     pub fn quantize(x: &[f32], k: usize) -> Self {
-        assert!(k % QK == 0 && x.len() % k == 0, "activation length {} not a multiple of block row {k}", x.len());
+        assert!(
+            k % QK == 0 && x.len() % k == 0,
+            "activation length {} not a multiple of block row {k}",
+            x.len()
+        );
         let t = x.len() / k;
         let nb = x.len() / QK;
         let mut qs = vec![0i8; x.len()];
@@ -55,7 +59,11 @@ impl QuantizedActs {
 
     fn row(&self, i: usize) -> (&[i8], &[f32], &[f32]) {
         let nb = self.k / QK;
-        (&self.qs[i * self.k..(i + 1) * self.k], &self.d[i * nb..(i + 1) * nb], &self.dsum[i * nb..(i + 1) * nb])
+        (
+            &self.qs[i * self.k..(i + 1) * self.k],
+            &self.d[i * nb..(i + 1) * nb],
+            &self.dsum[i * nb..(i + 1) * nb],
+        )
     }
 }
 
@@ -100,23 +108,56 @@ pub fn kernel_name() -> &'static str {
 /// Up to this many activation vectors share one pass over a weight row (prefill/batching).
 const TILE: usize = 4;
 
+/// One block-quantized matrix of a [`matmul_q_group`] call: `out` is `[acts.t][rows]`.
+pub struct MatJob<'a> {
+    pub kind: BlockKind,
+    pub w: &'a [u8],
+    pub rows: usize,
+    pub out: &'a mut [f32],
+}
+
 /// `out[t][r] = dot(weight row r, act t)` for a `rows x k` block-quantized matrix.
 /// `out` is row-major `[acts.t][rows]`.
 pub fn matmul_q(kind: BlockKind, w: &[u8], rows: usize, acts: &QuantizedActs, out: &mut [f32]) {
+    matmul_q_group(&mut [MatJob { kind, w, rows, out }], acts);
+}
+
+/// Several matrices applied to the same activations in ONE parallel region (Q/K/V, gate/up):
+/// every region costs a wake-up of the worker threads, which at decode sizes is not free.
+pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     let k = acts.k;
     let nb = k / QK;
-    let row_bytes = nb * kind.block_bytes();
-    assert_eq!(w.len(), rows * row_bytes, "weight bytes do not match {rows}x{k}");
-    assert_eq!(out.len(), rows * acts.t);
-    let avx2 = has_avx2();
     let t = acts.t;
-    let out_ptr = SyncPtr(out.as_mut_ptr());
-    // Chunks small enough to balance two busy cores, large enough to amortise rayon.
-    let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(16, 512);
-    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let out_ptr = &out_ptr;
-        let r0 = c * chunk;
-        let r1 = (r0 + chunk).min(rows);
+    let avx2 = has_avx2();
+    let threads = rayon::current_num_threads();
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    let total_rows: usize = jobs.iter().map(|j| j.rows).sum();
+    // Chunks small enough to balance busy cores, large enough to amortise scheduling.
+    let chunk = (total_rows / (threads * 8)).clamp(16, 512);
+    for (ji, j) in jobs.iter().enumerate() {
+        assert_eq!(
+            j.w.len(),
+            j.rows * nb * j.kind.block_bytes(),
+            "weight bytes do not match {}x{k}",
+            j.rows
+        );
+        assert_eq!(j.out.len(), j.rows * t);
+        let mut r = 0;
+        while r < j.rows {
+            tasks.push((ji, r, (r + chunk).min(j.rows)));
+            r += chunk;
+        }
+    }
+    let outs: Vec<SyncPtr> = jobs
+        .iter_mut()
+        .map(|j| SyncPtr(j.out.as_mut_ptr()))
+        .collect();
+    let jobs_ro: Vec<(BlockKind, &[u8], usize)> =
+        jobs.iter().map(|j| (j.kind, j.w, j.rows)).collect();
+    let run = |&(ji, r0, r1): &(usize, usize, usize)| {
+        let (kind, w, rows) = jobs_ro[ji];
+        let row_bytes = nb * kind.block_bytes();
+        let out_ptr = &outs[ji];
         let mut sums = [0f32; TILE];
         for r in r0..r1 {
             let wrow = &w[r * row_bytes..(r + 1) * row_bytes];
@@ -129,13 +170,18 @@ pub fn matmul_q(kind: BlockKind, w: &[u8], rows: usize, acts: &QuantizedActs, ou
                 }
                 dot_row(kind, avx2, wrow, &a_rows[..n], nb, &mut sums[..n]);
                 for (j, s) in sums.iter().enumerate().take(n) {
-                    // SAFETY: each (t, r) cell is written by exactly one task (rows are disjoint).
+                    // SAFETY: each (t, r) cell of each job is written by exactly one task.
                     unsafe { *out_ptr.0.add((t0 + j) * rows + r) = *s };
                 }
                 t0 += n;
             }
         }
-    });
+    };
+    if tasks.len() == 1 || threads == 1 {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
 }
 
 /// `out[t][r] = dot(w row r, x_t)` for an f32 matrix (used for F16/F32/K-quant tensors,
@@ -164,7 +210,14 @@ struct SyncPtr(*mut f32);
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 
-fn dot_row(kind: BlockKind, avx2: bool, w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+fn dot_row(
+    kind: BlockKind,
+    avx2: bool,
+    w: &[u8],
+    acts: &[(&[i8], &[f32], &[f32])],
+    nb: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: features checked at run time; slices are sized by the caller's asserts.
@@ -194,7 +247,11 @@ fn portable_dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out:
         let dw = scale_of(blk);
         for (o, (aq, ad, _)) in out.iter_mut().zip(acts) {
             let a = &aq[b * QK..(b + 1) * QK];
-            let s: i32 = blk[2..].iter().zip(a).map(|(&x, &y)| (x as i8 as i32) * (y as i32)).sum();
+            let s: i32 = blk[2..]
+                .iter()
+                .zip(a)
+                .map(|(&x, &y)| (x as i8 as i32) * (y as i32))
+                .sum();
             *o += dw * ad[b] * s as f32;
         }
     }
@@ -284,7 +341,12 @@ mod avx2_impl {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_n<const N: usize>(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    unsafe fn q8_0_n<const N: usize>(
+        w: &[u8],
+        acts: &[(&[i8], &[f32], &[f32])],
+        nb: usize,
+        out: &mut [f32],
+    ) {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); N];
             let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
@@ -299,7 +361,10 @@ mod avx2_impl {
                 for j in 0..N {
                     let av = _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i);
                     let sy = _mm256_sign_epi8(av, wq);
-                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1)));
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                        _mm256_maddubs_epi16(ax, sy),
+                        _mm256_set1_epi16(1),
+                    ));
                     acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * *ad[j].add(b)), p, acc[j]);
                 }
             }
@@ -310,7 +375,12 @@ mod avx2_impl {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_n<const N: usize>(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
+    unsafe fn q4_0_n<const N: usize>(
+        w: &[u8],
+        acts: &[(&[i8], &[f32], &[f32])],
+        nb: usize,
+        out: &mut [f32],
+    ) {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); N];
             // The -8 offset of every nibble is applied once per block through the act sums.
@@ -331,7 +401,8 @@ mod avx2_impl {
                 let wq = _mm256_set_m128i(hi, lo);
                 for j in 0..N {
                     let av = _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i);
-                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, av), ones));
+                    let p =
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, av), ones));
                     acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * *ad[j].add(b)), p, acc[j]);
                     off[j] += dw * *ds[j].add(b);
                 }
@@ -350,7 +421,11 @@ mod avx2_impl {
             let mut acc1 = _mm256_setzero_ps();
             let mut i = 0;
             while i + 16 <= n {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc0);
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    acc0,
+                );
                 acc1 = _mm256_fmadd_ps(
                     _mm256_loadu_ps(a.as_ptr().add(i + 8)),
                     _mm256_loadu_ps(b.as_ptr().add(i + 8)),
@@ -388,7 +463,9 @@ mod tests {
     fn quantize_q4_0_row(x: &[f32]) -> Vec<u8> {
         let mut out = Vec::new();
         for blk in x.chunks(QK) {
-            let max = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let max = blk
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
             let d = max / -8.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -421,8 +498,16 @@ mod tests {
         let x = pseudo(t * k, 2);
         let acts = QuantizedActs::quantize(&x, k);
         for (kind, bytes, tol) in [
-            (BlockKind::Q8_0, w.chunks(k).flat_map(quantize_q8_0_row).collect::<Vec<_>>(), 0.15),
-            (BlockKind::Q4_0, w.chunks(k).flat_map(quantize_q4_0_row).collect::<Vec<_>>(), 0.6),
+            (
+                BlockKind::Q8_0,
+                w.chunks(k).flat_map(quantize_q8_0_row).collect::<Vec<_>>(),
+                0.15,
+            ),
+            (
+                BlockKind::Q4_0,
+                w.chunks(k).flat_map(quantize_q4_0_row).collect::<Vec<_>>(),
+                0.6,
+            ),
         ] {
             let mut out = vec![0f32; rows * t];
             matmul_q(kind, &bytes, rows, &acts, &mut out);
@@ -431,14 +516,31 @@ mod tests {
                 for r in 0..rows {
                     let exact: f32 = (0..k).map(|i| w[r * k + i] * x[ti * k + i]).sum();
                     let got = out[ti * rows + r];
-                    assert!((got - exact).abs() < tol, "{kind:?} r{r} t{ti}: {got} vs {exact}");
+                    assert!(
+                        (got - exact).abs() < tol,
+                        "{kind:?} r{r} t{ti}: {got} vs {exact}"
+                    );
                     let mut portable = [0f32; 1];
                     let a = [acts.row(ti)];
                     match kind {
-                        BlockKind::Q8_0 => portable_dot_q8_0(&bytes[r * row_bytes..(r + 1) * row_bytes], &a, k / QK, &mut portable),
-                        BlockKind::Q4_0 => portable_dot_q4_0(&bytes[r * row_bytes..(r + 1) * row_bytes], &a, k / QK, &mut portable),
+                        BlockKind::Q8_0 => portable_dot_q8_0(
+                            &bytes[r * row_bytes..(r + 1) * row_bytes],
+                            &a,
+                            k / QK,
+                            &mut portable,
+                        ),
+                        BlockKind::Q4_0 => portable_dot_q4_0(
+                            &bytes[r * row_bytes..(r + 1) * row_bytes],
+                            &a,
+                            k / QK,
+                            &mut portable,
+                        ),
                     }
-                    assert!((portable[0] - got).abs() < 1e-3 * (1.0 + got.abs()), "{kind:?} simd {got} vs portable {}", portable[0]);
+                    assert!(
+                        (portable[0] - got).abs() < 1e-3 * (1.0 + got.abs()),
+                        "{kind:?} simd {got} vs portable {}",
+                        portable[0]
+                    );
                 }
             }
         }

@@ -19,7 +19,10 @@ pub struct QuantizeParams {
 
 impl Default for QuantizeParams {
     fn default() -> Self {
-        Self { types: vec!["q8_0".into(), "q4_0".into()], name: "model".into() }
+        Self {
+            types: vec!["q8_0".into(), "q4_0".into()],
+            name: "model".into(),
+        }
     }
 }
 
@@ -36,7 +39,11 @@ impl TypedStage for QuantizeStage {
             required: true,
             help: "HF-layout folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json",
         }],
-        outputs: &[OutputSpec { name: "gguf", path: "gguf", help: "one <name>-<type>.gguf per type, plus tokenizer files" }],
+        outputs: &[OutputSpec {
+            name: "gguf",
+            path: "gguf",
+            help: "one <name>-<type>.gguf per type, plus tokenizer files",
+        }],
     };
 
     fn run(&self, ctx: &StageContext, params: &QuantizeParams) -> anyhow::Result<Metrics> {
@@ -50,7 +57,9 @@ impl TypedStage for QuantizeStage {
             .types
             .iter()
             .enumerate()
-            .map(|(i, t)| quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}")))
+            .map(|(i, t)| {
+                quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let model = ctx.input("model")?;
         let out = ctx.output("gguf", &Self::INFO)?;
@@ -72,7 +81,8 @@ impl TypedStage for QuantizeStage {
                 std::fs::copy(&src, out.join(f))?;
             }
         }
-        ctx.progress.note(&format!("wrote {} GGUF file(s)", params.types.len()));
+        ctx.progress
+            .note(&format!("wrote {} GGUF file(s)", params.types.len()));
         Ok(m)
     }
 }

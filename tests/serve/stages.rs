@@ -10,14 +10,31 @@ use avatar::serve::ServeConfig;
 
 use super::fixture::{TinySpec, write_tiny_model};
 
-fn run_stage(stage: &dyn Stage, params: &str, input: &Path, out: &Path) -> anyhow::Result<avatar::engine::Metrics> {
+fn run_stage(
+    stage: &dyn Stage,
+    params: &str,
+    input: &Path,
+    out: &Path,
+) -> anyhow::Result<avatar::engine::Metrics> {
     let table: toml::Table = toml::from_str(params).unwrap();
-    let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
+    let canonical = stage
+        .canonical_params(&table)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
     let mut inputs = BTreeMap::new();
-    inputs.insert("model".to_string(), ResolvedInput { path: input.to_path_buf(), hash: "test".into() });
+    inputs.insert(
+        "model".to_string(),
+        ResolvedInput {
+            path: input.to_path_buf(),
+            hash: "test".into(),
+        },
+    );
     std::fs::create_dir_all(out).unwrap();
     let work = tempfile::tempdir().unwrap();
-    let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into() };
+    let globals = Globals {
+        seed: 1,
+        device: "cpu".into(),
+        dtype: "f32".into(),
+    };
     let progress = Progress::hidden("t");
     let ctx = StageContext {
         stage_name: "t",
@@ -37,25 +54,56 @@ fn quantize_then_serve_stage() {
     let hf = tmp.path().join("hf");
     write_tiny_model(&hf, &TinySpec::default());
     let q = tmp.path().join("q");
-    let m = run_stage(&avatar::stages::quantize::QuantizeStage, "types = [\"q8_0\", \"q4_0\", \"q4_k\"]", &hf, &q).unwrap();
+    let m = run_stage(
+        &avatar::stages::quantize::QuantizeStage,
+        "types = [\"q8_0\", \"q4_0\", \"q4_k\"]",
+        &hf,
+        &q,
+    )
+    .unwrap();
     for t in ["q8_0", "q4_0", "q4_k"] {
-        assert!(q.join(format!("gguf/model-{t}.gguf")).is_file(), "{t} written");
+        assert!(
+            q.join(format!("gguf/model-{t}.gguf")).is_file(),
+            "{t} written"
+        );
         assert!(m[&format!("{t}_bytes")].as_u64().unwrap() > 0);
     }
     assert!(q.join("gguf/tokenizer.json").is_file());
     // Unknown types and unknown params are errors naming the field.
-    let err = run_stage(&avatar::stages::quantize::QuantizeStage, "types = [\"q9\"]", &hf, &tmp.path().join("bad")).unwrap_err();
+    let err = run_stage(
+        &avatar::stages::quantize::QuantizeStage,
+        "types = [\"q9\"]",
+        &hf,
+        &tmp.path().join("bad"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("types[0]"), "{err}");
-    let err = run_stage(&avatar::stages::quantize::QuantizeStage, "typo = 1", &hf, &tmp.path().join("bad2")).unwrap_err();
+    let err = run_stage(
+        &avatar::stages::quantize::QuantizeStage,
+        "typo = 1",
+        &hf,
+        &tmp.path().join("bad2"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("typo"), "{err}");
 
     let s = tmp.path().join("s");
-    let m = run_stage(&avatar::stages::serve::ServeStage, "name = \"me\"\nprefer = [\"q8_0\"]\n[defaults]\ntemperature = 0.5", &q.join("gguf"), &s).unwrap();
+    let m = run_stage(
+        &avatar::stages::serve::ServeStage,
+        "name = \"me\"\nprefer = [\"q8_0\"]\n[defaults]\ntemperature = 0.5",
+        &q.join("gguf"),
+        &s,
+    )
+    .unwrap();
     assert!(m["validate_generated_tokens"].as_u64().unwrap() >= 1);
     let cfg = ServeConfig::read(&s.join("serve.json")).unwrap();
     assert_eq!(cfg.name, "me");
     assert_eq!(cfg.defaults.temperature, 0.5);
-    assert!(cfg.model.ends_with("model-q8_0.gguf"), "{}", cfg.model.display());
+    assert!(
+        cfg.model.ends_with("model-q8_0.gguf"),
+        "{}",
+        cfg.model.display()
+    );
     cfg.load().unwrap();
 
     // An HF folder is converted into the serve artifact itself.
