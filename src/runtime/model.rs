@@ -101,7 +101,9 @@ fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
     let n = x.elem_count();
-    let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+    // Integer threshold: one u32 draw per element.
+    let threshold = (keep * u32::MAX as f64) as u32;
+    let mask: Vec<f32> = (0..n).map(|_| if rng.random::<u32>() < threshold { scale } else { 0.0 }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
@@ -395,9 +397,23 @@ impl Model {
         let labels: Vec<u32> = batch.targets.iter().map(|(_, y)| *y).collect();
         let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
         let labels = Tensor::from_vec(labels, (batch.targets.len(), 1), &self.device)?;
-        let logits = self.lm_head(&h.index_select(&rows, 0)?, pass)?;
+        let h = h.index_select(&rows, 0)?;
+        if let (true, Some(w)) = (pass.grad, self.frozen_head_weight()) {
+            return frozen_head_loss(&h, w, &labels);
+        }
+        let logits = self.lm_head(&h, pass)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         Ok(logp.gather(&labels, 1)?.mean_all()?.neg()?)
+    }
+
+    /// The output projection when nothing in it trains.
+    fn frozen_head_weight(&self) -> Option<&Tensor> {
+        match &self.lm_head {
+            Some(l) if !l.w.is_variable() && l.lora.is_none() && l.bias.is_none() => Some(&l.w),
+            Some(_) => None,
+            None if !self.embed.is_variable() => Some(&self.embed),
+            None => None,
+        }
     }
 
     /// Generation step(s) with a KV cache and the fused (no-gradient) kernels: feeds `ids` after
@@ -522,6 +538,26 @@ impl Loader<'_> {
             Ok(t)
         }
     }
+}
+
+/// Cross-entropy through a frozen output projection `w` without putting the `[n, vocab]` logits
+/// into the autograd graph: the gradient with respect to `h` is `(softmax(hW^T) - onehot) W / n`,
+/// computed here with the fused kernels, and attached through a linear surrogate whose value is
+/// cancelled exactly. Saves several vocabulary-sized tensors and the head's backward matmul.
+fn frozen_head_loss(h: &Tensor, w: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
+    let n = h.dim(0)? as f64;
+    let hd = h.detach();
+    let logits = hd.matmul(&w.t()?)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
+    let picked = logits.gather(labels, 1)?;
+    let value = (lse - picked)?.mean_all()?;
+    let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+    drop(logits);
+    let flat_labels = labels.flatten_all()?;
+    let dh = ((probs.matmul(w)? - w.index_select(&flat_labels, 0)?)? / n)?;
+    let surrogate = (h * dh)?.sum_all()?;
+    Ok(((&surrogate - surrogate.detach())? + value)?)
 }
 
 fn mlp(layer: &Layer, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
