@@ -398,21 +398,21 @@ impl Model {
         let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
         let labels = Tensor::from_vec(labels, (batch.targets.len(), 1), &self.device)?;
         let h = h.index_select(&rows, 0)?;
-        if let (true, Some(w)) = (pass.grad, self.frozen_head_weight()) {
-            return frozen_head_loss(&h, w, &labels);
+        if let (true, Some(w)) = (pass.grad, self.plain_head_weight()) {
+            return head_loss(&h, w, &labels);
         }
         let logits = self.lm_head(&h, pass)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         Ok(logp.gather(&labels, 1)?.mean_all()?.neg()?)
     }
 
-    /// The output projection when nothing in it trains.
-    fn frozen_head_weight(&self) -> Option<&Tensor> {
+    /// The output projection when it is a bare matrix (tied embeddings, or an lm_head without
+    /// adapter or bias), trainable or not.
+    fn plain_head_weight(&self) -> Option<&Tensor> {
         match &self.lm_head {
-            Some(l) if !l.w.is_variable() && l.lora.is_none() && l.bias.is_none() => Some(&l.w),
+            Some(l) if l.lora.is_none() && l.bias.is_none() => Some(&l.w),
             Some(_) => None,
-            None if !self.embed.is_variable() => Some(&self.embed),
-            None => None,
+            None => Some(&self.embed),
         }
     }
 
@@ -540,23 +540,30 @@ impl Loader<'_> {
     }
 }
 
-/// Cross-entropy through a frozen output projection `w` without putting the `[n, vocab]` logits
-/// into the autograd graph: the gradient with respect to `h` is `(softmax(hW^T) - onehot) W / n`,
-/// computed here with the fused kernels, and attached through a linear surrogate whose value is
-/// cancelled exactly. Saves several vocabulary-sized tensors and the head's backward matmul.
-fn frozen_head_loss(h: &Tensor, w: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
+/// Mean cross-entropy through the output projection `w` without putting the `[n, vocab]` logits
+/// into the autograd graph. With `G = (softmax(h W^T) - onehot) / n`, the gradients are
+/// `dL/dh = G W` and `dL/dW = G^T h`; both are computed here with the fused kernels and attached
+/// through a linear surrogate whose value is cancelled exactly, so the returned tensor's value is
+/// the loss and its backward gives the true gradients. Saves several vocabulary-sized tensors and
+/// their single-threaded elementwise backward ops per step.
+fn head_loss(h: &Tensor, w: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
     let n = h.dim(0)? as f64;
     let hd = h.detach();
-    let logits = hd.matmul(&w.t()?)?;
+    let wd = w.detach();
+    let logits = hd.matmul(&wd.t()?)?;
     let max = logits.max_keepdim(D::Minus1)?;
     let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
     let picked = logits.gather(labels, 1)?;
     let value = (lse - picked)?.mean_all()?;
-    let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+    let mut g = candle_nn::ops::softmax_last_dim(&logits)?;
     drop(logits);
-    let flat_labels = labels.flatten_all()?;
-    let dh = ((probs.matmul(w)? - w.index_select(&flat_labels, 0)?)? / n)?;
-    let surrogate = (h * dh)?.sum_all()?;
+    // Subtract the one-hot targets: scatter -1 at each row's label.
+    let minus_one = Tensor::full(-1f32, labels.shape(), g.device())?;
+    g = (g.scatter_add(labels, &minus_one, 1)? / n)?;
+    let mut surrogate = (h * g.matmul(&wd)?)?.sum_all()?;
+    if w.is_variable() {
+        surrogate = (surrogate + (w * g.t()?.matmul(&hd)?)?.sum_all()?)?;
+    }
     Ok(((&surrogate - surrogate.detach())? + value)?)
 }
 
