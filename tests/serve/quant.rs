@@ -276,3 +276,49 @@ fn batched_forward_equals_single() {
         .is_err()
     );
 }
+
+/// llama.cpp (llama-cpp-python) loads our GGUF files and computes the same logits. Optional:
+/// skipped when the module is not installed (CI does not build llama.cpp).
+#[test]
+fn llama_cpp_loads_our_gguf_and_agrees() {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import llama_cpp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!("SKIPPED: llama_cpp (pip install llama-cpp-python) is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("hf");
+    write_tiny_model(&model, &TinySpec::default());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/llama_cpp_logits.py");
+    let tokens: Vec<u32> = PROMPT.to_vec();
+    for (ty, tol) in [("f32", 1e-3), ("q8_0", 3e-2), ("q4_0", 3e-2)] {
+        let out = tmp.path().join(format!("m-{ty}.gguf"));
+        quant::convert(&model, quant::parse_type(ty).unwrap(), &out).unwrap();
+        let o = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&out)
+            .arg(serde_json::to_string(&tokens).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "llama.cpp failed on our {ty} file: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let theirs: Vec<f32> = serde_json::from_slice(&o.stdout).unwrap();
+        let m = QModel::load(&out).unwrap();
+        let mut cache = m.new_cache();
+        let ours = m
+            .forward(&mut [SeqStep {
+                cache: &mut cache,
+                tokens: &tokens,
+            }])
+            .unwrap();
+        let err = rel_err(&ours, &[theirs]);
+        eprintln!("{ty}: ours vs llama.cpp relative logit error {err:.2e}");
+        assert!(err < tol, "{ty}: ours vs llama.cpp differ by {err}");
+    }
+}
