@@ -1,5 +1,6 @@
 //! The `avatar` command line.
 
+mod demo;
 mod inspect;
 mod run_cmd;
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: run the demo pipeline on the shipped sample data, write the report, serve.
+    Demo(demo::DemoArgs),
     /// Run the pipeline, re-running only what changed.
     Run(run_cmd::RunArgs),
     /// Say for each stage whether it is up to date, and if not, why.
@@ -60,6 +63,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::demo(&registry, &args),
         Command::Run(args) => run_cmd::run(&registry, &args),
         Command::Status(args) => inspect::status(&registry, &args),
         Command::Dag(args) => inspect::dag(&registry, &args),

@@ -1,4 +1,5 @@
-//! The stage graph as a small inline SVG: columns by depth, boxes coloured by what happened.
+//! The stage graph as a small inline SVG: one row per depth (top to bottom), boxes coloured by
+//! what happened.
 
 use std::collections::BTreeMap;
 
@@ -7,8 +8,8 @@ use crate::stages::common::plot::escape;
 
 const BOX_W: f64 = 150.0;
 const BOX_H: f64 = 44.0;
-const GAP_X: f64 = 50.0;
-const GAP_Y: f64 = 18.0;
+const GAP_X: f64 = 24.0;
+const GAP_Y: f64 = 26.0;
 
 /// `states`: stage → (kind, state) where state is "ran", "cached", "failed", "skipped", "stale".
 pub fn dag_svg(dag: &Dag, states: &BTreeMap<String, (String, String)>) -> String {
@@ -18,16 +19,16 @@ pub fn dag_svg(dag: &Dag, states: &BTreeMap<String, (String, String)>) -> String
         let d = dag.parents(n).iter().map(|p| depth.get(p).copied().unwrap_or(0) + 1).max().unwrap_or(0);
         depth.insert(n.clone(), d);
     }
-    let mut rows_in_col: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut in_row: BTreeMap<usize, usize> = BTreeMap::new();
     let mut pos: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for n in &order {
-        let col = depth[n];
-        let row = rows_in_col.entry(col).or_default();
-        pos.insert(n.clone(), (10.0 + col as f64 * (BOX_W + GAP_X), 10.0 + *row as f64 * (BOX_H + GAP_Y)));
-        *row += 1;
+        let row = depth[n];
+        let col = in_row.entry(row).or_default();
+        pos.insert(n.clone(), (10.0 + *col as f64 * (BOX_W + GAP_X), 10.0 + row as f64 * (BOX_H + GAP_Y)));
+        *col += 1;
     }
-    let width = 20.0 + (rows_in_col.len().max(1)) as f64 * (BOX_W + GAP_X) - GAP_X;
-    let height = 20.0 + rows_in_col.values().max().copied().unwrap_or(1) as f64 * (BOX_H + GAP_Y) - GAP_Y;
+    let width = 20.0 + in_row.values().max().copied().unwrap_or(1) as f64 * (BOX_W + GAP_X) - GAP_X;
+    let height = 20.0 + in_row.len().max(1) as f64 * (BOX_H + GAP_Y) - GAP_Y;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\
          <defs><marker id=\"arrow\" markerWidth=\"8\" markerHeight=\"8\" refX=\"8\" refY=\"4\" orient=\"auto\"><path d=\"M0,0 L8,4 L0,8 z\" fill=\"#888\"/></marker></defs>"
@@ -37,10 +38,10 @@ pub fn dag_svg(dag: &Dag, states: &BTreeMap<String, (String, String)>) -> String
         let (bx, by) = pos[&b];
         svg += &format!(
             "<line x1=\"{:.0}\" y1=\"{:.0}\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"#888\" marker-end=\"url(#arrow)\"/>",
-            ax + BOX_W,
-            ay + BOX_H / 2.0,
-            bx,
-            by + BOX_H / 2.0
+            ax + BOX_W / 2.0,
+            ay + BOX_H,
+            bx + BOX_W / 2.0,
+            by
         );
     }
     for n in &order {
