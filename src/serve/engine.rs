@@ -326,6 +326,7 @@ impl Worker {
                 }
             }
         }
+        keep_top_k(logits, p.sampling.top_k);
         let seen: Vec<u32> = s.job.prompt.iter().chain(&s.generated).copied().collect();
         let tok = s.sampler.sample(logits, &seen);
         s.sampled += 1;
@@ -392,5 +393,41 @@ impl Worker {
             completion_tokens: s.sampled.max(1),
         });
         s.done = true;
+    }
+}
+
+/// Mask everything below the k-th largest logit to -inf in O(vocab). The sampler then sorts
+/// only the k survivors instead of the whole 150k vocabulary on every token (same result:
+/// it applies top-k after sorting anyway).
+fn keep_top_k(logits: &mut [f32], k: usize) {
+    if k == 0 || k >= logits.len() {
+        return;
+    }
+    let mut vals: Vec<f32> = logits.iter().copied().filter(|v| v.is_finite()).collect();
+    if vals.len() <= k {
+        return;
+    }
+    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let threshold = *kth;
+    for l in logits.iter_mut() {
+        if *l < threshold {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_top_k;
+
+    #[test]
+    fn top_k_mask_keeps_exactly_the_largest() {
+        let mut l = vec![0.5, 3.0, -1.0, 2.0, f32::NEG_INFINITY, 1.0];
+        keep_top_k(&mut l, 2);
+        assert_eq!(l.iter().filter(|v| v.is_finite()).count(), 2);
+        assert_eq!((l[1], l[3]), (3.0, 2.0));
+        let mut l = vec![1.0, 2.0];
+        keep_top_k(&mut l, 0);
+        assert_eq!(l, vec![1.0, 2.0]);
     }
 }
