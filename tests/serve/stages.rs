@@ -113,3 +113,35 @@ fn quantize_then_serve_stage() {
     assert!(cfg.model.starts_with(&s2));
     cfg.load().unwrap();
 }
+
+/// `avatar serve pipeline.toml` finds the serve stage's serve.json through the lock file.
+#[test]
+fn pipeline_manifest_resolves_to_its_serve_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_tiny_model(&tmp.path().join("hf"), &TinySpec::default());
+    let manifest = tmp.path().join("pipe.toml");
+    std::fs::write(
+        &manifest,
+        "[pipeline]\nname = \"t\"\nseed = 1\n\n[stages.quantize]\nkind = \"quantize\"\ninputs = { model = \"./hf\" }\ntypes = [\"q4_0\"]\n\n\
+         [stages.serve]\nkind = \"serve\"\ninputs = { model = \"quantize.gguf\" }\nname = \"pipe-clone\"\n",
+    )
+    .unwrap();
+    // Before a run: a clear error, not a panic.
+    let err = ServeConfig::resolve(&manifest, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has not run yet"), "{err}");
+    let registry = avatar::stages::registry();
+    let m = avatar::engine::Manifest::load(&manifest, &registry).unwrap();
+    avatar::engine::run(
+        &m,
+        &registry,
+        &avatar::engine::RunOptions::default(),
+        &avatar::engine::runner::Silent,
+    )
+    .unwrap();
+    let cfg = ServeConfig::resolve(&manifest, &[]).unwrap();
+    assert_eq!(cfg.name, "pipe-clone");
+    assert!(cfg.model.to_string_lossy().ends_with("model-q4_0.gguf"));
+    cfg.load().unwrap();
+}
