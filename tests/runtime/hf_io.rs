@@ -75,3 +75,42 @@ fn sample_encoding_masks_only_the_reply_and_truncates_old_context() {
     // Nothing of the reply fits: skipped.
     assert!(tpl.encode_sample(&tk, &s, 3).unwrap().is_none());
 }
+
+#[test]
+fn sharded_safetensors_load_like_a_single_file() {
+    let dev = Device::Cpu;
+    let tk = tokenizer_for_tests();
+    let cfg = tiny_config("llama", tk.vocab_size(), false);
+    let weights = tiny_weights(&cfg, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        let shard: std::collections::HashMap<String, Tensor> = part.iter().map(|k| ((*k).clone(), weights[*k].clone())).collect();
+        candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
+        for k in part.iter() {
+            map.insert((*k).clone(), file.into());
+        }
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("config.json"), cfg.to_json().to_string()).unwrap();
+    tk.inner().save(dir.path().join("tokenizer.json"), false).unwrap();
+    let loaded = load_hf_dir(dir.path(), &dev, &TrainMode::Frozen, 0).unwrap();
+    let direct = Model::from_tensors(cfg, weights, &TrainMode::Frozen, 0, &dev).unwrap();
+    let ids = [1u32, 2, 3, 50];
+    assert_eq!(max_abs_diff(&loaded.model.forward_logits(&ids, (1, 4)).unwrap(), &direct.forward_logits(&ids, (1, 4)).unwrap()), 0.0);
+}
+
+#[test]
+fn runtime_types_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Model>();
+    shareable::<avatar::runtime::Tokenizer>();
+    shareable::<ChatTemplate>();
+}
