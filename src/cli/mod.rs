@@ -38,6 +38,8 @@ enum Command {
     Report(ReportArgs),
     /// Serve a model on an OpenAI-compatible API with a web chat page.
     Serve(crate::serve::ServeArgs),
+    /// Write a synthetic WeChat history in every supported source format (tests, demos).
+    Synth(crate::synth::SynthArgs),
     /// List the stage kinds this build knows, with their inputs and outputs.
     Kinds,
 }
@@ -72,6 +74,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Gc(args) => inspect::gc(&registry, &args),
         Command::Report(args) => report(&registry, &args),
         Command::Serve(args) => crate::serve::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Synth(args) => crate::synth::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Kinds => inspect::kinds(&registry),
     };
     match result {
