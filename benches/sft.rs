@@ -17,10 +17,14 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 
 fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+fn proc_status_mb(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
@@ -41,6 +45,7 @@ struct Row {
     bwd_s: f64,
     tok_s: f64,
     rss_mb: f64,
+    loaded_mb: f64,
 }
 
 fn bench(name: &str, cfg: ModelConfig, mode: TrainMode, b: usize, t: usize, steps: usize) -> Row {
@@ -48,6 +53,7 @@ fn bench(name: &str, cfg: ModelConfig, mode: TrainMode, b: usize, t: usize, step
     let params_m = cfg.parameter_count() as f64 / 1e6;
     let weights = random_weights(&cfg, 1, 0.02).unwrap();
     let model = Model::from_tensors(cfg.clone(), weights, &mode, 1, &device).unwrap();
+    let loaded_mb = proc_status_mb("VmRSS:");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     // Worst case for the loss: every token after the first is a reply token.
     let samples: Vec<EncodedSample> = (0..b)
@@ -92,6 +98,7 @@ fn bench(name: &str, cfg: ModelConfig, mode: TrainMode, b: usize, t: usize, step
         bwd_s: bwd_s / steps as f64,
         tok_s: (b * t) as f64 / step_s,
         rss_mb: peak_rss_mb(),
+        loaded_mb,
     }
 }
 
@@ -122,13 +129,13 @@ fn main() {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("sft step throughput (CPU, {threads} threads; tok/s = input tokens per optimiser step time)");
     println!(
-        "{:<22} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12}",
-        "config", "params M", "trainable M", "batch", "step s", "fwd s", "bwd s", "tok/s", "peak RSS MB"
+        "{:<22} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14}",
+        "config", "params M", "trainable M", "batch", "step s", "fwd s", "bwd s", "tok/s", "peak RSS MB", "loaded RSS MB"
     );
     for r in rows {
         println!(
-            "{:<22} {:>9.1} {:>11.2} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>12.0}",
-            r.name, r.params_m, r.trainable_m, r.batch, r.step_s, r.fwd_s, r.bwd_s, r.tok_s, r.rss_mb
+            "{:<22} {:>9.1} {:>11.2} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>12.0} {:>14.0}",
+            r.name, r.params_m, r.trainable_m, r.batch, r.step_s, r.fwd_s, r.bwd_s, r.tok_s, r.rss_mb, r.loaded_mb
         );
     }
 }

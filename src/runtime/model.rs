@@ -80,8 +80,9 @@ impl Linear {
                 Some(rng) if l.dropout > 0.0 => dropout(x, l.dropout, rng)?,
                 _ => x.clone(),
             };
-            let delta = matmul_t(&matmul_t(&xin, l.a.as_tensor())?, l.b.as_tensor())?;
-            y = (y + (delta * l.scale)?)?;
+            // Scale the rank-r activations, not the output-sized delta: one fewer big tensor.
+            let low = (matmul_t(&xin, l.a.as_tensor())? * l.scale)?;
+            y = (y + matmul_t(&low, l.b.as_tensor())?)?;
         }
         Ok(y)
     }

@@ -20,17 +20,26 @@ pub fn tiny_config(model_type: &str, vocab: usize, tie: bool) -> ModelConfig {
 /// Random weights with random (not unit/zero) norms and biases, so every parameter matters.
 pub fn tiny_weights(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
     let mut w = random_weights(cfg, seed, 0.2).unwrap();
-    let keys: Vec<String> = w.keys().cloned().collect();
+    let mut keys: Vec<String> = w.keys().cloned().collect();
+    keys.sort();
     for (i, k) in keys.iter().enumerate() {
         if k.ends_with(".bias") || k.ends_with("norm.weight") {
-            let t = &w[k];
-            let noise = Tensor::randn(0f32, 0.1, t.shape(), &Device::Cpu).unwrap();
+            let noise = seeded_randn(w[k].dims(), 0.1, seed * 1000 + i as u64);
             let base = if k.ends_with(".bias") { 0.0 } else { 1.0 };
-            let _ = i;
             w.insert(k.clone(), (noise + base).unwrap());
         }
     }
     w
+}
+
+/// Seeded normal noise (candle's own CPU rng cannot be seeded): tests are deterministic.
+pub fn seeded_randn(dims: &[usize], std: f32, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = dims.iter().product();
+    // Sum of 12 uniforms minus 6: close enough to a unit normal for test weights.
+    let v: Vec<f32> = (0..n).map(|_| ((0..12).map(|_| rng.random::<f32>()).sum::<f32>() - 6.0) * std).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -72,4 +81,9 @@ pub fn tokenizer_for_tests() -> avatar::runtime::Tokenizer {
     });
     let tk = avatar::stages::scratch_base::tokenizer::train_bpe(texts, 320, 2).unwrap();
     avatar::runtime::Tokenizer::from_inner(tk)
+}
+
+/// A stable seed per tensor name.
+pub fn name_seed(name: &str) -> u64 {
+    u64::from_le_bytes(blake3::hash(name.as_bytes()).as_bytes()[..8].try_into().unwrap())
 }

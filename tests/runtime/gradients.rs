@@ -56,7 +56,7 @@ fn lora_mode_every_adapter_gets_a_gradient_and_names_are_peft() {
     // B starts at zero (so A's gradient is zero too): give B values to check the whole chain.
     let mut values = HashMap::new();
     for (name, var) in model.trainable() {
-        values.insert(name.clone(), Tensor::randn(0f32, 0.1, var.shape(), &dev).unwrap());
+        values.insert(name.clone(), super::common::seeded_randn(var.dims(), 0.1, super::common::name_seed(name)));
     }
     model.load_trainable(&values).unwrap();
     let batch = training_batch(&model);
@@ -151,7 +151,7 @@ fn head_surrogate_loss_matches_the_plain_cross_entropy() {
             let values = model
                 .trainable()
                 .iter()
-                .map(|(n, v)| (n.clone(), Tensor::randn(0f32, 0.1, v.shape(), &dev).unwrap()))
+                .map(|(n, v)| (n.clone(), super::common::seeded_randn(v.dims(), 0.1, super::common::name_seed(n))))
                 .collect();
             model.load_trainable(&values).unwrap();
         }

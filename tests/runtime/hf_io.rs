@@ -19,7 +19,7 @@ fn merged_save_loads_back_with_identical_logits() {
     let values = model
         .trainable()
         .iter()
-        .map(|(n, v)| (n.clone(), Tensor::randn(0f32, 0.2, v.shape(), &dev).unwrap()))
+        .map(|(n, v)| (n.clone(), super::common::seeded_randn(v.dims(), 0.2, super::common::name_seed(n))))
         .collect();
     model.load_trainable(&values).unwrap();
 
