@@ -2,7 +2,7 @@
 //! weights, next to llama.cpp (llama-cpp-python) on the same file when it is importable.
 //!
 //! `cargo bench --bench decode` — prints a table. Env: BENCH_PROMPT (128), BENCH_DECODE (64),
-//! BENCH_CLIENTS (8), BENCH_TYPES ("q8_0,q4_0").
+//! BENCH_CLIENTS (8), BENCH_TYPES ("q8_0,q4_0"), BENCH_THREADS (2, both engines).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -317,8 +317,8 @@ fn bench_ours(path: &Path, ty: &str, np: usize, nd: usize, clients: usize) -> Ro
 const LLAMA_PY: &str = r#"
 import sys, time, json
 from llama_cpp import Llama
-path, np_, nd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-llm = Llama(model_path=path, n_ctx=1024, n_threads=2, n_threads_batch=2, n_batch=512, verbose=False)
+path, np_, nd, th = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = Llama(model_path=path, n_ctx=1024, n_threads=th, n_threads_batch=th, n_batch=512, verbose=False)
 toks = [(i * 7919 + 104729) % 150000 for i in range(np_)]
 llm.eval([5, 6, 7, 8]); llm.reset()
 t0 = time.perf_counter(); llm.eval(toks); t1 = time.perf_counter()
@@ -335,6 +335,7 @@ fn bench_llama(path: &Path, ty: &str, np: usize, nd: usize) -> Option<Row> {
         .arg(path)
         .arg(np.to_string())
         .arg(nd.to_string())
+        .arg(rayon::current_num_threads().to_string())
         .output()
         .ok()?;
     if !out.status.success() {
@@ -366,23 +367,26 @@ fn loadavg() -> String {
 /// Memory throughput of one FFN-shaped matvec (decode's hot loop), for kernel tuning.
 fn micro() {
     use avatar::quant::kernels::{BlockKind, QuantizedActs, matmul_q};
+    let rows = env("BENCH_MICRO_ROWS", INTER);
     for (kind, ty) in [
         (BlockKind::Q8_0, GgmlDType::Q8_0),
         (BlockKind::Q4_0, GgmlDType::Q4_0),
     ] {
-        let w = random(INTER, HIDDEN, 5, 0.05).q(ty);
-        let bytes = w.data().unwrap().to_vec();
+        let w = random(rows, HIDDEN, 5, 0.05).q(ty);
+        let data = w.data().unwrap();
+        let mut bytes = avatar::quant::hugebuf::HugeBuf::zeroed(data.len());
+        bytes.copy_from_slice(&data);
         let x = random(1, HIDDEN, 6, 1.0).data;
         let acts = QuantizedActs::quantize(&x, HIDDEN);
-        let mut out = vec![0f32; INTER];
-        let iters = 300;
+        let mut out = vec![0f32; rows];
+        let iters = (300 * INTER / rows).max(3);
         let t = Instant::now();
         for _ in 0..iters {
-            matmul_q(kind, &bytes, INTER, &acts, &mut out);
+            matmul_q(kind, &bytes, rows, &acts, &mut out);
         }
         let s = t.elapsed().as_secs_f64();
         println!(
-            "micro {kind:?} {INTER}x{HIDDEN}: {:.1} us/matvec, {:.1} GB/s",
+            "micro {kind:?} {rows}x{HIDDEN}: {:.1} us/matvec, {:.1} GB/s",
             s / iters as f64 * 1e6,
             (bytes.len() * iters) as f64 / s / 1e9
         );
@@ -394,6 +398,9 @@ fn main() {
         micro();
         return;
     }
+    // Both engines use the same thread count: BENCH_THREADS, default 2 (this machine's cores).
+    let threads = env("BENCH_THREADS", 2);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon pool");
     let np = env("BENCH_PROMPT", 128);
     let nd = env("BENCH_DECODE", 64);
     let clients = env("BENCH_CLIENTS", 8);

@@ -105,8 +105,8 @@ impl GgufFile {
         Ok((info.ggml_dtype, info.shape.dims().to_vec()))
     }
 
-    /// Raw GGML bytes of one tensor.
-    pub fn tensor_bytes(&mut self, name: &str) -> Result<Vec<u8>> {
+    /// Raw GGML bytes of one tensor (huge-page backed when large).
+    pub fn tensor_bytes(&mut self, name: &str) -> Result<super::hugebuf::HugeBuf> {
         let (dtype, dims) = self.tensor_meta(name)?;
         let elems: usize = dims.iter().product();
         if elems % dtype.block_size() != 0 {
@@ -118,7 +118,7 @@ impl GgufFile {
         let size = elems / dtype.block_size() * dtype.type_size();
         let offset = self.content.tensor_data_offset + self.content.tensor_infos[name].offset;
         self.reader.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0u8; size];
+        let mut buf = super::hugebuf::HugeBuf::zeroed(size);
         self.reader
             .read_exact(&mut buf)
             .with_context(|| format!("{}: tensor `{name}` is truncated", self.path.display()))?;

@@ -159,7 +159,33 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
         let row_bytes = nb * kind.block_bytes();
         let out_ptr = &outs[ji];
         let mut sums = [0f32; TILE];
-        for r in r0..r1 {
+        let mut r = r0;
+        // Four rows at a time share each activation load (llama.cpp's repacked GEMV does the
+        // same with interleaved rows); tail rows go through the one-row kernels.
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && std::env::var("AVATAR_NO_ROWS4").is_err() {
+            while r + 4 <= r1 {
+                let wr: [&[u8]; 4] =
+                    std::array::from_fn(|i| &w[(r + i) * row_bytes..(r + i + 1) * row_bytes]);
+                let mut t0 = 0;
+                while t0 < t {
+                    let n = if t - t0 >= 2 { 2 } else { 1 };
+                    let a2 = [acts.row(t0), acts.row(t0 + n - 1)];
+                    let mut o = [[0f32; 2]; 4];
+                    // SAFETY: features checked; rows and act rows hold nb blocks each.
+                    unsafe { avx2_impl::rows4(kind, wr, &a2[..n], nb, &mut o) };
+                    for (i, orow) in o.iter().enumerate() {
+                        for (j, v) in orow.iter().enumerate().take(n) {
+                            // SAFETY: each (t, r) cell of each job is written by exactly one task.
+                            unsafe { *out_ptr.0.add((t0 + j) * rows + r + i) = *v };
+                        }
+                    }
+                    t0 += n;
+                }
+                r += 4;
+            }
+        }
+        for r in r..r1 {
             let wrow = &w[r * row_bytes..(r + 1) * row_bytes];
             let mut t0 = 0;
             while t0 < t {
@@ -336,6 +362,111 @@ mod avx2_impl {
                 2 => q4_0_n::<2>(w, acts, nb, out),
                 3 => q4_0_n::<3>(w, acts, nb, out),
                 _ => q4_0_n::<TILE>(w, acts, nb, out),
+            }
+        }
+    }
+
+    /// Rows x acts block kernels: `o[r][j] = dot(w[r], acts[j])` for 4 rows and 1 or 2 acts.
+    pub unsafe fn rows4(
+        kind: super::BlockKind,
+        w: [&[u8]; 4],
+        acts: &[(&[i8], &[f32], &[f32])],
+        nb: usize,
+        o: &mut [[f32; 2]; 4],
+    ) {
+        unsafe {
+            let wp: [*const u8; 4] = std::array::from_fn(|i| w[i].as_ptr());
+            match (kind, acts.len()) {
+                (super::BlockKind::Q4_0, 1) => q4_0_rn::<4, 1>(wp, acts, nb, o),
+                (super::BlockKind::Q4_0, _) => q4_0_rn::<4, 2>(wp, acts, nb, o),
+                (super::BlockKind::Q8_0, 1) => q8_0_rn::<4, 1>(wp, acts, nb, o),
+                (super::BlockKind::Q8_0, _) => q8_0_rn::<4, 2>(wp, acts, nb, o),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_rn<const R: usize, const N: usize>(
+        wp: [*const u8; R],
+        acts: &[(&[i8], &[f32], &[f32])],
+        nb: usize,
+        o: &mut [[f32; 2]; 4],
+    ) {
+        unsafe {
+            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
+            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
+            let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].2.as_ptr());
+            let mask = _mm_set1_epi8(0x0F);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut off = [[0f32; N]; R];
+            for b in 0..nb {
+                let av: [__m256i; N] =
+                    std::array::from_fn(
+                        |j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i),
+                    );
+                let adb: [f32; N] = std::array::from_fn(|j| *ad[j].add(b));
+                let dsb: [f32; N] = std::array::from_fn(|j| *ds[j].add(b));
+                for r in 0..R {
+                    let blk = wp[r].add(b * Q4_0_BYTES);
+                    let dw = f16_scale(blk);
+                    let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                    let wq = _mm256_set_m128i(
+                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                        _mm_and_si128(raw, mask),
+                    );
+                    for j in 0..N {
+                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                            _mm256_maddubs_epi16(wq, av[j]),
+                            ones,
+                        ));
+                        acc[r][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * adb[j]), p, acc[r][j]);
+                        off[r][j] += dw * dsb[j];
+                    }
+                }
+            }
+            for r in 0..R {
+                for j in 0..N {
+                    o[r][j] = hsum(acc[r][j]) - 8.0 * off[r][j];
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_rn<const R: usize, const N: usize>(
+        wp: [*const u8; R],
+        acts: &[(&[i8], &[f32], &[f32])],
+        nb: usize,
+        o: &mut [[f32; 2]; 4],
+    ) {
+        unsafe {
+            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
+            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            for b in 0..nb {
+                let av: [__m256i; N] =
+                    std::array::from_fn(
+                        |j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i),
+                    );
+                let adb: [f32; N] = std::array::from_fn(|j| *ad[j].add(b));
+                for r in 0..R {
+                    let blk = wp[r].add(b * Q8_0_BYTES);
+                    let dw = f16_scale(blk);
+                    let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    let ax = _mm256_sign_epi8(wq, wq);
+                    for j in 0..N {
+                        let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], wq));
+                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                        acc[r][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * adb[j]), p, acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for j in 0..N {
+                    o[r][j] = hsum(acc[r][j]);
+                }
             }
         }
     }

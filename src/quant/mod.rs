@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod gguf;
+pub mod hugebuf;
 pub mod kernels;
 pub mod model;
 pub mod tokenizer_meta;

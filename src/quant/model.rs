@@ -34,7 +34,7 @@ pub struct QConfig {
 pub enum Weight {
     Blocks {
         kind: BlockKind,
-        bytes: Vec<u8>,
+        bytes: super::hugebuf::HugeBuf,
         rows: usize,
         cols: usize,
     },
