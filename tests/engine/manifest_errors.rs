@@ -115,3 +115,34 @@ fn several_errors_are_all_reported() {
     let e = errors("[stages.a]\nkind = \"nope\"\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nbogus = 1\n");
     assert_eq!(e.len(), 2, "{e:?}");
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use crate::fixture::DIAMOND;
+
+    fn parse(text: &str) {
+        let (registry, _) = crate::stages::registry(1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        // Must return Ok or diagnostics; a panic fails the property.
+        let _ = avatar::engine::Manifest::parse(&path, text, &registry);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            parse(&text);
+        }
+
+        #[test]
+        fn mutated_manifests_never_panic(cut in 0usize..DIAMOND.len(), junk in "[\\[\\]{}=\".a-z0-9 \\n#]{0,12}") {
+            let mut text = DIAMOND.to_string();
+            let at = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            text.insert_str(at, &junk);
+            parse(&text);
+        }
+    }
+}
