@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use avatar::engine::runner::{Outcome, RunOptions, RunReport, Silent};
+use avatar::engine::runner::{RunOptions, RunReport, Silent};
 use avatar::engine::{Manifest, Registry, run};
 
 use crate::stages::{Ran, registry};
@@ -95,10 +95,6 @@ impl Fixture {
     pub fn store(&self) -> PathBuf {
         self.path(".avatar")
     }
-}
-
-pub fn outcomes(report: &RunReport) -> Vec<(String, Outcome)> {
-    report.stages.iter().map(|s| (s.name.clone(), s.outcome.clone())).collect()
 }
 
 pub fn list_dir(p: &Path) -> Vec<String> {
