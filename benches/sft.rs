@@ -103,6 +103,10 @@ fn bench(name: &str, cfg: ModelConfig, mode: TrainMode, b: usize, t: usize, step
 }
 
 fn main() {
+    // What the avatar binary should do at start-up (runtime::device::configure_cpu_threads);
+    // `CANDLE_NUM_THREADS=2 cargo bench --bench sft` measures candle's own elementwise pool.
+    // SAFETY: first statement of main, no other thread exists yet.
+    unsafe { avatar::runtime::device::configure_cpu_threads() };
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |n: &str| which.is_empty() || which.iter().any(|w| w == n);
     let mut rows = Vec::new();
@@ -127,7 +131,10 @@ fn main() {
         rows.push(bench("qwen2.5-0.5B LoRA r8", cfg, TrainMode::Lora(lora), 1, 128, 3));
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("sft step throughput (CPU, {threads} threads; tok/s = input tokens per optimiser step time)");
+    let elementwise = std::env::var("CANDLE_NUM_THREADS").unwrap_or_default();
+    println!(
+        "sft step throughput (CPU, {threads} matmul threads, CANDLE_NUM_THREADS={elementwise}; tok/s = input tokens per optimiser step time)"
+    );
     println!(
         "{:<22} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14}",
         "config", "params M", "trainable M", "batch", "step s", "fwd s", "bwd s", "tok/s", "peak RSS MB", "loaded RSS MB"

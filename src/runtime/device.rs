@@ -32,6 +32,24 @@ fn cuda(required: bool) -> anyhow::Result<Device> {
     Ok(Device::Cpu)
 }
 
+/// Run candle's CPU elementwise kernels on the calling thread (`CANDLE_NUM_THREADS=1`) unless
+/// the user chose otherwise; matrix multiplies keep their own thread pool (`RAYON_NUM_THREADS`).
+///
+/// candle 0.11 parallelises elementwise ops over a spin-waiting barrier pool. On a 2-core machine
+/// shared with anything else, a worker that gets descheduled stalls every op: measured with
+/// `cargo bench --bench sft` at load ~5, a LoRA step on a 0.5B-shaped model took 14.7 s with the
+/// pool and 4.9 s without it (26 tok/s); the scratch model went from ~300–460 to ~800–930 tok/s.
+///
+/// # Safety
+/// Sets an environment variable: call it first thing in `main`, before any other thread exists
+/// and before any candle op runs (the pool reads the variable once).
+pub unsafe fn configure_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the caller guarantees no other thread is running.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 /// "cpu" or "cuda": the device class that enters stage keys.
 pub fn device_class(device: &Device) -> &'static str {
     if device.is_cuda() { "cuda" } else { "cpu" }
