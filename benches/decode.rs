@@ -376,6 +376,7 @@ fn micro() {
         let data = w.data().unwrap();
         let mut bytes = avatar::quant::hugebuf::HugeBuf::zeroed(data.len());
         bytes.copy_from_slice(&data);
+        avatar::quant::kernels::repack_rows(kind, &mut bytes, HIDDEN);
         let x = random(1, HIDDEN, 6, 1.0).data;
         let acts = QuantizedActs::quantize(&x, HIDDEN);
         let mut out = vec![0f32; rows];
@@ -400,7 +401,10 @@ fn main() {
     }
     // Both engines use the same thread count: BENCH_THREADS, default 2 (this machine's cores).
     let threads = env("BENCH_THREADS", 2);
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon pool");
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("rayon pool");
     let np = env("BENCH_PROMPT", 128);
     let nd = env("BENCH_DECODE", 64);
     let clients = env("BENCH_CLIENTS", 8);

@@ -5,10 +5,10 @@
 
 pub mod cli;
 pub mod engine;
-pub mod serve;
 pub mod runtime;
 pub mod quant;
 pub mod report;
+pub mod serve;
 
 #[path = "../stages/mod.rs"]
 pub mod stages;

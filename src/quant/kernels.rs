@@ -105,10 +105,37 @@ pub fn kernel_name() -> &'static str {
     if has_avx2() { "avx2" } else { "portable" }
 }
 
-/// Up to this many activation vectors share one pass over a weight row (prefill/batching).
-const TILE: usize = 4;
+/// Repack GGML rows in place into the layout the kernels read: per row, all quants first
+/// (`nb` x 32 or 16 bytes), then all `nb` f16 scales. Same size; the scales of 8 consecutive
+/// blocks become one vector load instead of 8 scalar conversions.
+pub fn repack_rows(kind: BlockKind, bytes: &mut [u8], cols: usize) {
+    let nb = cols / QK;
+    let bb = kind.block_bytes();
+    let qb = bb - 2;
+    let row_bytes = nb * bb;
+    let mut tmp = vec![0u8; row_bytes];
+    for row in bytes.chunks_exact_mut(row_bytes) {
+        tmp.copy_from_slice(row);
+        for (b, blk) in tmp.chunks_exact(bb).enumerate() {
+            row[b * qb..(b + 1) * qb].copy_from_slice(&blk[2..]);
+            row[nb * qb + 2 * b..nb * qb + 2 * b + 2].copy_from_slice(&blk[..2]);
+        }
+    }
+}
 
-/// One block-quantized matrix of a [`matmul_q_group`] call: `out` is `[acts.t][rows]`.
+/// Scale of block `b` in a repacked row.
+pub fn repacked_scale(kind: BlockKind, row: &[u8], nb: usize, b: usize) -> f32 {
+    let o = nb * (kind.block_bytes() - 2) + 2 * b;
+    f16::from_bits(u16::from_le_bytes([row[o], row[o + 1]])).to_f32()
+}
+
+/// Quants of block `b` in a repacked row.
+pub fn repacked_quants(kind: BlockKind, row: &[u8], b: usize) -> &[u8] {
+    let qb = kind.block_bytes() - 2;
+    &row[b * qb..(b + 1) * qb]
+}
+
+/// One block-quantized (repacked) matrix of a [`matmul_q_group`] call: `out` is `[acts.t][rows]`.
 pub struct MatJob<'a> {
     pub kind: BlockKind,
     pub w: &'a [u8],
@@ -116,11 +143,13 @@ pub struct MatJob<'a> {
     pub out: &'a mut [f32],
 }
 
-/// `out[t][r] = dot(weight row r, act t)` for a `rows x k` block-quantized matrix.
+/// `out[t][r] = dot(weight row r, act t)` for a `rows x k` repacked block-quantized matrix.
 /// `out` is row-major `[acts.t][rows]`.
 pub fn matmul_q(kind: BlockKind, w: &[u8], rows: usize, acts: &QuantizedActs, out: &mut [f32]) {
     matmul_q_group(&mut [MatJob { kind, w, rows, out }], acts);
 }
+
+type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 /// Several matrices applied to the same activations in ONE parallel region (Q/K/V, gate/up):
 /// every region costs a wake-up of the worker threads, which at decode sizes is not free.
@@ -158,49 +187,29 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
         let (kind, w, rows) = jobs_ro[ji];
         let row_bytes = nb * kind.block_bytes();
         let out_ptr = &outs[ji];
-        let mut sums = [0f32; TILE];
         let mut r = r0;
-        // Four rows at a time share each activation load (llama.cpp's repacked GEMV does the
-        // same with interleaved rows); tail rows go through the one-row kernels.
-        #[cfg(target_arch = "x86_64")]
-        if avx2 && std::env::var("AVATAR_NO_ROWS4").is_err() {
-            while r + 4 <= r1 {
-                let wr: [&[u8]; 4] =
-                    std::array::from_fn(|i| &w[(r + i) * row_bytes..(r + i + 1) * row_bytes]);
-                let mut t0 = 0;
-                while t0 < t {
-                    let n = if t - t0 >= 2 { 2 } else { 1 };
-                    let a2 = [acts.row(t0), acts.row(t0 + n - 1)];
-                    let mut o = [[0f32; 2]; 4];
-                    // SAFETY: features checked; rows and act rows hold nb blocks each.
-                    unsafe { avx2_impl::rows4(kind, wr, &a2[..n], nb, &mut o) };
-                    for (i, orow) in o.iter().enumerate() {
-                        for (j, v) in orow.iter().enumerate().take(n) {
-                            // SAFETY: each (t, r) cell of each job is written by exactly one task.
-                            unsafe { *out_ptr.0.add((t0 + j) * rows + r + i) = *v };
-                        }
-                    }
-                    t0 += n;
-                }
-                r += 4;
-            }
-        }
-        for r in r..r1 {
-            let wrow = &w[r * row_bytes..(r + 1) * row_bytes];
+        while r < r1 {
+            // Four rows at a time share each activation load; the tail goes one by one.
+            let nr = if r + 4 <= r1 { 4 } else { 1 };
+            let wr: [&[u8]; 4] = std::array::from_fn(|i| {
+                let ri = (r + i.min(nr - 1)) * row_bytes;
+                &w[ri..ri + row_bytes]
+            });
             let mut t0 = 0;
             while t0 < t {
-                let n = (t - t0).min(TILE);
-                let mut a_rows: [(&[i8], &[f32], &[f32]); TILE] = [(&[], &[], &[]); TILE];
-                for (j, slot) in a_rows.iter_mut().enumerate().take(n) {
-                    *slot = acts.row(t0 + j);
-                }
-                dot_row(kind, avx2, wrow, &a_rows[..n], nb, &mut sums[..n]);
-                for (j, s) in sums.iter().enumerate().take(n) {
-                    // SAFETY: each (t, r) cell of each job is written by exactly one task.
-                    unsafe { *out_ptr.0.add((t0 + j) * rows + r) = *s };
+                let n = if t - t0 >= 2 { 2 } else { 1 };
+                let a2: [ActRow; 2] = [acts.row(t0), acts.row(t0 + n - 1)];
+                let mut o = [[0f32; 2]; 4];
+                block_dots(kind, avx2, &wr[..nr], &a2[..n], nb, &mut o);
+                for (i, orow) in o.iter().enumerate().take(nr) {
+                    for (j, v) in orow.iter().enumerate().take(n) {
+                        // SAFETY: each (t, r) cell of each job is written by exactly one task.
+                        unsafe { *out_ptr.0.add((t0 + j) * rows + r + i) = *v };
+                    }
                 }
                 t0 += n;
             }
+            r += nr;
         }
     };
     if tasks.len() == 1 || threads == 1 {
@@ -208,6 +217,57 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     } else {
         tasks.par_iter().for_each(run);
     }
+}
+
+/// `o[r][j] = dot(w[r], acts[j])` for 1 or 4 rows and 1 or 2 activation rows.
+fn block_dots(
+    kind: BlockKind,
+    avx2: bool,
+    w: &[&[u8]],
+    acts: &[ActRow],
+    nb: usize,
+    o: &mut [[f32; 2]; 4],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: features checked at run time; rows and act rows hold nb blocks each.
+        unsafe { avx2_impl::block_dots(kind, w, acts, nb, o) };
+        return;
+    }
+    let _ = avx2;
+    for (r, row) in w.iter().enumerate() {
+        for (j, a) in acts.iter().enumerate() {
+            o[r][j] = portable_dot(kind, row, *a, nb);
+        }
+    }
+}
+
+fn portable_dot(kind: BlockKind, row: &[u8], (aq, ad, dsum): ActRow, nb: usize) -> f32 {
+    let mut total = 0f32;
+    for b in 0..nb {
+        let dw = repacked_scale(kind, row, nb, b);
+        let q = repacked_quants(kind, row, b);
+        let a = &aq[b * QK..(b + 1) * QK];
+        match kind {
+            BlockKind::Q8_0 => {
+                let s: i32 = q
+                    .iter()
+                    .zip(a)
+                    .map(|(&x, &y)| (x as i8 as i32) * (y as i32))
+                    .sum();
+                total += dw * ad[b] * s as f32;
+            }
+            BlockKind::Q4_0 => {
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += (q[j] & 0x0F) as i32 * a[j] as i32 + (q[j] >> 4) as i32 * a[j + 16] as i32;
+                }
+                // Nibbles are stored with an offset of 8: sum((q-8)*a) = sum(q*a) - 8*sum(a).
+                total += dw * (ad[b] * s as f32 - 8.0 * dsum[b]);
+            }
+        }
+    }
+    total
 }
 
 /// `out[t][r] = dot(w row r, x_t)` for an f32 matrix (used for F16/F32/K-quant tensors,
@@ -236,71 +296,6 @@ struct SyncPtr(*mut f32);
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 
-fn dot_row(
-    kind: BlockKind,
-    avx2: bool,
-    w: &[u8],
-    acts: &[(&[i8], &[f32], &[f32])],
-    nb: usize,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: features checked at run time; slices are sized by the caller's asserts.
-        unsafe {
-            match kind {
-                BlockKind::Q8_0 => avx2_impl::dot_q8_0(w, acts, nb, out),
-                BlockKind::Q4_0 => avx2_impl::dot_q4_0(w, acts, nb, out),
-            }
-        }
-        return;
-    }
-    let _ = avx2;
-    match kind {
-        BlockKind::Q8_0 => portable_dot_q8_0(w, acts, nb, out),
-        BlockKind::Q4_0 => portable_dot_q4_0(w, acts, nb, out),
-    }
-}
-
-fn scale_of(block: &[u8]) -> f32 {
-    f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32()
-}
-
-fn portable_dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    for b in 0..nb {
-        let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-        let dw = scale_of(blk);
-        for (o, (aq, ad, _)) in out.iter_mut().zip(acts) {
-            let a = &aq[b * QK..(b + 1) * QK];
-            let s: i32 = blk[2..]
-                .iter()
-                .zip(a)
-                .map(|(&x, &y)| (x as i8 as i32) * (y as i32))
-                .sum();
-            *o += dw * ad[b] * s as f32;
-        }
-    }
-}
-
-fn portable_dot_q4_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    for b in 0..nb {
-        let blk = &w[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
-        let dw = scale_of(blk);
-        for (o, (aq, ad, dsum)) in out.iter_mut().zip(acts) {
-            let a = &aq[b * QK..(b + 1) * QK];
-            let mut s = 0i32;
-            for j in 0..16 {
-                let byte = blk[2 + j];
-                s += (byte & 0x0F) as i32 * a[j] as i32 + (byte >> 4) as i32 * a[j + 16] as i32;
-            }
-            // Nibbles are stored with an offset of 8: sum((q-8)*a) = sum(q*a) - 8*sum(a).
-            *o += dw * (ad[b] * s as f32 - 8.0 * dsum[b]);
-        }
-    }
-}
-
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -321,15 +316,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 mod avx2_impl {
     use std::arch::x86_64::*;
 
-    use super::{Q4_0_BYTES, Q8_0_BYTES, QK, TILE};
-
-    #[inline(always)]
-    unsafe fn f16_scale(p: *const u8) -> f32 {
-        unsafe {
-            let bits = u16::from_le_bytes([*p, *p.add(1)]);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-        }
-    }
+    use super::{ActRow, BlockKind, QK};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -343,277 +330,135 @@ mod avx2_impl {
         }
     }
 
-    /// Dispatch on the tile width so each kernel body is a straight-line loop over `N` registers.
-    pub unsafe fn dot_q8_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
-        unsafe {
-            match acts.len() {
-                1 => out[0] = q8_0_1(w, acts[0], nb),
-                2 => q8_0_n::<2>(w, acts, nb, out),
-                3 => q8_0_n::<3>(w, acts, nb, out),
-                _ => q8_0_n::<TILE>(w, acts, nb, out),
-            }
-        }
-    }
-
-    pub unsafe fn dot_q4_0(w: &[u8], acts: &[(&[i8], &[f32], &[f32])], nb: usize, out: &mut [f32]) {
-        unsafe {
-            match acts.len() {
-                1 => out[0] = q4_0_1(w, acts[0], nb),
-                2 => q4_0_n::<2>(w, acts, nb, out),
-                3 => q4_0_n::<3>(w, acts, nb, out),
-                _ => q4_0_n::<TILE>(w, acts, nb, out),
-            }
-        }
-    }
-
-    /// Rows x acts block kernels: `o[r][j] = dot(w[r], acts[j])` for 4 rows and 1 or 2 acts.
-    pub unsafe fn rows4(
-        kind: super::BlockKind,
-        w: [&[u8]; 4],
-        acts: &[(&[i8], &[f32], &[f32])],
+    pub unsafe fn block_dots(
+        kind: BlockKind,
+        w: &[&[u8]],
+        acts: &[ActRow],
         nb: usize,
         o: &mut [[f32; 2]; 4],
     ) {
         unsafe {
-            let wp: [*const u8; 4] = std::array::from_fn(|i| w[i].as_ptr());
-            match (kind, acts.len()) {
-                (super::BlockKind::Q4_0, 1) => q4_0_rn::<4, 1>(wp, acts, nb, o),
-                (super::BlockKind::Q4_0, _) => q4_0_rn::<4, 2>(wp, acts, nb, o),
-                (super::BlockKind::Q8_0, 1) => q8_0_rn::<4, 1>(wp, acts, nb, o),
-                (super::BlockKind::Q8_0, _) => q8_0_rn::<4, 2>(wp, acts, nb, o),
+            match (kind, w.len(), acts.len()) {
+                (BlockKind::Q4_0, 4, 1) => rn::<true, 4, 1>(w, acts, nb, o),
+                (BlockKind::Q4_0, 4, _) => rn::<true, 4, 2>(w, acts, nb, o),
+                (BlockKind::Q4_0, _, 1) => rn::<true, 1, 1>(w, acts, nb, o),
+                (BlockKind::Q4_0, _, _) => rn::<true, 1, 2>(w, acts, nb, o),
+                (BlockKind::Q8_0, 4, 1) => rn::<false, 4, 1>(w, acts, nb, o),
+                (BlockKind::Q8_0, 4, _) => rn::<false, 4, 2>(w, acts, nb, o),
+                (BlockKind::Q8_0, _, 1) => rn::<false, 1, 1>(w, acts, nb, o),
+                (BlockKind::Q8_0, _, _) => rn::<false, 1, 2>(w, acts, nb, o),
             }
         }
     }
 
+    /// 8 f32 lanes from `n <= 8` values at `p` (zero-padded).
+    #[inline(always)]
+    unsafe fn load8(p: *const f32, n: usize) -> __m256 {
+        unsafe {
+            if n == 8 {
+                _mm256_loadu_ps(p)
+            } else {
+                let mut t = [0f32; 8];
+                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+                _mm256_loadu_ps(t.as_ptr())
+            }
+        }
+    }
+
+    /// 8 f16 scales at `p` (`n <= 8`, zero-padded) as f32 lanes.
+    #[inline(always)]
+    unsafe fn scales8(p: *const u8, n: usize) -> __m256 {
+        unsafe {
+            if n == 8 {
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+            } else {
+                let mut t = [0u8; 16];
+                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), 2 * n);
+                _mm256_cvtph_ps(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+            }
+        }
+    }
+
+    /// R rows x N acts over repacked rows. Q4 = true for Q4_0 (nibbles, offset 8), else Q8_0.
+    /// Scales are handled 8 blocks at a time in vectors; the inner loop is pure SIMD.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_rn<const R: usize, const N: usize>(
-        wp: [*const u8; R],
-        acts: &[(&[i8], &[f32], &[f32])],
+    unsafe fn rn<const Q4: bool, const R: usize, const N: usize>(
+        w: &[&[u8]],
+        acts: &[ActRow],
         nb: usize,
         o: &mut [[f32; 2]; 4],
     ) {
         unsafe {
+            let qb = if Q4 { 16 } else { 32 };
+            let wq: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
+            let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * qb));
             let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
             let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
             let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].2.as_ptr());
             let mask = _mm_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
             let mut acc = [[_mm256_setzero_ps(); N]; R];
-            let mut off = [[0f32; N]; R];
-            for b in 0..nb {
-                let av: [__m256i; N] =
-                    std::array::from_fn(
-                        |j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i),
-                    );
-                let adb: [f32; N] = std::array::from_fn(|j| *ad[j].add(b));
-                let dsb: [f32; N] = std::array::from_fn(|j| *ds[j].add(b));
+            let mut off = [[_mm256_setzero_ps(); N]; R];
+            let mut scl = [[[0f32; 8]; N]; R];
+            let mut g = 0;
+            while g < nb {
+                let n8 = (nb - g).min(8);
                 for r in 0..R {
-                    let blk = wp[r].add(b * Q4_0_BYTES);
-                    let dw = f16_scale(blk);
-                    let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                    let wq = _mm256_set_m128i(
-                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                        _mm_and_si128(raw, mask),
-                    );
+                    let dw = scales8(wd[r].add(2 * g), n8);
                     for j in 0..N {
-                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                            _mm256_maddubs_epi16(wq, av[j]),
-                            ones,
-                        ));
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * adb[j]), p, acc[r][j]);
-                        off[r][j] += dw * dsb[j];
+                        _mm256_storeu_ps(
+                            scl[r][j].as_mut_ptr(),
+                            _mm256_mul_ps(dw, load8(ad[j].add(g), n8)),
+                        );
+                        if Q4 {
+                            off[r][j] = _mm256_fmadd_ps(dw, load8(ds[j].add(g), n8), off[r][j]);
+                        }
                     }
                 }
+                for bi in 0..n8 {
+                    let b = g + bi;
+                    let av: [__m256i; N] = std::array::from_fn(|j| {
+                        _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i)
+                    });
+                    for r in 0..R {
+                        if Q4 {
+                            let raw = _mm_loadu_si128(wq[r].add(b * 16) as *const __m128i);
+                            let q = _mm256_set_m128i(
+                                _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                                _mm_and_si128(raw, mask),
+                            );
+                            for j in 0..N {
+                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(q, av[j]),
+                                    ones,
+                                ));
+                                acc[r][j] = _mm256_fmadd_ps(
+                                    _mm256_broadcast_ss(&scl[r][j][bi]),
+                                    p,
+                                    acc[r][j],
+                                );
+                            }
+                        } else {
+                            let q = _mm256_loadu_si256(wq[r].add(b * 32) as *const __m256i);
+                            let ax = _mm256_sign_epi8(q, q);
+                            for j in 0..N {
+                                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], q));
+                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                                acc[r][j] = _mm256_fmadd_ps(
+                                    _mm256_broadcast_ss(&scl[r][j][bi]),
+                                    p,
+                                    acc[r][j],
+                                );
+                            }
+                        }
+                    }
+                }
+                g += n8;
             }
             for r in 0..R {
                 for j in 0..N {
-                    o[r][j] = hsum(acc[r][j]) - 8.0 * off[r][j];
+                    o[r][j] = hsum(acc[r][j]) - if Q4 { 8.0 * hsum(off[r][j]) } else { 0.0 };
                 }
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_rn<const R: usize, const N: usize>(
-        wp: [*const u8; R],
-        acts: &[(&[i8], &[f32], &[f32])],
-        nb: usize,
-        o: &mut [[f32; 2]; 4],
-    ) {
-        unsafe {
-            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
-            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
-            let ones = _mm256_set1_epi16(1);
-            let mut acc = [[_mm256_setzero_ps(); N]; R];
-            for b in 0..nb {
-                let av: [__m256i; N] =
-                    std::array::from_fn(
-                        |j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i),
-                    );
-                let adb: [f32; N] = std::array::from_fn(|j| *ad[j].add(b));
-                for r in 0..R {
-                    let blk = wp[r].add(b * Q8_0_BYTES);
-                    let dw = f16_scale(blk);
-                    let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    let ax = _mm256_sign_epi8(wq, wq);
-                    for j in 0..N {
-                        let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], wq));
-                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * adb[j]), p, acc[r][j]);
-                    }
-                }
-            }
-            for r in 0..R {
-                for j in 0..N {
-                    o[r][j] = hsum(acc[r][j]);
-                }
-            }
-        }
-    }
-
-    /// Decode's case (one activation vector): two accumulators over even/odd blocks so the
-    /// FMA latency chain does not bound the loop.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_1(w: &[u8], act: (&[i8], &[f32], &[f32]), nb: usize) -> f32 {
-        unsafe {
-            let (aq, ad) = (act.0.as_ptr(), act.1.as_ptr());
-            let ones = _mm256_set1_epi16(1);
-            let wp = w.as_ptr();
-            let block = |b: usize| -> __m256 {
-                let blk = wp.add(b * Q8_0_BYTES);
-                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let av = _mm256_loadu_si256(aq.add(b * QK) as *const __m256i);
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(av, wq));
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                _mm256_mul_ps(_mm256_set1_ps(f16_scale(blk) * *ad.add(b)), p)
-            };
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut b = 0;
-            while b + 2 <= nb {
-                a0 = _mm256_add_ps(a0, block(b));
-                a1 = _mm256_add_ps(a1, block(b + 1));
-                b += 2;
-            }
-            if b < nb {
-                a0 = _mm256_add_ps(a0, block(b));
-            }
-            hsum(_mm256_add_ps(a0, a1))
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_1(w: &[u8], act: (&[i8], &[f32], &[f32]), nb: usize) -> f32 {
-        unsafe {
-            let (aq, ad, ds) = (act.0.as_ptr(), act.1.as_ptr(), act.2.as_ptr());
-            let mask = _mm_set1_epi8(0x0F);
-            let ones = _mm256_set1_epi16(1);
-            let wp = w.as_ptr();
-            // (dot of this block, its -8 offset term), both scaled.
-            let block = |b: usize| -> (__m256, f32) {
-                let blk = wp.add(b * Q4_0_BYTES);
-                let dw = f16_scale(blk);
-                let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                let wq = _mm256_set_m128i(
-                    _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                    _mm_and_si128(raw, mask),
-                );
-                let av = _mm256_loadu_si256(aq.add(b * QK) as *const __m256i);
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, av), ones));
-                (
-                    _mm256_mul_ps(_mm256_set1_ps(dw * *ad.add(b)), p),
-                    dw * *ds.add(b),
-                )
-            };
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let (mut o0, mut o1) = (0f32, 0f32);
-            let mut b = 0;
-            while b + 2 <= nb {
-                let (p0, f0) = block(b);
-                let (p1, f1) = block(b + 1);
-                a0 = _mm256_add_ps(a0, p0);
-                a1 = _mm256_add_ps(a1, p1);
-                o0 += f0;
-                o1 += f1;
-                b += 2;
-            }
-            if b < nb {
-                let (p0, f0) = block(b);
-                a0 = _mm256_add_ps(a0, p0);
-                o0 += f0;
-            }
-            hsum(_mm256_add_ps(a0, a1)) - 8.0 * (o0 + o1)
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_n<const N: usize>(
-        w: &[u8],
-        acts: &[(&[i8], &[f32], &[f32])],
-        nb: usize,
-        out: &mut [f32],
-    ) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); N];
-            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
-            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
-            let wp = w.as_ptr();
-            for b in 0..nb {
-                let blk = wp.add(b * Q8_0_BYTES);
-                let dw = f16_scale(blk);
-                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                // |w| and sign(a, w) make maddubs' unsigned*signed product equal w*a.
-                let ax = _mm256_sign_epi8(wq, wq);
-                for j in 0..N {
-                    let av = _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i);
-                    let sy = _mm256_sign_epi8(av, wq);
-                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                        _mm256_maddubs_epi16(ax, sy),
-                        _mm256_set1_epi16(1),
-                    ));
-                    acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * *ad[j].add(b)), p, acc[j]);
-                }
-            }
-            for j in 0..N {
-                out[j] = hsum(acc[j]);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_0_n<const N: usize>(
-        w: &[u8],
-        acts: &[(&[i8], &[f32], &[f32])],
-        nb: usize,
-        out: &mut [f32],
-    ) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); N];
-            // The -8 offset of every nibble is applied once per block through the act sums.
-            let mut off = [0f32; N];
-            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
-            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
-            let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].2.as_ptr());
-            let mask = _mm_set1_epi8(0x0F);
-            let ones = _mm256_set1_epi16(1);
-            let wp = w.as_ptr();
-            for b in 0..nb {
-                let blk = wp.add(b * Q4_0_BYTES);
-                let dw = f16_scale(blk);
-                let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                // Unsigned nibbles 0..15: elements 0..15 in the low lane, 16..31 in the high lane.
-                let wq = _mm256_set_m128i(hi, lo);
-                for j in 0..N {
-                    let av = _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i);
-                    let p =
-                        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(wq, av), ones));
-                    acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * *ad[j].add(b)), p, acc[j]);
-                    off[j] += dw * *ds[j].add(b);
-                }
-            }
-            for j in 0..N {
-                out[j] = hsum(acc[j]) - 8.0 * off[j];
             }
         }
     }
@@ -698,8 +543,8 @@ mod tests {
     /// SIMD and portable kernels agree, and both approximate the float product.
     #[test]
     fn kernels_match_float_and_each_other() {
-        for t in [1, 2, 3, 5, 6] {
-            let (rows, k) = (37, 96);
+        for (t, k) in [(1, 96), (2, 96), (3, 320), (5, 320), (6, 96), (1, 320)] {
+            let rows = 37;
             let w = pseudo(rows * k, 1);
             let x = pseudo(t * k, 2);
             let acts = QuantizedActs::quantize(&x, k);
@@ -715,6 +560,8 @@ mod tests {
                     0.6,
                 ),
             ] {
+                let mut bytes = bytes;
+                repack_rows(kind, &mut bytes, k);
                 let mut out = vec![0f32; rows * t];
                 matmul_q(kind, &bytes, rows, &acts, &mut out);
                 let row_bytes = k / QK * kind.block_bytes();
@@ -726,22 +573,12 @@ mod tests {
                             (got - exact).abs() < tol,
                             "{kind:?} r{r} t{ti}: {got} vs {exact}"
                         );
-                        let mut portable = [0f32; 1];
-                        let a = [acts.row(ti)];
-                        match kind {
-                            BlockKind::Q8_0 => portable_dot_q8_0(
-                                &bytes[r * row_bytes..(r + 1) * row_bytes],
-                                &a,
-                                k / QK,
-                                &mut portable,
-                            ),
-                            BlockKind::Q4_0 => portable_dot_q4_0(
-                                &bytes[r * row_bytes..(r + 1) * row_bytes],
-                                &a,
-                                k / QK,
-                                &mut portable,
-                            ),
-                        }
+                        let portable = [portable_dot(
+                            kind,
+                            &bytes[r * row_bytes..(r + 1) * row_bytes],
+                            acts.row(ti),
+                            k / QK,
+                        )];
                         assert!(
                             (portable[0] - got).abs() < 1e-3 * (1.0 + got.abs()),
                             "{kind:?} simd {got} vs portable {}",

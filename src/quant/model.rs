@@ -63,7 +63,11 @@ impl Weight {
         Ok(match kind {
             Some(kind) => Weight::Blocks {
                 kind,
-                bytes: f.tensor_bytes(name)?,
+                bytes: {
+                    let mut b = f.tensor_bytes(name)?;
+                    kernels::repack_rows(kind, &mut b, cols);
+                    b
+                },
                 rows,
                 cols,
             },
@@ -145,19 +149,20 @@ impl Weight {
                 let bb = kind.block_bytes();
                 let nb = cols / QK;
                 let row = &bytes[r * nb * bb..(r + 1) * nb * bb];
-                for (b, blk) in row.chunks_exact(bb).enumerate() {
-                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                for b in 0..nb {
+                    let d = kernels::repacked_scale(*kind, row, nb, b);
+                    let q = kernels::repacked_quants(*kind, row, b);
                     let o = &mut out[b * QK..(b + 1) * QK];
                     match kind {
                         BlockKind::Q8_0 => {
-                            for (v, &q) in o.iter_mut().zip(&blk[2..]) {
+                            for (v, &q) in o.iter_mut().zip(q) {
                                 *v = d * (q as i8) as f32;
                             }
                         }
                         BlockKind::Q4_0 => {
                             for j in 0..16 {
-                                o[j] = d * ((blk[2 + j] & 0x0F) as i32 - 8) as f32;
-                                o[j + 16] = d * ((blk[2 + j] >> 4) as i32 - 8) as f32;
+                                o[j] = d * ((q[j] & 0x0F) as i32 - 8) as f32;
+                                o[j + 16] = d * ((q[j] >> 4) as i32 - 8) as f32;
                             }
                         }
                     }

@@ -36,8 +36,12 @@ pub fn is_plain_sqlite(path: &Path) -> anyhow::Result<bool> {
 }
 
 fn open_ro(path: &Path) -> anyhow::Result<Connection> {
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("opening {}", path.display()))
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // Trying candidate keys makes SQLCipher log "hmac check failed" to stderr; our own error
+    // says which candidates failed, so keep its log quiet.
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+    Ok(conn)
 }
 
 /// SQLCipher decrypts lazily: a query proves the key.

@@ -61,9 +61,21 @@ pub struct Stats {
 /// The pure transformation (stage, tests and benches share it).
 pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, blocked: &Blocked) -> (Vec<Message>, Stats) {
     let contacts: HashMap<&str, &RawContact> = meta.contacts.iter().map(|c| (c.id.as_str(), c)).collect();
+    // Conversations are few: rank them once (sort key) and resolve their names once.
+    let mut convs: Vec<&str> = raw.iter().map(|m| m.conversation.as_str()).collect::<std::collections::HashSet<_>>().into_iter().collect();
+    convs.sort_unstable();
+    let conv_rank: HashMap<&str, u32> = convs.iter().enumerate().map(|(i, c)| (*c, i as u32)).collect();
+    let conv_info: Vec<(String, bool)> = convs
+        .iter()
+        .map(|c| {
+            let entry = contacts.get(c);
+            let name = entry.map(|e| e.display_name().to_string()).unwrap_or_else(|| c.to_string());
+            (name, c.ends_with("@chatroom") || entry.is_some_and(|e| e.is_group))
+        })
+        .collect();
     struct Row {
         msg: Option<Message>,
-        order: usize,
+        rank: u32,
         malformed: bool,
         pii: PiiCounts,
         masked: bool,
@@ -72,10 +84,10 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
     }
     let rows: Vec<Row> = raw
         .par_iter()
-        .enumerate()
-        .map(|(order, m)| {
+        .map(|m| {
             let rendered = render::render(m);
-            let mut row = Row { msg: None, order, malformed: rendered.malformed, pii: PiiCounts::default(), masked: false, dropped_blocked: false, dropped_kind: false };
+            let rank = conv_rank.get(m.conversation.as_str()).copied().unwrap_or(0);
+            let mut row = Row { msg: None, rank, malformed: rendered.malformed, pii: PiiCounts::default(), masked: false, dropped_blocked: false, dropped_kind: false };
             if params.drop_kinds.contains(&rendered.kind) {
                 row.dropped_kind = true;
                 return row;
@@ -107,9 +119,8 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
                     q.text = t;
                 }
             }
-            let conv = contacts.get(m.conversation.as_str());
-            let is_group = m.conversation.ends_with("@chatroom") || conv.is_some_and(|c| c.is_group);
-            let conversation_name = conv.map(|c| c.display_name().to_string()).unwrap_or_else(|| m.conversation.clone());
+            let (conversation_name, is_group) = &conv_info[rank as usize];
+            let is_group = *is_group;
             // System notices (revoke, pat, red packet opened, grey lines) have no human speaker.
             let notice = matches!(rendered.kind, MessageKind::System | MessageKind::Revoke | MessageKind::Pat)
                 || m.msg_type == 10000
@@ -132,7 +143,7 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
             row.msg = Some(Message {
                 id: m.id.clone(),
                 conversation: m.conversation.clone(),
-                conversation_name,
+                conversation_name: conversation_name.clone(),
                 is_group,
                 sender_id,
                 sender_name,
@@ -147,39 +158,53 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
         .collect();
 
     let mut stats = Stats { format: meta.format.clone(), ..Default::default() };
-    let mut kept: Vec<(usize, Message)> = Vec::with_capacity(rows.len());
-    for row in rows {
+    // Sort small keys (conversation rank, time, source order), then move messages once.
+    let mut keys: Vec<(u32, i64, u32)> = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
         stats.malformed_xml += u64::from(row.malformed);
         stats.pii_masked.add(&row.pii);
         stats.blocked_masked += u64::from(row.masked);
         stats.blocked_dropped += u64::from(row.dropped_blocked);
         stats.kind_dropped += u64::from(row.dropped_kind);
-        if let Some(m) = row.msg {
-            kept.push((row.order, m));
+        if let Some(m) = &row.msg {
+            keys.push((row.rank, m.timestamp, i as u32));
         }
     }
-    // By conversation, then time; ties keep source order.
-    kept.par_sort_unstable_by(|(oa, a), (ob, b)| a.conversation.cmp(&b.conversation).then(a.timestamp.cmp(&b.timestamp)).then(oa.cmp(ob)));
-    let messages: Vec<Message> = kept.into_iter().map(|(_, m)| m).collect();
-    let mut by_kind: HashMap<MessageKind, u64> = HashMap::new();
-    let mut by_contact: HashMap<&str, u64> = HashMap::new();
-    let mut by_year: HashMap<i32, u64> = HashMap::new();
-    let mut last_conv: Option<&str> = None;
-    for m in &messages {
-        *by_kind.entry(m.kind).or_default() += 1;
-        *by_contact.entry(m.conversation_name.as_str()).or_default() += 1;
-        let year = chrono::DateTime::from_timestamp(m.timestamp, 0).map(|t| chrono::Datelike::year(&t)).unwrap_or(1970);
-        *by_year.entry(year).or_default() += 1;
+    keys.par_sort_unstable();
+    let mut rows = rows;
+    let mut messages: Vec<Message> = Vec::with_capacity(keys.len());
+    let mut by_kind = [0u64; MessageKind::ALL.len()];
+    let mut by_rank = vec![0u64; convs.len()];
+    let mut by_year: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut year_cache: Option<(i64, i64, i32)> = None;
+    for (rank, ts, i) in keys {
+        let Some(m) = rows[i as usize].msg.take() else { continue };
+        by_kind[MessageKind::ALL.iter().position(|k| *k == m.kind).unwrap_or(0)] += 1;
+        by_rank[rank as usize] += 1;
         stats.self_messages += u64::from(m.is_self);
-        if last_conv != Some(m.conversation.as_str()) {
-            stats.conversations += 1;
-            last_conv = Some(m.conversation.as_str());
-        }
+        // Years change rarely along one conversation: cache the current year's bounds.
+        let year = match &year_cache {
+            Some((lo, hi, y)) if ts >= *lo && ts < *hi => *y,
+            _ => {
+                let y = chrono::DateTime::from_timestamp(ts, 0).map(|t| chrono::Datelike::year(&t)).unwrap_or(1970);
+                let bound = |y: i32| chrono::NaiveDate::from_ymd_opt(y, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc().timestamp());
+                let (lo, hi) = (bound(y).unwrap_or(ts), bound(y + 1).unwrap_or(ts + 1));
+                year_cache = Some((lo, hi, y));
+                y
+            }
+        };
+        *by_year.entry(year).or_default() += 1;
+        messages.push(m);
     }
     stats.messages = messages.len() as u64;
-    stats.by_kind = by_kind.into_iter().map(|(k, v)| (kind_name(k), v)).collect();
-    stats.by_contact = by_contact.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    stats.by_year = by_year.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    stats.conversations = by_rank.iter().filter(|c| **c > 0).count() as u64;
+    stats.by_kind = MessageKind::ALL.iter().zip(by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (kind_name(*k), n)).collect();
+    for (rank, n) in by_rank.into_iter().enumerate() {
+        if n > 0 {
+            *stats.by_contact.entry(conv_info[rank].0.clone()).or_default() += n;
+        }
+    }
+    stats.by_year = by_year.into_iter().map(|(y, n)| (y.to_string(), n)).collect();
     (messages, stats)
 }
 

@@ -35,7 +35,8 @@ pub struct SftParams {
     /// Tokens per sample (and per packed row); longer samples lose their oldest context.
     pub max_seq_len: usize,
     pub epochs: usize,
-    /// Stop after this many optimiser steps; 0: run all epochs.
+    /// When > 0, train exactly this many optimiser steps (cycling through the data) instead of
+    /// `epochs` epochs.
     pub max_steps: u64,
     /// Validate every N optimiser steps (and at the end); 0: only at the end.
     pub eval_every: u64,

@@ -6,7 +6,8 @@
 //! consecutive messages of one speaker into a turn, then add quote pairs. A quote that reaches
 //! into an earlier session links the two sessions, so `split` keeps them together.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use rayon::prelude::*;
 
@@ -21,14 +22,13 @@ pub struct Windowed {
     pub stats: WindowStats,
 }
 
-/// Builds samples from normalised messages (any order; sorted here if needed).
+/// Builds samples from normalised messages. Input grouped by conversation and in time order
+/// within each (what `normalise` writes) is used as is; anything else is sorted by
+/// (conversation, timestamp) first.
 pub fn build_samples(messages: &[Message], params: &WindowParams) -> anyhow::Result<Windowed> {
     params.validate()?;
     let mut ordered: Vec<&Message> = messages.iter().collect();
-    let sorted = ordered
-        .windows(2)
-        .all(|w| (w[0].conversation.as_str(), w[0].timestamp) <= (w[1].conversation.as_str(), w[1].timestamp));
-    if !sorted {
+    if !grouped_in_time_order(&ordered) {
         ordered.par_sort_by(|a, b| (a.conversation.as_str(), a.timestamp).cmp(&(b.conversation.as_str(), b.timestamp)));
     }
     let mut ranges = Vec::new();
@@ -58,8 +58,9 @@ pub fn build_samples(messages: &[Message], params: &WindowParams) -> anyhow::Res
         samples.extend(s);
     }
     if params.dedup {
-        let keys: Vec<[u8; 16]> = samples.par_iter().map(pair_key).collect();
-        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        let keys: Vec<u128> = samples.par_iter().map(pair_key).collect();
+        let mut seen: HashSet<u128, BuildHasherDefault<KeyHasher>> =
+            HashSet::with_capacity_and_hasher(keys.len(), Default::default());
         let mut keep = keys.iter().map(|k| seen.insert(*k));
         let before = samples.len();
         samples.retain(|_| keep.next().unwrap_or(true));
@@ -68,6 +69,41 @@ pub fn build_samples(messages: &[Message], params: &WindowParams) -> anyhow::Res
     stats.samples_window = samples.iter().filter(|s| s.source == "window").count() as u64;
     stats.samples_quote = samples.len() as u64 - stats.samples_window;
     Ok(Windowed { samples, stats })
+}
+
+/// True when each conversation's messages are contiguous and in time order.
+fn grouped_in_time_order(messages: &[&Message]) -> bool {
+    let mut finished: HashSet<&str> = HashSet::new();
+    for w in messages.windows(2) {
+        if w[0].conversation == w[1].conversation {
+            if w[1].timestamp < w[0].timestamp {
+                return false;
+            }
+        } else if !finished.insert(w[0].conversation.as_str()) || finished.contains(w[1].conversation.as_str()) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Dedup keys are already uniform hashes: use their low bits instead of hashing them again.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
 }
 
 /// The person's display name: the most frequent `sender_name` of own messages.
@@ -81,7 +117,7 @@ fn most_common_self_name(messages: &[&Message]) -> String {
 }
 
 /// Identity of an exact (context, reply) pair, for dedup.
-fn pair_key(s: &Sample) -> [u8; 16] {
+fn pair_key(s: &Sample) -> u128 {
     let mut h = blake3::Hasher::new();
     for t in &s.context {
         h.update(&[t.role as u8]);
@@ -92,9 +128,7 @@ fn pair_key(s: &Sample) -> [u8; 16] {
     }
     h.update(&[0x1d]);
     h.update(s.reply.as_bytes());
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    key
+    u128::from_le_bytes(h.finalize().as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
 /// One conversation's messages, sorted by time, being windowed.
@@ -124,9 +158,12 @@ impl<'a> Conversation<'a> {
     fn new(messages: &[&'a Message], params: &'a WindowParams, self_name: &str) -> Self {
         let first = messages[0];
         let mut stats = WindowStats { messages: messages.len() as u64, conversations: 1, ..Default::default() };
+        // Count into an array (a map update per message is measurable at a million messages).
+        let mut kinds = [0u64; MessageKind::ALL.len()];
         for m in messages {
-            *stats.message_kinds.entry(m.kind).or_default() += 1;
+            kinds[m.kind as usize] += 1;
         }
+        stats.message_kinds = MessageKind::ALL.into_iter().zip(kinds).filter(|(_, n)| *n > 0).collect();
         stats.conversation_names.insert(first.conversation.clone(), first.conversation_name.clone());
         let system = params
             .system_prompt
@@ -247,29 +284,25 @@ impl<'a> Conversation<'a> {
         if quotes.is_empty() {
             return;
         }
-        let by_id: HashMap<&str, usize> =
-            self.kept.iter().enumerate().filter(|(_, m)| !m.id.is_empty()).map(|(i, &m)| (m.id.as_str(), i)).collect();
-        let mut by_text: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, &m) in self.kept.iter().enumerate() {
-            by_text.entry(m.text.as_str()).or_default().push(i);
+        let kept: Vec<&'a Message> = self.kept.clone();
+        let targets = resolve_quotes(&kept, &quotes);
+        let mut own_names: Vec<&str> = Vec::new();
+        for &m in kept.iter().filter(|m| m.is_self) {
+            if !own_names.contains(&m.sender_name.as_str()) {
+                own_names.push(m.sender_name.as_str());
+            }
         }
-        let own_names: Vec<&str> = self.kept.iter().filter(|m| m.is_self).map(|&m| m.sender_name.as_str()).collect();
         let mut run_of = vec![usize::MAX; self.kept.len()];
         for (r, run) in runs.iter().enumerate() {
             run_of[run.start..run.end].fill(r);
         }
 
-        for i in quotes {
+        for (i, target) in quotes.into_iter().zip(targets) {
             let message: &'a Message = self.kept[i];
             let quoted = message.quoted.as_ref().expect("filtered above");
             if quoted.text.trim().is_empty() {
                 continue;
             }
-            // The quoted message: by source id, else the latest earlier message with that text.
-            let target =
-                quoted.message_ref.as_deref().and_then(|r| by_id.get(r).copied()).or_else(|| {
-                    by_text.get(quoted.text.as_str()).and_then(|v| v.iter().rev().find(|&&j| j < i).copied())
-                });
             let quotes_self = match target {
                 Some(t) => self.kept[t].is_self,
                 None => own_names.contains(&quoted.sender_name.as_str()),
@@ -366,6 +399,39 @@ impl<'a> Conversation<'a> {
     }
 }
 
+/// The message each quote refers to: the earlier message with the quote's source id, else the
+/// latest earlier message with the quoted text. One forward pass that hashes a message only
+/// while some quote is looking for its id or text.
+fn resolve_quotes(kept: &[&Message], quotes: &[usize]) -> Vec<Option<usize>> {
+    let quoted = |i: usize| kept[i].quoted.as_ref().expect("quotes have a quoted message");
+    let mut by_id: HashMap<&str, Option<usize>> =
+        quotes.iter().filter_map(|&i| quoted(i).message_ref.as_deref()).map(|r| (r, None)).collect();
+    let mut by_text: HashMap<&str, Option<usize>> = quotes.iter().map(|&i| (quoted(i).text.as_str(), None)).collect();
+    let mut targets = Vec::with_capacity(quotes.len());
+    let mut next = 0;
+    for (j, m) in kept.iter().enumerate() {
+        while next < quotes.len() && quotes[next] == j {
+            let q = quoted(j);
+            let by_ref = q.message_ref.as_deref().and_then(|r| by_id.get(r).copied().flatten());
+            targets.push(by_ref.or_else(|| by_text.get(q.text.as_str()).copied().flatten()));
+            next += 1;
+        }
+        if next == quotes.len() {
+            break;
+        }
+        if !by_id.is_empty()
+            && let Some(slot) = by_id.get_mut(m.id.as_str())
+            && slot.is_none()
+        {
+            *slot = Some(j);
+        }
+        if let Some(slot) = by_text.get_mut(m.text.as_str()) {
+            *slot = Some(j);
+        }
+    }
+    targets
+}
+
 /// Drops the oldest turns (and, for a lone turn, its oldest characters) until the context fits.
 /// Returns whether anything was cut.
 fn fit_context(context: &mut Vec<Turn>, max_chars: usize) -> bool {
@@ -392,12 +458,11 @@ fn fit_context(context: &mut Vec<Turn>, max_chars: usize) -> bool {
 /// (two replies can share a second).
 fn sample_id(s: &Sample, first_message_id: &str) -> String {
     let mut h = blake3::Hasher::new();
-    for part in
-        [s.conversation.as_str(), s.session.as_str(), &s.timestamp.to_string(), s.source.as_str(), first_message_id]
-    {
+    for part in [s.conversation.as_str(), s.session.as_str(), s.source.as_str(), first_message_id] {
         h.update(part.as_bytes());
         h.update(&[0]);
     }
+    h.update(&s.timestamp.to_le_bytes());
     h.finalize().to_hex()[..16].to_string()
 }
 

@@ -245,15 +245,24 @@ fn system_prompt_fills_in_names() {
 
 #[test]
 fn input_order_does_not_matter() {
-    let msgs = super::corpus::corpus(3000, 300, 7);
+    // Grouped by conversation but not in id order: used as is, same samples (in another order).
+    let grouped = super::corpus::corpus(3000, 300, 7);
+    let mut as_is = window(&grouped, &WindowParams { include_groups: true, ..Default::default() });
+    let mut msgs = grouped.clone();
+    msgs.sort_by(|a, b| (&a.conversation, a.timestamp).cmp(&(&b.conversation, b.timestamp)));
     let sorted = window(&msgs, &WindowParams { include_groups: true, ..Default::default() });
     let mut shuffled = msgs.clone();
     shuffled.reverse();
+    shuffled.rotate_left(1000);
     let again = window(&shuffled, &WindowParams { include_groups: true, ..Default::default() });
     assert_eq!(sorted, again);
     assert!(sorted.len() > 300, "{} samples", sorted.len());
     assert!(sorted.iter().any(|s| s.source == "quote"));
     assert!(sorted.iter().any(|s| s.is_group));
+    let mut by_id = sorted.clone();
+    by_id.sort_by(|a, b| a.id.cmp(&b.id));
+    as_is.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(as_is, by_id);
     let ids: std::collections::HashSet<&str> = sorted.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids.len(), sorted.len(), "sample ids are unique");
 }
