@@ -126,6 +126,21 @@ impl ChatTemplate {
         msgs
     }
 
+    /// Prompt ids for a sample's context, ending with the assistant header. When longer than
+    /// `max_len`, the oldest context turns are dropped first (the system prompt and the last
+    /// turn stay), then the oldest tokens.
+    pub fn encode_prompt(&self, tokenizer: &Tokenizer, sample: &Sample, max_len: usize) -> anyhow::Result<Vec<u32>> {
+        let mut msgs = Self::sample_messages(sample);
+        let first_turn = usize::from(msgs.first().is_some_and(|m| m.role == "system"));
+        loop {
+            let ids = tokenizer.encode(&self.render(&msgs, true)?)?;
+            if ids.len() <= max_len || msgs.len() <= first_turn + 1 {
+                return Ok(ids[ids.len().saturating_sub(max_len)..].to_vec());
+            }
+            msgs.remove(first_turn);
+        }
+    }
+
     /// Token ids and loss mask of a sample. When longer than `max_len`, the oldest context turns
     /// are dropped first, then the reply is cut. `None` when not even one reply token fits.
     pub fn encode_sample(

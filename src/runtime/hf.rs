@@ -104,3 +104,40 @@ pub fn save_hf_dir(dir: &Path, model: &Model, raw_config: &serde_json::Value, to
     }
     Ok(())
 }
+
+/// A model folder read once onto a device. Models built from it share the base tensors (candle
+/// tensors are reference-counted and the conversion already happened), so a frozen reference,
+/// a LoRA policy and a LoRA critic over one base cost one copy of its weights.
+pub struct SharedBase {
+    pub raw_config: serde_json::Value,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    cfg: ModelConfig,
+    weights: HashMap<String, Tensor>,
+    device: Device,
+}
+
+impl SharedBase {
+    pub fn load(dir: &Path, device: &Device) -> anyhow::Result<SharedBase> {
+        if !dir.is_dir() {
+            bail!("model folder {} does not exist", dir.display());
+        }
+        let (cfg, raw_config) = ModelConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tc = dir.join("tokenizer_config.json");
+        let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
+        let weights = read_weights(dir)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(device)?.to_dtype(candle_core::DType::F32)?)))
+            .collect::<anyhow::Result<HashMap<_, _>>>()?;
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            bail!("{}: tokenizer has {} tokens but the model's vocab_size is {}", dir.display(), tokenizer.vocab_size(), cfg.vocab_size);
+        }
+        Ok(SharedBase { raw_config, tokenizer, template, cfg, weights, device: device.clone() })
+    }
+
+    /// A model over the shared weights (`Frozen` or `Lora`; `Full` would copy them).
+    pub fn model(&self, mode: &TrainMode, seed: u64) -> anyhow::Result<Model> {
+        Model::from_tensors(self.cfg.clone(), self.weights.clone(), mode, seed, &self.device)
+    }
+}

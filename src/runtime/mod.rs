@@ -12,6 +12,8 @@
 //! - [`hf`]: load/save a local HF folder (config, safetensors single or sharded, tokenizer).
 //! - [`tokenizer`], [`chat`]: tokenizer wrapper, chat template (minijinja), sample encoding.
 //! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
+//! - [`token_logprobs`], [`scalar_head`], [`reward`]: per-token log-probs and gradient
+//!   surrogates for dpo/ppo, the scalar head of reward models and critics, reward model I/O.
 //! - [`optim`]: AdamW with checkpointable state, warmup + cosine schedule, gradient clipping.
 
 pub mod batch;
@@ -25,7 +27,10 @@ pub mod init;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod reward;
 pub mod sampling;
+pub mod scalar_head;
+pub mod token_logprobs;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedSample};

@@ -407,6 +407,24 @@ impl Model {
         Ok(logp.gather(&labels, 1)?.mean_all()?.neg()?)
     }
 
+    /// Hidden states (after the final norm) at the batch's predicting positions, `[n, hidden]`,
+    /// in `batch.targets` order: what the policy-gradient, reward and value heads read.
+    pub fn target_hidden(&self, batch: &Batch, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        if batch.targets.is_empty() {
+            bail!("batch has no target positions");
+        }
+        let h = self.forward_hidden(&batch.input_ids, &batch.positions, &batch.segments, (batch.b, batch.t), pass)?;
+        let h = h.reshape((batch.b * batch.t, self.cfg.hidden_size))?;
+        let rows: Vec<u32> = batch.targets.iter().map(|(i, _)| *i).collect();
+        Ok(h.index_select(&Tensor::from_vec(rows, batch.targets.len(), &self.device)?, 0)?)
+    }
+
+    /// The output projection `[vocab, hidden]` (the embedding when tied). LoRA never targets
+    /// the head, so this is always a plain matrix.
+    pub fn output_projection(&self) -> anyhow::Result<&Tensor> {
+        self.plain_head_weight().context("the output projection has an adapter or a bias")
+    }
+
     /// The output projection when it is a bare matrix (tied embeddings, or an lm_head without
     /// adapter or bias), trainable or not.
     fn plain_head_weight(&self) -> Option<&Tensor> {

@@ -37,6 +37,12 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("detokenizing: {e}"))
     }
 
+    /// The padding id: `<|endoftext|>`, `<pad>` or Llama 3's pad token, else 0 (padding is
+    /// never attended to nor counted, so any id works).
+    pub fn pad_id(&self) -> u32 {
+        ["<|endoftext|>", "<pad>", "<|finetune_right_pad_id|>"].iter().find_map(|t| self.token_to_id(t)).unwrap_or(0)
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -2,5 +2,8 @@
 
 pub mod jsonl;
 pub mod message;
+pub mod curves;
 pub mod plot;
+pub mod preference;
+pub mod ranked;
 pub mod sample;

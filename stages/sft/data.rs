@@ -92,9 +92,8 @@ pub fn eval_batches(samples: &[EncodedSample], batch_size: usize, row_len: usize
     rows.chunks(batch_size).map(|c| materialise(samples, c, pad_id)).collect()
 }
 
-/// The padding id: the tokenizer's `<|endoftext|>` or `<pad>`, else 0 (masked out anyway).
 pub fn pad_id(tokenizer: &Tokenizer) -> u32 {
-    ["<|endoftext|>", "<pad>", "<|finetune_right_pad_id|>"].iter().find_map(|t| tokenizer.token_to_id(t)).unwrap_or(0)
+    tokenizer.pad_id()
 }
 
 pub fn require_samples(e: &Encoded, path: &std::path::Path) -> anyhow::Result<()> {

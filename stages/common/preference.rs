@@ -1,0 +1,68 @@
+//! Ranked candidates → encoded preference pairs for `reward-train` and `dpo`, with a held-out
+//! share chosen by prompt (a prompt's pairs never sit on both sides).
+
+use std::path::Path;
+
+use anyhow::bail;
+
+use super::ranked::{Ranked, preference_pairs, read_ranked};
+use crate::runtime::chat::{ChatTemplate, EncodedSample};
+use crate::runtime::reward::encode_reply;
+use crate::runtime::tokenizer::Tokenizer;
+
+pub struct EncodedPair {
+    pub chosen: EncodedSample,
+    pub rejected: EncodedSample,
+    pub margin: f64,
+}
+
+pub struct PreferenceData {
+    pub records: Vec<Ranked>,
+    pub train: Vec<EncodedPair>,
+    pub val: Vec<EncodedPair>,
+    /// Records without scores yet (human judge, not labelled).
+    pub unscored: usize,
+    /// Pairs that did not fit in max_len.
+    pub skipped: usize,
+}
+
+/// Whether a prompt belongs to the held-out share: a hash of its id, so the choice is stable
+/// across runs and independent of file order.
+pub fn is_held_out(id: &str, fraction: f64) -> bool {
+    let h = blake3::hash(id.as_bytes());
+    (u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) as f64) < fraction * u32::MAX as f64
+}
+
+pub fn load_pairs(
+    ranked: &Path,
+    labels: Option<&Path>,
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    max_len: usize,
+    min_margin: f64,
+    val_fraction: f64,
+) -> anyhow::Result<PreferenceData> {
+    let records = read_ranked(ranked, labels)?;
+    let unscored = records.iter().filter(|r| r.scores.is_empty()).count();
+    let pairs = preference_pairs(&records, min_margin)?;
+    if pairs.is_empty() {
+        if unscored == records.len() && !records.is_empty() {
+            bail!("{}: no candidate has scores yet; rank them with `avatar label` (human judge)", ranked.display());
+        }
+        bail!("{}: no two candidates of a prompt differ in score by more than {min_margin}; nothing to learn", ranked.display());
+    }
+    let (mut train, mut val, mut skipped) = (Vec::new(), Vec::new(), 0);
+    for p in &pairs {
+        let enc = |reply: &str| encode_reply(template, tokenizer, &p.record.sample, reply, max_len);
+        let (Some(chosen), Some(rejected)) = (enc(p.chosen)?, enc(p.rejected)?) else {
+            skipped += 1;
+            continue;
+        };
+        let pair = EncodedPair { chosen, rejected, margin: p.margin };
+        if is_held_out(&p.record.id, val_fraction) { val.push(pair) } else { train.push(pair) }
+    }
+    if train.is_empty() {
+        bail!("{}: every preference pair is held out or too long; lower val_fraction or raise max_seq_len", ranked.display());
+    }
+    Ok(PreferenceData { records, train, val, unscored, skipped })
+}
