@@ -8,8 +8,12 @@ pub mod quantize;
 pub mod scratch_base;
 pub mod sft;
 pub mod decrypt_read;
+pub mod dpo;
 pub mod eval;
 pub mod normalise;
+pub mod reward_label;
+pub mod ppo;
+pub mod reward_train;
 pub mod split;
 pub mod window;
 
@@ -28,6 +32,10 @@ pub fn registry() -> Registry {
     registry.add(quantize::QuantizeStage);
     registry.add(scratch_base::ScratchBaseStage);
     registry.add(sft::SftStage);
+    registry.add(reward_label::RewardLabelStage);
     registry.add(serve::ServeStage);
+    registry.add(reward_train::RewardTrainStage);
+    registry.add(ppo::PpoStage);
+    registry.add(dpo::DpoStage);
     registry
 }

@@ -1,6 +1,8 @@
 //! The model runtime and the model stages: decoder parity with candle-transformers, gradients,
-//! LoRA/PEFT layout, generation, HF folders, scratch-base and sft.
+//! LoRA/PEFT layout, generation, HF folders, scratch-base, sft, reward-train, ppo and dpo.
 
+#[path = "runtime/alignment.rs"]
+mod alignment;
 #[path = "runtime/common.rs"]
 mod common;
 #[path = "runtime/generation.rs"]

@@ -14,7 +14,7 @@ use candle_core::Device;
 
 use super::common::corpus;
 
-fn run_stage(stage: &dyn Stage, params: &str, inputs: &[(&str, &Path)], out: &Path, work: &Path) -> anyhow::Result<Metrics> {
+pub fn run_stage(stage: &dyn Stage, params: &str, inputs: &[(&str, &Path)], out: &Path, work: &Path) -> anyhow::Result<Metrics> {
     let table: toml::Table = toml::from_str(params).unwrap();
     let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
     let inputs: BTreeMap<String, ResolvedInput> = inputs
@@ -38,12 +38,12 @@ fn run_stage(stage: &dyn Stage, params: &str, inputs: &[(&str, &Path)], out: &Pa
 
 const SCRATCH: &str = "vocab_size = 400\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nnum_kv_heads = 2\nintermediate_size = 64\nmax_position_embeddings = 128";
 
-struct Fixture {
+pub struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         write_jsonl(&dir.path().join("train.jsonl"), &corpus(48)).unwrap();
         write_jsonl(&dir.path().join("val.jsonl"), &corpus(8)).unwrap();
@@ -58,10 +58,10 @@ impl Fixture {
         .unwrap();
         Fixture { dir }
     }
-    fn path(&self, p: &str) -> std::path::PathBuf {
+    pub fn path(&self, p: &str) -> std::path::PathBuf {
         self.dir.path().join(p)
     }
-    fn sft(&self, params: &str, out: &str) -> anyhow::Result<Metrics> {
+    pub fn sft(&self, params: &str, out: &str) -> anyhow::Result<Metrics> {
         let (base, train, val) = (self.path("base/model"), self.path("train.jsonl"), self.path("val.jsonl"));
         run_stage(
             &avatar::stages::sft::SftStage,

@@ -1,0 +1,249 @@
+//! `dpo`: Direct Preference Optimization on the same ranked candidates that `reward-train`
+//! reads, as a drop-in swap for reward-train + ppo. The policy is LoRA on the SFT model; the
+//! reference is the same SFT weights without the adapter (shared in memory, computed once per
+//! pair). Loss: `-log σ(β · ((π_c - ref_c) - (π_r - ref_r)))` on summed reply log-probs.
+//!
+//! ```toml
+//! [stages.dpo]
+//! kind = "dpo"
+//! inputs = { policy = "sft.model", ranked = "label.ranked" }
+//! beta = 0.1
+//! ```
+
+use std::time::Instant;
+
+use anyhow::bail;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::runtime::batch::build_batch;
+use crate::runtime::chat::EncodedSample;
+use crate::runtime::device::select_device;
+use crate::runtime::hf::{SharedBase, save_hf_dir};
+use crate::runtime::lora::{LoraConfig, save_adapter};
+use crate::runtime::model::{Model, Pass, TrainMode};
+use crate::runtime::optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+use crate::runtime::token_logprobs::{log_sigmoid, logp_surrogate, policy_forward, sigmoid};
+use crate::stages::common::curves::write_curves;
+use crate::stages::common::preference::{EncodedPair, load_pairs};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoParams {
+    pub lora: LoraConfig,
+    /// Strength of the implicit KL constraint to the reference.
+    pub beta: f64,
+    pub lr: f64,
+    pub min_lr_ratio: f64,
+    pub warmup_steps: u64,
+    pub grad_clip: f64,
+    pub epochs: usize,
+    /// Preference pairs per optimiser step.
+    pub batch_size: usize,
+    pub max_seq_len: usize,
+    pub min_margin: f64,
+    /// Share of prompts held out for preference accuracy.
+    pub val_fraction: f64,
+    pub seed: Option<u64>,
+}
+
+impl Default for DpoParams {
+    fn default() -> Self {
+        DpoParams {
+            lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
+            beta: 0.1,
+            lr: 2e-4,
+            min_lr_ratio: 0.1,
+            warmup_steps: 5,
+            grad_clip: 1.0,
+            epochs: 2,
+            batch_size: 8,
+            max_seq_len: 256,
+            min_margin: 0.0,
+            val_fraction: 0.2,
+            seed: None,
+        }
+    }
+}
+
+impl DpoParams {
+    fn validate(&self) -> anyhow::Result<()> {
+        self.lora.validate()?;
+        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.beta > 0.0 && self.beta.is_finite()) {
+            bail!("lr and beta must be positive numbers");
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            bail!("epochs and batch_size must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("val_fraction must be in [0, 1)");
+        }
+        if self.max_seq_len < 8 {
+            bail!("max_seq_len must be at least 8");
+        }
+        Ok(())
+    }
+}
+
+pub struct DpoStage;
+
+/// Summed reply log-probs of `seqs` under `model`, one per sequence, plus the forward pass
+/// (for the surrogate) and each target's sequence index.
+fn sequence_logps(
+    model: &Model,
+    seqs: &[&EncodedSample],
+    pad: u32,
+    pass: &mut Pass,
+) -> anyhow::Result<(Vec<f64>, crate::runtime::token_logprobs::PolicyForward, Vec<usize>)> {
+    let rows: Vec<Vec<&EncodedSample>> = seqs.iter().map(|s| vec![*s]).collect();
+    let batch = build_batch(&rows, pad);
+    let fwd = policy_forward(model, &batch, pass)?;
+    let row_of: Vec<usize> = batch.targets.iter().map(|(i, _)| *i as usize / batch.t).collect();
+    let mut sums = vec![0f64; seqs.len()];
+    for (lp, &r) in fwd.stats.logp.iter().zip(&row_of) {
+        sums[r] += *lp as f64;
+    }
+    Ok((sums, fwd, row_of))
+}
+
+/// Reference log-probs (chosen, rejected) of every pair.
+fn reference_logps(model: &Model, pairs: &[EncodedPair], batch: usize, pad: u32) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch) {
+        let seqs: Vec<&EncodedSample> = chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
+        let (sums, _, _) = sequence_logps(model, &seqs, pad, &mut Pass::inference())?;
+        let n = chunk.len();
+        out.extend((0..n).map(|i| (sums[i], sums[n + i])));
+    }
+    Ok(out)
+}
+
+/// (preference accuracy of the implicit reward, mean implicit margin, mean loss).
+fn evaluate(model: &Model, pairs: &[EncodedPair], refs: &[(f64, f64)], beta: f64, batch: usize, pad: u32) -> anyhow::Result<(f64, f64, f64)> {
+    let (mut right, mut margin, mut loss) = (0usize, 0f64, 0f64);
+    for (k, chunk) in pairs.chunks(batch).enumerate() {
+        let seqs: Vec<&EncodedSample> = chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
+        let (sums, _, _) = sequence_logps(model, &seqs, pad, &mut Pass::inference())?;
+        let n = chunk.len();
+        for i in 0..n {
+            let (rc, rr) = refs[k * batch + i];
+            let x = beta * ((sums[i] - rc) - (sums[n + i] - rr));
+            right += usize::from(x > 0.0);
+            margin += x;
+            loss -= log_sigmoid(x);
+        }
+    }
+    let n = pairs.len().max(1) as f64;
+    Ok((right as f64 / n, margin / n, loss / n))
+}
+
+impl TypedStage for DpoStage {
+    type Params = DpoParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "dpo",
+        version: 1,
+        summary: "SFT model + ranked candidates → preference-tuned model (DPO, LoRA), a swap for reward-train + ppo",
+        inputs: &[
+            InputSpec { name: "policy", required: true, help: "HF model folder to tune (sft.model); also the frozen reference" },
+            InputSpec { name: "ranked", required: true, help: "ranked candidates JSONL (reward-label.ranked)" },
+            InputSpec { name: "labels", required: false, help: "a person's corrections: JSONL of {id, scores}" },
+        ],
+        outputs: &[
+            OutputSpec { name: "model", path: "model", help: "merged HF folder" },
+            OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter" },
+            OutputSpec { name: "curves", path: "curves", help: "dpo.json/svg: loss, implicit-reward accuracy" },
+        ],
+    };
+
+    fn run(&self, ctx: &StageContext, p: &DpoParams) -> anyhow::Result<Metrics> {
+        let wall = Instant::now();
+        p.validate()?;
+        let seed = p.seed.unwrap_or(ctx.globals.seed);
+        let device = select_device(&ctx.globals.device)?;
+        let policy_dir = ctx.input("policy")?;
+        let base = SharedBase::load(policy_dir, &device)?;
+        let policy = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
+        let reference = base.model(&TrainMode::Frozen, seed)?;
+        let pad = base.tokenizer.pad_id();
+        let max_len = p.max_seq_len.min(policy.cfg.max_position_embeddings);
+        let data = load_pairs(ctx.input("ranked")?, ctx.optional_input("labels"), &base.template, &base.tokenizer, max_len, p.min_margin, p.val_fraction)?;
+        ctx.progress.note(&format!("{} train / {} held-out pairs from {} prompts", data.train.len(), data.val.len(), data.records.len()));
+        let train_refs = reference_logps(&reference, &data.train, p.batch_size, pad)?;
+        let val_refs = reference_logps(&reference, &data.val, p.batch_size, pad)?;
+        drop(reference);
+
+        let vars = policy.trainable().to_vec();
+        let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let total = (data.train.len().div_ceil(p.batch_size) * p.epochs) as u64;
+        let bar = ctx.progress.bar(total, "steps");
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xD0_D0D0);
+        let (mut loss_curve, mut val_curve) = (Vec::new(), Vec::new());
+        let mut step = 0u64;
+        for _ in 0..p.epochs {
+            let mut order: Vec<usize> = (0..data.train.len()).collect();
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(p.batch_size) {
+                let n = chunk.len();
+                let seqs: Vec<&EncodedSample> =
+                    chunk.iter().map(|&i| &data.train[i].chosen).chain(chunk.iter().map(|&i| &data.train[i].rejected)).collect();
+                let (sums, fwd, row_of) = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
+                // dL/d(log p) of each sequence: chosen rows +g, rejected rows -g, g = -β σ(-x) / n.
+                let mut row_coef = vec![0f32; 2 * n];
+                let mut loss = 0f64;
+                for (j, &i) in chunk.iter().enumerate() {
+                    let (rc, rr) = train_refs[i];
+                    let x = p.beta * ((sums[j] - rc) - (sums[n + j] - rr));
+                    loss -= log_sigmoid(x);
+                    let g = -p.beta * sigmoid(-x) / n as f64;
+                    row_coef[j] = g as f32;
+                    row_coef[n + j] = -g as f32;
+                }
+                let loss = loss / n as f64;
+                if !loss.is_finite() {
+                    bail!("dpo loss became {loss} at step {}; try a lower lr", step + 1);
+                }
+                let coef: Vec<f32> = row_of.iter().map(|&r| row_coef[r]).collect();
+                let grads = logp_surrogate(&policy, &fwd, &coef)?.backward()?;
+                let mut g: Vec<_> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+                clip_grad_norm(&mut g, p.grad_clip)?;
+                opt.step(&g, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
+                step += 1;
+                loss_curve.push((step, loss));
+                bar.set_position(step);
+                bar.set_message(format!("loss {loss:.3}"));
+            }
+            if !data.val.is_empty() {
+                val_curve.push((step, evaluate(&policy, &data.val, &val_refs, p.beta, p.batch_size, pad)?.0));
+            }
+        }
+        bar.finish_and_clear();
+        let (train_acc, train_margin, train_loss) = evaluate(&policy, &data.train, &train_refs, p.beta, p.batch_size, pad)?;
+        let held_out = if data.val.is_empty() { None } else { Some(evaluate(&policy, &data.val, &val_refs, p.beta, p.batch_size, pad)?) };
+
+        save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
+        let tensors = policy.adapter_tensors().into_iter().map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let base_name = policy_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        save_adapter(&ctx.output("adapter", &Self::INFO)?, &p.lora, &base_name, &tensors)?;
+        let curves = ctx.output("curves", &Self::INFO)?;
+        write_curves(&curves, "loss", "DPO loss", "loss", &[("train".into(), loss_curve)])?;
+        write_curves(&curves, "accuracy", "DPO implicit-reward accuracy", "accuracy", &[("held-out".into(), val_curve)])?;
+
+        let mut m = Metrics::new();
+        m.insert("train_pairs".into(), data.train.len().into());
+        m.insert("val_pairs".into(), data.val.len().into());
+        m.insert("train_accuracy".into(), train_acc.into());
+        m.insert("train_margin".into(), train_margin.into());
+        m.insert("final_train_loss".into(), train_loss.into());
+        if let Some((acc, margin, loss)) = held_out {
+            m.insert("val_accuracy".into(), acc.into());
+            m.insert("val_margin".into(), margin.into());
+            m.insert("val_loss".into(), loss.into());
+        }
+        m.insert("steps".into(), step.into());
+        m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        Ok(m)
+    }
+}

@@ -1,0 +1,181 @@
+//! `ppo`: RLHF as in seed 002 section 3. Four models: the policy (LoRA on the SFT model), the
+//! frozen reference (the same SFT weights, no adapter), the critic (its own LoRA on the same
+//! weights plus a value head) and the frozen reward model. The three SFT-based models share one
+//! copy of the base weights in memory. Per iteration: sample responses to a batch of prompts,
+//! score them, per-token KL penalty to the reference, GAE, then minibatch epochs of the clipped
+//! policy and value losses.
+//!
+//! ```toml
+//! [stages.ppo]
+//! kind = "ppo"
+//! inputs = { policy = "sft.model", reward = "reward.model", prompts = "split.train" }
+//! iterations = 20
+//! kl_coef = 0.05
+//! ```
+
+pub mod gae;
+pub mod params;
+pub mod rollout;
+pub mod update;
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::runtime::device::select_device;
+use crate::runtime::hf::{SharedBase, save_hf_dir};
+use crate::runtime::lora::save_adapter;
+use crate::runtime::model::TrainMode;
+use crate::runtime::optim::{AdamW, AdamWConfig};
+use crate::runtime::reward::RewardModel;
+use crate::runtime::scalar_head::ScalarHead;
+use crate::stages::common::curves::write_curves;
+use crate::stages::common::jsonl::read_jsonl;
+use crate::stages::common::sample::Sample;
+
+pub use params::PpoParams;
+use rollout::{Experience, Models};
+use update::{Optimisers, StepStats};
+
+pub struct PpoStage;
+
+/// Mean of a per-iteration quantity over the experiences.
+fn mean(exps: &[Experience], f: impl Fn(&Experience) -> f64) -> f64 {
+    exps.iter().map(f).sum::<f64>() / exps.len().max(1) as f64
+}
+
+impl TypedStage for PpoStage {
+    type Params = PpoParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "ppo",
+        version: 1,
+        summary: "SFT policy + reward model → RL-tuned policy (PPO: LoRA policy and critic, frozen reference, KL penalty, GAE)",
+        inputs: &[
+            InputSpec { name: "policy", required: true, help: "HF model folder to tune (sft.model); also the frozen reference" },
+            InputSpec { name: "reward", required: true, help: "reward model folder (reward-train.model)" },
+            InputSpec { name: "prompts", required: true, help: "samples JSONL whose contexts are the prompts (split.train)" },
+        ],
+        outputs: &[
+            OutputSpec { name: "model", path: "model", help: "merged HF folder" },
+            OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter of the policy" },
+            OutputSpec { name: "curves", path: "curves", help: "reward, KL, entropy, clip fraction and value loss per iteration (JSON + SVG)" },
+        ],
+    };
+
+    fn run(&self, ctx: &StageContext, p: &PpoParams) -> anyhow::Result<Metrics> {
+        let wall = Instant::now();
+        p.validate()?;
+        let seed = p.seed.unwrap_or(ctx.globals.seed);
+        let device = select_device(&ctx.globals.device)?;
+        let policy_dir = ctx.input("policy")?;
+        let base = SharedBase::load(policy_dir, &device)?;
+        let policy = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
+        let reference = base.model(&TrainMode::Frozen, seed)?;
+        let critic = base.model(&TrainMode::Lora(p.lora.clone()), seed ^ 0xC417_1C)?;
+        let value_head = ScalarHead::zeros(critic.cfg.hidden_size, &device)?;
+        let reward = RewardModel::load(ctx.input("reward")?, &device)?;
+        let prompts_path = ctx.input("prompts")?;
+        let samples: Vec<Sample> = read_jsonl(prompts_path)?;
+        anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());
+        let m = Models { base: &base, policy: &policy, reference: &reference, critic: &critic, value_head: &value_head, reward: &reward };
+
+        let mut critic_vars = critic.trainable().to_vec();
+        critic_vars.extend(value_head.vars());
+        let mut opt = Optimisers {
+            policy: AdamW::new(policy.trainable().to_vec(), AdamWConfig::default())?,
+            critic: AdamW::new(critic_vars, AdamWConfig::default())?,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x990);
+        let mut order: Vec<usize> = Vec::new();
+        let bar = ctx.progress.bar(p.iterations as u64, "iterations");
+        let names = ["reward", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "response_tokens"];
+        let mut curves: Vec<Vec<(u64, f64)>> = vec![Vec::new(); names.len()];
+        for it in 0..p.iterations {
+            // Prompts without replacement, reshuffled each time the list runs out.
+            let mut batch: Vec<&Sample> = Vec::with_capacity(p.rollout_size);
+            while batch.len() < p.rollout_size {
+                if order.is_empty() {
+                    order = (0..samples.len()).collect();
+                    order.shuffle(&mut rng);
+                }
+                batch.push(&samples[order.pop().expect("refilled")]);
+            }
+            let mut exps = rollout::collect(&m, &batch, p, seed.wrapping_add(1_000_003 * it as u64))?;
+            if p.whiten_advantages {
+                let mut all: Vec<f64> = exps.iter().flat_map(|e| e.advantages.iter().copied()).collect();
+                gae::whiten(&mut all);
+                let mut k = 0;
+                for e in exps.iter_mut() {
+                    for a in e.advantages.iter_mut() {
+                        *a = all[k];
+                        k += 1;
+                    }
+                }
+            }
+            let mut sum = StepStats::default();
+            let mut steps = 0f64;
+            let mut idx: Vec<usize> = (0..exps.len()).collect();
+            for _ in 0..p.ppo_epochs {
+                idx.shuffle(&mut rng);
+                for mb in idx.chunks(p.minibatch_size) {
+                    let refs: Vec<&Experience> = mb.iter().map(|&i| &exps[i]).collect();
+                    let s = update::step(&m, &refs, p, &mut opt, (p.lr, p.critic_lr))?;
+                    anyhow::ensure!(s.policy_loss.is_finite() && s.value_loss.is_finite(), "ppo losses became non-finite at iteration {}; try a lower lr", it + 1);
+                    sum.policy_loss += s.policy_loss;
+                    sum.value_loss += s.value_loss;
+                    sum.clip_fraction += s.clip_fraction;
+                    steps += 1.0;
+                }
+            }
+            let x = (it + 1) as u64;
+            let reward_mean = mean(&exps, |e| e.score);
+            let row = [
+                reward_mean,
+                mean(&exps, |e| e.kl),
+                mean(&exps, |e| e.entropy),
+                sum.clip_fraction / steps,
+                sum.value_loss / steps,
+                sum.policy_loss / steps,
+                mean(&exps, |e| e.logp_old.len() as f64),
+            ];
+            for (c, v) in curves.iter_mut().zip(row) {
+                c.push((x, v));
+            }
+            bar.set_position(x);
+            bar.set_message(format!("reward {reward_mean:.2} · kl {:.2}", row[1]));
+        }
+        bar.finish_and_clear();
+
+        save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
+        let tensors = policy.adapter_tensors().into_iter().map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let base_name = policy_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        save_adapter(&ctx.output("adapter", &Self::INFO)?, &p.lora, &base_name, &tensors)?;
+        let dir = ctx.output("curves", &Self::INFO)?;
+        let series = |i: usize| (names[i].to_string(), curves[i].clone());
+        write_curves(&dir, "reward", "PPO: reward-model score of sampled responses", "normalised reward", &[series(0)])?;
+        write_curves(&dir, "kl", "PPO: KL to the SFT model (per response)", "nats", &[series(1)])?;
+        write_curves(&dir, "ppo", "PPO: all statistics", "value", &(0..names.len()).map(series).collect::<Vec<_>>())?;
+
+        let mut metrics = Metrics::new();
+        let first = |i: usize| curves[i].first().map(|(_, v)| *v).unwrap_or(0.0);
+        let last = |i: usize| curves[i].last().map(|(_, v)| *v).unwrap_or(0.0);
+        // The last few iterations: one rollout is a noisy estimate.
+        let tail = |i: usize| {
+            let k = curves[i].len().min(3);
+            curves[i][curves[i].len() - k..].iter().map(|(_, v)| v).sum::<f64>() / k.max(1) as f64
+        };
+        metrics.insert("reward_first".into(), first(0).into());
+        metrics.insert("reward_last3".into(), tail(0).into());
+        metrics.insert("kl_last".into(), last(1).into());
+        metrics.insert("kl_max".into(), curves[1].iter().map(|(_, v)| *v).fold(f64::MIN, f64::max).into());
+        metrics.insert("entropy_last".into(), last(2).into());
+        metrics.insert("clip_fraction_last".into(), last(3).into());
+        metrics.insert("value_loss_last".into(), last(4).into());
+        metrics.insert("iterations".into(), p.iterations.into());
+        metrics.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        Ok(metrics)
+    }
+}

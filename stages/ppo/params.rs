@@ -1,0 +1,89 @@
+//! Params of the `ppo` stage (defaults close to TRL's PPO, scaled for CPU runs).
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::lora::LoraConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoParams {
+    /// Adapters of the policy and of the critic (each its own, on the shared SFT weights).
+    pub lora: LoraConfig,
+    /// Policy learning rate.
+    pub lr: f64,
+    /// Critic (LoRA + value head) learning rate.
+    pub critic_lr: f64,
+    /// Rollout / update iterations.
+    pub iterations: usize,
+    /// Prompts sampled per iteration (one response each).
+    pub rollout_size: usize,
+    /// Passes over each rollout.
+    pub ppo_epochs: usize,
+    /// Responses per gradient step.
+    pub minibatch_size: usize,
+    /// Per-token KL penalty to the reference (the SFT model).
+    pub kl_coef: f64,
+    pub gamma: f64,
+    pub lam: f64,
+    /// Policy ratio clip ε.
+    pub clip_range: f64,
+    /// Value clip around the rollout's values; 0 disables.
+    pub value_clip: f64,
+    pub grad_clip: f64,
+    /// Normalised reward-model scores are clipped to ±this.
+    pub reward_clip: f64,
+    pub max_prompt_tokens: usize,
+    pub max_new_tokens: usize,
+    pub whiten_advantages: bool,
+    pub seed: Option<u64>,
+}
+
+impl Default for PpoParams {
+    fn default() -> Self {
+        PpoParams {
+            lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
+            lr: 1e-4,
+            critic_lr: 5e-4,
+            iterations: 20,
+            rollout_size: 16,
+            ppo_epochs: 2,
+            minibatch_size: 8,
+            kl_coef: 0.05,
+            gamma: 1.0,
+            lam: 0.95,
+            clip_range: 0.2,
+            value_clip: 0.2,
+            grad_clip: 1.0,
+            reward_clip: 5.0,
+            max_prompt_tokens: 192,
+            max_new_tokens: 32,
+            whiten_advantages: true,
+            seed: None,
+        }
+    }
+}
+
+impl PpoParams {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.lora.validate()?;
+        for (name, v) in [("lr", self.lr), ("critic_lr", self.critic_lr), ("clip_range", self.clip_range), ("reward_clip", self.reward_clip)] {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{name} must be a positive number");
+            }
+        }
+        if self.kl_coef < 0.0 || self.value_clip < 0.0 || self.grad_clip < 0.0 {
+            bail!("kl_coef, value_clip and grad_clip must not be negative");
+        }
+        if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
+            bail!("gamma and lam must be in [0, 1]");
+        }
+        if self.iterations == 0 || self.rollout_size == 0 || self.ppo_epochs == 0 || self.minibatch_size == 0 {
+            bail!("iterations, rollout_size, ppo_epochs and minibatch_size must be at least 1");
+        }
+        if self.max_new_tokens == 0 || self.max_prompt_tokens < 8 {
+            bail!("max_new_tokens must be at least 1 and max_prompt_tokens at least 8");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! `reward-train`: a reward model from ranked candidates. A scalar head on the base's last-token
+//! hidden state, LoRA on the base, Bradley–Terry loss `-log σ(r_chosen - r_rejected)` over every
+//! ordered pair of a prompt's candidates whose scores differ. A share of prompts is held out
+//! (by a hash of their id) for pair accuracy and reward margin.
+//!
+//! ```toml
+//! [stages.reward]
+//! kind = "reward-train"
+//! inputs = { base = "sft.model", ranked = "label.ranked", labels = "labels.jsonl" }  # labels optional
+//! lr = 1e-3
+//! epochs = 3
+//! ```
+
+use std::time::Instant;
+
+use anyhow::bail;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use crate::runtime::chat::EncodedSample;
+use crate::runtime::device::select_device;
+use crate::runtime::hf::{SharedBase, save_hf_dir};
+use crate::runtime::lora::{LoraConfig, save_adapter};
+use crate::runtime::model::{Model, Pass, TrainMode};
+use crate::runtime::optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+use crate::runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch, score_batch};
+use crate::runtime::scalar_head::ScalarHead;
+use crate::runtime::token_logprobs::{linear_surrogate, log_sigmoid, sigmoid};
+use crate::stages::common::curves::write_curves;
+use crate::stages::common::preference::{EncodedPair, load_pairs};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardTrainParams {
+    pub lora: LoraConfig,
+    pub lr: f64,
+    pub min_lr_ratio: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub epochs: usize,
+    /// Preference pairs per optimiser step.
+    pub batch_size: usize,
+    /// Tokens of prompt + reply; older context is dropped first.
+    pub max_seq_len: usize,
+    /// Pairs whose score difference is at most this are not used.
+    pub min_margin: f64,
+    /// Share of prompts held out for accuracy.
+    pub val_fraction: f64,
+    pub seed: Option<u64>,
+}
+
+impl Default for RewardTrainParams {
+    fn default() -> Self {
+        RewardTrainParams {
+            lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
+            lr: 2e-4,
+            min_lr_ratio: 0.1,
+            warmup_steps: 5,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            epochs: 2,
+            batch_size: 8,
+            max_seq_len: 256,
+            min_margin: 0.0,
+            val_fraction: 0.2,
+            seed: None,
+        }
+    }
+}
+
+impl RewardTrainParams {
+    fn validate(&self) -> anyhow::Result<()> {
+        self.lora.validate()?;
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("lr must be a positive number");
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            bail!("epochs and batch_size must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("val_fraction must be in [0, 1)");
+        }
+        if self.max_seq_len < 8 {
+            bail!("max_seq_len must be at least 8");
+        }
+        Ok(())
+    }
+}
+
+pub struct RewardTrainStage;
+
+/// Raw scores of chosen and rejected for `pairs`, `[2n]` (chosen first), with the graph when
+/// `pass.grad`.
+fn pair_scores(model: &Model, head: &ScalarHead, pairs: &[&EncodedPair], pad: u32, pass: &mut Pass) -> anyhow::Result<candle_core::Tensor> {
+    let seqs: Vec<&EncodedSample> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
+    score_batch(model, head, &last_token_batch(&seqs, pad), pass)
+}
+
+/// (pair accuracy, mean margin r_chosen - r_rejected, mean loss) over `pairs`.
+fn evaluate(model: &Model, head: &ScalarHead, pairs: &[EncodedPair], batch: usize, pad: u32) -> anyhow::Result<(f64, f64, f64)> {
+    let (mut right, mut margin, mut loss) = (0usize, 0f64, 0f64);
+    for chunk in pairs.chunks(batch) {
+        let refs: Vec<&EncodedPair> = chunk.iter().collect();
+        let r = pair_scores(model, head, &refs, pad, &mut Pass::inference())?.to_vec1::<f32>()?;
+        let n = chunk.len();
+        for i in 0..n {
+            let d = (r[i] - r[n + i]) as f64;
+            right += usize::from(d > 0.0);
+            margin += d;
+            loss -= log_sigmoid(d);
+        }
+    }
+    let n = pairs.len().max(1) as f64;
+    Ok((right as f64 / n, margin / n, loss / n))
+}
+
+impl TypedStage for RewardTrainStage {
+    type Params = RewardTrainParams;
+    const INFO: StageInfo = StageInfo {
+        kind: "reward-train",
+        version: 1,
+        summary: "ranked candidates → reward model (LoRA + scalar head, Bradley–Terry), held-out pair accuracy",
+        inputs: &[
+            InputSpec { name: "base", required: true, help: "HF model folder to start from (usually sft.model)" },
+            InputSpec { name: "ranked", required: true, help: "ranked candidates JSONL (reward-label.ranked)" },
+            InputSpec { name: "labels", required: false, help: "a person's corrections: JSONL of {id, scores} (avatar label writes it)" },
+        ],
+        outputs: &[
+            OutputSpec { name: "model", path: "model", help: "reward model: merged HF folder + reward_head.safetensors + reward.json" },
+            OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter and the score head" },
+            OutputSpec { name: "curves", path: "curves", help: "reward.json/svg: loss and held-out accuracy per step" },
+        ],
+    };
+
+    fn run(&self, ctx: &StageContext, p: &RewardTrainParams) -> anyhow::Result<Metrics> {
+        let wall = Instant::now();
+        p.validate()?;
+        let seed = p.seed.unwrap_or(ctx.globals.seed);
+        let device = select_device(&ctx.globals.device)?;
+        let base_dir = ctx.input("base")?;
+        let base = SharedBase::load(base_dir, &device)?;
+        let model = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
+        let head = ScalarHead::new(model.cfg.hidden_size, seed, &device)?;
+        let pad = base.tokenizer.pad_id();
+        let max_len = p.max_seq_len.min(model.cfg.max_position_embeddings);
+        let data = load_pairs(ctx.input("ranked")?, ctx.optional_input("labels"), &base.template, &base.tokenizer, max_len, p.min_margin, p.val_fraction)?;
+        ctx.progress.note(&format!(
+            "{} train / {} held-out pairs from {} prompts ({} unscored, {} too long)",
+            data.train.len(),
+            data.val.len(),
+            data.records.len(),
+            data.unscored,
+            data.skipped
+        ));
+
+        let mut vars = model.trainable().to_vec();
+        vars.extend(head.vars());
+        let mut opt = AdamW::new(vars.clone(), AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() })?;
+        let steps_per_epoch = data.train.len().div_ceil(p.batch_size);
+        let total = (steps_per_epoch * p.epochs) as u64;
+        let bar = ctx.progress.bar(total, "steps");
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4E3A_12D0);
+        let (mut loss_curve, mut acc_curve, mut val_curve) = (Vec::new(), Vec::new(), Vec::new());
+        let mut step = 0u64;
+        for _ in 0..p.epochs {
+            let mut order: Vec<usize> = (0..data.train.len()).collect();
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(p.batch_size) {
+                let pairs: Vec<&EncodedPair> = chunk.iter().map(|&i| &data.train[i]).collect();
+                let r = pair_scores(&model, &head, &pairs, pad, &mut Pass { grad: true, rng: None })?;
+                let rv = r.to_vec1::<f32>()?;
+                let n = pairs.len();
+                let mut coef = vec![0f32; 2 * n];
+                let (mut loss, mut right) = (0f64, 0usize);
+                for i in 0..n {
+                    let d = (rv[i] - rv[n + i]) as f64;
+                    loss -= log_sigmoid(d);
+                    right += usize::from(d > 0.0);
+                    // d/dd of -log σ(d) is -σ(-d).
+                    let g = (-sigmoid(-d) / n as f64) as f32;
+                    coef[i] = g;
+                    coef[n + i] = -g;
+                }
+                let loss = loss / n as f64;
+                if !loss.is_finite() {
+                    bail!("reward loss became {loss} at step {}; try a lower lr", step + 1);
+                }
+                let grads = linear_surrogate(&r, &coef)?.backward()?;
+                let mut g: Vec<_> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+                clip_grad_norm(&mut g, p.grad_clip)?;
+                opt.step(&g, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
+                step += 1;
+                loss_curve.push((step, loss));
+                acc_curve.push((step, right as f64 / n as f64));
+                bar.set_position(step);
+                bar.set_message(format!("loss {loss:.3}"));
+            }
+            if !data.val.is_empty() {
+                let (acc, _, _) = evaluate(&model, &head, &data.val, p.batch_size, pad)?;
+                val_curve.push((step, acc));
+            }
+        }
+        bar.finish_and_clear();
+
+        let (train_acc, train_margin, train_loss) = evaluate(&model, &head, &data.train, p.batch_size, pad)?;
+        let held_out = if data.val.is_empty() { None } else { Some(evaluate(&model, &head, &data.val, p.batch_size, pad)?) };
+        // Normalisation: the spread of raw scores over every training-side candidate.
+        let mut raw: Vec<f64> = Vec::new();
+        let all: Vec<&EncodedPair> = data.train.iter().collect();
+        for chunk in all.chunks(p.batch_size) {
+            raw.extend(pair_scores(&model, &head, chunk, pad, &mut Pass::inference())?.to_vec1::<f32>()?.into_iter().map(f64::from));
+        }
+        let mean = raw.iter().sum::<f64>() / raw.len() as f64;
+        let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / raw.len() as f64).sqrt().max(1e-3);
+
+        let model_dir = ctx.output("model", &Self::INFO)?;
+        save_hf_dir(&model_dir, &model, &base.raw_config, base_dir)?;
+        head.save(&model_dir.join(HEAD_FILE))?;
+        std::fs::write(model_dir.join(INFO_FILE), serde_json::to_vec_pretty(&RewardInfo { mean, std, max_len })?)?;
+        let adapter_dir = ctx.output("adapter", &Self::INFO)?;
+        let tensors = model.adapter_tensors().into_iter().map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let base_name = base_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        save_adapter(&adapter_dir, &p.lora, &base_name, &tensors)?;
+        head.save(&adapter_dir.join(HEAD_FILE))?;
+        let curves = ctx.output("curves", &Self::INFO)?;
+        write_curves(&curves, "loss", "reward model: Bradley–Terry loss", "loss", &[("train".into(), loss_curve)])?;
+        write_curves(&curves, "accuracy", "reward model: pair accuracy", "accuracy", &[("train batch".into(), acc_curve), ("held-out".into(), val_curve)])?;
+
+        let mut m = Metrics::new();
+        m.insert("prompts".into(), data.records.len().into());
+        m.insert("train_pairs".into(), data.train.len().into());
+        m.insert("val_pairs".into(), data.val.len().into());
+        m.insert("train_pair_accuracy".into(), train_acc.into());
+        m.insert("train_margin".into(), train_margin.into());
+        m.insert("final_train_loss".into(), train_loss.into());
+        if let Some((acc, margin, loss)) = held_out {
+            m.insert("val_pair_accuracy".into(), acc.into());
+            m.insert("val_margin".into(), margin.into());
+            m.insert("val_loss".into(), loss.into());
+        }
+        m.insert("steps".into(), step.into());
+        m.insert("unscored_prompts".into(), data.unscored.into());
+        m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        Ok(m)
+    }
+}
