@@ -1,6 +1,7 @@
 //! eval: on the test split, how each model compares with the person — perplexity of their
 //! real replies, and the style of generated replies (length, bubbles, distinct-n, catchphrases,
-//! emoji, blocked words) next to the same statistics of what the person actually wrote.
+//! emoji, blocked words) next to the same statistics of what the person actually wrote, and,
+//! given a reward model, the mean reward of each model's replies (and of the person's own).
 
 pub mod models;
 pub mod style;
@@ -15,11 +16,12 @@ use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageIn
 use crate::runtime::GenerationParams;
 use crate::stages::common::jsonl::read_jsonl;
 use crate::stages::common::sample::Sample;
-use models::FloatModel;
+use crate::runtime::reward::RewardModel;
+use models::EvalModel;
 use style::{StyleStats, mine_catchphrases, style_distance, style_stats};
 
 /// Model inputs, in the order they appear in the table.
-const MODEL_INPUTS: [&str; 4] = ["base", "sft", "ppo", "dpo"];
+const MODEL_INPUTS: [&str; 5] = ["base", "sft", "ppo", "dpo", "quantized"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,12 +53,18 @@ pub struct ModelReport {
     pub perplexity: Option<f64>,
     pub style: StyleStats,
     pub style_distance: f64,
+    /// Mean normalised reward-model score of the replies (with a `reward` input).
+    #[serde(default)]
+    pub reward_mean: Option<f64>,
     pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     pub person: StyleStats,
+    /// Mean reward of the person's real replies, for scale.
+    #[serde(default)]
+    pub person_reward: Option<f64>,
     pub catchphrases: Vec<String>,
     pub models: BTreeMap<String, ModelReport>,
     /// Model names in table order.
@@ -78,6 +86,8 @@ const INPUTS: &[InputSpec] = &[
     InputSpec { name: "sft", required: false, help: "sft.model" },
     InputSpec { name: "ppo", required: false, help: "ppo.model" },
     InputSpec { name: "dpo", required: false, help: "dpo.model" },
+    InputSpec { name: "quantized", required: false, help: "quantize.gguf (or a .gguf file): evaluated through the serving decoder" },
+    InputSpec { name: "reward", required: false, help: "reward model (reward-train.model): adds mean reward per model" },
     InputSpec { name: "blocked_words", required: false, help: "blocked words, one per line" },
 ];
 
@@ -90,7 +100,7 @@ impl TypedStage for Eval {
     type Params = EvalParams;
     const INFO: StageInfo = StageInfo {
         kind: "eval",
-        version: 1,
+        version: 2,
         summary: "test split → perplexity and reply style of each model next to the person's own",
         inputs: INPUTS,
         outputs: OUTPUTS,
@@ -115,17 +125,28 @@ impl TypedStage for Eval {
         let prompts: Vec<&Sample> = test.iter().take(p.prompts).collect();
         let person_replies: Vec<String> = prompts.iter().map(|s| s.reply.clone()).collect();
         let person = style_stats(&person_replies, &catchphrases, &blocked);
+        let reward = match ctx.optional_input("reward") {
+            Some(dir) => Some(RewardModel::load(dir, &crate::runtime::select_device(&ctx.globals.device)?)?),
+            None => None,
+        };
+        let mean_reward = |replies: &[String]| -> anyhow::Result<Option<f64>> {
+            let Some(r) = &reward else { return Ok(None) };
+            let items: Vec<(&Sample, &str)> = prompts.iter().zip(replies).map(|(s, t)| (*s, t.as_str())).collect();
+            let scores = r.score(&items, 8)?;
+            Ok(Some(scores.iter().sum::<f64>() / scores.len().max(1) as f64))
+        };
+        let person_reward = mean_reward(&person_replies)?;
 
         let present: Vec<&str> = MODEL_INPUTS.iter().copied().filter(|m| ctx.optional_input(m).is_some()).collect();
-        anyhow::ensure!(!present.is_empty(), "eval needs at least one model input (base, sft, ppo or dpo)");
+        anyhow::ensure!(!present.is_empty(), "eval needs at least one model input (base, sft, ppo, dpo or quantized)");
         let bar = ctx.progress.bar((present.len() * prompts.len()) as u64, "replies");
         let mut models = BTreeMap::new();
         let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in &present {
             let started = Instant::now();
-            let model = FloatModel::load(ctx.input(name)?, &ctx.globals.device)?;
+            let model = EvalModel::load(name, ctx.input(name)?, &ctx.globals.device)?;
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
-            let (ppl, _) = model.perplexity(&ppl_samples, p.max_len, 8).with_context(|| format!("perplexity of `{name}`"))?;
+            let (ppl, _) = model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;
             let mut replies = Vec::with_capacity(prompts.len());
             for (i, s) in prompts.iter().enumerate() {
                 let mut g = p.generation.clone();
@@ -135,7 +156,8 @@ impl TypedStage for Eval {
             }
             let st = style_stats(&replies, &catchphrases, &blocked);
             let dist = style_distance(&st, &person);
-            models.insert(name.to_string(), ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, seconds: started.elapsed().as_secs_f64() });
+            let reward_mean = mean_reward(&replies)?;
+            models.insert(name.to_string(), ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, reward_mean, seconds: started.elapsed().as_secs_f64() });
             generated.insert(name.to_string(), replies);
         }
         bar.finish_and_clear();
@@ -150,7 +172,7 @@ impl TypedStage for Eval {
                 replies: generated.iter().map(|(m, r)| (m.clone(), r[i].clone())).collect(),
             })
             .collect();
-        let report = EvalReport { person: person.clone(), catchphrases, models, order: present.iter().map(|s| s.to_string()).collect(), examples };
+        let report = EvalReport { person: person.clone(), person_reward, catchphrases, models, order: present.iter().map(|s| s.to_string()).collect(), examples };
         std::fs::write(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
         let bars: Vec<(String, f64)> = report.order.iter().map(|m| (m.clone(), report.models[m].style_distance)).collect();
         crate::stages::common::plot::bar_chart(&ctx.output("chart", &Self::INFO)?, "style distance to the person (lower is closer)", &bars)?;
@@ -158,6 +180,10 @@ impl TypedStage for Eval {
         let mut metrics = Metrics::new();
         metrics.insert("person.len_mean".into(), serde_json::json!(person.len_mean));
         metrics.insert("person.catchphrase_rate".into(), serde_json::json!(person.catchphrase_rate));
+        metrics.insert("person.blocked_word_rate".into(), serde_json::json!(person.blocked_word_rate));
+        if let Some(r) = report.person_reward {
+            metrics.insert("person.reward_mean".into(), serde_json::json!(r));
+        }
         for (name, m) in &report.models {
             if let Some(ppl) = m.perplexity {
                 metrics.insert(format!("{name}.perplexity"), serde_json::json!(ppl));
@@ -166,6 +192,9 @@ impl TypedStage for Eval {
             metrics.insert(format!("{name}.len_mean"), serde_json::json!(m.style.len_mean));
             metrics.insert(format!("{name}.catchphrase_rate"), serde_json::json!(m.style.catchphrase_rate));
             metrics.insert(format!("{name}.blocked_word_rate"), serde_json::json!(m.style.blocked_word_rate));
+            if let Some(r) = m.reward_mean {
+                metrics.insert(format!("{name}.reward_mean"), serde_json::json!(r));
+            }
         }
         Ok(metrics)
     }

@@ -43,7 +43,7 @@ impl FloatModel {
                 encoded.push(e);
             }
         }
-        let pad = self.loaded.tokenizer.token_to_id("<|endoftext|>").unwrap_or(0);
+        let pad = self.loaded.tokenizer.pad_id();
         let (mut nll, mut tokens) = (0.0f64, 0usize);
         for chunk in encoded.chunks(batch.max(1)) {
             let rows: Vec<Vec<_>> = chunk.iter().map(|e| vec![e]).collect();
@@ -57,5 +57,93 @@ impl FloatModel {
         }
         anyhow::ensure!(tokens > 0, "no test sample fits in {max_len} tokens");
         Ok(((nll / tokens as f64).exp(), tokens))
+    }
+}
+
+/// A GGUF model (the quantize stage's output, or a .gguf file) through the serving decoder.
+pub struct QuantModel {
+    loaded: crate::serve::engine::Loaded,
+}
+
+impl QuantModel {
+    pub fn load(path: &Path) -> anyhow::Result<QuantModel> {
+        let cfg = crate::serve::config::ServeConfig::resolve(path, &[])?;
+        Ok(QuantModel { loaded: cfg.load().with_context(|| format!("loading quantized model {}", path.display()))? })
+    }
+
+    pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
+        use crate::quant::SeqStep;
+        let l = &self.loaded;
+        let ids = l.template.encode_prompt(&l.tokenizer, sample, max_prompt)?;
+        let mut cache = l.model.new_cache();
+        let mut sampler = crate::runtime::Sampler::new(params.sampling.clone());
+        let mut seen = ids.clone();
+        let mut out = Vec::new();
+        let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }])?.remove(0);
+        while out.len() < params.max_tokens && seen.len() < l.model.cfg.context {
+            let t = sampler.sample(&logits, &seen);
+            if l.stop_ids.contains(&t) {
+                break;
+            }
+            out.push(t);
+            seen.push(t);
+            logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &[t] }])?.remove(0);
+        }
+        let mut text = l.tokenizer.decode(&out, true)?;
+        if let Some(cut) = params.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+        Ok(text)
+    }
+
+    /// exp(mean NLL) of the real reply tokens, one token at a time through the KV cache.
+    pub fn perplexity(&self, samples: &[Sample], max_len: usize) -> anyhow::Result<(f64, usize)> {
+        use crate::quant::SeqStep;
+        let l = &self.loaded;
+        let (mut nll, mut tokens) = (0f64, 0usize);
+        for s in samples {
+            let Some(e) = l.template.encode_sample(&l.tokenizer, s, max_len)? else { continue };
+            let Some(first) = e.mask.iter().position(|m| *m).filter(|&f| f > 0) else { continue };
+            let mut cache = l.model.new_cache();
+            let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &e.ids[..first] }])?.remove(0);
+            for j in first..e.ids.len() {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = logits.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+                nll += lse - logits[e.ids[j] as usize] as f64;
+                tokens += 1;
+                if j + 1 < e.ids.len() {
+                    logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &e.ids[j..j + 1] }])?.remove(0);
+                }
+            }
+        }
+        anyhow::ensure!(tokens > 0, "no test sample fits in {max_len} tokens");
+        Ok(((nll / tokens as f64).exp(), tokens))
+    }
+}
+
+/// Any model eval compares.
+pub enum EvalModel {
+    Float(FloatModel),
+    Quant(QuantModel),
+}
+
+impl EvalModel {
+    /// `quantized` inputs go through the GGUF decoder, the rest load as float HF folders.
+    pub fn load(name: &str, path: &Path, device: &str) -> anyhow::Result<EvalModel> {
+        Ok(if name == "quantized" { EvalModel::Quant(QuantModel::load(path)?) } else { EvalModel::Float(FloatModel::load(path, device)?) })
+    }
+
+    pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
+        match self {
+            EvalModel::Float(m) => m.reply(sample, params, max_prompt),
+            EvalModel::Quant(m) => m.reply(sample, params, max_prompt),
+        }
+    }
+
+    pub fn perplexity(&self, samples: &[Sample], max_len: usize) -> anyhow::Result<(f64, usize)> {
+        match self {
+            EvalModel::Float(m) => m.perplexity(samples, max_len, 8),
+            EvalModel::Quant(m) => m.perplexity(samples, max_len),
+        }
     }
 }
