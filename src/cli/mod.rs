@@ -2,6 +2,7 @@
 
 mod demo;
 mod inspect;
+pub mod label;
 mod run_cmd;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ enum Command {
     Gc(inspect::GcArgs),
     /// Write one self-contained HTML page about the last run.
     Report(ReportArgs),
+    /// Rank reward-label's candidates by hand in the browser (appends to the labels file).
+    Label(label::LabelArgs),
     /// Serve a model on an OpenAI-compatible API with a web chat page.
     Serve(crate::serve::ServeArgs),
     /// Write a synthetic WeChat history in every supported source format (tests, demos).
@@ -73,6 +76,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Show(args) => inspect::show(&registry, &args),
         Command::Gc(args) => inspect::gc(&registry, &args),
         Command::Report(args) => report(&registry, &args),
+        Command::Label(args) => label::label(&registry, &args),
         Command::Serve(args) => crate::serve::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Synth(args) => crate::synth::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Kinds => inspect::kinds(&registry),

@@ -1,0 +1,265 @@
+//! The `human` judge's labelling page, served by `avatar label`: one record at a time, its
+//! context and candidates; the person presses the candidates' numbers best first, and every
+//! saved ranking is appended at once to the labels file as a [`Label`] line (best gets N,
+//! worst 1; later lines win). Loopback only, and requests must name a loopback host.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::stages::common::jsonl::read_jsonl;
+use crate::stages::common::ranked::{Label, Ranked, format_score};
+use crate::stages::common::sample::Role;
+
+const PAGE: &str = include_str!("label.html");
+
+pub struct LabelState {
+    records: Vec<Ranked>,
+    index: HashMap<String, usize>,
+    labels_path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    file: File,
+    /// Latest label per record id.
+    labels: HashMap<String, Vec<String>>,
+}
+
+impl LabelState {
+    /// Read the ranked records and any labels already saved, and open the labels file for
+    /// appending (created owner-only). Labels for ids not in `ranked`, or with another number
+    /// of candidates, are kept in the file but not shown.
+    pub fn open(ranked: &Path, labels_path: &Path) -> anyhow::Result<LabelState> {
+        let records: Vec<Ranked> = read_jsonl(ranked)?;
+        if records.is_empty() {
+            bail!("{} has no records to label", ranked.display());
+        }
+        let index: HashMap<String, usize> = records.iter().enumerate().map(|(i, r)| (r.id.clone(), i)).collect();
+        let mut labels = HashMap::new();
+        let mut ignored = 0usize;
+        if labels_path.exists() {
+            let text = std::fs::read_to_string(labels_path).with_context(|| format!("reading labels {}", labels_path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let label: Label = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not a label record", labels_path.display(), n + 1))?;
+                match index.get(&label.id) {
+                    Some(&i) if records[i].responses.len() == label.scores.len() => {
+                        labels.insert(label.id, label.scores);
+                    }
+                    _ => ignored += 1,
+                }
+            }
+        }
+        if ignored > 0 {
+            eprintln!("note: {ignored} lines of {} match no record of this run; they are kept", labels_path.display());
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(labels_path)
+            .with_context(|| format!("opening labels {}", labels_path.display()))?;
+        Ok(LabelState { records, index, labels_path: labels_path.to_path_buf(), inner: Mutex::new(Inner { file, labels }) })
+    }
+
+    pub fn labels_path(&self) -> &Path {
+        &self.labels_path
+    }
+
+    fn records_json(&self) -> Value {
+        let inner = self.inner.lock().expect("labels lock");
+        let records: Vec<Value> = self
+            .records
+            .iter()
+            .map(|r| {
+                let context: Vec<Value> = r
+                    .sample
+                    .context
+                    .iter()
+                    .map(|t| {
+                        let who = match (&t.speaker, t.role) {
+                            (Some(name), _) => name.clone(),
+                            (None, Role::Self_) => "我".into(),
+                            (None, Role::Other) => r.sample.conversation.clone(),
+                        };
+                        json!({"who": who, "self": t.role == Role::Self_, "text": t.text})
+                    })
+                    .collect();
+                json!({
+                    "id": r.id, "context": context, "candidates": r.candidates(),
+                    "scores": r.scores, "judge": r.judge, "label": inner.labels.get(&r.id),
+                })
+            })
+            .collect();
+        json!({
+            "records": records,
+            "labelled": inner.labels.len(),
+            "labels_file": self.labels_path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        })
+    }
+
+    /// Save a ranking: `order` lists candidate indices (0-based), best first.
+    pub fn save(&self, id: &str, order: &[usize]) -> Result<Value, (StatusCode, String)> {
+        let Some(&i) = self.index.get(id) else {
+            return Err((StatusCode::NOT_FOUND, format!("no record has id `{id}`")));
+        };
+        let n = self.records[i].responses.len();
+        let scores = scores_from_order(order, n).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let label = Label { id: id.to_string(), scores: scores.clone() };
+        let mut line = serde_json::to_vec(&label).expect("plain data");
+        line.push(b'\n');
+        let mut inner = self.inner.lock().expect("labels lock");
+        // One write per line, then flushed to disk: a crash loses at most the ranking in flight.
+        inner
+            .file
+            .write_all(&line)
+            .and_then(|()| inner.file.sync_data())
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("writing {}: {e}", self.labels_path.display())))?;
+        inner.labels.insert(id.to_string(), scores.clone());
+        Ok(json!({"ok": true, "id": id, "scores": scores, "labelled": inner.labels.len()}))
+    }
+}
+
+/// Scores from a best-first order of all `n` candidates: best gets n, worst 1.
+pub fn scores_from_order(order: &[usize], n: usize) -> Result<Vec<String>, String> {
+    let mut scores = vec![0usize; n];
+    if order.len() != n {
+        return Err(format!("rank all {n} candidates (got {})", order.len()));
+    }
+    for (rank, &c) in order.iter().enumerate() {
+        if c >= n || scores[c] != 0 {
+            return Err(format!("order must list each candidate 0..{} once", n - 1));
+        }
+        scores[c] = n - rank;
+    }
+    Ok(scores.into_iter().map(|s| format_score(s as f64)).collect())
+}
+
+/// Whether `host` (a Host header or bind address, with or without port) is this machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else if host.matches(':').count() > 1 {
+        host
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+pub fn router(state: Arc<LabelState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveRequest {
+    id: String,
+    order: Vec<usize>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn dispatch(State(st): State<Arc<LabelState>>, req: Request) -> Response {
+    // Another site's page, through a DNS name rebound to 127.0.0.1, must not read the records.
+    if !host_ok(req.headers()) {
+        return error(StatusCode::FORBIDDEN, "requests must be addressed to 127.0.0.1 or localhost");
+    }
+    let method = req.method().clone();
+    match (req.uri().path(), method) {
+        ("/", Method::GET) | ("/index.html", Method::GET) => {
+            ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
+        }
+        ("/api/records", Method::GET) => axum::Json(st.records_json()).into_response(),
+        ("/api/label", Method::POST) => {
+            // JSON only: a cross-site form post cannot send it without a CORS preflight.
+            let json_body = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with("application/json"));
+            if !json_body {
+                return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json");
+            }
+            let Ok(body) = axum::body::to_bytes(req.into_body(), 1 << 16).await else {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+            };
+            let parsed: SaveRequest = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"id\", \"order\"}}: {e}")),
+            };
+            match st.save(&parsed.id, &parsed.order) {
+                Ok(v) => axum::Json(v).into_response(),
+                Err((status, msg)) => error(status, msg),
+            }
+        }
+        ("/", _) | ("/api/records", _) | ("/api/label", _) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn host_ok(headers: &HeaderMap) -> bool {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_none_or(is_loopback_host)
+}
+
+/// Serve the page on `host:port` (loopback only) until ctrl-c.
+pub fn serve_blocking(ranked: &Path, labels: &Path, host: &str, port: u16) -> anyhow::Result<()> {
+    if !is_loopback_host(host) {
+        bail!("refusing to listen on {host}: the labelling page shows chat text, so it binds loopback only (127.0.0.1, ::1, localhost)");
+    }
+    let state = Arc::new(LabelState::open(ranked, labels)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        println!("labelling {} records; saving to {}", state.records.len(), state.labels_path().display());
+        println!("open http://{local}/ (Ctrl-C to stop)");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("label server error")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_to_scores() {
+        assert_eq!(scores_from_order(&[1, 2, 0], 3).unwrap(), ["1", "3", "2"]);
+        assert!(scores_from_order(&[1, 1, 0], 3).is_err());
+        assert!(scores_from_order(&[1, 0], 3).is_err());
+        assert!(scores_from_order(&[3, 1, 0], 3).is_err());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1", "127.0.0.1:8001", "localhost:9", "LOCALHOST", "[::1]:80", "::1"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["0.0.0.0", "evil.example:8001", "192.168.1.2", "[::]:80", ""] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+}
