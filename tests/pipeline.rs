@@ -41,8 +41,17 @@ fn reduced_demo(dir: &Path) -> PathBuf {
                 set(stage, "prompts", 6.into());
                 set(stage, "perplexity_samples", 16.into());
             }
-            "reward-label" => set(stage, "max_prompts", 12.into()),
-            "reward-train" | "ppo" | "dpo" => set(stage, "max_steps", 4.into()),
+            "reward-label" => {
+                set(stage, "prompts", 12.into());
+                set(stage, "generation", toml::Table::from_iter([("max_tokens".to_string(), 12.into())]).into());
+            }
+            "reward-train" | "dpo" => set(stage, "epochs", 1.into()),
+            "ppo" => {
+                set(stage, "iterations", 2.into());
+                set(stage, "rollout_size", 4.into());
+                set(stage, "minibatch_size", 4.into());
+                set(stage, "max_new_tokens", 8.into());
+            }
             _ => {}
         }
     }
@@ -80,8 +89,9 @@ fn reduced_demo_end_to_end() {
     assert!(ran(&run_pipeline(&manifest)).is_empty());
 
     // Edit one sft param: sft and everything after it re-run, nothing before.
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("lr = 0.001", "lr = 0.002")).unwrap();
+    let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    doc["stages"]["sft"].as_table_mut().unwrap().insert("lr".into(), 0.002.into());
+    std::fs::write(&manifest, toml::to_string(&doc).unwrap()).unwrap();
     let m = Manifest::load(&manifest, &registry).unwrap();
     let dag = avatar::engine::dag::Dag::new(&m);
     let sft = m.stages.iter().find(|s| s.kind == "sft").unwrap().name.clone();
@@ -96,7 +106,10 @@ fn reduced_demo_end_to_end() {
     // The eval table shows the fine-tuned model closer to the person than the untrained base.
     let eval = first.stages.iter().find(|s| s.kind == "eval").unwrap();
     let dist = |m: &str| eval.metrics[&format!("{m}.style_distance")].as_f64().unwrap();
-    assert!(dist("sft").is_finite() && dist("base").is_finite());
+    assert!(dist("sft").is_finite() && dist("base").is_finite() && dist("ppo").is_finite() && dist("quantized").is_finite());
+    for m in ["person", "sft", "ppo"] {
+        assert!(eval.metrics[&format!("{m}.reward_mean")].as_f64().unwrap().is_finite(), "{m} has a mean reward");
+    }
 
     // The run report is one self-contained page.
     let report = dir.path().join("report.html");

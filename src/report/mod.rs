@@ -165,6 +165,14 @@ fn eval_table(e: &EvalReport) -> String {
         let _ = write!(h, "<td>{}</td>", e.models[m].perplexity.map(fmt_num).unwrap_or_else(|| "–".into()));
     }
     h += "</tr>";
+    if e.person_reward.is_some() || e.models.values().any(|m| m.reward_mean.is_some()) {
+        let cell = |v: Option<f64>| v.map(fmt_num).unwrap_or_else(|| "–".into());
+        let _ = write!(h, "<tr><td>mean reward (reward model)</td><td>{}</td>", cell(e.person_reward));
+        for m in &e.order {
+            let _ = write!(h, "<td>{}</td>", cell(e.models[m].reward_mean));
+        }
+        h += "</tr>";
+    }
     for (label, get) in rows {
         let _ = write!(h, "<tr><td>{label}</td><td>{}</td>", fmt_num(get(&e.person)));
         for m in &e.order {

@@ -93,6 +93,20 @@ pub fn format_score(s: f64) -> String {
 pub struct Label {
     pub id: String,
     pub scores: Vec<String>,
+    /// [`candidates_fingerprint`] of the candidates that were ranked: when reward-label samples
+    /// anew (say after the SFT model changed), old rankings must not attach to new replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<String>,
+}
+
+/// A short hash of a record's candidates, in order.
+pub fn candidates_fingerprint(r: &Ranked) -> String {
+    let mut h = blake3::Hasher::new();
+    for c in r.candidates() {
+        h.update(c.as_bytes());
+        h.update(&[0x1f]);
+    }
+    h.finalize().to_hex()[..16].to_string()
 }
 
 /// Read ranked records and apply a labels file's corrections (later lines win). A label for an
@@ -111,6 +125,9 @@ pub fn read_ranked(path: &Path, labels: Option<&Path>) -> anyhow::Result<Vec<Ran
         let Some(&i) = index.get(&label.id) else {
             bail!("{}: no ranked record has id `{}`", where_(), label.id);
         };
+        if label.candidates.as_ref().is_some_and(|fp| *fp != candidates_fingerprint(&records[i])) {
+            bail!("{}: `{}` was ranked for other candidates (reward-label sampled anew); rank it again", where_(), label.id);
+        }
         let want = records[i].responses.len();
         if label.scores.len() != want {
             bail!("{}: {} scores for `{}`, which has {want} candidates", where_(), label.scores.len(), label.id);
@@ -212,5 +229,12 @@ mod tests {
         assert!(err.contains("labels.jsonl:2") && err.contains("nope"), "{err}");
         std::fs::write(&labels, "{\"id\":\"s1\",\"scores\":[\"2\"]}\n").unwrap();
         assert!(read_ranked(&ranked, Some(&labels)).is_err());
+        // A ranking made for other candidates is refused, one for these is applied.
+        let stale = Label { id: "s1".into(), scores: vec!["2".into(), "1".into()], candidates: Some("0000".into()) };
+        std::fs::write(&labels, serde_json::to_string(&stale).unwrap() + "\n").unwrap();
+        assert!(read_ranked(&ranked, Some(&labels)).unwrap_err().to_string().contains("other candidates"));
+        let fresh = Label { candidates: Some(candidates_fingerprint(&r)), ..stale };
+        std::fs::write(&labels, serde_json::to_string(&fresh).unwrap() + "\n").unwrap();
+        assert_eq!(read_ranked(&ranked, Some(&labels)).unwrap()[0].scores, vec!["2", "1"]);
     }
 }

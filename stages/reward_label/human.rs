@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::ranked::{Label, Ranked, format_score};
+use crate::stages::common::ranked::{Label, Ranked, candidates_fingerprint, format_score};
 use crate::stages::common::sample::Role;
 
 const PAGE: &str = include_str!("label.html");
@@ -120,7 +120,7 @@ impl LabelState {
         };
         let n = self.records[i].responses.len();
         let scores = scores_from_order(order, n).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        let label = Label { id: id.to_string(), scores: scores.clone() };
+        let label = Label { id: id.to_string(), scores: scores.clone(), candidates: Some(candidates_fingerprint(&self.records[i])) };
         let mut line = serde_json::to_vec(&label).expect("plain data");
         line.push(b'\n');
         let mut inner = self.inner.lock().expect("labels lock");
