@@ -40,6 +40,7 @@ fn reduced_demo(dir: &Path) -> PathBuf {
             "eval" => {
                 set(stage, "prompts", 6.into());
                 set(stage, "perplexity_samples", 16.into());
+                set(stage, "samples_per_prompt", 1.into());
             }
             "reward-label" => {
                 set(stage, "prompts", 12.into());

@@ -28,6 +28,9 @@ const MODEL_INPUTS: [&str; 5] = ["base", "sft", "ppo", "dpo", "quantized"];
 pub struct EvalParams {
     /// Test samples whose context each model answers.
     pub prompts: usize,
+    /// Sampled replies per prompt and model: rare behaviour (an insult in a few percent of
+    /// replies) needs more draws than a test split has prompts.
+    pub samples_per_prompt: usize,
     /// Test samples used for perplexity.
     pub perplexity_samples: usize,
     pub max_len: usize,
@@ -42,7 +45,7 @@ impl Default for EvalParams {
     fn default() -> Self {
         let mut generation = GenerationParams { max_tokens: 48, ..Default::default() };
         generation.sampling.seed = 1;
-        EvalParams { prompts: 48, perplexity_samples: 200, max_len: 256, generation, catchphrases: Vec::new(), examples: 6 }
+        EvalParams { prompts: 48, samples_per_prompt: 1, perplexity_samples: 200, max_len: 256, generation, catchphrases: Vec::new(), examples: 6 }
     }
 }
 
@@ -100,7 +103,7 @@ impl TypedStage for Eval {
     type Params = EvalParams;
     const INFO: StageInfo = StageInfo {
         kind: "eval",
-        version: 2,
+        version: 3,
         summary: "test split → perplexity and reply style of each model next to the person's own",
         inputs: INPUTS,
         outputs: OUTPUTS,
@@ -129,17 +132,19 @@ impl TypedStage for Eval {
             Some(dir) => Some(RewardModel::load(dir, &crate::runtime::select_device(&ctx.globals.device)?)?),
             None => None,
         };
-        let mean_reward = |replies: &[String]| -> anyhow::Result<Option<f64>> {
+        let k = p.samples_per_prompt.max(1);
+        // Replies are prompt-major: prompt i's j-th reply sits at i * k + j.
+        let mean_reward = |replies: &[String], per_prompt: usize| -> anyhow::Result<Option<f64>> {
             let Some(r) = &reward else { return Ok(None) };
-            let items: Vec<(&Sample, &str)> = prompts.iter().zip(replies).map(|(s, t)| (*s, t.as_str())).collect();
+            let items: Vec<(&Sample, &str)> = replies.iter().enumerate().map(|(i, t)| (prompts[i / per_prompt], t.as_str())).collect();
             let scores = r.score(&items, 8)?;
             Ok(Some(scores.iter().sum::<f64>() / scores.len().max(1) as f64))
         };
-        let person_reward = mean_reward(&person_replies)?;
+        let person_reward = mean_reward(&person_replies, 1)?;
 
         let present: Vec<&str> = MODEL_INPUTS.iter().copied().filter(|m| ctx.optional_input(m).is_some()).collect();
         anyhow::ensure!(!present.is_empty(), "eval needs at least one model input (base, sft, ppo, dpo or quantized)");
-        let bar = ctx.progress.bar((present.len() * prompts.len()) as u64, "replies");
+        let bar = ctx.progress.bar((present.len() * prompts.len() * k) as u64, "replies");
         let mut models = BTreeMap::new();
         let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in &present {
@@ -147,16 +152,18 @@ impl TypedStage for Eval {
             let model = EvalModel::load(name, ctx.input(name)?, &ctx.globals.device)?;
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
             let (ppl, _) = model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;
-            let mut replies = Vec::with_capacity(prompts.len());
+            let mut replies = Vec::with_capacity(prompts.len() * k);
             for (i, s) in prompts.iter().enumerate() {
-                let mut g = p.generation.clone();
-                g.sampling.seed = p.generation.sampling.seed.wrapping_add(i as u64);
-                replies.push(model.reply(s, &g, p.max_len)?);
-                bar.inc(1);
+                for j in 0..k {
+                    let mut g = p.generation.clone();
+                    g.sampling.seed = p.generation.sampling.seed.wrapping_add((i * k + j) as u64);
+                    replies.push(model.reply(s, &g, p.max_len)?);
+                    bar.inc(1);
+                }
             }
             let st = style_stats(&replies, &catchphrases, &blocked);
             let dist = style_distance(&st, &person);
-            let reward_mean = mean_reward(&replies)?;
+            let reward_mean = mean_reward(&replies, k)?;
             models.insert(name.to_string(), ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, reward_mean, seconds: started.elapsed().as_secs_f64() });
             generated.insert(name.to_string(), replies);
         }
@@ -169,7 +176,7 @@ impl TypedStage for Eval {
             .map(|(i, s)| Example {
                 context: s.context.iter().rev().take(3).rev().map(|t| t.text.clone()).collect(),
                 person: s.reply.clone(),
-                replies: generated.iter().map(|(m, r)| (m.clone(), r[i].clone())).collect(),
+                replies: generated.iter().map(|(m, r)| (m.clone(), r[i * k].clone())).collect(),
             })
             .collect();
         let report = EvalReport { person: person.clone(), person_reward, catchphrases, models, order: present.iter().map(|s| s.to_string()).collect(), examples };
