@@ -52,7 +52,11 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let g = &grads[i];
+            // candle detaches the gradients it propagates, but a leaf's stored gradient (e.g.
+            // `h^T · dy` for a head weight) still carries the op graph of that step's forward
+            // activations. Folded into the moments undetached, every step's moments would keep
+            // the previous step's whole graph alive: memory growing without bound.
+            let g = &grads[i].detach();
             let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
@@ -61,8 +65,8 @@ impl AdamW {
                 p = (p * (1.0 - lr * c.weight_decay))?;
             }
             var.set(&(p - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -108,9 +112,11 @@ impl GradAccumulator {
     pub fn add(&mut self, vars: &[(String, Var)], grads: &GradStore) -> anyhow::Result<()> {
         for (i, (_, var)) in vars.iter().enumerate() {
             if let Some(g) = grads.get(var.as_tensor()) {
+                // Detached: a stored gradient can carry its micro-batch's forward graph.
+                let g = g.detach();
                 self.sums[i] = Some(match self.sums[i].take() {
                     Some(s) => (s + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }
@@ -191,5 +197,25 @@ mod tests {
         let w = var.as_tensor().to_vec2::<f32>().unwrap();
         assert!((w[0][0] - 0.9).abs() < 1e-5 && (w[0][1] + 0.9).abs() < 1e-5, "{w:?}");
         assert_eq!(opt.state().len(), 2);
+    }
+
+    #[test]
+    fn moments_never_keep_a_gradient_graph_alive() {
+        // A variable's gradient keeps the graph of the forward that produced it; the optimiser
+        // state must not, or each step's state holds every earlier step's graph (a leak that
+        // grew PPO to 10 GB).
+        let dev = Device::Cpu;
+        let var = Var::from_tensor(&Tensor::new(&[1f32, 2.0], &dev).unwrap()).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig::default()).unwrap();
+        for _ in 0..3 {
+            let y = (var.as_tensor() * var.as_tensor()).unwrap().sum_all().unwrap();
+            let grads = y.backward().unwrap();
+            let mut acc = GradAccumulator::new(1);
+            acc.add(opt.vars(), &grads).unwrap();
+            let g = acc.take(opt.vars()).unwrap();
+            assert!(!g[0].track_op(), "accumulated gradients are detached");
+            opt.step(&[grads.get(var.as_tensor()).unwrap().clone()], 0.1).unwrap();
+            assert!(opt.state().values().all(|t| !t.track_op()), "moments carry no graph");
+        }
     }
 }
