@@ -20,7 +20,7 @@ use avatar::engine::progress::Progress;
 use avatar::engine::stage::ResolvedInput;
 use avatar::engine::{Globals, Metrics, Stage, StageContext};
 use avatar::stages::common::jsonl::{read_jsonl, write_jsonl};
-use avatar::stages::common::ranked::{Ranked, format_score, preference_pairs, read_ranked};
+use avatar::stages::common::ranked::{Label, Ranked, candidates_fingerprint, format_score, preference_pairs, read_ranked};
 use avatar::stages::common::sample::Sample;
 use avatar::stages::reward_label::RewardLabelStage;
 use avatar::stages::reward_label::human::{LabelState, router};
@@ -382,7 +382,7 @@ fn human_judge_writes_candidates_and_the_label_api_saves_rankings() {
     assert_eq!(saved["scores"], json!(["2", "1", "3"]));
     assert_eq!(saved["labelled"], 1);
     let text = std::fs::read_to_string(&labels).unwrap();
-    assert_eq!(text, format!("{{\"id\":\"{id}\",\"scores\":[\"2\",\"1\",\"3\"]}}\n"), "appended at once");
+    assert_eq!(only_label(&text, &records[0]), (id.clone(), vec!["2".into(), "1".into(), "3".into()]), "appended at once");
     assert_eq!(std::fs::metadata(&labels).unwrap().permissions().mode() & 0o777, 0o600);
 
     // Rejections.
@@ -467,8 +467,8 @@ fn label_page_in_headless_chromium() {
     assert!(dom.contains("record 2 / 4"), "moved to the next record:\n{dom}");
     assert!(dom.contains("1 labelled"), "{dom}");
     assert_eq!(
-        std::fs::read_to_string(&labels).unwrap(),
-        format!("{{\"id\":\"{}\",\"scores\":[\"2\",\"3\",\"1\"]}}\n", records[0].id),
+        only_label(&std::fs::read_to_string(&labels).unwrap(), &records[0]),
+        (records[0].id.clone(), vec!["2".into(), "3".into(), "1".into()]),
         "candidate 2 best (3 points), then 1, then 3"
     );
     // Candidates render as bubbles, context lines with who said them.
@@ -546,5 +546,16 @@ fn avatar_label_finds_the_stage_output_and_serves_it() {
     assert_eq!(v["records"][0]["candidates"].as_array().unwrap().len(), 2);
     assert_eq!(posted.0, 200, "{}", posted.1);
     let text = std::fs::read_to_string(dir.path().join("labels.jsonl")).unwrap();
-    assert_eq!(text, format!("{{\"id\":\"{id}\",\"scores\":[\"1\",\"2\"]}}\n"));
+    let label: Label = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!((label.id, label.scores), (id.to_string(), vec!["1".to_string(), "2".to_string()]));
+    assert!(label.candidates.is_some(), "the label names the candidates it ranked");
+}
+
+/// The labels file holds exactly one line: its id and scores, after checking that it names the
+/// candidates of `record`.
+fn only_label(text: &str, record: &Ranked) -> (String, Vec<String>) {
+    assert_eq!(text.lines().count(), 1, "one line per save");
+    let label: Label = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(label.candidates.as_deref(), Some(candidates_fingerprint(record).as_str()), "the label names the candidates it ranked");
+    (label.id, label.scores)
 }

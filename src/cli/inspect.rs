@@ -125,7 +125,7 @@ fn mermaid_id(name: &str) -> String {
 
 pub fn log(registry: &Registry, args: &LogArgs) -> anyhow::Result<ExitCode> {
     let manifest = super::load_manifest(args.manifest.as_deref(), registry)?;
-    let runs = RunRecord::load_all(&Store::existing(&manifest.store_dir()).runs_dir());
+    let runs = RunRecord::for_manifest(&Store::existing(&manifest.store_dir()).runs_dir(), &manifest.path);
     let runs: Vec<&RunRecord> = runs.iter().rev().take(args.limit).collect::<Vec<_>>().into_iter().rev().collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runs)?);

@@ -52,6 +52,13 @@ impl RunRecord {
         runs
     }
 
+    /// The records of one manifest, oldest first: pipelines that share a store (the demo and
+    /// its dpo variant) keep separate histories.
+    pub fn for_manifest(runs_dir: &Path, manifest: &Path) -> Vec<RunRecord> {
+        let path = manifest.display().to_string();
+        Self::load_all(runs_dir).into_iter().filter(|r| r.manifest == path).collect()
+    }
+
     /// Params flattened to `stage.path = value` for side-by-side comparison.
     pub fn flat_params(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();

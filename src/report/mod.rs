@@ -34,7 +34,7 @@ const MAX_SVG_BYTES: u64 = 2 << 20;
 pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptions) -> anyhow::Result<PathBuf> {
     let store = Store::existing(&manifest.store_dir());
     let statuses = status(manifest, registry)?;
-    let last_run = RunRecord::load_all(&store.runs_dir()).pop();
+    let last_run = RunRecord::for_manifest(&store.runs_dir(), &manifest.path).pop();
     let dag = Dag::new(manifest);
 
     let mut states = BTreeMap::new();
