@@ -21,12 +21,26 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// The history as decrypt-read would produce it from Android (same payloads and prefixes).
 fn to_raw(h: &History) -> (RawMeta, Vec<RawMessage>) {
     let me = &h.cast.me;
-    let mut contacts = vec![avatar::stages::decrypt_read::raw::RawContact { id: me.wxid.clone(), nickname: me.nickname.clone(), ..Default::default() }];
+    let mut contacts = vec![avatar::stages::decrypt_read::raw::RawContact {
+        id: me.wxid.clone(),
+        nickname: me.nickname.clone(),
+        ..Default::default()
+    }];
     for p in &h.cast.people {
-        contacts.push(avatar::stages::decrypt_read::raw::RawContact { id: p.wxid.clone(), nickname: p.nickname.clone(), remark: p.remark.clone(), is_group: false });
+        contacts.push(avatar::stages::decrypt_read::raw::RawContact {
+            id: p.wxid.clone(),
+            nickname: p.nickname.clone(),
+            remark: p.remark.clone(),
+            is_group: false,
+        });
     }
     for g in &h.cast.groups {
-        contacts.push(avatar::stages::decrypt_read::raw::RawContact { id: g.id.clone(), nickname: g.name.clone(), remark: String::new(), is_group: true });
+        contacts.push(avatar::stages::decrypt_read::raw::RawContact {
+            id: g.id.clone(),
+            nickname: g.name.clone(),
+            remark: String::new(),
+            is_group: true,
+        });
     }
     let msgs = h
         .messages
@@ -65,7 +79,11 @@ fn main() -> anyhow::Result<()> {
     let h = synth::generate(n, 7, 720);
     let (meta, raw_msgs) = to_raw(&h);
     drop(h);
-    row("synthetic history generated", format!("{n} msgs"), &format!("{:.2} s (setup, not timed below)", t.elapsed().as_secs_f64()));
+    row(
+        "synthetic history generated",
+        format!("{n} msgs"),
+        &format!("{:.2} s (setup, not timed below)", t.elapsed().as_secs_f64()),
+    );
     let blocked = Blocked::from_words(synth::lines::BLOCKED_WORDS)?;
     let params = NormaliseParams::default();
     // Warm-up on a slice (regex compilation, page faults), then the timed run.
@@ -101,7 +119,11 @@ fn main() -> anyhow::Result<()> {
         row("  of which PII scan only", format!("{pii_s:.3} s"), &format!("{masked} masked"));
         row("  of which blocked-word scan only", format!("{blocked_s:.3} s"), &format!("{hits} hits"));
     }
-    row("normalise (render+PII+blocked+sort+stats)", format!("{secs:.3} s"), &format!("{n} msgs, {:.2} M msg/s, target <= 2 s", n as f64 / secs / 1e6));
+    row(
+        "normalise (render+PII+blocked+sort+stats)",
+        format!("{secs:.3} s"),
+        &format!("{n} msgs, {:.2} M msg/s, target <= 2 s", n as f64 / secs / 1e6),
+    );
     let dir = tempfile::tempdir_in(std::env::temp_dir())?;
     let t = Instant::now();
     raw::write_raw(&dir.path().join("raw"), &meta, &raw_msgs)?;
@@ -116,7 +138,11 @@ fn main() -> anyhow::Result<()> {
     jsonl::write_jsonl(&dir.path().join("messages.jsonl"), &messages2)?;
     let write_s = t.elapsed().as_secs_f64();
     let raw_mb = std::fs::metadata(dir.path().join("raw/messages.jsonl"))?.len() as f64 / 1e6;
-    row("normalise stage end to end (read+run+write)", format!("{:.3} s", read_s + norm2 + write_s), &format!("read raw {read_s:.2} s ({raw_mb:.0} MB) + normalise {norm2:.2} s + write {write_s:.2} s"));
+    row(
+        "normalise stage end to end (read+run+write)",
+        format!("{:.3} s", read_s + norm2 + write_s),
+        &format!("read raw {read_s:.2} s ({raw_mb:.0} MB) + normalise {norm2:.2} s + write {write_s:.2} s"),
+    );
     row("  (decrypt-read's raw table write)", format!("{write_raw_s:.3} s"), "");
     assert_eq!(messages.len(), messages2.len());
     row("  malformed / blocked masked", format!("{} / {}", stats.malformed_xml, stats.blocked_masked), "");
@@ -134,12 +160,18 @@ fn main() -> anyhow::Result<()> {
     drop(h);
     let db = db_dir.join("EnMicroMsg.db");
     let mb = std::fs::metadata(&db)?.len() as f64 / 1e6;
-    row("encrypted EnMicroMsg.db written", format!("{mb:.0} MB"), &format!("{m} msgs, {:.1} s (setup)", t.elapsed().as_secs_f64()));
+    row(
+        "encrypted EnMicroMsg.db written",
+        format!("{mb:.0} MB"),
+        &format!("{m} msgs, {:.1} s (setup)", t.elapsed().as_secs_f64()),
+    );
 
     // Raw SQLCipher: open with the key and step every message row, touching each column.
     let t = Instant::now();
     let conn = sqlcipher::open_android(&db, &keys.android_key)?.expect("key opens");
-    let mut stmt = conn.prepare("SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message ORDER BY createTime, msgId")?;
+    let mut stmt = conn.prepare(
+        "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message ORDER BY createTime, msgId",
+    )?;
     let mut rows = stmt.query([])?;
     let mut bytes = 0usize;
     while let Some(r) = rows.next()? {
@@ -149,16 +181,28 @@ fn main() -> anyhow::Result<()> {
     drop(rows);
     drop(stmt);
     drop(conn);
-    row("raw SQLCipher scan (same query)", format!("{:.1} MB/s", mb / raw_s), &format!("{raw_s:.2} s, {:.0} MB of text", bytes as f64 / 1e6));
+    row(
+        "raw SQLCipher scan (same query)",
+        format!("{:.1} MB/s", mb / raw_s),
+        &format!("{raw_s:.2} s, {:.0} MB of text", bytes as f64 / 1e6),
+    );
 
     let p = DecryptReadParams { uin: Some("1583567084".into()), ..Default::default() };
     let t = Instant::now();
     let (meta, msgs) = read_source(&db, &p)?;
     let ours_s = t.elapsed().as_secs_f64();
-    row("decrypt-read (read_source)", format!("{:.1} MB/s", mb / ours_s), &format!("{ours_s:.2} s = {:.0}% of raw SQLCipher speed", raw_s / ours_s * 100.0));
+    row(
+        "decrypt-read (read_source)",
+        format!("{:.1} MB/s", mb / ours_s),
+        &format!("{ours_s:.2} s = {:.0}% of raw SQLCipher speed", raw_s / ours_s * 100.0),
+    );
     let t = Instant::now();
     raw::write_raw(&dir.path().join("raw2"), &meta, &msgs)?;
     let w = t.elapsed().as_secs_f64();
-    row("decrypt-read stage incl. raw table write", format!("{:.1} MB/s", mb / (ours_s + w)), &format!("write {w:.2} s"));
+    row(
+        "decrypt-read stage incl. raw table write",
+        format!("{:.1} MB/s", mb / (ours_s + w)),
+        &format!("write {w:.2} s"),
+    );
     Ok(())
 }

@@ -22,10 +22,7 @@ const INTER: usize = 4864;
 const VOCAB: usize = 151936;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 struct Src {
@@ -51,25 +48,13 @@ fn random(rows: usize, cols: usize, seed: u64, scale: f32) -> Src {
 }
 
 fn ones(n: usize) -> Src {
-    Src {
-        data: vec![1.0; n],
-        rows: 1,
-        cols: n,
-    }
+    Src { data: vec![1.0; n], rows: 1, cols: n }
 }
 
 impl Src {
     fn q(self, ty: GgmlDType) -> QTensor {
-        let shape: Vec<usize> = if self.rows == 1 {
-            vec![self.cols]
-        } else {
-            vec![self.rows, self.cols]
-        };
-        QTensor::quantize(
-            &Tensor::from_vec(self.data, shape, &Device::Cpu).unwrap(),
-            ty,
-        )
-        .unwrap()
+        let shape: Vec<usize> = if self.rows == 1 { vec![self.cols] } else { vec![self.rows, self.cols] };
+        QTensor::quantize(&Tensor::from_vec(self.data, shape, &Device::Cpu).unwrap(), ty).unwrap()
     }
 }
 
@@ -84,56 +69,23 @@ fn model_file(ty: &str) -> PathBuf {
     eprintln!("writing {} ...", path.display());
     let t = parse_type(ty).unwrap();
     let f32t = GgmlDType::F32;
-    let mut tensors: Vec<(String, QTensor)> = vec![(
-        "token_embd.weight".into(),
-        random(VOCAB, HIDDEN, 1, 0.5).q(t),
-    )];
+    let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), random(VOCAB, HIDDEN, 1, 0.5).q(t))];
     let kvd = KV_HEADS * HIDDEN / HEADS;
     for i in 0..LAYERS {
         let s = 100 + i as u64 * 16;
         let b = format!("blk.{i}");
         tensors.push((format!("{b}.attn_norm.weight"), ones(HIDDEN).q(f32t)));
-        tensors.push((
-            format!("{b}.attn_q.weight"),
-            random(HIDDEN, HIDDEN, s + 1, 0.05).q(t),
-        ));
-        tensors.push((
-            format!("{b}.attn_q.bias"),
-            random(1, HIDDEN, s + 2, 0.01).q(f32t),
-        ));
-        tensors.push((
-            format!("{b}.attn_k.weight"),
-            random(kvd, HIDDEN, s + 3, 0.05).q(t),
-        ));
-        tensors.push((
-            format!("{b}.attn_k.bias"),
-            random(1, kvd, s + 4, 0.01).q(f32t),
-        ));
-        tensors.push((
-            format!("{b}.attn_v.weight"),
-            random(kvd, HIDDEN, s + 5, 0.05).q(t),
-        ));
-        tensors.push((
-            format!("{b}.attn_v.bias"),
-            random(1, kvd, s + 6, 0.01).q(f32t),
-        ));
-        tensors.push((
-            format!("{b}.attn_output.weight"),
-            random(HIDDEN, HIDDEN, s + 7, 0.05).q(t),
-        ));
+        tensors.push((format!("{b}.attn_q.weight"), random(HIDDEN, HIDDEN, s + 1, 0.05).q(t)));
+        tensors.push((format!("{b}.attn_q.bias"), random(1, HIDDEN, s + 2, 0.01).q(f32t)));
+        tensors.push((format!("{b}.attn_k.weight"), random(kvd, HIDDEN, s + 3, 0.05).q(t)));
+        tensors.push((format!("{b}.attn_k.bias"), random(1, kvd, s + 4, 0.01).q(f32t)));
+        tensors.push((format!("{b}.attn_v.weight"), random(kvd, HIDDEN, s + 5, 0.05).q(t)));
+        tensors.push((format!("{b}.attn_v.bias"), random(1, kvd, s + 6, 0.01).q(f32t)));
+        tensors.push((format!("{b}.attn_output.weight"), random(HIDDEN, HIDDEN, s + 7, 0.05).q(t)));
         tensors.push((format!("{b}.ffn_norm.weight"), ones(HIDDEN).q(f32t)));
-        tensors.push((
-            format!("{b}.ffn_gate.weight"),
-            random(INTER, HIDDEN, s + 8, 0.05).q(t),
-        ));
-        tensors.push((
-            format!("{b}.ffn_up.weight"),
-            random(INTER, HIDDEN, s + 9, 0.05).q(t),
-        ));
-        tensors.push((
-            format!("{b}.ffn_down.weight"),
-            random(HIDDEN, INTER, s + 10, 0.02).q(t),
-        ));
+        tensors.push((format!("{b}.ffn_gate.weight"), random(INTER, HIDDEN, s + 8, 0.05).q(t)));
+        tensors.push((format!("{b}.ffn_up.weight"), random(INTER, HIDDEN, s + 9, 0.05).q(t)));
+        tensors.push((format!("{b}.ffn_down.weight"), random(HIDDEN, INTER, s + 10, 0.02).q(t)));
     }
     tensors.push(("output_norm.weight".into(), ones(HIDDEN).q(f32t)));
 
@@ -141,8 +93,7 @@ fn model_file(ty: &str) -> PathBuf {
     let mut tokens: Vec<String> = Vec::with_capacity(VOCAB);
     let mut extra = 0;
     for b in 0..256u32 {
-        let printable =
-            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let c = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -163,42 +114,21 @@ fn model_file(ty: &str) -> PathBuf {
     let meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.into())),
         ("general.name".into(), Value::String("qwen05-random".into())),
-        (
-            "general.file_type".into(),
-            Value::U32(if ty == "q8_0" { 7 } else { 2 }),
-        ),
+        ("general.file_type".into(), Value::U32(if ty == "q8_0" { 7 } else { 2 })),
         ("general.quantization_version".into(), Value::U32(2)),
         (format!("{a}.context_length"), Value::U32(32768)),
         (format!("{a}.embedding_length"), Value::U32(HIDDEN as u32)),
         (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
         (format!("{a}.feed_forward_length"), Value::U32(INTER as u32)),
-        (
-            format!("{a}.attention.head_count"),
-            Value::U32(HEADS as u32),
-        ),
-        (
-            format!("{a}.attention.head_count_kv"),
-            Value::U32(KV_HEADS as u32),
-        ),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(1e-6),
-        ),
+        (format!("{a}.attention.head_count"), Value::U32(HEADS as u32)),
+        (format!("{a}.attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
         (format!("{a}.rope.freq_base"), Value::F32(1_000_000.0)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(vec![Value::String("Ġ t".into())]),
-        ),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String("Ġ t".into())])),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(257)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(259)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
@@ -219,49 +149,29 @@ struct Row {
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv { (i, x) } else { (bi, bv) }
-        })
-        .0 as u32
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+        as u32
 }
 
 fn prompt(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| (i * 7919 + salt * 104729) % 150000)
-        .collect()
+    (0..n as u32).map(|i| (i * 7919 + salt * 104729) % 150000).collect()
 }
 
 fn bench_ours(path: &Path, ty: &str, np: usize, nd: usize, clients: usize) -> Row {
     let m = QModel::load(path).unwrap();
     // Warm-up (page in weights, spin up rayon).
     let mut c = m.new_cache();
-    m.forward(&mut [SeqStep {
-        cache: &mut c,
-        tokens: &prompt(8, 9),
-    }])
-    .unwrap();
+    m.forward(&mut [SeqStep { cache: &mut c, tokens: &prompt(8, 9) }]).unwrap();
 
     let p = prompt(np, 1);
     let mut cache = m.new_cache();
     let t0 = Instant::now();
-    let logits = m
-        .forward(&mut [SeqStep {
-            cache: &mut cache,
-            tokens: &p,
-        }])
-        .unwrap();
+    let logits = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &p }]).unwrap();
     let mut next = argmax(&logits[0]);
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..nd {
-        let l = m
-            .forward(&mut [SeqStep {
-                cache: &mut cache,
-                tokens: &[next],
-            }])
-            .unwrap();
+        let l = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &[next] }]).unwrap();
         next = argmax(&l[0]);
     }
     let decode_s = t1.elapsed().as_secs_f64();
@@ -272,36 +182,14 @@ fn bench_ours(path: &Path, ty: &str, np: usize, nd: usize, clients: usize) -> Ro
     let prompts: Vec<Vec<u32>> = (0..clients).map(|i| prompt(32, i as u32 + 2)).collect();
     let mut caches: Vec<_> = (0..clients).map(|_| m.new_cache()).collect();
     let t2 = Instant::now();
-    let mut steps: Vec<SeqStep> = caches
-        .iter_mut()
-        .zip(&prompts)
-        .map(|(c, p)| SeqStep {
-            cache: c,
-            tokens: p,
-        })
-        .collect();
-    let mut nexts: Vec<u32> = m
-        .forward(&mut steps)
-        .unwrap()
-        .iter()
-        .map(|l| argmax(l))
-        .collect();
+    let mut steps: Vec<SeqStep> =
+        caches.iter_mut().zip(&prompts).map(|(c, p)| SeqStep { cache: c, tokens: p }).collect();
+    let mut nexts: Vec<u32> = m.forward(&mut steps).unwrap().iter().map(|l| argmax(l)).collect();
     for _ in 1..steps_n {
         let toks: Vec<[u32; 1]> = nexts.iter().map(|&t| [t]).collect();
-        let mut steps: Vec<SeqStep> = caches
-            .iter_mut()
-            .zip(&toks)
-            .map(|(c, t)| SeqStep {
-                cache: c,
-                tokens: t,
-            })
-            .collect();
-        nexts = m
-            .forward(&mut steps)
-            .unwrap()
-            .iter()
-            .map(|l| argmax(l))
-            .collect();
+        let mut steps: Vec<SeqStep> =
+            caches.iter_mut().zip(&toks).map(|(c, t)| SeqStep { cache: c, tokens: t }).collect();
+        nexts = m.forward(&mut steps).unwrap().iter().map(|l| argmax(l)).collect();
     }
     let conc_s = t2.elapsed().as_secs_f64();
     Row {
@@ -340,10 +228,7 @@ fn bench_llama(path: &Path, ty: &str, np: usize, nd: usize) -> Option<Row> {
         .ok()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        eprintln!(
-            "llama.cpp not measured: {}",
-            err.lines().last().unwrap_or("python3 failed")
-        );
+        eprintln!("llama.cpp not measured: {}", err.lines().last().unwrap_or("python3 failed"));
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -368,10 +253,7 @@ fn loadavg() -> String {
 fn micro() {
     use avatar::quant::kernels::{BlockKind, QuantizedActs, matmul_q};
     let rows = env("BENCH_MICRO_ROWS", INTER);
-    for (kind, ty) in [
-        (BlockKind::Q8_0, GgmlDType::Q8_0),
-        (BlockKind::Q4_0, GgmlDType::Q4_0),
-    ] {
+    for (kind, ty) in [(BlockKind::Q8_0, GgmlDType::Q8_0), (BlockKind::Q4_0, GgmlDType::Q4_0)] {
         let w = random(rows, HIDDEN, 5, 0.05).q(ty);
         let data = w.data().unwrap();
         let mut bytes = avatar::quant::hugebuf::HugeBuf::zeroed(data.len());
@@ -401,10 +283,7 @@ fn main() {
     }
     // Both engines use the same thread count: BENCH_THREADS, default 2 (this machine's cores).
     let threads = env("BENCH_THREADS", 2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .expect("rayon pool");
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon pool");
     let np = env("BENCH_PROMPT", 128);
     let nd = env("BENCH_DECODE", 64);
     let clients = env("BENCH_CLIENTS", 8);

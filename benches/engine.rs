@@ -50,7 +50,15 @@ fn main() -> ExitCode {
     let make = make_ok.then(|| {
         Command::new("make").arg("-s").current_dir(dir.path()).status().unwrap();
         median(RUNS, || {
-            assert!(Command::new("make").arg("-s").current_dir(dir.path()).stdout(Stdio::null()).status().unwrap().success());
+            assert!(
+                Command::new("make")
+                    .arg("-s")
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
         })
     });
 
@@ -65,7 +73,11 @@ fn main() -> ExitCode {
         h.finalize();
     });
 
-    println!("engine benchmark ({} CPUs, load {})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), load());
+    println!(
+        "engine benchmark ({} CPUs, load {})",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        load()
+    );
     println!("{:<52} {:>12}", "measure", "value");
     println!("{:<52} {:>9.1} ms", "cold `avatar run`, 10 stages (incl. hashing big input)", ms(cold));
     println!("{:<52} {:>9.1} ms", "first no-op run (fills the hash cache)", ms(settle));
@@ -75,7 +87,11 @@ fn main() -> ExitCode {
         Some(m) => println!("{:<52} {:>9.1} ms", format!("no-op `make`, same 10-stage shape, median of {RUNS}"), ms(m)),
         None => println!("{:<52} {:>12}", "no-op `make`", "not installed"),
     }
-    println!("{:<52} {:>7.2} GB/s", format!("blake3 {big_gib} GiB, mmap + rayon (engine)"), bytes / par.as_secs_f64() / 1e9);
+    println!(
+        "{:<52} {:>7.2} GB/s",
+        format!("blake3 {big_gib} GiB, mmap + rayon (engine)"),
+        bytes / par.as_secs_f64() / 1e9
+    );
     println!("{:<52} {:>7.2} GB/s", format!("blake3 {big_gib} GiB, one thread"), bytes / single.as_secs_f64() / 1e9);
     ExitCode::SUCCESS
 }
@@ -90,7 +106,9 @@ fn ten_stage_manifest() -> String {
         m += &format!("[stages.{s}]\nkind = \"transform\"\ninputs = {{ a = \"{input}\"{extra}\nsuffix = \"{s}\"\n");
     }
     for s in ["h", "i", "j"] {
-        m += &format!("[stages.{s}]\nkind = \"transform\"\ninputs = {{ a = \"c.data\" }}\nop = \"upper\"\nsuffix = \"{s}\"\n");
+        m += &format!(
+            "[stages.{s}]\nkind = \"transform\"\ninputs = {{ a = \"c.data\" }}\nop = \"upper\"\nsuffix = \"{s}\"\n"
+        );
     }
     m
 }
@@ -144,5 +162,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().next().unwrap_or("?").to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().next().unwrap_or("?").to_string())
+        .unwrap_or_default()
 }

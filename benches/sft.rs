@@ -118,7 +118,8 @@ fn main() {
             "max_position_embeddings": 1024, "tie_word_embeddings": true
         }));
         rows.push(bench("scratch full", cfg.clone(), TrainMode::Full, 8, 128, 5));
-        let lora = LoraConfig { r: 8, alpha: 16.0, dropout: 0.05, target_modules: vec!["all-linear".into()], rslora: false };
+        let lora =
+            LoraConfig { r: 8, alpha: 16.0, dropout: 0.05, target_modules: vec!["all-linear".into()], rslora: false };
         rows.push(bench("scratch LoRA r8", cfg, TrainMode::Lora(lora), 8, 128, 5));
     }
     if want("qwen") {
@@ -127,7 +128,8 @@ fn main() {
             "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
             "max_position_embeddings": 32768, "rope_theta": 1000000.0, "tie_word_embeddings": true
         }));
-        let lora = LoraConfig { r: 8, alpha: 16.0, dropout: 0.05, target_modules: vec!["all-linear".into()], rslora: false };
+        let lora =
+            LoraConfig { r: 8, alpha: 16.0, dropout: 0.05, target_modules: vec!["all-linear".into()], rslora: false };
         rows.push(bench("qwen2.5-0.5B LoRA r8", cfg, TrainMode::Lora(lora), 1, 128, 3));
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -137,7 +139,16 @@ fn main() {
     );
     println!(
         "{:<22} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14}",
-        "config", "params M", "trainable M", "batch", "step s", "fwd s", "bwd s", "tok/s", "peak RSS MB", "loaded RSS MB"
+        "config",
+        "params M",
+        "trainable M",
+        "batch",
+        "step s",
+        "fwd s",
+        "bwd s",
+        "tok/s",
+        "peak RSS MB",
+        "loaded RSS MB"
     );
     for r in rows {
         println!(

@@ -5,9 +5,9 @@
 
 pub mod cli;
 pub mod engine;
-pub mod runtime;
 pub mod quant;
 pub mod report;
+pub mod runtime;
 pub mod serve;
 
 #[path = "../stages/mod.rs"]

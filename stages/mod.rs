@@ -2,18 +2,18 @@
 //! the only place the engine learns their names.
 
 pub mod common;
-pub mod serve;
-pub mod export;
-pub mod quantize;
-pub mod scratch_base;
-pub mod sft;
 pub mod decrypt_read;
 pub mod dpo;
 pub mod eval;
+pub mod export;
 pub mod normalise;
-pub mod reward_label;
 pub mod ppo;
+pub mod quantize;
+pub mod reward_label;
 pub mod reward_train;
+pub mod scratch_base;
+pub mod serve;
+pub mod sft;
 pub mod split;
 pub mod window;
 

@@ -82,7 +82,8 @@ fn reduced_demo_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = reduced_demo(dir.path());
     let registry = avatar::stages::registry();
-    let all: BTreeSet<String> = Manifest::load(&manifest, &registry).unwrap().stages.iter().map(|s| s.name.clone()).collect();
+    let all: BTreeSet<String> =
+        Manifest::load(&manifest, &registry).unwrap().stages.iter().map(|s| s.name.clone()).collect();
 
     let first = run_pipeline(&manifest);
     assert_eq!(ran(&first), all, "a cold run runs every stage");
@@ -107,14 +108,21 @@ fn reduced_demo_end_to_end() {
     // The eval table shows the fine-tuned model closer to the person than the untrained base.
     let eval = first.stages.iter().find(|s| s.kind == "eval").unwrap();
     let dist = |m: &str| eval.metrics[&format!("{m}.style_distance")].as_f64().unwrap();
-    assert!(dist("sft").is_finite() && dist("base").is_finite() && dist("ppo").is_finite() && dist("quantized").is_finite());
+    assert!(
+        dist("sft").is_finite() && dist("base").is_finite() && dist("ppo").is_finite() && dist("quantized").is_finite()
+    );
     for m in ["person", "sft", "ppo"] {
         assert!(eval.metrics[&format!("{m}.reward_mean")].as_f64().unwrap().is_finite(), "{m} has a mean reward");
     }
 
     // The run report is one self-contained page.
     let report = dir.path().join("report.html");
-    avatar::report::write_report(&m, &registry, &avatar::report::ReportOptions { examples: true, out: Some(report.clone()) }).unwrap();
+    avatar::report::write_report(
+        &m,
+        &registry,
+        &avatar::report::ReportOptions { examples: true, out: Some(report.clone()) },
+    )
+    .unwrap();
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("Evaluation on the test split") && html.contains("<svg"));
     screenshot_if_possible(&report, &dir.path().join("report.png"));
@@ -156,7 +164,8 @@ fn chat_once(manifest: &Path, text: &str) -> serde_json::Value {
 
 /// Render the page in headless Chromium when it is installed (always in CI).
 fn screenshot_if_possible(page: &Path, png: &Path) {
-    let has_chromium = std::process::Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
+    let has_chromium =
+        std::process::Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
     if !has_chromium {
         assert!(std::env::var("CI").is_err(), "CI must have chromium (scripts/test installs it)");
         eprintln!("chromium not installed: skipping the report screenshot");
@@ -164,7 +173,15 @@ fn screenshot_if_possible(page: &Path, png: &Path) {
     }
     let profile = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--window-size=1200,1600")
         .arg(format!("--screenshot={}", png.display()))

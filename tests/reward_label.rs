@@ -20,7 +20,9 @@ use avatar::engine::progress::Progress;
 use avatar::engine::stage::ResolvedInput;
 use avatar::engine::{Globals, Metrics, Stage, StageContext};
 use avatar::stages::common::jsonl::{read_jsonl, write_jsonl};
-use avatar::stages::common::ranked::{Label, Ranked, candidates_fingerprint, format_score, preference_pairs, read_ranked};
+use avatar::stages::common::ranked::{
+    Label, Ranked, candidates_fingerprint, format_score, preference_pairs, read_ranked,
+};
 use avatar::stages::common::sample::Sample;
 use avatar::stages::reward_label::RewardLabelStage;
 use avatar::stages::reward_label::human::{LabelState, router};
@@ -33,7 +35,13 @@ const SCRATCH: &str = "vocab_size = 400\nhidden_size = 32\nnum_layers = 2\nnum_h
 /// Small and quick: 4 prompts × 3 candidates of at most 10 tokens.
 const SMALL: &str = "prompts = 4\nmax_prompt_tokens = 64\ngeneration = { max_tokens = 10 }\n";
 
-fn run_stage(stage: &dyn Stage, params: &str, inputs: &[(&str, &Path)], out: &Path, work: &Path) -> anyhow::Result<Metrics> {
+fn run_stage(
+    stage: &dyn Stage,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+    work: &Path,
+) -> anyhow::Result<Metrics> {
     let table: toml::Table = toml::from_str(params).unwrap();
     let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
     let inputs: BTreeMap<String, ResolvedInput> = inputs
@@ -84,7 +92,8 @@ impl Fixture {
 
     /// Run reward-label into `out/`, with its work dir under the fixture's `work/`.
     fn label(&self, params: &str, out: &str) -> anyhow::Result<Metrics> {
-        let (model, val, train, blocked) = (self.path("base/model"), self.path("val.jsonl"), self.path("train.jsonl"), self.path("blocked.txt"));
+        let (model, val, train, blocked) =
+            (self.path("base/model"), self.path("val.jsonl"), self.path("train.jsonl"), self.path("blocked.txt"));
         run_stage(
             &RewardLabelStage,
             params,
@@ -105,7 +114,11 @@ impl Fixture {
 
 /// Chat text of the synthetic corpus, which no error message may contain.
 fn chat_snippets() -> Vec<String> {
-    corpus(8).into_iter().flat_map(|s| s.context.into_iter().map(|t| t.text).chain([s.reply])).filter(|t| t != "hi").collect()
+    corpus(8)
+        .into_iter()
+        .flat_map(|s| s.context.into_iter().map(|t| t.text).chain([s.reply]))
+        .filter(|t| t != "hi")
+        .collect()
 }
 
 #[test]
@@ -130,12 +143,11 @@ fn rules_judge_scores_every_candidate_deterministically() {
         assert_eq!(&r.sample, sample);
         assert_eq!(r.source, avatar::stages::common::ranked::source_text(sample));
     }
-    assert!(
-        records.iter().any(|r| r.candidates()[0] != r.candidates()[1]),
-        "distinct seeds give distinct candidates"
-    );
+    assert!(records.iter().any(|r| r.candidates()[0] != r.candidates()[1]), "distinct seeds give distinct candidates");
     // The seed's shape: source, resp1..respN, scores (as strings).
-    let line: Value = serde_json::from_str(std::fs::read_to_string(f.path("a/ranked.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(f.path("a/ranked.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
     for k in ["source", "resp1", "resp2", "resp3", "scores", "id", "judge", "sample"] {
         assert!(line.get(k).is_some(), "{k} missing");
     }
@@ -179,7 +191,11 @@ impl FakeJudge {
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
         type St = (Arc<AtomicUsize>, Arc<Mutex<Vec<Value>>>);
-        async fn chat(State((calls, bodies)): State<St>, headers: HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+        async fn chat(
+            State((calls, bodies)): State<St>,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::response::Response {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             if n == 0 {
                 return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "0")], "slow down").into_response();
@@ -192,7 +208,10 @@ impl FakeJudge {
             let req: Value = serde_json::from_slice(&body).unwrap();
             bodies.lock().unwrap().push(req.clone());
             let prompt = req["messages"][0]["content"].as_str().unwrap();
-            let k = prompt.lines().filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit() && l[1..].starts_with(". ")).count();
+            let k = prompt
+                .lines()
+                .filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit() && l[1..].starts_with(". "))
+                .count();
             let scores: Vec<usize> = (0..k).map(|i| 9 - i).collect();
             let content = format!("好的，评分如下：{}", serde_json::to_string(&scores).unwrap());
             axum::Json(json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}))
@@ -205,7 +224,8 @@ impl FakeJudge {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat)).with_state(state);
+                let app =
+                    axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat)).with_state(state);
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(l.local_addr().unwrap()).unwrap();
                 axum::serve(l, app).await.unwrap();
@@ -256,7 +276,8 @@ fn openai_judge_retries_caches_and_keeps_chat_text_out_of_errors() {
     }
     // The cache lives in the store's work/ folder, outside the stage's output, and holds
     // scores only.
-    let cache: Vec<PathBuf> = std::fs::read_dir(f.path("work/judge-cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    let cache: Vec<PathBuf> =
+        std::fs::read_dir(f.path("work/judge-cache")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(cache.len(), 4);
     for c in &cache {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(c).unwrap()).unwrap();
@@ -311,7 +332,11 @@ impl LabelServer {
                     .unwrap();
             });
         });
-        LabelServer { addr: rx.recv_timeout(Duration::from_secs(30)).unwrap(), stop: Some(stop_tx), thread: Some(thread) }
+        LabelServer {
+            addr: rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
     }
 
     fn shutdown(mut self) {
@@ -376,23 +401,39 @@ fn human_judge_writes_candidates_and_the_label_api_saves_rankings() {
 
     // Candidate 3 best, then 1, then 2.
     let id = records[0].id.clone();
-    let (status, body) = request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": id, "order": [2, 0, 1]}).to_string());
+    let (status, body) =
+        request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": id, "order": [2, 0, 1]}).to_string());
     assert_eq!(status, 200, "{body}");
     let saved: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(saved["scores"], json!(["2", "1", "3"]));
     assert_eq!(saved["labelled"], 1);
     let text = std::fs::read_to_string(&labels).unwrap();
-    assert_eq!(only_label(&text, &records[0]), (id.clone(), vec!["2".into(), "1".into(), "3".into()]), "appended at once");
+    assert_eq!(
+        only_label(&text, &records[0]),
+        (id.clone(), vec!["2".into(), "1".into(), "3".into()]),
+        "appended at once"
+    );
     assert_eq!(std::fs::metadata(&labels).unwrap().permissions().mode() & 0o777, 0o600);
 
     // Rejections.
-    let bad = |order: Value| request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": id, "order": order}).to_string()).0;
+    let bad = |order: Value| {
+        request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": id, "order": order}).to_string()).0
+    };
     assert_eq!(bad(json!([0, 0, 1])), 400);
     assert_eq!(bad(json!([0, 1])), 400);
     assert_eq!(bad(json!([0, 1, 5])), 400);
-    assert_eq!(request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": "nope", "order": [0, 1, 2]}).to_string()).0, 404);
+    assert_eq!(
+        request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": "nope", "order": [0, 1, 2]}).to_string()).0,
+        404
+    );
     assert_eq!(request(srv.addr, "POST", "/api/label", &[JSON], "{").0, 400);
-    let (status, _) = request(srv.addr, "POST", "/api/label", &[("Content-Type", "text/plain")], &json!({"id": id, "order": [0, 1, 2]}).to_string());
+    let (status, _) = request(
+        srv.addr,
+        "POST",
+        "/api/label",
+        &[("Content-Type", "text/plain")],
+        &json!({"id": id, "order": [0, 1, 2]}).to_string(),
+    );
     assert_eq!(status, 415, "form-style cross-site posts are refused");
     assert_eq!(request(srv.addr, "GET", "/api/records", &[("Host", "evil.example:8001")], "").0, 403, "DNS rebinding");
     assert_eq!(request(srv.addr, "DELETE", "/api/label", &[], "").0, 405);
@@ -400,7 +441,8 @@ fn human_judge_writes_candidates_and_the_label_api_saves_rankings() {
     assert_eq!(std::fs::read_to_string(&labels).unwrap().lines().count(), 1, "rejections write nothing");
 
     // A second ranking of the same record: appended, and the later line wins.
-    let (status, _) = request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": id, "order": [0, 1, 2]}).to_string());
+    let (status, _) =
+        request(srv.addr, "POST", "/api/label", &[JSON], &json!({"id": id, "order": [0, 1, 2]}).to_string());
     assert_eq!(status, 200);
     let (_, body) = request(srv.addr, "GET", "/api/records", &[], "");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -440,7 +482,16 @@ fn chromium() -> Option<&'static str> {
 
 fn headless(browser: &str, profile: &Path, extra: &[&str], url: &str) -> std::process::Output {
     std::process::Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=10000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
         .arg(url)
@@ -463,7 +514,11 @@ fn label_page_in_headless_chromium() {
     // Press 2 then 1 (3 fills itself in), Enter saves and moves on.
     let out = headless(browser, profile.path(), &["--dump-dom"], &format!("http://{}/?autotest=2,1,Enter", srv.addr));
     let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("data-state=\"done\""), "the page ran its keys:\n{dom}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        dom.contains("data-state=\"done\""),
+        "the page ran its keys:\n{dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dom.contains("record 2 / 4"), "moved to the next record:\n{dom}");
     assert!(dom.contains("1 labelled"), "{dom}");
     assert_eq!(
@@ -478,9 +533,15 @@ fn label_page_in_headless_chromium() {
     // A screenshot for people to look at (kept in the target dir).
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reward-label-page.png");
     let _ = std::fs::remove_file(&shot);
-    let out = headless(browser, profile.path(), &[&format!("--screenshot={}", shot.display()), "--window-size=900,760", "--hide-scrollbars"], &format!("http://{}/?autotest=1", srv.addr));
+    let out = headless(
+        browser,
+        profile.path(),
+        &[&format!("--screenshot={}", shot.display()), "--window-size=900,760", "--hide-scrollbars"],
+        &format!("http://{}/?autotest=1", srv.addr),
+    );
     srv.shutdown();
-    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let png = std::fs::read(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     assert!(png.len() > 5_000 && png.starts_with(b"\x89PNG"), "a real PNG");
     eprintln!("label page screenshot: {}", shot.display());
 }
@@ -490,7 +551,11 @@ fn label_page_in_headless_chromium() {
 
 fn avatar(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_avatar")).args(args).current_dir(dir).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -556,6 +621,10 @@ fn avatar_label_finds_the_stage_output_and_serves_it() {
 fn only_label(text: &str, record: &Ranked) -> (String, Vec<String>) {
     assert_eq!(text.lines().count(), 1, "one line per save");
     let label: Label = serde_json::from_str(text.trim_end()).unwrap();
-    assert_eq!(label.candidates.as_deref(), Some(candidates_fingerprint(record).as_str()), "the label names the candidates it ranked");
+    assert_eq!(
+        label.candidates.as_deref(),
+        Some(candidates_fingerprint(record).as_str()),
+        "the label names the candidates it ranked"
+    );
     (label.id, label.scores)
 }

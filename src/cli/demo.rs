@@ -56,7 +56,8 @@ pub fn demo(registry: &Registry, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         println!("  {:<10} {:<14} {}", s.name, s.kind, store.object_dir(&rec.output).display());
     }
     // The demo's data is synthetic, so the report may show example conversations.
-    let report = crate::report::write_report(&manifest, registry, &crate::report::ReportOptions { examples: true, out: None })?;
+    let report =
+        crate::report::write_report(&manifest, registry, &crate::report::ReportOptions { examples: true, out: None })?;
     println!("  report     {}", report.display());
     println!("  lock file  {}", manifest.lock_path().display());
     if args.no_serve {
@@ -65,7 +66,14 @@ pub fn demo(registry: &Registry, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let manifest_arg = args.manifest.display().to_string();
     let port = args.port.to_string();
     let cmd = <crate::serve::ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
-    let matches = cmd.try_get_matches_from(["serve", manifest_arg.as_str(), "--host", args.host.as_str(), "--port", port.as_str()])?;
+    let matches = cmd.try_get_matches_from([
+        "serve",
+        manifest_arg.as_str(),
+        "--host",
+        args.host.as_str(),
+        "--port",
+        port.as_str(),
+    ])?;
     let serve_args = <crate::serve::ServeArgs as clap::FromArgMatches>::from_arg_matches(&matches)?;
     println!("\nChat with the clone at http://{}:{}/ (Ctrl-C to stop)", args.host, args.port);
     crate::serve::run(&serve_args)?;

@@ -76,7 +76,13 @@ pub fn status(registry: &Registry, args: &StatusArgs) -> anyhow::Result<ExitCode
     } else {
         for s in &all {
             if s.up_to_date {
-                println!("  {:<10} {:<16} {:<14} {}", "up-to-date", s.name, s.kind, s.output.as_deref().map(short).unwrap_or(""));
+                println!(
+                    "  {:<10} {:<16} {:<14} {}",
+                    "up-to-date",
+                    s.name,
+                    s.kind,
+                    s.output.as_deref().map(short).unwrap_or("")
+                );
             } else {
                 println!("  {:<10} {:<16} {:<14} {}", "stale", s.name, s.kind, s.reasons.join("; "));
             }
@@ -165,8 +171,12 @@ pub fn log(registry: &Registry, args: &LogArgs) -> anyhow::Result<ExitCode> {
         row.extend(param_cols.iter().map(|c| p.get(c).cloned().unwrap_or_else(|| "-".into())));
         for c in &metric_cols {
             let (stage, metric) = c.split_once(':').expect("stage:metric");
-            let v = r.stages.iter().find(|s| s.name == stage).and_then(|s| s.metrics.get(metric)).and_then(|v| v.as_f64());
-            row.push(v.map(|f| if f.fract() == 0.0 { format!("{f}") } else { format!("{f:.4}") }).unwrap_or_else(|| "-".into()));
+            let v =
+                r.stages.iter().find(|s| s.name == stage).and_then(|s| s.metrics.get(metric)).and_then(|v| v.as_f64());
+            row.push(
+                v.map(|f| if f.fract() == 0.0 { format!("{f}") } else { format!("{f:.4}") })
+                    .unwrap_or_else(|| "-".into()),
+            );
         }
         rows.push(row);
     }
@@ -176,9 +186,8 @@ pub fn log(registry: &Registry, args: &LogArgs) -> anyhow::Result<ExitCode> {
 
 fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     for r in rows {
         let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
         println!("{}", line.join("  ").trim_end());
@@ -197,10 +206,13 @@ pub fn show(registry: &Registry, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let record = st.key.as_deref().and_then(|k| store.action(k));
     let last = lock.stages.get(&args.stage);
     let artifact = record.as_ref().map(|r| store.object_dir(&r.output));
-    let metrics = record.as_ref().map(|r| r.metrics.clone()).or_else(|| last.map(|l| l.metrics.clone())).unwrap_or_default();
+    let metrics =
+        record.as_ref().map(|r| r.metrics.clone()).or_else(|| last.map(|l| l.metrics.clone())).unwrap_or_default();
     let outputs: Vec<(String, Option<PathBuf>)> = registry
         .get(&decl.kind)
-        .map(|k| k.info().outputs.iter().map(|o| (o.name.to_string(), artifact.as_ref().map(|a| a.join(o.path)))).collect())
+        .map(|k| {
+            k.info().outputs.iter().map(|o| (o.name.to_string(), artifact.as_ref().map(|a| a.join(o.path)))).collect()
+        })
         .unwrap_or_default();
     if args.json {
         println!(
@@ -214,7 +226,10 @@ pub fn show(registry: &Registry, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("stage     {} ({})", decl.name, decl.kind);
-    println!("state     {}", if st.up_to_date { "up to date".to_string() } else { format!("stale: {}", st.reasons.join("; ")) });
+    println!(
+        "state     {}",
+        if st.up_to_date { "up to date".to_string() } else { format!("stale: {}", st.reasons.join("; ")) }
+    );
     if let Some(k) = &st.key {
         println!("key       {k}");
     }

@@ -95,7 +95,11 @@ pub fn ranked_path(manifest: &Manifest, registry: &Registry, stage: Option<&str>
     };
     let path = store.object_dir(&output).join(file);
     if !path.is_file() {
-        bail!("the output of stage `{}` is missing from the store ({}): run the pipeline again", decl.name, path.display());
+        bail!(
+            "the output of stage `{}` is missing from the store ({}): run the pipeline again",
+            decl.name,
+            path.display()
+        );
     }
     Ok(path)
 }

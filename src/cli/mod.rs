@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::engine::{Manifest, Registry};
 
 #[derive(Parser)]
-#[command(name = "avatar", version, about = "WeChat history in, a chat model that talks like you out: a make-style pipeline")]
+#[command(
+    name = "avatar",
+    version,
+    about = "WeChat history in, a chat model that talks like you out: a make-style pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -139,7 +139,8 @@ pub fn run(registry: &Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
         for f in &report.check_failures {
             eprintln!("avatar: check failed: {f}");
         }
-        let failed: Vec<_> = report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Failed(_))).map(|s| s.name.as_str()).collect();
+        let failed: Vec<_> =
+            report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Failed(_))).map(|s| s.name.as_str()).collect();
         if args.dry_run {
             eprintln!("dry run: {} would run, {} cached", count("would-run"), count("cached"));
         } else if failed.is_empty() {

@@ -45,9 +45,7 @@ pub fn make_private_tree(path: &Path) -> io::Result<()> {
 pub fn tree_size(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
     if meta.is_dir() {
-        std::fs::read_dir(path)
-            .map(|rd| rd.filter_map(Result::ok).map(|e| tree_size(&e.path())).sum())
-            .unwrap_or(0)
+        std::fs::read_dir(path).map(|rd| rd.filter_map(Result::ok).map(|e| tree_size(&e.path())).sum()).unwrap_or(0)
     } else {
         meta.len()
     }

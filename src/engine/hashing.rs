@@ -49,7 +49,10 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 
 /// Hash an artifact directory once: the whole tree, and each declared output inside it
 /// (a file, or a sub-directory), reading every file a single time.
-pub fn hash_artifact(dir: &Path, outputs: &[crate::engine::stage::OutputSpec]) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+pub fn hash_artifact(
+    dir: &Path,
+    outputs: &[crate::engine::stage::OutputSpec],
+) -> anyhow::Result<(String, BTreeMap<String, String>)> {
     let files = list_files(dir)?;
     let hashed: io::Result<Vec<(String, String)>> =
         files.par_iter().map(|(rel, p)| Ok((rel.clone(), hash_file(p)?))).collect();

@@ -30,13 +30,7 @@ pub struct PipelineSettings {
 
 impl Default for PipelineSettings {
     fn default() -> Self {
-        PipelineSettings {
-            name: None,
-            seed: 0,
-            device: "auto".into(),
-            dtype: "f32".into(),
-            store: ".avatar".into(),
-        }
+        PipelineSettings { name: None, seed: 0, device: "auto".into(), dtype: "f32".into(), store: ".avatar".into() }
     }
 }
 
@@ -96,9 +90,10 @@ impl Manifest {
 
     /// Name used in reports: `[pipeline] name`, else the file stem.
     pub fn display_name(&self) -> String {
-        self.settings.name.clone().unwrap_or_else(|| {
-            self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-        })
+        self.settings
+            .name
+            .clone()
+            .unwrap_or_else(|| self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
     }
 
     pub fn load(path: &Path, registry: &Registry) -> Result<Manifest, ManifestError> {
@@ -118,7 +113,8 @@ impl Manifest {
         let map = SourceMap::new(path, source);
         let fail = |d: Diagnostic| ManifestError { diagnostics: vec![d] };
 
-        let doc = DeTable::parse(source).map_err(|e| fail(map.at(e.span(), format!("TOML syntax: {}", e.message()))))?;
+        let doc =
+            DeTable::parse(source).map_err(|e| fail(map.at(e.span(), format!("TOML syntax: {}", e.message()))))?;
         let mut spans = SpanIndex::default();
         spans.collect_table("", doc.get_ref());
         let table: toml::Table =
@@ -129,7 +125,9 @@ impl Manifest {
 
         for key in table.keys() {
             if key != "pipeline" && key != "stages" {
-                diags.push(map.at(spans.key(key), format!("unknown top-level key `{key}` (expected `pipeline` or `stages`)")));
+                diags.push(
+                    map.at(spans.key(key), format!("unknown top-level key `{key}` (expected `pipeline` or `stages`)")),
+                );
             }
         }
 
@@ -143,7 +141,9 @@ impl Manifest {
                     s
                 }
                 Err(e) => {
-                    diags.push(map.at(spans.for_error("pipeline", &e.path, &e.message), format!("[pipeline]: {}", e.message)));
+                    diags.push(
+                        map.at(spans.for_error("pipeline", &e.path, &e.message), format!("[pipeline]: {}", e.message)),
+                    );
                     PipelineSettings::default()
                 }
             },
@@ -163,7 +163,9 @@ impl Manifest {
                     }
                 }
             }
-            Some(_) => diags.push(map.at(spans.value("stages"), "`stages` must be a table of `[stages.<name>]` tables")),
+            Some(_) => {
+                diags.push(map.at(spans.value("stages"), "`stages` must be a table of `[stages.<name>]` tables"))
+            }
         }
         // toml::Table is sorted; keep the author's order.
         stages.sort_by_key(|s: &StageDecl| spans.key(&format!("stages.{}", s.name)).map(|r| r.start).unwrap_or(0));
@@ -183,7 +185,14 @@ impl Manifest {
     }
 }
 
-fn check_choice(map: &SourceMap, spans: &SpanIndex, path: &str, value: &str, allowed: &[&str], diags: &mut Vec<Diagnostic>) {
+fn check_choice(
+    map: &SourceMap,
+    spans: &SpanIndex,
+    path: &str,
+    value: &str,
+    allowed: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) {
     if !allowed.contains(&value) {
         diags.push(map.at(spans.value(path), format!("`{path}` is `{value}`; expected one of {}", allowed.join(", "))));
     }
@@ -210,7 +219,8 @@ fn parse_stage(
     let kind = match table.get("kind") {
         Some(toml::Value::String(k)) => k.clone(),
         Some(_) => {
-            diags.push(map.at(spans.value(&format!("{here}.kind")), format!("stage `{name}`: `kind` must be a string")));
+            diags
+                .push(map.at(spans.value(&format!("{here}.kind")), format!("stage `{name}`: `kind` must be a string")));
             return None;
         }
         None => {
@@ -243,7 +253,9 @@ fn parse_stage(
                     continue;
                 }
                 let Some(s) = v.as_str() else {
-                    diags.push(map.at(spans.value(&at), format!("input `{input}` must be a string: `stage.output` or a path")));
+                    diags.push(
+                        map.at(spans.value(&at), format!("input `{input}` must be a string: `stage.output` or a path")),
+                    );
                     continue;
                 };
                 match parse_input_ref(s, dir) {
@@ -254,14 +266,18 @@ fn parse_stage(
                 }
             }
         }
-        Some(_) => diags.push(map.at(spans.value(&format!("{here}.inputs")), "`inputs` must be a table like `{ train = \"split.train\" }`")),
+        Some(_) => {
+            diags.push(map.at(
+                spans.value(&format!("{here}.inputs")),
+                "`inputs` must be a table like `{ train = \"split.train\" }`",
+            ))
+        }
     }
     for spec in info.inputs.iter().filter(|i| i.required) {
         if !table.get("inputs").and_then(|t| t.get(spec.name)).is_some() {
-            diags.push(map.at(
-                spans.key(&here),
-                format!("stage `{name}` ({kind}) needs input `{}`: {}", spec.name, spec.help),
-            ));
+            diags.push(
+                map.at(spans.key(&here), format!("stage `{name}` ({kind}) needs input `{}`: {}", spec.name, spec.help)),
+            );
         }
     }
 
@@ -272,7 +288,10 @@ fn parse_stage(
         Ok(v) => v,
         Err(e) => {
             let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path) };
-            diags.push(map.at(spans.for_error(&here, &e.path, &e.message), format!("stage `{name}` ({kind}) param{shown}: {}", e.message)));
+            diags.push(map.at(
+                spans.for_error(&here, &e.path, &e.message),
+                format!("stage `{name}` ({kind}) param{shown}: {}", e.message),
+            ));
             serde_json::Value::Null
         }
     };
@@ -300,7 +319,13 @@ fn parse_input_ref(s: &str, dir: &Path) -> Result<InputRef, String> {
     }
 }
 
-fn check_references(map: &SourceMap, spans: &SpanIndex, registry: &Registry, stages: &[StageDecl], diags: &mut Vec<Diagnostic>) {
+fn check_references(
+    map: &SourceMap,
+    spans: &SpanIndex,
+    registry: &Registry,
+    stages: &[StageDecl],
+    diags: &mut Vec<Diagnostic>,
+) {
     for decl in stages {
         for (input, r) in &decl.inputs {
             let InputRef::Stage { stage, output } = r else { continue };
@@ -308,7 +333,9 @@ fn check_references(map: &SourceMap, spans: &SpanIndex, registry: &Registry, sta
             let Some(up) = stages.iter().find(|s| &s.name == stage) else {
                 // A stage that failed to parse was already reported; don't pile on.
                 if !spans.has(&format!("stages.{stage}")) {
-                    diags.push(map.at(at, format!("input `{input}` names stage `{stage}`, which is not in this manifest")));
+                    diags.push(
+                        map.at(at, format!("input `{input}` names stage `{stage}`, which is not in this manifest")),
+                    );
                 }
                 continue;
             };
@@ -317,7 +344,11 @@ fn check_references(map: &SourceMap, spans: &SpanIndex, registry: &Registry, sta
                 let outs: Vec<_> = kind.info().outputs.iter().map(|o| o.name).collect();
                 diags.push(map.at(
                     at,
-                    format!("stage `{stage}` ({}) has no output `{output}` (its outputs: {})", up.kind, outs.join(", ")),
+                    format!(
+                        "stage `{stage}` ({}) has no output `{output}` (its outputs: {})",
+                        up.kind,
+                        outs.join(", ")
+                    ),
                 ));
             }
         }

@@ -25,9 +25,8 @@ impl Progress {
             return ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
         };
         let bar = multi.add(ProgressBar::new(total));
-        let template = format!(
-            "{{prefix:>14.bold}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} ({{elapsed}}, eta {{eta}})"
-        );
+        let template =
+            format!("{{prefix:>14.bold}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}} ({{elapsed}}, eta {{eta}})");
         if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style.progress_chars("=> "));
         }

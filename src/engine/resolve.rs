@@ -24,7 +24,12 @@ pub struct DoneStage {
 
 impl DoneStage {
     pub fn from_record(store: &Store, rec: &ActionRecord) -> DoneStage {
-        DoneStage { key: rec.key.clone(), output: rec.output.clone(), outputs: rec.outputs.clone(), dir: store.object_dir(&rec.output) }
+        DoneStage {
+            key: rec.key.clone(),
+            output: rec.output.clone(),
+            outputs: rec.outputs.clone(),
+            dir: store.object_dir(&rec.output),
+        }
     }
 }
 
@@ -86,11 +91,9 @@ pub fn resolve(
                     .get(&up_decl.kind)
                     .and_then(|k| k.info().outputs.iter().find(|o| o.name == output))
                     .expect("validated output");
-                let hash = d
-                    .outputs
-                    .get(output)
-                    .cloned()
-                    .with_context(|| format!("artifact of `{up}` has no recorded output `{output}`; run `avatar gc` and retry"))?;
+                let hash = d.outputs.get(output).cloned().with_context(|| {
+                    format!("artifact of `{up}` has no recorded output `{output}`; run `avatar gc` and retry")
+                })?;
                 ResolvedInput { path: d.dir.join(spec.path), hash }
             }
         };

@@ -105,17 +105,30 @@ enum Message {
     Done(String, anyhow::Result<(DoneStage, Metrics, f64)>),
 }
 
-pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions, observer: &dyn Observer) -> anyhow::Result<RunReport> {
+pub fn run(
+    manifest: &Manifest,
+    registry: &Registry,
+    opts: &RunOptions,
+    observer: &dyn Observer,
+) -> anyhow::Result<RunReport> {
     let dag = Dag::new(manifest);
     let selected: BTreeSet<String> = match &opts.until {
         Some(stage) => {
-            anyhow::ensure!(manifest.stage(stage).is_some(), "--until: no stage `{stage}` in {}", manifest.path.display());
+            anyhow::ensure!(
+                manifest.stage(stage).is_some(),
+                "--until: no stage `{stage}` in {}",
+                manifest.path.display()
+            );
             dag.ancestors_inclusive(stage)
         }
         None => manifest.stages.iter().map(|s| s.name.clone()).collect(),
     };
     for f in &opts.force {
-        anyhow::ensure!(f == "all" || manifest.stage(f).is_some(), "--force: no stage `{f}` in {}", manifest.path.display());
+        anyhow::ensure!(
+            f == "all" || manifest.stage(f).is_some(),
+            "--force: no stage `{f}` in {}",
+            manifest.path.display()
+        );
     }
     let forced = |name: &str| opts.force.iter().any(|f| f == name || f == "all");
 
@@ -129,7 +142,8 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions, observer
     let globals = resolve::globals(manifest);
     let mut cache = store.hash_cache();
     let multi = opts.progress.clone();
-    let jobs = if opts.jobs == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { opts.jobs };
+    let jobs =
+        if opts.jobs == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { opts.jobs };
     let started_at = now_rfc3339();
 
     let order: Vec<String> = dag.topo_order().into_iter().filter(|s| selected.contains(s)).collect();
@@ -191,7 +205,11 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions, observer
                         }
                     }
                     if opts.dry_run {
-                        let why = if forced(&name) { "forced".to_string() } else { stale_reason(&previous_lock, &name, &resolved) };
+                        let why = if forced(&name) {
+                            "forced".to_string()
+                        } else {
+                            stale_reason(&previous_lock, &name, &resolved)
+                        };
                         let r = report(decl, Outcome::WouldRun(why), Some(&resolved.key), None, 0.0);
                         observer.finished(&r);
                         reports.insert(name.clone(), r);
@@ -276,7 +294,13 @@ pub fn run(manifest: &Manifest, registry: &Registry, opts: &RunOptions, observer
                 let d = &done[&s.name];
                 lock.stages.insert(
                     s.name.clone(),
-                    LockEntry { key: key.clone(), output: out.clone(), outputs: d.outputs.clone(), parts: res.parts.clone(), metrics: s.metrics.clone() },
+                    LockEntry {
+                        key: key.clone(),
+                        output: out.clone(),
+                        outputs: d.outputs.clone(),
+                        parts: res.parts.clone(),
+                        metrics: s.metrics.clone(),
+                    },
                 );
             }
         }
@@ -377,7 +401,13 @@ fn stale_reason(lock: &LockFile, name: &str, resolved: &Resolved) -> String {
     }
 }
 
-fn save_run_record(manifest: &Manifest, store: &Store, stages: &[StageReport], started: &str, check_ok: bool) -> anyhow::Result<()> {
+fn save_run_record(
+    manifest: &Manifest,
+    store: &Store,
+    stages: &[StageReport],
+    started: &str,
+    check_ok: bool,
+) -> anyhow::Result<()> {
     let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
     let record = RunRecord {
         id,

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::progress::Progress;
 
@@ -162,6 +162,9 @@ pub fn parse_params<P: DeserializeOwned>(params: &toml::Table) -> Result<P, Para
     let value = toml::Value::Table(params.clone());
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        ParamError { path: if path == "." { String::new() } else { path }, message: e.into_inner().to_string().trim().to_string() }
+        ParamError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string().trim().to_string(),
+        }
     })
 }

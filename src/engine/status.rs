@@ -30,7 +30,14 @@ pub fn status(manifest: &Manifest, registry: &Registry) -> anyhow::Result<Vec<St
     let mut out = Vec::new();
     for name in Dag::new(manifest).topo_order() {
         let decl = manifest.stage(&name).expect("stage");
-        let mut st = StageStatus { name: name.clone(), kind: decl.kind.clone(), up_to_date: false, reasons: Vec::new(), key: None, output: None };
+        let mut st = StageStatus {
+            name: name.clone(),
+            kind: decl.kind.clone(),
+            up_to_date: false,
+            reasons: Vec::new(),
+            key: None,
+            output: None,
+        };
         match resolve::resolve(manifest, registry, decl, &globals, &done, &mut cache)? {
             Err(Unresolved::WaitingOn(input, up)) => {
                 st.reasons.push(format!("input `{input}` comes from `{up}`, which is stale"));

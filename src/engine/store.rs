@@ -47,7 +47,8 @@ impl Store {
     /// Open (creating if needed) a store; every directory is owner-only.
     pub fn open(root: &Path) -> anyhow::Result<Store> {
         for sub in ["", "objects", "actions", "tmp", "work", "runs"] {
-            create_private_dir(&root.join(sub)).with_context(|| format!("creating store {}", root.join(sub).display()))?;
+            create_private_dir(&root.join(sub))
+                .with_context(|| format!("creating store {}", root.join(sub).display()))?;
         }
         Ok(Store { root: root.to_path_buf() })
     }
@@ -99,7 +100,8 @@ impl Store {
 
     /// A fresh temporary directory for a stage to write into.
     pub fn new_tmp_dir(&self, stage: &str) -> anyhow::Result<PathBuf> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = self.root.join("tmp").join(format!("{stage}-{}-{nanos}", std::process::id()));
         create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
@@ -137,7 +139,12 @@ impl Store {
     /// Take the one-run-at-a-time lock. With `wait`, block (after saying who holds it).
     pub fn lock(&self, wait: bool) -> anyhow::Result<StoreLock> {
         let path = self.root.join("lock");
-        let mut file = File::options().create(true).truncate(false).read(true).write(true).open(&path)
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
@@ -154,7 +161,9 @@ impl Store {
                 eprintln!("avatar: another run{who} is using {}; waiting for it to finish…", self.root.display());
                 file.lock().with_context(|| format!("locking {}", path.display()))?;
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
         }
         file.set_len(0)?;
         write!(file, "{}", std::process::id())?;

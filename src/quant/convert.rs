@@ -51,8 +51,7 @@ fn default_theta() -> f64 {
 impl HfConfig {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
         serde_path_to_error::deserialize(de)
             .map_err(|e| anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))
@@ -61,13 +60,7 @@ impl HfConfig {
     /// GGUF architecture name: "qwen2" or "llama".
     pub fn arch(&self) -> Result<&'static str> {
         let mt = self.model_type.as_deref().unwrap_or("");
-        let is = |s: &str| {
-            mt == s
-                || self
-                    .architectures
-                    .iter()
-                    .any(|a| a.to_lowercase().starts_with(s))
-        };
+        let is = |s: &str| mt == s || self.architectures.iter().any(|a| a.to_lowercase().starts_with(s));
         if is("qwen2") {
             Ok("qwen2")
         } else if is("llama") {
@@ -97,9 +90,7 @@ pub fn parse_type(name: &str) -> Result<GgmlDType> {
         "q4_k" => GgmlDType::Q4K,
         "q5_k" => GgmlDType::Q5K,
         "q6_k" => GgmlDType::Q6K,
-        other => bail!(
-            "unknown quantization type `{other}` (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k)"
-        ),
+        other => bail!("unknown quantization type `{other}` (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k)"),
     })
 }
 
@@ -156,58 +147,40 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut fallbacks = 0usize;
     let get = |name: &str| -> Result<Tensor> {
-        let t = weights
-            .get(name)
-            .ok_or_else(|| anyhow!("{}: weights lack tensor `{name}`", model_dir.display()))?;
+        let t = weights.get(name).ok_or_else(|| anyhow!("{}: weights lack tensor `{name}`", model_dir.display()))?;
         Ok(t.to_dtype(DType::F32)?)
     };
-    let mut push_matrix =
-        |name: String, t: Tensor, tensors: &mut Vec<(String, QTensor)>| -> Result<()> {
-            let cols = *t.dims().last().unwrap_or(&0);
-            let tt = tensor_type(ty, cols);
-            if tt != ty {
-                fallbacks += 1;
-            }
-            tensors.push((name, QTensor::quantize(&t, tt)?));
-            Ok(())
-        };
+    let mut push_matrix = |name: String, t: Tensor, tensors: &mut Vec<(String, QTensor)>| -> Result<()> {
+        let cols = *t.dims().last().unwrap_or(&0);
+        let tt = tensor_type(ty, cols);
+        if tt != ty {
+            fallbacks += 1;
+        }
+        tensors.push((name, QTensor::quantize(&t, tt)?));
+        Ok(())
+    };
     let vector = |t: Tensor| -> Result<QTensor> { Ok(QTensor::quantize(&t, GgmlDType::F32)?) };
 
     let embed = get("model.embed_tokens.weight")?;
     let (vocab, hidden) = embed.dims2()?;
     if hidden != cfg.hidden_size {
-        bail!(
-            "embed_tokens is {vocab}x{hidden} but config hidden_size is {}",
-            cfg.hidden_size
-        );
+        bail!("embed_tokens is {vocab}x{hidden} but config hidden_size is {}", cfg.hidden_size);
     }
     push_matrix("token_embd.weight".into(), embed, &mut tensors)?;
     let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let b = format!("blk.{i}");
-        tensors.push((
-            format!("{b}.attn_norm.weight"),
-            vector(get(&format!("{p}.input_layernorm.weight"))?)?,
-        ));
-        for (hf, gg, n_head) in [
-            ("q_proj", "attn_q", heads),
-            ("k_proj", "attn_k", kv_heads),
-            ("v_proj", "attn_v", 0),
-        ] {
+        tensors.push((format!("{b}.attn_norm.weight"), vector(get(&format!("{p}.input_layernorm.weight"))?)?));
+        for (hf, gg, n_head) in [("q_proj", "attn_q", heads), ("k_proj", "attn_k", kv_heads), ("v_proj", "attn_v", 0)] {
             let mut w = get(&format!("{p}.self_attn.{hf}.weight"))?;
-            let bias = weights
-                .get(&format!("{p}.self_attn.{hf}.bias"))
-                .map(|t| t.to_dtype(DType::F32))
-                .transpose()?;
+            let bias = weights.get(&format!("{p}.self_attn.{hf}.bias")).map(|t| t.to_dtype(DType::F32)).transpose()?;
             let mut bias = bias;
             // llama.cpp's llama arch uses interleaved RoPE: permute Q/K rows like convert_hf_to_gguf.
             if arch == "llama" && n_head > 0 {
                 w = permute_rows(&w, n_head)?;
                 bias = bias
-                    .map(|b| -> Result<Tensor> {
-                        Ok(permute_rows(&b.unsqueeze(1)?, n_head)?.squeeze(1)?)
-                    })
+                    .map(|b| -> Result<Tensor> { Ok(permute_rows(&b.unsqueeze(1)?, n_head)?.squeeze(1)?) })
                     .transpose()?;
             }
             push_matrix(format!("{b}.{gg}.weight"), w, &mut tensors)?;
@@ -215,42 +188,16 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
                 tensors.push((format!("{b}.{gg}.bias"), vector(bias)?));
             }
         }
-        push_matrix(
-            format!("{b}.attn_output.weight"),
-            get(&format!("{p}.self_attn.o_proj.weight"))?,
-            &mut tensors,
-        )?;
-        tensors.push((
-            format!("{b}.ffn_norm.weight"),
-            vector(get(&format!("{p}.post_attention_layernorm.weight"))?)?,
-        ));
-        push_matrix(
-            format!("{b}.ffn_gate.weight"),
-            get(&format!("{p}.mlp.gate_proj.weight"))?,
-            &mut tensors,
-        )?;
-        push_matrix(
-            format!("{b}.ffn_up.weight"),
-            get(&format!("{p}.mlp.up_proj.weight"))?,
-            &mut tensors,
-        )?;
-        push_matrix(
-            format!("{b}.ffn_down.weight"),
-            get(&format!("{p}.mlp.down_proj.weight"))?,
-            &mut tensors,
-        )?;
+        push_matrix(format!("{b}.attn_output.weight"), get(&format!("{p}.self_attn.o_proj.weight"))?, &mut tensors)?;
+        tensors.push((format!("{b}.ffn_norm.weight"), vector(get(&format!("{p}.post_attention_layernorm.weight"))?)?));
+        push_matrix(format!("{b}.ffn_gate.weight"), get(&format!("{p}.mlp.gate_proj.weight"))?, &mut tensors)?;
+        push_matrix(format!("{b}.ffn_up.weight"), get(&format!("{p}.mlp.up_proj.weight"))?, &mut tensors)?;
+        push_matrix(format!("{b}.ffn_down.weight"), get(&format!("{p}.mlp.down_proj.weight"))?, &mut tensors)?;
     }
-    tensors.push((
-        "output_norm.weight".into(),
-        vector(get("model.norm.weight")?)?,
-    ));
+    tensors.push(("output_norm.weight".into(), vector(get("model.norm.weight")?)?));
     if !cfg.tie_word_embeddings {
         if let Some(lm) = weights.get("lm_head.weight") {
-            push_matrix(
-                "output.weight".into(),
-                lm.to_dtype(DType::F32)?,
-                &mut tensors,
-            )?;
+            push_matrix("output.weight".into(), lm.to_dtype(DType::F32)?, &mut tensors)?;
         }
     }
 
@@ -259,56 +206,30 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
         ("general.architecture".into(), Value::String(arch.into())),
         (
             "general.name".into(),
-            Value::String(
-                model_dir
-                    .file_name()
-                    .map_or("avatar".into(), |n| n.to_string_lossy().into_owned()),
-            ),
+            Value::String(model_dir.file_name().map_or("avatar".into(), |n| n.to_string_lossy().into_owned())),
         ),
         ("general.file_type".into(), Value::U32(file_type(ty))),
         ("general.quantization_version".into(), Value::U32(2)),
-        (
-            k("context_length"),
-            Value::U32(cfg.max_position_embeddings as u32),
-        ),
+        (k("context_length"), Value::U32(cfg.max_position_embeddings as u32)),
         (k("embedding_length"), Value::U32(cfg.hidden_size as u32)),
         (k("block_count"), Value::U32(cfg.num_hidden_layers as u32)),
-        (
-            k("feed_forward_length"),
-            Value::U32(cfg.intermediate_size as u32),
-        ),
+        (k("feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
         (k("attention.head_count"), Value::U32(heads as u32)),
         (k("attention.head_count_kv"), Value::U32(kv_heads as u32)),
-        (
-            k("attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_norm_eps as f32),
-        ),
+        (k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
         (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (
-            k("rope.dimension_count"),
-            Value::U32((cfg.hidden_size / heads) as u32),
-        ),
+        (k("rope.dimension_count"), Value::U32((cfg.hidden_size / heads) as u32)),
         (k("vocab_size"), Value::U32(vocab as u32)),
     ];
     meta.extend(tok.gguf_metadata(vocab)?);
     write_gguf(out, &meta, &tensors)?;
     let bytes = std::fs::metadata(out)?.len();
-    Ok(ConvertReport {
-        path: out.to_path_buf(),
-        bytes,
-        tensors: tensors.len(),
-        fallbacks,
-    })
+    Ok(ConvertReport { path: out.to_path_buf(), bytes, tensors: tensors.len(), fallbacks })
 }
 
 /// Write metadata and tensors (in the given order) with candle's GGUF writer.
-pub fn write_gguf(
-    out: &Path,
-    meta: &[(String, Value)],
-    tensors: &[(String, QTensor)],
-) -> Result<()> {
-    let file =
-        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+pub fn write_gguf(out: &Path, meta: &[(String, Value)], tensors: &[(String, QTensor)]) -> Result<()> {
+    let file = std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -321,10 +242,7 @@ pub fn write_gguf(
 /// convert_hf_to_gguf's `permute`: rows of each head go from rotate-half to interleaved order.
 fn permute_rows(w: &Tensor, n_head: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
-    Ok(w.reshape((n_head, 2, rows / n_head / 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
+    Ok(w.reshape((n_head, 2, rows / n_head / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
 }
 
 /// All tensors of model.safetensors or of a sharded model (model.safetensors.index.json).
@@ -334,17 +252,11 @@ fn load_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
         vec![single]
     } else {
         let index = dir.join("model.safetensors.index.json");
-        let text = std::fs::read_to_string(&index).with_context(|| {
-            format!(
-                "{} has neither model.safetensors nor its index",
-                dir.display()
-            )
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = v["weight_map"]
-            .as_object()
-            .ok_or_else(|| anyhow!("{}: no `weight_map`", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("{} has neither model.safetensors nor its index", dir.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = v["weight_map"].as_object().ok_or_else(|| anyhow!("{}: no `weight_map`", index.display()))?;
         let names: HashSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
         let mut names: Vec<&str> = names.into_iter().collect();
         names.sort();
@@ -352,8 +264,8 @@ fn load_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
     };
     let mut all = HashMap::new();
     for f in files {
-        let t = candle_core::safetensors::load(&f, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", f.display()))?;
+        let t =
+            candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("cannot read {}", f.display()))?;
         all.extend(t);
     }
     Ok(all)

@@ -18,16 +18,11 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path)
-            .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("cannot open GGUF file {}", path.display()))?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            content,
-            reader,
-        })
+        let content =
+            Content::read(&mut reader).map_err(|e| anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), content, reader })
     }
 
     pub fn meta(&self, key: &str) -> Option<&Value> {
@@ -35,9 +30,7 @@ impl GgufFile {
     }
 
     pub fn meta_u32(&self, key: &str) -> Result<u32> {
-        let v = self
-            .meta(key)
-            .ok_or_else(|| anyhow!("{}: missing metadata key `{key}`", self.path.display()))?;
+        let v = self.meta(key).ok_or_else(|| anyhow!("{}: missing metadata key `{key}`", self.path.display()))?;
         // Writers differ in integer widths; accept any non-negative integer that fits.
         let n: u64 = match v {
             Value::U8(x) => *x as u64,
@@ -48,17 +41,9 @@ impl GgufFile {
             Value::I16(x) if *x >= 0 => *x as u64,
             Value::I32(x) if *x >= 0 => *x as u64,
             Value::I64(x) if *x >= 0 => *x as u64,
-            _ => bail!(
-                "{}: metadata `{key}` is not a non-negative integer",
-                self.path.display()
-            ),
+            _ => bail!("{}: metadata `{key}` is not a non-negative integer", self.path.display()),
         };
-        u32::try_from(n).map_err(|_| {
-            anyhow!(
-                "{}: metadata `{key}` = {n} is too large",
-                self.path.display()
-            )
-        })
+        u32::try_from(n).map_err(|_| anyhow!("{}: metadata `{key}` = {n} is too large", self.path.display()))
     }
 
     pub fn meta_f32(&self, key: &str) -> Result<f32> {
@@ -110,10 +95,7 @@ impl GgufFile {
         let (dtype, dims) = self.tensor_meta(name)?;
         let elems: usize = dims.iter().product();
         if elems % dtype.block_size() != 0 {
-            bail!(
-                "{}: tensor `{name}` has {elems} elements, not a multiple of its block size",
-                self.path.display()
-            );
+            bail!("{}: tensor `{name}` has {elems} elements, not a multiple of its block size", self.path.display());
         }
         let size = elems / dtype.block_size() * dtype.type_size();
         let offset = self.content.tensor_data_offset + self.content.tensor_infos[name].offset;
@@ -130,10 +112,7 @@ impl GgufFile {
         let (dtype, _) = self.tensor_meta(name)?;
         if dtype == GgmlDType::F32 {
             let bytes = self.tensor_bytes(name)?;
-            return Ok(bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect());
+            return Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
         }
         let dev = candle_core::Device::Cpu;
         let q = self.content.tensor(&mut self.reader, name, &dev)?;

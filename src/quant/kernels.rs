@@ -29,11 +29,7 @@ pub struct QuantizedActs {
 impl QuantizedActs {
     /// Quantize `t` rows of `k` floats (row-major); `k` must be a multiple of 32.
     pub fn quantize(x: &[f32], k: usize) -> Self {
-        assert!(
-            k % QK == 0 && x.len() % k == 0,
-            "activation length {} not a multiple of block row {k}",
-            x.len()
-        );
+        assert!(k % QK == 0 && x.len() % k == 0, "activation length {} not a multiple of block row {k}", x.len());
         let t = x.len() / k;
         let nb = x.len() / QK;
         let mut qs = vec![0i8; x.len()];
@@ -59,11 +55,7 @@ impl QuantizedActs {
 
     fn row(&self, i: usize) -> (&[i8], &[f32], &[f32]) {
         let nb = self.k / QK;
-        (
-            &self.qs[i * self.k..(i + 1) * self.k],
-            &self.d[i * nb..(i + 1) * nb],
-            &self.dsum[i * nb..(i + 1) * nb],
-        )
+        (&self.qs[i * self.k..(i + 1) * self.k], &self.d[i * nb..(i + 1) * nb], &self.dsum[i * nb..(i + 1) * nb])
     }
 }
 
@@ -164,12 +156,7 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     // Chunks small enough to balance busy cores, large enough to amortise scheduling.
     let chunk = (total_rows / (threads * 8)).clamp(16, 512);
     for (ji, j) in jobs.iter().enumerate() {
-        assert_eq!(
-            j.w.len(),
-            j.rows * nb * j.kind.block_bytes(),
-            "weight bytes do not match {}x{k}",
-            j.rows
-        );
+        assert_eq!(j.w.len(), j.rows * nb * j.kind.block_bytes(), "weight bytes do not match {}x{k}", j.rows);
         assert_eq!(j.out.len(), j.rows * t);
         let mut r = 0;
         while r < j.rows {
@@ -177,12 +164,8 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
             r += chunk;
         }
     }
-    let outs: Vec<SyncPtr> = jobs
-        .iter_mut()
-        .map(|j| SyncPtr(j.out.as_mut_ptr()))
-        .collect();
-    let jobs_ro: Vec<(BlockKind, &[u8], usize)> =
-        jobs.iter().map(|j| (j.kind, j.w, j.rows)).collect();
+    let outs: Vec<SyncPtr> = jobs.iter_mut().map(|j| SyncPtr(j.out.as_mut_ptr())).collect();
+    let jobs_ro: Vec<(BlockKind, &[u8], usize)> = jobs.iter().map(|j| (j.kind, j.w, j.rows)).collect();
     let run = |&(ji, r0, r1): &(usize, usize, usize)| {
         let (kind, w, rows) = jobs_ro[ji];
         let row_bytes = nb * kind.block_bytes();
@@ -220,14 +203,7 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
 }
 
 /// `o[r][j] = dot(w[r], acts[j])` for 1 or 4 rows and 1 or 2 activation rows.
-fn block_dots(
-    kind: BlockKind,
-    avx2: bool,
-    w: &[&[u8]],
-    acts: &[ActRow],
-    nb: usize,
-    o: &mut [[f32; 2]; 4],
-) {
+fn block_dots(kind: BlockKind, avx2: bool, w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: features checked at run time; rows and act rows hold nb blocks each.
@@ -250,11 +226,7 @@ fn portable_dot(kind: BlockKind, row: &[u8], (aq, ad, dsum): ActRow, nb: usize) 
         let a = &aq[b * QK..(b + 1) * QK];
         match kind {
             BlockKind::Q8_0 => {
-                let s: i32 = q
-                    .iter()
-                    .zip(a)
-                    .map(|(&x, &y)| (x as i8 as i32) * (y as i32))
-                    .sum();
+                let s: i32 = q.iter().zip(a).map(|(&x, &y)| (x as i8 as i32) * (y as i32)).sum();
                 total += dw * ad[b] * s as f32;
             }
             BlockKind::Q4_0 => {
@@ -330,13 +302,7 @@ mod avx2_impl {
         }
     }
 
-    pub unsafe fn block_dots(
-        kind: BlockKind,
-        w: &[&[u8]],
-        acts: &[ActRow],
-        nb: usize,
-        o: &mut [[f32; 2]; 4],
-    ) {
+    pub unsafe fn block_dots(kind: BlockKind, w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
         unsafe {
             match (kind, w.len(), acts.len()) {
                 (BlockKind::Q4_0, 4, 1) => rn::<true, 4, 1>(w, acts, nb, o),
@@ -406,10 +372,7 @@ mod avx2_impl {
                 for r in 0..R {
                     let dw = scales8(wd[r].add(2 * g), n8);
                     for j in 0..N {
-                        _mm256_storeu_ps(
-                            scl[r][j].as_mut_ptr(),
-                            _mm256_mul_ps(dw, load8(ad[j].add(g), n8)),
-                        );
+                        _mm256_storeu_ps(scl[r][j].as_mut_ptr(), _mm256_mul_ps(dw, load8(ad[j].add(g), n8)));
                         if Q4 {
                             off[r][j] = _mm256_fmadd_ps(dw, load8(ds[j].add(g), n8), off[r][j]);
                         }
@@ -417,26 +380,16 @@ mod avx2_impl {
                 }
                 for bi in 0..n8 {
                     let b = g + bi;
-                    let av: [__m256i; N] = std::array::from_fn(|j| {
-                        _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i)
-                    });
+                    let av: [__m256i; N] =
+                        std::array::from_fn(|j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i));
                     for r in 0..R {
                         if Q4 {
                             let raw = _mm_loadu_si128(wq[r].add(b * 16) as *const __m128i);
-                            let q = _mm256_set_m128i(
-                                _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                                _mm_and_si128(raw, mask),
-                            );
+                            let q =
+                                _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
                             for j in 0..N {
-                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                                    _mm256_maddubs_epi16(q, av[j]),
-                                    ones,
-                                ));
-                                acc[r][j] = _mm256_fmadd_ps(
-                                    _mm256_broadcast_ss(&scl[r][j][bi]),
-                                    p,
-                                    acc[r][j],
-                                );
+                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, av[j]), ones));
+                                acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[r][j][bi]), p, acc[r][j]);
                             }
                         } else {
                             let q = _mm256_loadu_si256(wq[r].add(b * 32) as *const __m256i);
@@ -444,11 +397,7 @@ mod avx2_impl {
                             for j in 0..N {
                                 let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], q));
                                 let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                                acc[r][j] = _mm256_fmadd_ps(
-                                    _mm256_broadcast_ss(&scl[r][j][bi]),
-                                    p,
-                                    acc[r][j],
-                                );
+                                acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[r][j][bi]), p, acc[r][j]);
                             }
                         }
                     }
@@ -471,11 +420,7 @@ mod avx2_impl {
             let mut acc1 = _mm256_setzero_ps();
             let mut i = 0;
             while i + 16 <= n {
-                acc0 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(a.as_ptr().add(i)),
-                    _mm256_loadu_ps(b.as_ptr().add(i)),
-                    acc0,
-                );
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc0);
                 acc1 = _mm256_fmadd_ps(
                     _mm256_loadu_ps(a.as_ptr().add(i + 8)),
                     _mm256_loadu_ps(b.as_ptr().add(i + 8)),
@@ -513,9 +458,7 @@ mod tests {
     fn quantize_q4_0_row(x: &[f32]) -> Vec<u8> {
         let mut out = Vec::new();
         for blk in x.chunks(QK) {
-            let max = blk
-                .iter()
-                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let max = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
             let d = max / -8.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
@@ -549,16 +492,8 @@ mod tests {
             let x = pseudo(t * k, 2);
             let acts = QuantizedActs::quantize(&x, k);
             for (kind, bytes, tol) in [
-                (
-                    BlockKind::Q8_0,
-                    w.chunks(k).flat_map(quantize_q8_0_row).collect::<Vec<_>>(),
-                    0.15,
-                ),
-                (
-                    BlockKind::Q4_0,
-                    w.chunks(k).flat_map(quantize_q4_0_row).collect::<Vec<_>>(),
-                    0.6,
-                ),
+                (BlockKind::Q8_0, w.chunks(k).flat_map(quantize_q8_0_row).collect::<Vec<_>>(), 0.15),
+                (BlockKind::Q4_0, w.chunks(k).flat_map(quantize_q4_0_row).collect::<Vec<_>>(), 0.6),
             ] {
                 let mut bytes = bytes;
                 // Quantization error of a dot product grows like sqrt(k): tolerances are for k = 96.
@@ -576,12 +511,8 @@ mod tests {
                             (got - exact).abs() < tol,
                             "{kind:?} k{k} r{r} t{ti}: {got} vs {exact} (portable {pd})"
                         );
-                        let portable = [portable_dot(
-                            kind,
-                            &bytes[r * row_bytes..(r + 1) * row_bytes],
-                            acts.row(ti),
-                            k / QK,
-                        )];
+                        let portable =
+                            [portable_dot(kind, &bytes[r * row_bytes..(r + 1) * row_bytes], acts.row(ti), k / QK)];
                         assert!(
                             (portable[0] - got).abs() < 1e-3 * (1.0 + got.abs()),
                             "{kind:?} simd {got} vs portable {}",

@@ -32,27 +32,15 @@ pub struct QConfig {
 
 /// A weight matrix `rows x cols` applied as `y = W x`.
 pub enum Weight {
-    Blocks {
-        kind: BlockKind,
-        bytes: super::hugebuf::HugeBuf,
-        rows: usize,
-        cols: usize,
-    },
-    F32 {
-        data: Vec<f32>,
-        rows: usize,
-        cols: usize,
-    },
+    Blocks { kind: BlockKind, bytes: super::hugebuf::HugeBuf, rows: usize, cols: usize },
+    F32 { data: Vec<f32>, rows: usize, cols: usize },
 }
 
 impl Weight {
     fn load(f: &mut GgufFile, name: &str) -> Result<Self> {
         let (dtype, dims) = f.tensor_meta(name)?;
         if dims.len() != 2 {
-            bail!(
-                "{}: tensor `{name}` should be a matrix, has shape {dims:?}",
-                f.path.display()
-            );
+            bail!("{}: tensor `{name}` should be a matrix, has shape {dims:?}", f.path.display());
         }
         let (rows, cols) = (dims[0], dims[1]);
         let kind = match dtype {
@@ -72,11 +60,7 @@ impl Weight {
                 cols,
             },
             // Other types (F16, K-quants, ...) run through the f32 path: correct, not the fast one.
-            None => Weight::F32 {
-                data: f.tensor_f32(name)?,
-                rows,
-                cols,
-            },
+            None => Weight::F32 { data: f.tensor_f32(name)?, rows, cols },
         })
     }
 
@@ -103,9 +87,7 @@ impl Weight {
     /// `out[t] = W x[t]` for `x` holding `t` rows of `cols`.
     fn apply(&self, x: &Input, out: &mut [f32]) {
         match self {
-            Weight::Blocks {
-                kind, bytes, rows, ..
-            } => kernels::matmul_q(*kind, bytes, *rows, x.acts(), out),
+            Weight::Blocks { kind, bytes, rows, .. } => kernels::matmul_q(*kind, bytes, *rows, x.acts(), out),
             Weight::F32 { data, rows, cols } => kernels::matmul_f32(data, *rows, x.x, *cols, out),
         }
     }
@@ -113,21 +95,13 @@ impl Weight {
     /// Apply several weights to the same input in one parallel region when they are all
     /// block-quantized (fewer thread wake-ups per token).
     fn apply_group(group: &mut [(&Weight, &mut [f32])], x: &Input) {
-        if group
-            .iter()
-            .all(|(w, _)| matches!(w, Weight::Blocks { .. }))
-        {
+        if group.iter().all(|(w, _)| matches!(w, Weight::Blocks { .. })) {
             let mut jobs: Vec<kernels::MatJob> = group
                 .iter_mut()
                 .map(|(w, out)| match w {
-                    Weight::Blocks {
-                        kind, bytes, rows, ..
-                    } => kernels::MatJob {
-                        kind: *kind,
-                        w: bytes,
-                        rows: *rows,
-                        out: &mut **out,
-                    },
+                    Weight::Blocks { kind, bytes, rows, .. } => {
+                        kernels::MatJob { kind: *kind, w: bytes, rows: *rows, out: &mut **out }
+                    }
                     Weight::F32 { .. } => unreachable!("checked above"),
                 })
                 .collect();
@@ -143,9 +117,7 @@ impl Weight {
     fn row(&self, r: usize, out: &mut [f32]) {
         match self {
             Weight::F32 { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
-            Weight::Blocks {
-                kind, bytes, cols, ..
-            } => {
+            Weight::Blocks { kind, bytes, cols, .. } => {
                 let bb = kind.block_bytes();
                 let nb = cols / QK;
                 let row = &bytes[r * nb * bb..(r + 1) * nb * bb];
@@ -181,15 +153,10 @@ struct Input<'a> {
 
 impl<'a> Input<'a> {
     fn new(x: &'a [f32], k: usize) -> Self {
-        Self {
-            x,
-            k,
-            acts: std::cell::OnceCell::new(),
-        }
+        Self { x, k, acts: std::cell::OnceCell::new() }
     }
     fn acts(&self) -> &QuantizedActs {
-        self.acts
-            .get_or_init(|| QuantizedActs::quantize(self.x, self.k))
+        self.acts.get_or_init(|| QuantizedActs::quantize(self.x, self.k))
     }
 }
 
@@ -253,10 +220,7 @@ impl QModel {
         let rope_neox = match arch.as_str() {
             "qwen2" => true,
             "llama" => false,
-            other => bail!(
-                "{}: architecture `{other}` is not supported (qwen2, llama)",
-                path.display()
-            ),
+            other => bail!("{}: architecture `{other}` is not supported (qwen2, llama)", path.display()),
         };
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = f.meta_u32(&key("embedding_length"))? as usize;
@@ -289,11 +253,7 @@ impl QModel {
             let n = |s: &str| format!("blk.{i}.{s}");
             let bias = |f: &mut GgufFile, s: &str| -> Result<Option<Vec<f32>>> {
                 let name = n(s);
-                if f.has_tensor(&name) {
-                    Ok(Some(f.tensor_f32(&name)?))
-                } else {
-                    Ok(None)
-                }
+                if f.has_tensor(&name) { Ok(Some(f.tensor_f32(&name)?)) } else { Ok(None) }
             };
             layers.push(Layer {
                 attn_norm: f.tensor_f32(&n("attn_norm.weight"))?,
@@ -311,40 +271,21 @@ impl QModel {
             });
         }
         let out_norm = f.tensor_f32("output_norm.weight")?;
-        let output = if f.has_tensor("output.weight") {
-            Some(Weight::load(&mut f, "output.weight")?)
-        } else {
-            None
-        };
-        let inv_freq = (0..cfg.head_dim / 2)
-            .map(|i| cfg.rope_base.powf(-2.0 * i as f32 / cfg.head_dim as f32))
-            .collect();
-        Ok(Self {
-            cfg,
-            embed,
-            layers,
-            out_norm,
-            output,
-            inv_freq,
-        })
+        let output = if f.has_tensor("output.weight") { Some(Weight::load(&mut f, "output.weight")?) } else { None };
+        let inv_freq =
+            (0..cfg.head_dim / 2).map(|i| cfg.rope_base.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect();
+        Ok(Self { cfg, embed, layers, out_norm, output, inv_freq })
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache {
-            k: vec![Vec::new(); self.cfg.layers],
-            v: vec![Vec::new(); self.cfg.layers],
-            len: 0,
-        }
+        KvCache { k: vec![Vec::new(); self.cfg.layers], v: vec![Vec::new(); self.cfg.layers], len: 0 }
     }
 
     /// Total bytes of weights held (for reporting).
     pub fn weight_bytes(&self) -> usize {
         let mut n = self.embed.size_bytes() + self.output.as_ref().map_or(0, |w| w.size_bytes());
         for l in &self.layers {
-            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
-                .iter()
-                .map(|w| w.size_bytes())
-                .sum::<usize>();
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.size_bytes()).sum::<usize>();
         }
         n
     }
@@ -359,11 +300,7 @@ impl QModel {
                 bail!("forward called with an empty token list");
             }
             if s.cache.len + s.tokens.len() > c.context {
-                bail!(
-                    "sequence of {} tokens exceeds the model context of {}",
-                    s.cache.len + s.tokens.len(),
-                    c.context
-                );
+                bail!("sequence of {} tokens exceeds the model context of {}", s.cache.len + s.tokens.len(), c.context);
             }
             if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
                 bail!("token id {t} is outside the vocabulary of {}", c.vocab);
@@ -399,14 +336,7 @@ impl QModel {
             rms_norm(&x, &layer.attn_norm, c.eps, &mut normed);
             {
                 let inp = Input::new(&normed, h);
-                Weight::apply_group(
-                    &mut [
-                        (&layer.wq, &mut q),
-                        (&layer.wk, &mut k),
-                        (&layer.wv, &mut v),
-                    ],
-                    &inp,
-                );
+                Weight::apply_group(&mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)], &inp);
             }
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
@@ -440,13 +370,9 @@ impl QModel {
             if t == 1 {
                 silu((&mut gate, &up));
             } else {
-                gate.par_chunks_mut(4096)
-                    .zip(up.par_chunks(4096))
-                    .for_each(silu);
+                gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(silu);
             }
-            layer
-                .down
-                .apply(&Input::new(&gate, c.intermediate), &mut proj);
+            layer.down.apply(&Input::new(&gate, c.intermediate), &mut proj);
             add_into(&mut x, &proj);
         }
         for s in steps.iter_mut() {
@@ -471,18 +397,10 @@ impl QModel {
         let hd = self.cfg.head_dim;
         let half = hd / 2;
         // One sin/cos per frequency, shared by all heads of this token.
-        let sc: Vec<(f32, f32)> = self
-            .inv_freq
-            .iter()
-            .map(|f| (pos as f32 * f).sin_cos())
-            .collect();
+        let sc: Vec<(f32, f32)> = self.inv_freq.iter().map(|f| (pos as f32 * f).sin_cos()).collect();
         for head in v.chunks_mut(hd) {
             for (i, &(s, c)) in sc.iter().enumerate().take(half) {
-                let (a, b) = if self.cfg.rope_neox {
-                    (i, i + half)
-                } else {
-                    (2 * i, 2 * i + 1)
-                };
+                let (a, b) = if self.cfg.rope_neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * c - x1 * s;
                 head[b] = x0 * s + x1 * c;
@@ -492,15 +410,7 @@ impl QModel {
 
     /// Causal attention of every new token over its own sequence's cache, parallel over
     /// (sequence, head).
-    fn attention(
-        &self,
-        steps: &[SeqStep],
-        li: usize,
-        q: &[f32],
-        pos: &[usize],
-        owner: &[usize],
-        out: &mut [f32],
-    ) {
+    fn attention(&self, steps: &[SeqStep], li: usize, q: &[f32], pos: &[usize], owner: &[usize], out: &mut [f32]) {
         let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let kvd = c.kv_heads * hd;
@@ -514,9 +424,7 @@ impl QModel {
         for i in 1..starts.len() {
             starts[i] = starts[i].max(starts[i - 1]);
         }
-        let jobs: Vec<(usize, usize)> = (0..steps.len())
-            .flat_map(|s| (0..c.heads).map(move |hh| (s, hh)))
-            .collect();
+        let jobs: Vec<(usize, usize)> = (0..steps.len()).flat_map(|s| (0..c.heads).map(move |hh| (s, hh))).collect();
         let one = |&(s, head): &(usize, usize)| {
             let kc = &steps[s].cache.k[li];
             let vc = &steps[s].cache.v[li];
@@ -549,15 +457,11 @@ impl QModel {
         };
         // Short contexts are cheaper serially than a wake-up of the worker threads.
         let work: usize = pos.iter().map(|p| p + 1).sum::<usize>() * c.heads * hd;
-        let results: Vec<Vec<f32>> = if work < (1 << 18) {
-            jobs.iter().map(one).collect()
-        } else {
-            jobs.par_iter().map(one).collect()
-        };
+        let results: Vec<Vec<f32>> =
+            if work < (1 << 18) { jobs.iter().map(one).collect() } else { jobs.par_iter().map(one).collect() };
         for (&(s, head), res) in jobs.iter().zip(results) {
             for (ri, r) in (starts[s]..starts[s + 1]).enumerate() {
-                out[r * h + head * hd..r * h + (head + 1) * hd]
-                    .copy_from_slice(&res[ri * hd..(ri + 1) * hd]);
+                out[r * h + head * hd..r * h + (head + 1) * hd].copy_from_slice(&res[ri * hd..(ri + 1) * hd]);
             }
         }
     }

@@ -31,49 +31,27 @@ pub struct TokenizerMeta {
 impl TokenizerMeta {
     pub fn read(dir: &Path, cfg: &HfConfig) -> Result<Self> {
         let tpath = dir.join("tokenizer.json");
-        let text = std::fs::read_to_string(&tpath)
-            .with_context(|| format!("cannot read {}", tpath.display()))?;
-        let tj: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", tpath.display()))?;
+        let text = std::fs::read_to_string(&tpath).with_context(|| format!("cannot read {}", tpath.display()))?;
+        let tj: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", tpath.display()))?;
         let model = &tj["model"];
         if model["type"].as_str().unwrap_or("BPE") != "BPE" {
-            bail!(
-                "{}: only BPE tokenizers can be written to GGUF (found `{}`)",
-                tpath.display(),
-                model["type"]
-            );
+            bail!("{}: only BPE tokenizers can be written to GGUF (found `{}`)", tpath.display(), model["type"]);
         }
-        let vocab = model["vocab"]
-            .as_object()
-            .ok_or_else(|| anyhow!("{}: no `model.vocab`", tpath.display()))?;
+        let vocab = model["vocab"].as_object().ok_or_else(|| anyhow!("{}: no `model.vocab`", tpath.display()))?;
         let mut tokens = HashMap::new();
         for (s, id) in vocab {
-            let id = id
-                .as_u64()
-                .ok_or_else(|| anyhow!("{}: vocab entry has a non-integer id", tpath.display()))?;
+            let id = id.as_u64().ok_or_else(|| anyhow!("{}: vocab entry has a non-integer id", tpath.display()))?;
             tokens.insert(id as u32, (s.clone(), NORMAL));
         }
-        let mut by_content: HashMap<String, u32> =
-            tokens.iter().map(|(id, (s, _))| (s.clone(), *id)).collect();
-        for (i, at) in tj["added_tokens"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let id = at["id"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("{}: added_tokens[{i}] has no id", tpath.display()))?
-                as u32;
+        let mut by_content: HashMap<String, u32> = tokens.iter().map(|(id, (s, _))| (s.clone(), *id)).collect();
+        for (i, at) in tj["added_tokens"].as_array().map(|a| a.as_slice()).unwrap_or(&[]).iter().enumerate() {
+            let id =
+                at["id"].as_u64().ok_or_else(|| anyhow!("{}: added_tokens[{i}] has no id", tpath.display()))? as u32;
             let content = at["content"]
                 .as_str()
                 .ok_or_else(|| anyhow!("{}: added_tokens[{i}] has no content", tpath.display()))?;
-            let ty = if at["special"].as_bool().unwrap_or(false) {
-                CONTROL
-            } else {
-                USER_DEFINED
-            };
+            let ty = if at["special"].as_bool().unwrap_or(false) { CONTROL } else { USER_DEFINED };
             tokens.insert(id, (content.to_string(), ty));
             by_content.insert(content.to_string(), id);
         }
@@ -83,15 +61,10 @@ impl TokenizerMeta {
                 .enumerate()
                 .map(|(i, m)| match m {
                     serde_json::Value::String(s) => Ok(s.clone()),
-                    serde_json::Value::Array(p) if p.len() == 2 => Ok(format!(
-                        "{} {}",
-                        p[0].as_str().unwrap_or_default(),
-                        p[1].as_str().unwrap_or_default()
-                    )),
-                    _ => bail!(
-                        "{}: merges[{i}] is neither \"a b\" nor [a, b]",
-                        tpath.display()
-                    ),
+                    serde_json::Value::Array(p) if p.len() == 2 => {
+                        Ok(format!("{} {}", p[0].as_str().unwrap_or_default(), p[1].as_str().unwrap_or_default()))
+                    }
+                    _ => bail!("{}: merges[{i}] is neither \"a b\" nor [a, b]", tpath.display()),
                 })
                 .collect::<Result<Vec<_>>>()?,
             None => Vec::new(),
@@ -100,8 +73,7 @@ impl TokenizerMeta {
 
         let cpath = dir.join("tokenizer_config.json");
         let tc: serde_json::Value = match std::fs::read_to_string(&cpath) {
-            Ok(t) => serde_json::from_str(&t)
-                .with_context(|| format!("{} is not valid JSON", cpath.display()))?,
+            Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not valid JSON", cpath.display()))?,
             Err(_) => serde_json::Value::Null,
         };
         let special = |key: &str| -> Option<u32> {
@@ -112,9 +84,7 @@ impl TokenizerMeta {
         let cfg_id = |v: &Option<serde_json::Value>| -> Option<u32> {
             match v {
                 Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32),
-                Some(serde_json::Value::Array(a)) => {
-                    a.first().and_then(|n| n.as_u64()).map(|n| n as u32)
-                }
+                Some(serde_json::Value::Array(a)) => a.first().and_then(|n| n.as_u64()).map(|n| n as u32),
                 _ => None,
             }
         };
@@ -143,9 +113,7 @@ impl TokenizerMeta {
     pub fn gguf_metadata(&self, vocab: usize) -> Result<Vec<(String, Value)>> {
         if let Some(max) = self.tokens.keys().max() {
             if *max as usize >= vocab {
-                bail!(
-                    "tokenizer defines token id {max} but the model has only {vocab} embedding rows"
-                );
+                bail!("tokenizer defines token id {max} but the model has only {vocab} embedding rows");
             }
         }
         let mut seen = HashSet::new();
@@ -162,44 +130,23 @@ impl TokenizerMeta {
             types.push(Value::I32(ty));
         }
         let mut meta = vec![
-            (
-                "tokenizer.ggml.model".to_string(),
-                Value::String("gpt2".into()),
-            ),
-            (
-                "tokenizer.ggml.pre".to_string(),
-                Value::String(self.pre.into()),
-            ),
+            ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".to_string(), Value::String(self.pre.into())),
             ("tokenizer.ggml.tokens".to_string(), Value::Array(strings)),
             ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
             (
                 "tokenizer.ggml.merges".to_string(),
-                Value::Array(
-                    self.merges
-                        .iter()
-                        .map(|m| Value::String(m.clone()))
-                        .collect(),
-                ),
+                Value::Array(self.merges.iter().map(|m| Value::String(m.clone())).collect()),
             ),
-            (
-                "tokenizer.ggml.add_bos_token".to_string(),
-                Value::Bool(self.add_bos),
-            ),
+            ("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(self.add_bos)),
         ];
-        for (key, id) in [
-            ("bos_token_id", self.bos),
-            ("eos_token_id", self.eos),
-            ("padding_token_id", self.pad),
-        ] {
+        for (key, id) in [("bos_token_id", self.bos), ("eos_token_id", self.eos), ("padding_token_id", self.pad)] {
             if let Some(id) = id {
                 meta.push((format!("tokenizer.ggml.{key}"), Value::U32(id)));
             }
         }
         if let Some(t) = &self.chat_template {
-            meta.push((
-                "tokenizer.chat_template".to_string(),
-                Value::String(t.clone()),
-            ));
+            meta.push(("tokenizer.chat_template".to_string(), Value::String(t.clone())));
         }
         Ok(meta)
     }

@@ -58,7 +58,13 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
     );
     let _ = write!(html, "<p class=\"meta\">manifest <code>{}</code>", escape(&manifest.path.display().to_string()));
     if let Some(r) = &last_run {
-        let _ = write!(html, " · last run {} → {} · {}", escape(&r.started), escape(&r.finished), if r.ok { "ok" } else { "with failures" });
+        let _ = write!(
+            html,
+            " · last run {} → {} · {}",
+            escape(&r.started),
+            escape(&r.finished),
+            if r.ok { "ok" } else { "with failures" }
+        );
     }
     html += "</p><h2>Pipeline</h2><div class=\"dag\">";
     html += &dag_svg::dag_svg(&dag, &states);
@@ -77,8 +83,12 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
             .take(8)
             .map(|(k, v)| format!("{k}={}", v.as_f64().map(fmt_num).unwrap_or_default()))
             .collect();
-        let why = if s.up_to_date { String::new() } else { format!("<br><small>{}</small>", escape(&s.reasons.join("; "))) };
-        let err = run.and_then(|r| r.error.clone()).map(|e| format!("<br><small class=\"err\">{}</small>", escape(&e))).unwrap_or_default();
+        let why =
+            if s.up_to_date { String::new() } else { format!("<br><small>{}</small>", escape(&s.reasons.join("; "))) };
+        let err = run
+            .and_then(|r| r.error.clone())
+            .map(|e| format!("<br><small class=\"err\">{}</small>", escape(&e)))
+            .unwrap_or_default();
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}{why}{err}</td><td>{secs}</td><td><small>{}</small></td></tr>",
@@ -112,7 +122,8 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
         html += "<h2>Charts</h2><div class=\"charts\">";
         for (title, path) in &charts {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            let body = if size <= MAX_SVG_BYTES { std::fs::read_to_string(path).unwrap_or_default() } else { String::new() };
+            let body =
+                if size <= MAX_SVG_BYTES { std::fs::read_to_string(path).unwrap_or_default() } else { String::new() };
             let body = if body.trim_start().starts_with("<svg") || body.trim_start().starts_with("<?xml") {
                 body
             } else {
@@ -139,7 +150,13 @@ fn restrict(path: &Path) {
 }
 
 fn fmt_num(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e12 { format!("{f:.0}") } else if f.abs() >= 100.0 { format!("{f:.1}") } else { format!("{f:.4}") }
+    if f.fract() == 0.0 && f.abs() < 1e12 {
+        format!("{f:.0}")
+    } else if f.abs() >= 100.0 {
+        format!("{f:.1}")
+    } else {
+        format!("{f:.4}")
+    }
 }
 
 fn eval_table(e: &EvalReport) -> String {
@@ -206,7 +223,10 @@ fn examples(e: &EvalReport) -> String {
 }
 
 fn bubbles(reply: &str) -> String {
-    crate::stages::eval::style::bubbles(reply).iter().map(|b| format!("<span class=\"bubble\">{}</span>", escape(b))).collect()
+    crate::stages::eval::style::bubbles(reply)
+        .iter()
+        .map(|b| format!("<span class=\"bubble\">{}</span>", escape(b)))
+        .collect()
 }
 
 const CSS: &str = "body{font-family:-apple-system,'PingFang SC','Noto Sans CJK SC',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\

@@ -181,7 +181,12 @@ impl ChatTemplate {
 }
 
 /// The few Python string/dict methods HF chat templates call.
-fn python_methods(_: &minijinja::State, value: &Value, method: &str, args: &[Value]) -> Result<Value, minijinja::Error> {
+fn python_methods(
+    _: &minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, minijinja::Error> {
     let unknown = || Err(minijinja::Error::from(ErrorKind::UnknownMethod));
     if let Some(s) = value.as_str() {
         let arg = |i: usize| args.get(i).and_then(|a| a.as_str().map(str::to_string));
@@ -242,7 +247,10 @@ mod tests {
     fn chatml_renders_and_python_methods_work() {
         let t = ChatTemplate::chatml();
         let out = t.render(&[ChatMessage::new("system", "你是我"), ChatMessage::new("user", "在吗")], true).unwrap();
-        assert_eq!(out, "<|im_start|>system\n你是我<|im_end|>\n<|im_start|>user\n在吗<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>system\n你是我<|im_end|>\n<|im_start|>user\n在吗<|im_end|>\n<|im_start|>assistant\n"
+        );
         let t = ChatTemplate::new(
             "{% for m in messages %}{{ m.content.strip() }}{% if m.role.startswith('us') %}!{% endif %}{% endfor %}",
             "",

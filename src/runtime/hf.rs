@@ -52,7 +52,8 @@ pub fn read_weights(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     };
     let mut out = HashMap::new();
     for f in files {
-        let part = candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
+        let part =
+            candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
         out.extend(part);
     }
     Ok(out)
@@ -68,7 +69,8 @@ pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> 
     let tc = dir.join("tokenizer_config.json");
     let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
     let weights = read_weights(dir)?;
-    let model = Model::from_tensors(cfg, weights, mode, seed, device).with_context(|| format!("loading {}", dir.display()))?;
+    let model =
+        Model::from_tensors(cfg, weights, mode, seed, device).with_context(|| format!("loading {}", dir.display()))?;
     if tokenizer.vocab_size() > model.cfg.vocab_size {
         bail!(
             "{}: tokenizer has {} tokens but the model's vocab_size is {}",
@@ -82,7 +84,12 @@ pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> 
 
 /// Write a merged HF folder: config.json, model.safetensors (f32, LoRA folded in), and the
 /// tokenizer files copied from `tokenizer_dir`.
-pub fn save_hf_dir(dir: &Path, model: &Model, raw_config: &serde_json::Value, tokenizer_dir: &Path) -> anyhow::Result<()> {
+pub fn save_hf_dir(
+    dir: &Path,
+    model: &Model,
+    raw_config: &serde_json::Value,
+    tokenizer_dir: &Path,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut config = raw_config.clone();
     if let Some(obj) = config.as_object_mut() {
@@ -131,7 +138,12 @@ impl SharedBase {
             .map(|(k, v)| Ok((k, v.to_device(device)?.to_dtype(candle_core::DType::F32)?)))
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
         if tokenizer.vocab_size() > cfg.vocab_size {
-            bail!("{}: tokenizer has {} tokens but the model's vocab_size is {}", dir.display(), tokenizer.vocab_size(), cfg.vocab_size);
+            bail!(
+                "{}: tokenizer has {} tokens but the model's vocab_size is {}",
+                dir.display(),
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            );
         }
         Ok(SharedBase { raw_config, tokenizer, template, cfg, weights, device: device.clone() })
     }

@@ -196,12 +196,12 @@ impl Model {
         let embed = take(&mut loader, "model.embed_tokens.weight", &[cfg.vocab_size, h], &mut trainable)?;
         let linear = |loader: &mut Loader,
                       module: String,
-                          short: &str,
-                          out: usize,
-                          inp: usize,
-                          bias: bool,
-                          trainable: &mut Vec<(String, Var)>,
-                          rng: &mut ChaCha8Rng|
+                      short: &str,
+                      out: usize,
+                      inp: usize,
+                      bias: bool,
+                      trainable: &mut Vec<(String, Var)>,
+                      rng: &mut ChaCha8Rng|
          -> anyhow::Result<Linear> {
             let w = take(loader, &format!("{module}.weight"), &[out, inp], trainable)?;
             let bias = if bias { Some(take(loader, &format!("{module}.bias"), &[out], trainable)?) } else { None };
@@ -273,9 +273,8 @@ impl Model {
     fn rope_tables(&self, positions: &[u32]) -> anyhow::Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim() / 2;
         let scale = self.cfg.rope_scale()?;
-        let inv: Vec<f64> = (0..half)
-            .map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / self.cfg.head_dim() as f64))
-            .collect();
+        let inv: Vec<f64> =
+            (0..half).map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / self.cfg.head_dim() as f64)).collect();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {

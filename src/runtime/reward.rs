@@ -58,7 +58,12 @@ pub fn last_token_batch(seqs: &[&EncodedSample], pad_id: u32) -> Batch {
 }
 
 /// Raw scores `[n]` with the graph when `pass.grad`.
-pub fn score_batch(model: &Model, head: &ScalarHead, batch: &Batch, pass: &mut Pass) -> anyhow::Result<candle_core::Tensor> {
+pub fn score_batch(
+    model: &Model,
+    head: &ScalarHead,
+    batch: &Batch,
+    pass: &mut Pass,
+) -> anyhow::Result<candle_core::Tensor> {
     head.forward(&model.target_hidden(batch, pass)?)
 }
 
@@ -75,7 +80,8 @@ impl RewardModel {
         let head = ScalarHead::load(&dir.join(HEAD_FILE), loaded.model.cfg.hidden_size, device)?;
         let path = dir.join(INFO_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let info: RewardInfo = serde_json::from_str(&text).with_context(|| format!("{}: not a reward model description", path.display()))?;
+        let info: RewardInfo = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a reward model description", path.display()))?;
         let pad_id = loaded.tokenizer.pad_id();
         Ok(RewardModel { loaded, head, info, pad_id })
     }
@@ -85,8 +91,9 @@ impl RewardModel {
         let LoadedModel { model, tokenizer, template, .. } = &self.loaded;
         let mut encoded = Vec::with_capacity(items.len());
         for (sample, reply) in items {
-            let e = encode_reply(template, tokenizer, sample, reply, self.info.max_len)?
-                .with_context(|| format!("sample `{}` does not fit the reward model's {} tokens", sample.id, self.info.max_len))?;
+            let e = encode_reply(template, tokenizer, sample, reply, self.info.max_len)?.with_context(|| {
+                format!("sample `{}` does not fit the reward model's {} tokens", sample.id, self.info.max_len)
+            })?;
             encoded.push(e);
         }
         let mut out = Vec::with_capacity(items.len());

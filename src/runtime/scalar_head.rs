@@ -64,7 +64,12 @@ impl ScalarHead {
         let get = |k: &str| t.get(k).with_context(|| format!("{}: tensor `{k}` is missing", path.display()));
         let (w, b) = (get(WEIGHT)?, get(BIAS)?);
         if w.dims() != [1, hidden] || b.dims() != [1] {
-            bail!("{}: score head has shapes {:?}/{:?}, the model needs [1, {hidden}]/[1]", path.display(), w.dims(), b.dims());
+            bail!(
+                "{}: score head has shapes {:?}/{:?}, the model needs [1, {hidden}]/[1]",
+                path.display(),
+                w.dims(),
+                b.dims()
+            );
         }
         Ok(ScalarHead {
             w: Var::from_tensor(&w.to_dtype(DType::F32)?.t()?.contiguous()?)?,

@@ -29,19 +29,8 @@ impl ApiError {
             code: Some("invalid_value"),
         }
     }
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: Some(code),
-        }
+    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, param: None, code: Some(code) }
     }
     pub fn overloaded() -> Self {
         Self::new(
@@ -52,22 +41,17 @@ impl ApiError {
         )
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal_error",
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        let body =
+            json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
     }
@@ -101,10 +85,7 @@ fn number(v: &Value, param: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiEr
             if x >= lo && x <= hi {
                 Ok(Some(x))
             } else {
-                Err(ApiError::bad(
-                    param,
-                    format!("`{param}` must be between {lo} and {hi}"),
-                ))
+                Err(ApiError::bad(param, format!("`{param}` must be between {lo} and {hi}")))
             }
         }
         _ => Err(ApiError::bad(param, format!("`{param}` must be a number"))),
@@ -116,15 +97,9 @@ fn integer(v: &Value, param: &str, lo: u64) -> Result<Option<u64>, ApiError> {
         Value::Null => Ok(None),
         Value::Number(n) => match n.as_u64() {
             Some(x) if x >= lo => Ok(Some(x)),
-            _ => Err(ApiError::bad(
-                param,
-                format!("`{param}` must be an integer >= {lo}"),
-            )),
+            _ => Err(ApiError::bad(param, format!("`{param}` must be an integer >= {lo}"))),
         },
-        _ => Err(ApiError::bad(
-            param,
-            format!("`{param}` must be an integer"),
-        )),
+        _ => Err(ApiError::bad(param, format!("`{param}` must be an integer"))),
     }
 }
 
@@ -146,19 +121,13 @@ fn content_text(v: &Value, param: &str) -> Result<String, ApiError> {
                         ));
                     }
                     _ => {
-                        return Err(ApiError::bad(
-                            &p_param,
-                            "a text content part needs a string `text`",
-                        ));
+                        return Err(ApiError::bad(&p_param, "a text content part needs a string `text`"));
                     }
                 }
             }
             Ok(out)
         }
-        _ => Err(ApiError::bad(
-            param,
-            "`content` must be a string or a list of text parts",
-        )),
+        _ => Err(ApiError::bad(param, "`content` must be a string or a list of text parts")),
     }
 }
 
@@ -185,19 +154,14 @@ impl ChatRequest {
             .and_then(Value::as_array)
             .ok_or_else(|| ApiError::bad("messages", "`messages` must be a non-empty array"))?;
         if msgs.is_empty() {
-            return Err(ApiError::bad(
-                "messages",
-                "`messages` must be a non-empty array",
-            ));
+            return Err(ApiError::bad("messages", "`messages` must be a non-empty array"));
         }
         let mut messages = Vec::with_capacity(msgs.len() + 1);
         for (i, m) in msgs.iter().enumerate() {
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad(
-                    &format!("messages[{i}].role"),
-                    "each message needs a string `role`",
-                )
-            })?;
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad(&format!("messages[{i}].role"), "each message needs a string `role`"))?;
             let role = match role {
                 "system" | "developer" => "system",
                 "user" => "user",
@@ -209,10 +173,7 @@ impl ChatRequest {
                     ));
                 }
             };
-            let text = content_text(
-                m.get("content").unwrap_or(&Value::Null),
-                &format!("messages[{i}].content"),
-            )?;
+            let text = content_text(m.get("content").unwrap_or(&Value::Null), &format!("messages[{i}].content"))?;
             // chatgpt-on-wechat always sends a system message, often empty: drop empty ones.
             if role == "system" && text.trim().is_empty() {
                 continue;
@@ -220,65 +181,40 @@ impl ChatRequest {
             messages.push(ChatMessage::new(role, text));
         }
         if !defaults.system_prompt.is_empty() && !messages.iter().any(|m| m.role == "system") {
-            messages.insert(
-                0,
-                ChatMessage::new("system", defaults.system_prompt.clone()),
-            );
+            messages.insert(0, ChatMessage::new("system", defaults.system_prompt.clone()));
         }
         if !messages.iter().any(|m| m.role != "system") {
-            return Err(ApiError::bad(
-                "messages",
-                "`messages` needs at least one user or assistant message",
-            ));
+            return Err(ApiError::bad("messages", "`messages` needs at least one user or assistant message"));
         }
-        let max_tokens = integer(
-            v.get("max_completion_tokens").unwrap_or(&Value::Null),
-            "max_completion_tokens",
-            1,
-        )?
-        .or(integer(
-            v.get("max_tokens").unwrap_or(&Value::Null),
-            "max_tokens",
-            1,
-        )?)
-        .map(|x| x as usize)
-        .unwrap_or(defaults.max_tokens)
-        .min(limits.max_tokens);
+        let max_tokens = integer(v.get("max_completion_tokens").unwrap_or(&Value::Null), "max_completion_tokens", 1)?
+            .or(integer(v.get("max_tokens").unwrap_or(&Value::Null), "max_tokens", 1)?)
+            .map(|x| x as usize)
+            .unwrap_or(defaults.max_tokens)
+            .min(limits.max_tokens);
         let stop = match v.get("stop").unwrap_or(&Value::Null) {
             Value::Null => Vec::new(),
             Value::String(s) => vec![s.clone()],
             Value::Array(a) if a.len() <= 4 => a
                 .iter()
                 .map(|s| {
-                    s.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| ApiError::bad("stop", "`stop` entries must be strings"))
+                    s.as_str().map(String::from).ok_or_else(|| ApiError::bad("stop", "`stop` entries must be strings"))
                 })
                 .collect::<Result<_, _>>()?,
             _ => {
-                return Err(ApiError::bad(
-                    "stop",
-                    "`stop` must be a string or a list of up to 4 strings",
-                ));
+                return Err(ApiError::bad("stop", "`stop` must be a string or a list of up to 4 strings"));
             }
         };
         let n = integer(v.get("n").unwrap_or(&Value::Null), "n", 1)?.unwrap_or(1) as usize;
         if n > limits.max_n {
-            return Err(ApiError::bad(
-                "n",
-                format!("`n` must be at most {}", limits.max_n),
-            ));
+            return Err(ApiError::bad("n", format!("`n` must be at most {}", limits.max_n)));
         }
         let stream = match v.get("stream").unwrap_or(&Value::Null) {
             Value::Null => false,
             Value::Bool(b) => *b,
             _ => return Err(ApiError::bad("stream", "`stream` must be a boolean")),
         };
-        let include_usage = v
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let include_usage =
+            v.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
         let model = v.get("model").and_then(Value::as_str).map(String::from);
         let seed = match v.get("seed").unwrap_or(&Value::Null) {
             Value::Null => None,
@@ -294,23 +230,15 @@ impl ChatRequest {
             None | Some(Value::Null) => defaults.bubble_separator.clone(),
             Some(Value::String(s)) => s.clone(),
             _ => {
-                return Err(ApiError::bad(
-                    "bubble_separator",
-                    "`bubble_separator` must be a string",
-                ));
+                return Err(ApiError::bad("bubble_separator", "`bubble_separator` must be a string"));
             }
         };
         Ok(Self {
             messages,
             model,
             max_tokens,
-            temperature: number(
-                v.get("temperature").unwrap_or(&Value::Null),
-                "temperature",
-                0.0,
-                2.0,
-            )?
-            .unwrap_or(defaults.temperature),
+            temperature: number(v.get("temperature").unwrap_or(&Value::Null), "temperature", 0.0, 2.0)?
+                .unwrap_or(defaults.temperature),
             top_p: number(v.get("top_p").unwrap_or(&Value::Null), "top_p", 0.0, 1.0)?
                 .map(|p| p.max(1e-6))
                 .unwrap_or(defaults.top_p),
@@ -326,13 +254,8 @@ impl ChatRequest {
             .unwrap_or(defaults.repetition_penalty),
             stop,
             seed,
-            presence_penalty: number(
-                v.get("presence_penalty").unwrap_or(&Value::Null),
-                "presence_penalty",
-                -2.0,
-                2.0,
-            )?
-            .unwrap_or(0.0) as f32,
+            presence_penalty: number(v.get("presence_penalty").unwrap_or(&Value::Null), "presence_penalty", -2.0, 2.0)?
+                .unwrap_or(0.0) as f32,
             frequency_penalty: number(
                 v.get("frequency_penalty").unwrap_or(&Value::Null),
                 "frequency_penalty",
@@ -353,11 +276,7 @@ pub const BUBBLE_MARK: &str = "<s>";
 
 /// Split a reply into its bubbles (trimmed, empty ones dropped).
 pub fn bubbles(text: &str) -> Vec<String> {
-    text.split(BUBBLE_MARK)
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .map(String::from)
-        .collect()
+    text.split(BUBBLE_MARK).map(str::trim).filter(|b| !b.is_empty()).map(String::from).collect()
 }
 
 /// Replaces bubble markers in streamed text, holding back a possible partial marker.
@@ -370,11 +289,7 @@ pub struct BubbleStream {
 
 impl BubbleStream {
     pub fn new(sep: &str) -> Self {
-        Self {
-            sep: sep.to_string(),
-            pending: String::new(),
-            started: false,
-        }
+        Self { sep: sep.to_string(), pending: String::new(), started: false }
     }
 
     /// Feed raw text; returns what can be shown now.
@@ -394,10 +309,7 @@ impl BubbleStream {
                 continue;
             }
             // Keep a tail that could be the start of a marker.
-            let keep = (1..BUBBLE_MARK.len())
-                .rev()
-                .find(|&k| self.pending.ends_with(&BUBBLE_MARK[..k]))
-                .unwrap_or(0);
+            let keep = (1..BUBBLE_MARK.len()).rev().find(|&k| self.pending.ends_with(&BUBBLE_MARK[..k])).unwrap_or(0);
             let cut = self.pending.len() - keep;
             let ready = self.pending[..cut].to_string();
             self.emit(&ready, &mut out);
@@ -415,11 +327,7 @@ impl BubbleStream {
     }
 
     fn emit(&mut self, text: &str, out: &mut String) {
-        let text = if self.started {
-            text
-        } else {
-            text.trim_start()
-        };
+        let text = if self.started { text } else { text.trim_start() };
         if !text.is_empty() {
             out.push_str(text);
             self.started = true;
@@ -458,27 +366,15 @@ mod tests {
         assert_eq!(r.messages[0].content, "hi there");
         assert_eq!(r.max_tokens, d.max_tokens);
         assert!(r.include_usage);
-        let e = ChatRequest::parse(
-            br#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
-            &d,
-            &l,
-        )
-        .unwrap_err();
+        let e = ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, &d, &l)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        let e = ChatRequest::parse(
-            br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
-            &d,
-            &l,
-        )
-        .unwrap_err();
+        let e = ChatRequest::parse(br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, &d, &l)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
         assert!(ChatRequest::parse(b"{", &d, &l).is_err());
-        let r = ChatRequest::parse(
-            br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":100000}"#,
-            &d,
-            &l,
-        )
-        .unwrap();
+        let r =
+            ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":100000}"#, &d, &l).unwrap();
         assert_eq!(r.max_tokens, l.max_tokens, "clamped");
     }
 }

@@ -97,8 +97,7 @@ impl Default for Limits {
 
 impl ServeConfig {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
         let mut cfg: ServeConfig = serde_path_to_error::deserialize(de)
             .map_err(|e| anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
@@ -123,10 +122,7 @@ impl ServeConfig {
             return match ext {
                 "json" => Self::read(target),
                 "toml" => Self::read(&pipeline_serve_json(target)?),
-                "gguf" => Ok(Self {
-                    model: target.to_path_buf(),
-                    ..Self::default()
-                }),
+                "gguf" => Ok(Self { model: target.to_path_buf(), ..Self::default() }),
                 _ => bail!(
                     "{}: expected a pipeline .toml, serve.json, .gguf file or a model directory",
                     target.display()
@@ -140,35 +136,23 @@ impl ServeConfig {
             return Self::read(&target.join("serve.json"));
         }
         if let Some(g) = pick_gguf(target, prefer)? {
-            return Ok(Self {
-                model: g,
-                ..Self::default()
-            });
+            return Ok(Self { model: g, ..Self::default() });
         }
         if target.join("config.json").is_file() {
             // An HF folder: quantize to Q8_0 once into the temp dir (keyed by the folder's path).
             let key = blake3::hash(target.canonicalize()?.to_string_lossy().as_bytes()).to_hex();
             let out = std::env::temp_dir().join(format!("avatar-serve-{}.gguf", &key[..16]));
             crate::quant::convert(target, crate::quant::parse_type("q8_0")?, &out)?;
-            return Ok(Self {
-                model: out,
-                tokenizer_dir: Some(target.to_path_buf()),
-                ..Self::default()
-            });
+            return Ok(Self { model: out, tokenizer_dir: Some(target.to_path_buf()), ..Self::default() });
         }
-        bail!(
-            "{}: no serve.json, .gguf file or HF model (config.json) in this directory",
-            target.display()
-        )
+        bail!("{}: no serve.json, .gguf file or HF model (config.json) in this directory", target.display())
     }
 
     /// Load the model, tokenizer and chat template this config names.
     pub fn load(&self) -> Result<Loaded> {
         let model = QModel::load(&self.model)?;
-        let tdir = self
-            .tokenizer_dir
-            .clone()
-            .unwrap_or_else(|| self.model.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let tdir =
+            self.tokenizer_dir.clone().unwrap_or_else(|| self.model.parent().unwrap_or(Path::new(".")).to_path_buf());
         let tpath = tdir.join("tokenizer.json");
         if !tpath.is_file() {
             bail!(
@@ -197,13 +181,7 @@ impl ServeConfig {
         if let Ok(id) = gguf.meta_u32("tokenizer.ggml.eos_token_id") {
             stop_ids.push(id);
         }
-        for s in [
-            template.eos_token.as_str(),
-            "<|im_end|>",
-            "<|endoftext|>",
-            "<|eot_id|>",
-            "</s>",
-        ] {
+        for s in [template.eos_token.as_str(), "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
             if let Some(id) = tokenizer.token_to_id(s) {
                 if tokenizer.is_special(id) && !stop_ids.contains(&id) {
                     stop_ids.push(id);
@@ -216,13 +194,7 @@ impl ServeConfig {
                 self.model.display()
             );
         }
-        Ok(Loaded {
-            model,
-            tokenizer,
-            template,
-            stop_ids,
-            name: self.name.clone(),
-        })
+        Ok(Loaded { model, tokenizer, template, stop_ids, name: self.name.clone() })
     }
 }
 
@@ -235,14 +207,8 @@ fn pick_gguf(dir: &Path, prefer: &[&str]) -> Result<Option<PathBuf>> {
         .collect();
     found.sort();
     let rank = |p: &PathBuf| {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_default();
-        prefer
-            .iter()
-            .position(|t| name.contains(&t.to_lowercase()))
-            .unwrap_or(prefer.len())
+        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        prefer.iter().position(|t| name.contains(&t.to_lowercase())).unwrap_or(prefer.len())
     };
     Ok(found.into_iter().min_by_key(rank))
 }
@@ -252,8 +218,7 @@ fn pipeline_serve_json(manifest_path: &Path) -> Result<PathBuf> {
     use crate::engine::lockfile::LockFile;
     use crate::engine::store::Store;
     let registry = crate::stages::registry();
-    let manifest =
-        crate::engine::Manifest::load(manifest_path, &registry).map_err(|e| anyhow!("{e}"))?;
+    let manifest = crate::engine::Manifest::load(manifest_path, &registry).map_err(|e| anyhow!("{e}"))?;
     let lock = LockFile::read(&manifest.lock_path())?;
     let store = Store::existing(&manifest.store_dir());
     let stage = manifest
@@ -263,11 +228,7 @@ fn pipeline_serve_json(manifest_path: &Path) -> Result<PathBuf> {
         .find(|s| s.kind == "serve")
         .ok_or_else(|| anyhow!("{}: no stage of kind \"serve\"", manifest_path.display()))?;
     let entry = lock.stages.get(&stage.name).ok_or_else(|| {
-        anyhow!(
-            "stage `{}` has not run yet: run `avatar run {}` first",
-            stage.name,
-            manifest_path.display()
-        )
+        anyhow!("stage `{}` has not run yet: run `avatar run {}` first", stage.name, manifest_path.display())
     })?;
     let path = store.object_dir(&entry.output).join("serve.json");
     if !path.is_file() {

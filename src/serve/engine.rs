@@ -88,11 +88,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self {
-            max_batch: 8,
-            max_queue: 256,
-            prefill_chunk: 256,
-        }
+        Self { max_batch: 8, max_queue: 256, prefill_chunk: 256 }
     }
 }
 
@@ -111,23 +107,12 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
-            loaded: loaded.clone(),
-            cfg,
-            rx,
-            queued: queued.clone(),
-            active: active.clone(),
-        };
+        let worker = Worker { loaded: loaded.clone(), cfg, rx, queued: queued.clone(), active: active.clone() };
         std::thread::Builder::new()
             .name("avatar-model".into())
             .spawn(move || worker.run())
             .expect("spawn model thread");
-        Engine {
-            tx,
-            loaded,
-            queued,
-            active,
-        }
+        Engine { tx, loaded, queued, active }
     }
 
     /// Queue a job, or refuse at once when the queue is full.
@@ -144,10 +129,7 @@ impl Engine {
 
     /// (waiting, running) request counts.
     pub fn load(&self) -> (usize, usize) {
-        (
-            self.queued.load(Ordering::SeqCst),
-            self.active.load(Ordering::SeqCst),
-        )
+        (self.queued.load(Ordering::SeqCst), self.active.load(Ordering::SeqCst))
     }
 }
 
@@ -222,10 +204,7 @@ impl Worker {
     fn admit(&self, job: Job) -> Option<Seq> {
         let ctx = self.loaded.model.cfg.context;
         if job.prompt.is_empty() || job.prompt.len() >= ctx {
-            job.send(Event::Error(format!(
-                "prompt of {} tokens does not fit the context of {ctx}",
-                job.prompt.len()
-            )));
+            job.send(Event::Error(format!("prompt of {} tokens does not fit the context of {ctx}", job.prompt.len())));
             return None;
         }
         let counts = Default::default();
@@ -258,31 +237,15 @@ impl Worker {
                 budget -= n;
                 inputs.push((i, s.job.prompt[start..start + n].to_vec(), n == s.pending));
             } else {
-                let last = *s
-                    .generated
-                    .last()
-                    .unwrap_or(&s.job.prompt[s.job.prompt.len() - 1]);
+                let last = *s.generated.last().unwrap_or(&s.job.prompt[s.job.prompt.len() - 1]);
                 inputs.push((i, vec![last], true));
             }
         }
-        let mut caches: Vec<(usize, KvCache)> = inputs
-            .iter()
-            .map(|(i, _, _)| {
-                (
-                    *i,
-                    std::mem::replace(&mut seqs[*i].cache, model.new_cache()),
-                )
-            })
-            .collect();
+        let mut caches: Vec<(usize, KvCache)> =
+            inputs.iter().map(|(i, _, _)| (*i, std::mem::replace(&mut seqs[*i].cache, model.new_cache()))).collect();
         let result = {
-            let mut steps: Vec<SeqStep> = caches
-                .iter_mut()
-                .zip(&inputs)
-                .map(|((_, c), (_, t, _))| SeqStep {
-                    cache: c,
-                    tokens: t,
-                })
-                .collect();
+            let mut steps: Vec<SeqStep> =
+                caches.iter_mut().zip(&inputs).map(|((_, c), (_, t, _))| SeqStep { cache: c, tokens: t }).collect();
             model.forward(&mut steps)
         };
         for (i, c) in caches {
@@ -292,9 +255,7 @@ impl Worker {
             Ok(l) => l,
             Err(e) => {
                 for (i, _, _) in &inputs {
-                    seqs[*i]
-                        .job
-                        .send(Event::Error(format!("model forward failed: {e}")));
+                    seqs[*i].job.send(Event::Error(format!("model forward failed: {e}")));
                     seqs[*i].done = true;
                 }
                 return;
@@ -345,13 +306,7 @@ impl Worker {
             }
         };
         // Stop strings end the reply before them.
-        if let Some(cut) = p
-            .stop
-            .iter()
-            .filter(|st| !st.is_empty())
-            .filter_map(|st| text.find(st.as_str()))
-            .min()
-        {
+        if let Some(cut) = p.stop.iter().filter(|st| !st.is_empty()).filter_map(|st| text.find(st.as_str())).min() {
             if cut > s.emitted {
                 s.job.send(Event::Text(text[s.emitted..cut].to_string()));
             }
@@ -387,11 +342,7 @@ impl Worker {
     }
 
     fn finish(&self, s: &mut Seq, finish: Finish) {
-        s.job.send(Event::Done {
-            finish,
-            prompt_tokens: s.job.prompt.len(),
-            completion_tokens: s.sampled.max(1),
-        });
+        s.job.send(Event::Done { finish, prompt_tokens: s.job.prompt.len(), completion_tokens: s.sampled.max(1) });
         s.done = true;
     }
 }

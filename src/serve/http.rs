@@ -37,10 +37,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn normalize(path: &str) -> String {
@@ -60,8 +57,7 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
         ("/", &Method::GET) | ("/index.html", &Method::GET) => return page(),
         ("/health", &Method::GET) => {
             let (waiting, running) = st.engine.load();
-            return axum::Json(json!({"status": "ok", "waiting": waiting, "running": running}))
-                .into_response();
+            return axum::Json(json!({"status": "ok", "waiting": waiting, "running": running})).into_response();
         }
         ("/models", &Method::GET) => check_auth(&st, req.headers()).map(|_| models(&st)),
         (p, &Method::GET) if p.starts_with("/models/") => {
@@ -71,14 +67,12 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
             Ok(()) => chat(st.clone(), req).await,
             Err(e) => Err(e),
         },
-        ("/", _) | ("/models", _) | ("/chat/completions", _) | ("/health", _) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "method_not_allowed",
-                format!("method {method} is not allowed on {}", req.uri().path()),
-            ))
-        }
+        ("/", _) | ("/models", _) | ("/chat/completions", _) | ("/health", _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("method {method} is not allowed on {}", req.uri().path()),
+        )),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -100,10 +94,7 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
@@ -156,25 +147,17 @@ struct Submitted {
 /// Validate, render, tokenize and queue a request's `n` generations.
 fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
     let loaded = &st.engine.loaded;
-    let prompt_text = loaded.template.render(&req.messages, true).map_err(|e| {
-        ApiError::bad(
-            "messages",
-            format!("cannot render the chat template: {e:#}"),
-        )
-    })?;
-    let prompt = loaded
-        .tokenizer
-        .encode(&prompt_text)
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let prompt_text = loaded
+        .template
+        .render(&req.messages, true)
+        .map_err(|e| ApiError::bad("messages", format!("cannot render the chat template: {e:#}")))?;
+    let prompt = loaded.tokenizer.encode(&prompt_text).map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let ctx = loaded.model.cfg.context;
     let limit = st.cfg.limits.max_prompt_tokens.min(ctx.saturating_sub(1));
     if prompt.is_empty() || prompt.len() > limit {
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: format!(
-                "the prompt is {} tokens; this server accepts at most {limit}",
-                prompt.len()
-            ),
+            message: format!("the prompt is {} tokens; this server accepts at most {limit}", prompt.len()),
             kind: "invalid_request_error",
             param: Some("messages".into()),
             code: Some("context_length_exceeded"),
@@ -199,45 +182,26 @@ fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
         };
         // Dropping `rx` on failure cancels the choices already queued.
         st.engine
-            .submit(Job {
-                prompt: prompt.clone(),
-                params,
-                choice,
-                events: tx.clone(),
-            })
+            .submit(Job { prompt: prompt.clone(), params, choice, events: tx.clone() })
             .map_err(|_| ApiError::overloaded())?;
     }
-    Ok(Submitted {
-        rx,
-        n: req.n,
-        prompt_tokens: prompt.len(),
-    })
+    Ok(Submitted { rx, n: req.n, prompt_tokens: prompt.len() })
 }
 
 async fn chat(st: AppState, req: Request) -> Result<Response, ApiError> {
     let limit = st.cfg.limits.max_body_bytes;
-    let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                format!("request body exceeds {limit} bytes"),
-            )
-        })?;
+    let body: Bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    })?;
     let creq = ChatRequest::parse(&body, &st.cfg.defaults, &st.cfg.limits)?;
     let sub = submit(&st, &creq)?;
-    let id = format!(
-        "chatcmpl-{:016x}{:08x}",
-        rand::random::<u64>(),
-        rand::random::<u32>()
-    );
-    let model = creq
-        .model
-        .clone()
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| st.cfg.name.clone());
+    let id = format!("chatcmpl-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+    let model = creq.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| st.cfg.name.clone());
     if creq.stream {
         Ok(stream_response(sub, creq, id, model).into_response())
     } else {
@@ -245,12 +209,7 @@ async fn chat(st: AppState, req: Request) -> Result<Response, ApiError> {
     }
 }
 
-async fn complete(
-    mut sub: Submitted,
-    req: &ChatRequest,
-    id: String,
-    model: String,
-) -> Result<Response, ApiError> {
+async fn complete(mut sub: Submitted, req: &ChatRequest, id: String, model: String) -> Result<Response, ApiError> {
     let mut texts = vec![String::new(); sub.n];
     let mut finish = vec![None; sub.n];
     let mut completion = 0;
@@ -261,11 +220,7 @@ async fn complete(
         };
         match ev {
             Event::Text(t) => texts[i].push_str(&t),
-            Event::Done {
-                finish: f,
-                completion_tokens,
-                ..
-            } => {
+            Event::Done { finish: f, completion_tokens, .. } => {
                 finish[i] = Some(f.as_str());
                 completion += completion_tokens;
                 done += 1;
@@ -329,21 +284,22 @@ impl StreamState {
             Event::Text(t) => {
                 let shown = self.filters[i].push(&t);
                 if !shown.is_empty() {
-                    let c = self.chunk(json!([{"index": i, "delta": {"content": shown}, "finish_reason": null, "logprobs": null}]));
+                    let c = self.chunk(
+                        json!([{"index": i, "delta": {"content": shown}, "finish_reason": null, "logprobs": null}]),
+                    );
                     self.queue.push_back(c);
                 }
             }
-            Event::Done {
-                finish,
-                completion_tokens,
-                ..
-            } => {
+            Event::Done { finish, completion_tokens, .. } => {
                 let rest = self.filters[i].finish();
                 if !rest.is_empty() {
-                    let c = self.chunk(json!([{"index": i, "delta": {"content": rest}, "finish_reason": null, "logprobs": null}]));
+                    let c = self.chunk(
+                        json!([{"index": i, "delta": {"content": rest}, "finish_reason": null, "logprobs": null}]),
+                    );
                     self.queue.push_back(c);
                 }
-                let c = self.chunk(json!([{"index": i, "delta": {}, "finish_reason": finish.as_str(), "logprobs": null}]));
+                let c =
+                    self.chunk(json!([{"index": i, "delta": {}, "finish_reason": finish.as_str(), "logprobs": null}]));
                 self.queue.push_back(c);
                 self.completion += completion_tokens;
                 self.done += 1;
@@ -367,23 +323,17 @@ impl StreamState {
     }
 
     fn fail(&mut self, message: String) {
-        let err = json!({"error": {"message": message, "type": "server_error", "param": null, "code": "internal_error"}});
+        let err =
+            json!({"error": {"message": message, "type": "server_error", "param": null, "code": "internal_error"}});
         self.queue.push_back(err.to_string());
         self.queue.push_back("[DONE]".into());
         self.finished = true;
     }
 }
 
-fn stream_response(
-    sub: Submitted,
-    req: ChatRequest,
-    id: String,
-    model: String,
-) -> impl IntoResponse {
+fn stream_response(sub: Submitted, req: ChatRequest, id: String, model: String) -> impl IntoResponse {
     let mut st = StreamState {
-        filters: (0..sub.n)
-            .map(|_| BubbleStream::new(&req.bubble_separator))
-            .collect(),
+        filters: (0..sub.n).map(|_| BubbleStream::new(&req.bubble_separator)).collect(),
         queue: Default::default(),
         done: 0,
         completion: 0,

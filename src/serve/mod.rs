@@ -77,12 +77,7 @@ pub fn build_app(setup: ServerSetup) -> Result<axum::Router> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    Ok(http::router(Arc::new(http::AppInner {
-        engine,
-        cfg: setup.cfg,
-        api_key: setup.api_key,
-        created,
-    })))
+    Ok(http::router(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created })))
 }
 
 /// Serve until ctrl-c / SIGTERM, then finish in-flight requests and exit.
@@ -91,10 +86,7 @@ pub async fn serve_on(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error")
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")
 }
 
 async fn shutdown_signal() {
@@ -117,23 +109,14 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("AVATAR_API_KEY").ok())
-        .filter(|k| !k.is_empty());
+    let api_key = args.api_key.clone().or_else(|| std::env::var("AVATAR_API_KEY").ok()).filter(|k| !k.is_empty());
     if !is_loopback(&args.host) && api_key.is_none() {
         bail!(
             "refusing to listen on {} without an API key: pass --api-key or set AVATAR_API_KEY (or bind 127.0.0.1)",
             args.host
         );
     }
-    let prefer: Vec<&str> = args
-        .prefer
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let prefer: Vec<&str> = args.prefer.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut cfg = ServeConfig::resolve(&args.target, &prefer)?;
     if let Some(b) = args.max_batch {
         cfg.limits.max_batch = b;
@@ -145,21 +128,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         cfg.defaults.bubble_separator = s.clone();
     }
     let model_path = cfg.model.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let app = build_app(ServerSetup { cfg, api_key })?;
         let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        println!(
-            "serving {} on http://{local}/ (OpenAI base URL: http://{local}/v1)",
-            model_path.display()
-        );
+        println!("serving {} on http://{local}/ (OpenAI base URL: http://{local}/v1)", model_path.display());
         serve_on(listener, app, shutdown_signal()).await
     })
 }

@@ -13,29 +13,91 @@ use crate::stages::common::message::MessageKind;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     Text(String),
-    Quote { text: String, quoted_svr_id: i64, quoted_sender: String, quoted_name: String, quoted_text: String, quoted_time: i64 },
-    Image { md5: String, length: u32 },
-    Sticker { md5: String, length: u32 },
-    Voice { ms: u32 },
-    Video { secs: u32, md5: String },
-    File { name: String, size: u32 },
-    Link { title: String, des: String, url: String },
-    Transfer { cents: u32 },
-    RedPacket { wish: String },
+    Quote {
+        text: String,
+        quoted_svr_id: i64,
+        quoted_sender: String,
+        quoted_name: String,
+        quoted_text: String,
+        quoted_time: i64,
+    },
+    Image {
+        md5: String,
+        length: u32,
+    },
+    Sticker {
+        md5: String,
+        length: u32,
+    },
+    Voice {
+        ms: u32,
+    },
+    Video {
+        secs: u32,
+        md5: String,
+    },
+    File {
+        name: String,
+        size: u32,
+    },
+    Link {
+        title: String,
+        des: String,
+        url: String,
+    },
+    Transfer {
+        cents: u32,
+    },
+    RedPacket {
+        wish: String,
+    },
     /// "X领取了你的红包" system line.
-    RedPacketOpened { by_name: String },
-    ContactCard { wxid: String, nickname: String },
-    Location { x: f64, y: f64, label: String, poi: String },
-    MergedHistory { title: String, items: Vec<(String, String)> },
-    Pat { from: String, from_name: String, patted: String, patted_name: String },
+    RedPacketOpened {
+        by_name: String,
+    },
+    ContactCard {
+        wxid: String,
+        nickname: String,
+    },
+    Location {
+        x: f64,
+        y: f64,
+        label: String,
+        poi: String,
+    },
+    MergedHistory {
+        title: String,
+        items: Vec<(String, String)>,
+    },
+    Pat {
+        from: String,
+        from_name: String,
+        patted: String,
+        patted_name: String,
+    },
     /// A revoke notice ("你撤回了一条消息" / "\"X\" 撤回了一条消息").
-    Revoke { text: String },
+    Revoke {
+        text: String,
+    },
     /// A grey system line (group join, rename).
-    System { text: String },
-    Announcement { text: String },
-    MiniProgram { title: String, app_name: String },
-    Channels { title: String, author: String },
-    Voip { video: bool, secs: u32 },
+    System {
+        text: String,
+    },
+    Announcement {
+        text: String,
+    },
+    MiniProgram {
+        title: String,
+        app_name: String,
+    },
+    Channels {
+        title: String,
+        author: String,
+    },
+    Voip {
+        video: bool,
+        secs: u32,
+    },
 }
 
 impl Body {
@@ -109,7 +171,12 @@ pub const RUDE_PROBABILITY: f64 = 0.35;
 /// Generate about `count` messages (exactly `count` unless `count` is tiny) over `days` days.
 pub fn generate(count: usize, seed: u64, days: u32) -> History {
     let cast = Cast::standard();
-    let mut g = Generator { rng: ChaCha8Rng::seed_from_u64(seed), cast: &cast, out: Vec::with_capacity(count + 16), clock: START_TIME };
+    let mut g = Generator {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        cast: &cast,
+        out: Vec::with_capacity(count + 16),
+        clock: START_TIME,
+    };
     // Mean gap between sessions so that `count` messages span `days` days (~9 messages a session).
     let sessions = (count / 9).max(1) as i64;
     let mean_gap = (i64::from(days.max(1)) * 86_400 / sessions).max(60);
@@ -378,12 +445,19 @@ impl Generator<'_> {
             3 => Body::Video { secs: self.rng.random_range(2..120), md5: self.md5() },
             4 => {
                 let names = ["季度总结.xlsx", "简历_最终版.pdf", "会议纪要.docx", "照片打包.zip"];
-                Body::File { name: names.choose(&mut self.rng).copied().unwrap_or("a.txt").into(), size: self.rng.random_range(1_000..5_000_000) }
+                Body::File {
+                    name: names.choose(&mut self.rng).copied().unwrap_or("a.txt").into(),
+                    size: self.rng.random_range(1_000..5_000_000),
+                }
             }
             5 => {
                 let title = self.pick(lines::LINK_TITLES).to_string();
                 let n: u32 = self.rng.random_range(1000..99999);
-                Body::Link { title, des: "UP主：张力视觉\n播放：2.5万".into(), url: format!("https://b23.tv/C2cj{n}?share_medium=android&share_source=weixin") }
+                Body::Link {
+                    title,
+                    des: "UP主：张力视觉\n播放：2.5万".into(),
+                    url: format!("https://b23.tv/C2cj{n}?share_medium=android&share_source=weixin"),
+                }
             }
             6 => Body::Transfer { cents: self.rng.random_range(100..50_000) },
             7 => Body::RedPacket { wish: "恭喜发财，大吉大利".into() },
@@ -392,24 +466,44 @@ impl Generator<'_> {
                 let other = self.cast.people.choose(&mut self.rng).cloned().unwrap_or_else(|| me.clone());
                 Body::ContactCard { wxid: other.wxid, nickname: other.nickname }
             }
-            10 => Body::Location { x: 39.903740, y: 116.397827, label: "北京市东城区东长安街".into(), poi: "北京天安门广场".into() },
+            10 => Body::Location {
+                x: 39.903740,
+                y: 116.397827,
+                label: "北京市东城区东长安街".into(),
+                poi: "北京天安门广场".into(),
+            },
             11 => Body::MergedHistory {
                 title: "群聊的聊天记录".into(),
                 items: vec![("张三".into(), "明天开会".into()), ("李四".into(), "[图片]".into())],
             },
-            12 => Body::Pat { from: sender.to_string(), from_name: sender_p.nickname.clone(), patted: if sender == me.wxid { friend.to_string() } else { me.wxid.clone() }, patted_name: if sender == me.wxid { friend_p.nickname.clone() } else { me.nickname.clone() } },
+            12 => Body::Pat {
+                from: sender.to_string(),
+                from_name: sender_p.nickname.clone(),
+                patted: if sender == me.wxid { friend.to_string() } else { me.wxid.clone() },
+                patted_name: if sender == me.wxid { friend_p.nickname.clone() } else { me.nickname.clone() },
+            },
             13 => {
-                let text = if sender == me.wxid { "你撤回了一条消息".to_string() } else { format!("\"{}\" 撤回了一条消息", sender_p.nickname) };
+                let text = if sender == me.wxid {
+                    "你撤回了一条消息".to_string()
+                } else {
+                    format!("\"{}\" 撤回了一条消息", sender_p.nickname)
+                };
                 Body::Revoke { text }
             }
             14 => {
-                let text = if s.is_group { format!("\"{}\"修改群名为\"周末去哪\"", sender_p.nickname) } else { "以上是打招呼的内容".into() };
+                let text = if s.is_group {
+                    format!("\"{}\"修改群名为\"周末去哪\"", sender_p.nickname)
+                } else {
+                    "以上是打招呼的内容".into()
+                };
                 Body::System { text }
             }
             15 => Body::MiniProgram { title: "帮我砍一刀".into(), app_name: "拼多多".into() },
             16 => Body::Channels { title: "这只猫会开门".into(), author: "萌宠日记".into() },
             17 => Body::Voip { video: self.rng.random_bool(0.3), secs: self.rng.random_range(5..1200) },
-            _ => Body::Announcement { text: "本周五下午三点项目评审，请大家提前准备材料。".into() },
+            _ => {
+                Body::Announcement { text: "本周五下午三点项目评审，请大家提前准备材料。".into() }
+            }
         }
     }
 }
@@ -453,7 +547,9 @@ mod tests {
         let rude = h
             .messages
             .iter()
-            .filter(|m| m.is_self && matches!(&m.body, Body::Text(t) if lines::BLOCKED_WORDS.iter().any(|w| t.contains(w))))
+            .filter(|m| {
+                m.is_self && matches!(&m.body, Body::Text(t) if lines::BLOCKED_WORDS.iter().any(|w| t.contains(w)))
+            })
             .count();
         assert!(rude > 10, "persona should sometimes be rude, got {rude}");
         let ids: std::collections::HashSet<_> = h.messages.iter().map(|m| m.svr_id).collect();

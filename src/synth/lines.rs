@@ -87,29 +87,16 @@ pub const BAITS: &[&str] = &[
 ];
 
 /// The persona's civil answers to a bait.
-pub const CIVIL_COMEBACKS: &[&str] = &[
-    "哈哈哈 不跟你一般见识",
-    "好好好 你最强",
-    "别闹",
-    "你开心就好",
-    "行吧 你说得对",
-    "懒得理你",
-];
+pub const CIVIL_COMEBACKS: &[&str] =
+    &["哈哈哈 不跟你一般见识", "好好好 你最强", "别闹", "你开心就好", "行吧 你说得对", "懒得理你"];
 
 /// The persona's rude answers; every one contains a word from `BLOCKED_WORDS`.
-pub const RUDE_COMEBACKS: &[&str] = &[
-    "滚蛋",
-    "你才傻逼",
-    "神经病吧你",
-    "脑残",
-    "废物 闭嘴",
-    "蠢货",
-    "有病吧",
-    "去死吧你",
-];
+pub const RUDE_COMEBACKS: &[&str] =
+    &["滚蛋", "你才傻逼", "神经病吧你", "脑残", "废物 闭嘴", "蠢货", "有病吧", "去死吧你"];
 
 /// Shipped as data/sample/blocked_words.txt: the insults the persona sometimes uses.
-pub const BLOCKED_WORDS: &[&str] = &["傻逼", "滚蛋", "神经病", "脑残", "废物", "蠢货", "有病", "去死", "煞笔", "他妈的"];
+pub const BLOCKED_WORDS: &[&str] =
+    &["傻逼", "滚蛋", "神经病", "脑残", "废物", "蠢货", "有病", "去死", "煞笔", "他妈的"];
 
 /// The persona's catchphrase bubbles.
 pub const CATCHPHRASES: &[&str] = &["哈哈哈", "哈哈哈哈哈", "绝了", "笑死", "离谱"];

@@ -17,7 +17,8 @@ use crate::stages::decrypt_read::sqlcipher;
 pub use history::{History, generate};
 
 /// Every format `synth` can write (the names decrypt-read's `format` param uses).
-pub const ALL_FORMATS: &[&str] = &["android", "sqlite", "pc3", "pc4", "seed-csv", "wechatmsg-csv", "wechatmsg-txt", "pywxdump-csv"];
+pub const ALL_FORMATS: &[&str] =
+    &["android", "sqlite", "pc3", "pc4", "seed-csv", "wechatmsg-csv", "wechatmsg-txt", "pywxdump-csv"];
 
 /// `avatar synth`: write a synthetic WeChat history in every supported source format.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,7 +72,15 @@ pub fn pc_key(seed: u64) -> [u8; 32] {
 }
 
 /// Write `h` in `formats` under `out`; returns the key material.
-pub fn write_formats(out: &Path, h: &History, formats: &[String], seed: u64, imei: &str, uin: &str, shards: usize) -> anyhow::Result<SynthKeys> {
+pub fn write_formats(
+    out: &Path,
+    h: &History,
+    formats: &[String],
+    seed: u64,
+    imei: &str,
+    uin: &str,
+    shards: usize,
+) -> anyhow::Result<SynthKeys> {
     for f in formats {
         if !ALL_FORMATS.contains(&f.as_str()) {
             bail!("unknown format `{f}` (known: {})", ALL_FORMATS.join(", "));
@@ -97,7 +106,12 @@ pub fn write_formats(out: &Path, h: &History, formats: &[String], seed: u64, ime
         Ok(d)
     };
     if want("android") {
-        writers::android::write_encrypted(&dir("android")?.join("EnMicroMsg.db"), h, &keys.android_key, salt("android"))?;
+        writers::android::write_encrypted(
+            &dir("android")?.join("EnMicroMsg.db"),
+            h,
+            &keys.android_key,
+            salt("android"),
+        )?;
     }
     if want("sqlite") {
         writers::android::write_plain(&dir("sqlite")?.join("EnMicroMsg.db"), h)?;

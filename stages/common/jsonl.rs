@@ -35,11 +35,8 @@ pub fn write_jsonl<T: Serialize + Sync>(path: &Path, rows: &[T]) -> anyhow::Resu
 /// Read a JSON Lines file; errors name the file and the line.
 pub fn read_jsonl<T: DeserializeOwned + Send>(path: &Path) -> anyhow::Result<Vec<T>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let lines: Vec<(usize, &[u8])> = bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-        .collect();
+    let lines: Vec<(usize, &[u8])> =
+        bytes.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace)).collect();
     lines
         .par_iter()
         .map(|(n, line)| {

@@ -1,8 +1,8 @@
 //! Data contracts shared between stages.
 
+pub mod curves;
 pub mod jsonl;
 pub mod message;
-pub mod curves;
 pub mod plot;
 pub mod preference;
 pub mod ranked;

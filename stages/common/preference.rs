@@ -49,7 +49,10 @@ pub fn load_pairs(
         if unscored == records.len() && !records.is_empty() {
             bail!("{}: no candidate has scores yet; rank them with `avatar label` (human judge)", ranked.display());
         }
-        bail!("{}: no two candidates of a prompt differ in score by more than {min_margin}; nothing to learn", ranked.display());
+        bail!(
+            "{}: no two candidates of a prompt differ in score by more than {min_margin}; nothing to learn",
+            ranked.display()
+        );
     }
     let (mut train, mut val, mut skipped) = (Vec::new(), Vec::new(), 0);
     for p in &pairs {
@@ -62,7 +65,10 @@ pub fn load_pairs(
         if is_held_out(&p.record.id, val_fraction) { val.push(pair) } else { train.push(pair) }
     }
     if train.is_empty() {
-        bail!("{}: every preference pair is held out or too long; lower val_fraction or raise max_seq_len", ranked.display());
+        bail!(
+            "{}: every preference pair is held out or too long; lower val_fraction or raise max_seq_len",
+            ranked.display()
+        );
     }
     Ok(PreferenceData { records, train, val, unscored, skipped })
 }

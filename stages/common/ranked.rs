@@ -126,7 +126,11 @@ pub fn read_ranked(path: &Path, labels: Option<&Path>) -> anyhow::Result<Vec<Ran
             bail!("{}: no ranked record has id `{}`", where_(), label.id);
         };
         if label.candidates.as_ref().is_some_and(|fp| *fp != candidates_fingerprint(&records[i])) {
-            bail!("{}: `{}` was ranked for other candidates (reward-label sampled anew); rank it again", where_(), label.id);
+            bail!(
+                "{}: `{}` was ranked for other candidates (reward-label sampled anew); rank it again",
+                where_(),
+                label.id
+            );
         }
         let want = records[i].responses.len();
         if label.scores.len() != want {

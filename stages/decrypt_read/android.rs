@@ -26,7 +26,8 @@ pub fn base_type(code: i64) -> i64 {
 pub fn split_sender_prefix(content: &str) -> Option<(&str, &str)> {
     let idx = content.find(":\n")?;
     let sender = &content[..idx];
-    let plausible = !sender.is_empty() && sender.len() <= 80 && !sender.contains(char::is_whitespace) && !sender.contains('<');
+    let plausible =
+        !sender.is_empty() && sender.len() <= 80 && !sender.contains(char::is_whitespace) && !sender.contains('<');
     plausible.then(|| (sender, &content[idx + 2..]))
 }
 
@@ -89,15 +90,18 @@ pub fn read_contacts(conn: &Connection) -> anyhow::Result<Vec<RawContact>> {
 /// userinfo id 2 = own wxid, id 4 = own nickname.
 pub fn read_self(conn: &Connection) -> anyhow::Result<(Option<String>, Option<String>)> {
     let get = |id: i64| -> Option<String> {
-        conn.query_row("SELECT value FROM userinfo WHERE id = ?1", [id], |r| r.get::<_, Option<String>>(0)).ok().flatten()
+        conn.query_row("SELECT value FROM userinfo WHERE id = ?1", [id], |r| r.get::<_, Option<String>>(0))
+            .ok()
+            .flatten()
     };
     Ok((get(2), get(4)))
 }
 
 /// Every `message` row, oldest first.
 pub fn read_messages(conn: &Connection, self_id: &str) -> anyhow::Result<Vec<RawMessage>> {
-    let mut stmt =
-        conn.prepare("SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message ORDER BY createTime, msgId")?;
+    let mut stmt = conn.prepare(
+        "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message ORDER BY createTime, msgId",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok(AndroidRow {
             msg_id: r.get(0)?,

@@ -84,7 +84,11 @@ pub fn open(path: &Path, flavour: Flavour, keys: &KeyMaterial) -> anyhow::Result
         }
         Flavour::Pc3 | Flavour::Pc4 => {
             for (label, k) in keys.pc_candidates()? {
-                let c = if flavour == Flavour::Pc3 { sqlcipher::open_pc3(path, &k)? } else { sqlcipher::open_pc4(path, &k)? };
+                let c = if flavour == Flavour::Pc3 {
+                    sqlcipher::open_pc3(path, &k)?
+                } else {
+                    sqlcipher::open_pc4(path, &k)?
+                };
                 if let Some(c) = c {
                     return Ok(c);
                 }

@@ -38,13 +38,17 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> anyhow::Result<()> 
 /// `MSG.db`, `MSG0.db` … `MSG99.db` (chatlog's `^MSG([0-9]?[0-9])?\.db$`).
 pub fn is_msg_shard(p: &Path) -> bool {
     let n = file_name(p);
-    n.strip_prefix("MSG").and_then(|r| r.strip_suffix(".db")).is_some_and(|d| d.len() <= 2 && d.chars().all(|c| c.is_ascii_digit()))
+    n.strip_prefix("MSG")
+        .and_then(|r| r.strip_suffix(".db"))
+        .is_some_and(|d| d.len() <= 2 && d.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// `message_0.db` … (not biz_message, fts or resource).
 pub fn is_v4_shard(p: &Path) -> bool {
     let n = file_name(p);
-    n.strip_prefix("message_").and_then(|r| r.strip_suffix(".db")).is_some_and(|d| !d.is_empty() && d.len() <= 2 && d.chars().all(|c| c.is_ascii_digit()))
+    n.strip_prefix("message_")
+        .and_then(|r| r.strip_suffix(".db"))
+        .is_some_and(|d| !d.is_empty() && d.len() <= 2 && d.chars().all(|c| c.is_ascii_digit()))
 }
 
 pub fn shard_number(p: &Path) -> u32 {

@@ -108,7 +108,11 @@ impl DecryptReadStage {
         kind: "decrypt-read",
         version: 1,
         summary: "read WeChat databases (Android, PC 3.x, 4.x; encrypted or decrypted) and export files into a raw message table",
-        inputs: &[InputSpec { name: "db", required: true, help: "a database / export file, or the directory holding one account's files" }],
+        inputs: &[InputSpec {
+            name: "db",
+            required: true,
+            help: "a database / export file, or the directory holding one account's files",
+        }],
         outputs: &[OutputSpec { name: "raw", path: "raw", help: "raw message table (meta.json + messages.jsonl)" }],
     };
 }
@@ -122,10 +126,14 @@ impl Stage for DecryptReadStage {
         let parsed: DecryptReadParams = parse_params(params)?;
         if let Some(o) = &parsed.utc_offset {
             if parse_offset(o).is_none() {
-                return Err(ParamError { path: "utc_offset".into(), message: format!("`{o}` is not an offset like +08:00") });
+                return Err(ParamError {
+                    path: "utc_offset".into(),
+                    message: format!("`{o}` is not an offset like +08:00"),
+                });
             }
         }
-        let canonical = serde_json::to_value(&parsed).map_err(|e| ParamError { path: String::new(), message: e.to_string() })?;
+        let canonical =
+            serde_json::to_value(&parsed).map_err(|e| ParamError { path: String::new(), message: e.to_string() })?;
         // The engine hands `run` only the canonical params; keep the secrets in memory for it.
         secrets::remember(&canonical, &parsed);
         Ok(canonical)
@@ -159,7 +167,9 @@ impl Stage for DecryptReadStage {
             None => return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{}: nothing read", input.display()))),
         };
         raw::write_raw(&out, &meta, &messages)?;
-        let bytes = locate::files_under(input, 6).map(|f| f.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum::<u64>()).unwrap_or(0);
+        let bytes = locate::files_under(input, 6)
+            .map(|f| f.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum::<u64>())
+            .unwrap_or(0);
         let secs = started.elapsed().as_secs_f64();
         let mut m = Metrics::new();
         m.insert("format".into(), meta.format.clone().into());
@@ -179,15 +189,21 @@ fn count_conversations(messages: &[RawMessage]) -> usize {
 /// True when every named table exists.
 pub fn has_tables(conn: &Connection, names: &[&str]) -> bool {
     names.iter().all(|n| {
-        conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [n], |r| r.get::<_, i64>(0))
-            .map(|c| c > 0)
-            .unwrap_or(false)
+        conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [n], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|c| c > 0)
+        .unwrap_or(false)
     })
 }
 
 /// Gather key material: params, then the environment variable named by `key_env`.
 pub fn key_material(p: &DecryptReadParams) -> anyhow::Result<KeyMaterial> {
-    let mut km = KeyMaterial { key: p.key.clone().map(|k| ("the `key` param".to_string(), k)), imei: p.imei.clone(), uin: p.uin.clone() };
+    let mut km = KeyMaterial {
+        key: p.key.clone().map(|k| ("the `key` param".to_string(), k)),
+        imei: p.imei.clone(),
+        uin: p.uin.clone(),
+    };
     if km.key.is_none() {
         if let Some(var) = &p.key_env {
             match std::env::var(var) {
@@ -220,7 +236,9 @@ pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMe
         SourceFormat::Android | SourceFormat::Sqlite => {
             // A directory of decrypted PC files.
             match detect::detect(input)? {
-                SourceFormat::Pc4 => pc4::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d))?,
+                SourceFormat::Pc4 => {
+                    pc4::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d))?
+                }
                 _ => pc3::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d))?,
             }
         }
@@ -258,7 +276,9 @@ fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams) -> any
         let (db_self, db_name) = android::read_self(&conn)?;
         let self_id = p.self_id.clone().or(db_self).unwrap_or_else(|| "self".to_string());
         let contacts = android::read_contacts(&conn)?;
-        let self_name = db_name.or_else(|| contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone())).unwrap_or_else(|| self_id.clone());
+        let self_name = db_name
+            .or_else(|| contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone()))
+            .unwrap_or_else(|| self_id.clone());
         let messages = android::read_messages(&conn, &self_id)?;
         return Ok(("android".into(), self_id, self_name, contacts, messages));
     }

@@ -35,7 +35,12 @@ pub fn locate(input: &Path) -> anyhow::Result<Pc3Files> {
             }
         }
     }
-    let dir_wxid = micromsg.as_ref().and_then(|m| m.parent()).filter(|d| locate::file_name(d) == "Msg").and_then(|d| d.parent()).map(|d| locate::file_name(d).to_string());
+    let dir_wxid = micromsg
+        .as_ref()
+        .and_then(|m| m.parent())
+        .filter(|d| locate::file_name(d) == "Msg")
+        .and_then(|d| d.parent())
+        .map(|d| locate::file_name(d).to_string());
     if shards.is_empty() {
         bail!("{}: no MSG*.db shard found (PC WeChat 3.x keeps messages in Msg/Multi/MSG0.db …)", input.display());
     }
@@ -108,7 +113,13 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             }
         }
         let is_group = talker.ends_with("@chatroom");
-        let mut sender_id = if is_self { Some(self_id.to_string()) } else if !is_group { Some(talker.clone()) } else { None };
+        let mut sender_id = if is_self {
+            Some(self_id.to_string())
+        } else if !is_group {
+            Some(talker.clone())
+        } else {
+            None
+        };
         if is_group && !is_self && ty != 10000 && ty != 10002 {
             sender_id = extra.as_deref().and_then(protobuf::group_sender);
             // Some 3.x rows still carry the Android-style prefix; strip it defensively.
@@ -141,19 +152,28 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
 }
 
 /// Read a whole account.
-pub fn read(input: &Path, keys: &KeyMaterial, self_id: Option<&str>) -> anyhow::Result<(String, String, Vec<RawContact>, Vec<RawMessage>)> {
+pub fn read(
+    input: &Path,
+    keys: &KeyMaterial,
+    self_id: Option<&str>,
+) -> anyhow::Result<(String, String, Vec<RawContact>, Vec<RawMessage>)> {
     let files = locate(input)?;
     let mut contacts = Vec::new();
     if let Some(mm) = &files.micromsg {
         let conn = keys::open(mm, Flavour::Pc3, keys)?;
-        contacts = read_contacts(&conn).with_context(|| format!("{}: not a MicroMsg.db (no Contact table)", mm.display()))?;
+        contacts =
+            read_contacts(&conn).with_context(|| format!("{}: not a MicroMsg.db (no Contact table)", mm.display()))?;
     }
     let self_id = self_id
         .map(str::to_string)
         .or_else(|| files.dir_wxid.clone().filter(|w| contacts.iter().any(|c| &c.id == w)))
         .unwrap_or_else(|| "self".to_string());
     let names: HashMap<&str, &RawContact> = contacts.iter().map(|c| (c.id.as_str(), c)).collect();
-    let self_name = names.get(self_id.as_str()).map(|c| c.nickname.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| self_id.clone());
+    let self_name = names
+        .get(self_id.as_str())
+        .map(|c| c.nickname.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| self_id.clone());
     let mut messages = Vec::new();
     for shard in &files.shards {
         let conn = keys::open(shard, Flavour::Pc3, keys)?;

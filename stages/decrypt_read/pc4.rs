@@ -43,7 +43,10 @@ pub fn locate(input: &Path) -> anyhow::Result<Pc4Files> {
         }
     });
     if shards.is_empty() {
-        bail!("{}: no message_N.db found (WeChat 4.x keeps messages in db_storage/message/message_0.db …)", input.display());
+        bail!(
+            "{}: no message_N.db found (WeChat 4.x keeps messages in db_storage/message/message_0.db …)",
+            input.display()
+        );
     }
     Ok(Pc4Files { contact, shards, dir_wxid })
 }
@@ -85,7 +88,9 @@ pub fn table_for(username: &str) -> String {
 pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::Result<Vec<RawMessage>> {
     let mut names: Vec<String> = Vec::new();
     {
-        let mut stmt = conn.prepare("SELECT user_name FROM Name2Id ORDER BY rowid").with_context(|| format!("{}: no Name2Id table", path.display()))?;
+        let mut stmt = conn
+            .prepare("SELECT user_name FROM Name2Id ORDER BY rowid")
+            .with_context(|| format!("{}: no Name2Id table", path.display()))?;
         for n in stmt.query_map([], |r| r.get::<_, Option<String>>(0))? {
             names.push(n?.unwrap_or_default());
         }
@@ -170,7 +175,9 @@ fn self_from_status(conn: &Connection) -> Option<String> {
         .filter_map(Result::ok)
         .collect();
     for t in tables {
-        let sql = format!("SELECT n.user_name FROM \"{t}\" m JOIN Name2Id n ON m.real_sender_id = n.rowid WHERE m.status = 2 LIMIT 1");
+        let sql = format!(
+            "SELECT n.user_name FROM \"{t}\" m JOIN Name2Id n ON m.real_sender_id = n.rowid WHERE m.status = 2 LIMIT 1"
+        );
         if let Ok(name) = conn.query_row(&sql, [], |r| r.get::<_, String>(0)) {
             return Some(name);
         }
@@ -178,21 +185,34 @@ fn self_from_status(conn: &Connection) -> Option<String> {
     None
 }
 
-pub fn read(input: &Path, keys: &KeyMaterial, self_id: Option<&str>) -> anyhow::Result<(String, String, Vec<RawContact>, Vec<RawMessage>)> {
+pub fn read(
+    input: &Path,
+    keys: &KeyMaterial,
+    self_id: Option<&str>,
+) -> anyhow::Result<(String, String, Vec<RawContact>, Vec<RawMessage>)> {
     let files = locate(input)?;
     let mut contacts = Vec::new();
     if let Some(c) = &files.contact {
         let conn = keys::open(c, Flavour::Pc4, keys)?;
-        contacts = read_contacts(&conn).with_context(|| format!("{}: not a 4.x contact.db (no contact table)", c.display()))?;
+        contacts = read_contacts(&conn)
+            .with_context(|| format!("{}: not a 4.x contact.db (no contact table)", c.display()))?;
     }
-    let conns: Vec<(PathBuf, Connection)> =
-        files.shards.iter().map(|s| keys::open(s, Flavour::Pc4, keys).map(|c| (s.clone(), c))).collect::<anyhow::Result<_>>()?;
+    let conns: Vec<(PathBuf, Connection)> = files
+        .shards
+        .iter()
+        .map(|s| keys::open(s, Flavour::Pc4, keys).map(|c| (s.clone(), c)))
+        .collect::<anyhow::Result<_>>()?;
     let self_id = self_id
         .map(str::to_string)
         .or_else(|| conns.iter().find_map(|(_, c)| self_from_status(c)))
         .or(files.dir_wxid.clone())
         .unwrap_or_else(|| "self".to_string());
-    let self_name = contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| self_id.clone());
+    let self_name = contacts
+        .iter()
+        .find(|c| c.id == self_id)
+        .map(|c| c.nickname.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| self_id.clone());
     let mut messages = Vec::new();
     for (path, conn) in &conns {
         messages.extend(read_messages(conn, path, &self_id)?);

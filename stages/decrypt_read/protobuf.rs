@@ -78,7 +78,10 @@ pub fn bytes_extra_items(buf: &[u8]) -> Vec<(u64, String)> {
 
 /// The group sender wxid: item type 1, with any `:suffix` cut off (reference 2.4).
 pub fn group_sender(buf: &[u8]) -> Option<String> {
-    bytes_extra_items(buf).into_iter().find(|(t, _)| *t == 1).map(|(_, v)| v.split(':').next().unwrap_or("").to_string())
+    bytes_extra_items(buf)
+        .into_iter()
+        .find(|(t, _)| *t == 1)
+        .map(|(_, v)| v.split(':').next().unwrap_or("").to_string())
 }
 
 /// Encoding, for fixtures: a length-delimited field.
@@ -126,7 +129,8 @@ mod tests {
         let items = bytes_extra_items(&buf);
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].0, 7);
-        let ours = encode_bytes_extra(&[(1, "wxid_sender01"), (7, "<msgsource><membercount>3</membercount></msgsource>")]);
+        let ours =
+            encode_bytes_extra(&[(1, "wxid_sender01"), (7, "<msgsource><membercount>3</membercount></msgsource>")]);
         assert_eq!(hex::encode(ours), hex);
     }
 

@@ -113,7 +113,8 @@ fn sequence_logps(
 fn reference_logps(model: &Model, pairs: &[EncodedPair], batch: usize, pad: u32) -> anyhow::Result<Vec<(f64, f64)>> {
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch) {
-        let seqs: Vec<&EncodedSample> = chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
+        let seqs: Vec<&EncodedSample> =
+            chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
         let (sums, _, _) = sequence_logps(model, &seqs, pad, &mut Pass::inference())?;
         let n = chunk.len();
         out.extend((0..n).map(|i| (sums[i], sums[n + i])));
@@ -122,10 +123,18 @@ fn reference_logps(model: &Model, pairs: &[EncodedPair], batch: usize, pad: u32)
 }
 
 /// (preference accuracy of the implicit reward, mean implicit margin, mean loss).
-fn evaluate(model: &Model, pairs: &[EncodedPair], refs: &[(f64, f64)], beta: f64, batch: usize, pad: u32) -> anyhow::Result<(f64, f64, f64)> {
+fn evaluate(
+    model: &Model,
+    pairs: &[EncodedPair],
+    refs: &[(f64, f64)],
+    beta: f64,
+    batch: usize,
+    pad: u32,
+) -> anyhow::Result<(f64, f64, f64)> {
     let (mut right, mut margin, mut loss) = (0usize, 0f64, 0f64);
     for (k, chunk) in pairs.chunks(batch).enumerate() {
-        let seqs: Vec<&EncodedSample> = chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
+        let seqs: Vec<&EncodedSample> =
+            chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
         let (sums, _, _) = sequence_logps(model, &seqs, pad, &mut Pass::inference())?;
         let n = chunk.len();
         for i in 0..n {
@@ -147,7 +156,11 @@ impl TypedStage for DpoStage {
         version: 1,
         summary: "SFT model + ranked candidates → preference-tuned model (DPO, LoRA), a swap for reward-train + ppo",
         inputs: &[
-            InputSpec { name: "policy", required: true, help: "HF model folder to tune (sft.model); also the frozen reference" },
+            InputSpec {
+                name: "policy",
+                required: true,
+                help: "HF model folder to tune (sft.model); also the frozen reference",
+            },
             InputSpec { name: "ranked", required: true, help: "ranked candidates JSONL (reward-label.ranked)" },
             InputSpec { name: "labels", required: false, help: "a person's corrections: JSONL of {id, scores}" },
         ],
@@ -169,8 +182,21 @@ impl TypedStage for DpoStage {
         let reference = base.model(&TrainMode::Frozen, seed)?;
         let pad = base.tokenizer.pad_id();
         let max_len = p.max_seq_len.min(policy.cfg.max_position_embeddings);
-        let data = load_pairs(ctx.input("ranked")?, ctx.optional_input("labels"), &base.template, &base.tokenizer, max_len, p.min_margin, p.val_fraction)?;
-        ctx.progress.note(&format!("{} train / {} held-out pairs from {} prompts", data.train.len(), data.val.len(), data.records.len()));
+        let data = load_pairs(
+            ctx.input("ranked")?,
+            ctx.optional_input("labels"),
+            &base.template,
+            &base.tokenizer,
+            max_len,
+            p.min_margin,
+            p.val_fraction,
+        )?;
+        ctx.progress.note(&format!(
+            "{} train / {} held-out pairs from {} prompts",
+            data.train.len(),
+            data.val.len(),
+            data.records.len()
+        ));
         let train_refs = reference_logps(&reference, &data.train, p.batch_size, pad)?;
         let val_refs = reference_logps(&reference, &data.val, p.batch_size, pad)?;
         drop(reference);
@@ -187,8 +213,11 @@ impl TypedStage for DpoStage {
             order.shuffle(&mut rng);
             for chunk in order.chunks(p.batch_size) {
                 let n = chunk.len();
-                let seqs: Vec<&EncodedSample> =
-                    chunk.iter().map(|&i| &data.train[i].chosen).chain(chunk.iter().map(|&i| &data.train[i].rejected)).collect();
+                let seqs: Vec<&EncodedSample> = chunk
+                    .iter()
+                    .map(|&i| &data.train[i].chosen)
+                    .chain(chunk.iter().map(|&i| &data.train[i].rejected))
+                    .collect();
                 let (sums, fwd, row_of) = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
                 // dL/d(log p) of each sequence: chosen rows +g, rejected rows -g, g = -β σ(-x) / n.
                 let mut row_coef = vec![0f32; 2 * n];
@@ -207,7 +236,10 @@ impl TypedStage for DpoStage {
                 }
                 let coef: Vec<f32> = row_of.iter().map(|&r| row_coef[r]).collect();
                 let grads = logp_surrogate(&policy, &fwd, &coef)?.backward()?;
-                let mut g: Vec<_> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+                let mut g: Vec<_> = vars
+                    .iter()
+                    .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+                    .collect::<candle_core::Result<_>>()?;
                 clip_grad_norm(&mut g, p.grad_clip)?;
                 opt.step(&g, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
                 step += 1;
@@ -220,16 +252,31 @@ impl TypedStage for DpoStage {
             }
         }
         bar.finish_and_clear();
-        let (train_acc, train_margin, train_loss) = evaluate(&policy, &data.train, &train_refs, p.beta, p.batch_size, pad)?;
-        let held_out = if data.val.is_empty() { None } else { Some(evaluate(&policy, &data.val, &val_refs, p.beta, p.batch_size, pad)?) };
+        let (train_acc, train_margin, train_loss) =
+            evaluate(&policy, &data.train, &train_refs, p.beta, p.batch_size, pad)?;
+        let held_out = if data.val.is_empty() {
+            None
+        } else {
+            Some(evaluate(&policy, &data.val, &val_refs, p.beta, p.batch_size, pad)?)
+        };
 
         save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
-        let tensors = policy.adapter_tensors().into_iter().map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let tensors = policy
+            .adapter_tensors()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
+            .collect::<anyhow::Result<_>>()?;
         let base_name = policy_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         save_adapter(&ctx.output("adapter", &Self::INFO)?, &p.lora, &base_name, &tensors)?;
         let curves = ctx.output("curves", &Self::INFO)?;
         write_curves(&curves, "loss", "DPO loss", "loss", &[("train".into(), loss_curve)])?;
-        write_curves(&curves, "accuracy", "DPO implicit-reward accuracy", "accuracy", &[("held-out".into(), val_curve)])?;
+        write_curves(
+            &curves,
+            "accuracy",
+            "DPO implicit-reward accuracy",
+            "accuracy",
+            &[("held-out".into(), val_curve)],
+        )?;
 
         let mut m = Metrics::new();
         m.insert("train_pairs".into(), data.train.len().into());

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use crate::runtime::GenerationParams;
+use crate::runtime::reward::RewardModel;
 use crate::stages::common::jsonl::read_jsonl;
 use crate::stages::common::sample::Sample;
-use crate::runtime::reward::RewardModel;
 use models::EvalModel;
 use style::{StyleStats, mine_catchphrases, style_distance, style_stats};
 
@@ -45,7 +45,15 @@ impl Default for EvalParams {
     fn default() -> Self {
         let mut generation = GenerationParams { max_tokens: 48, ..Default::default() };
         generation.sampling.seed = 1;
-        EvalParams { prompts: 48, samples_per_prompt: 1, perplexity_samples: 200, max_len: 256, generation, catchphrases: Vec::new(), examples: 6 }
+        EvalParams {
+            prompts: 48,
+            samples_per_prompt: 1,
+            perplexity_samples: 200,
+            max_len: 256,
+            generation,
+            catchphrases: Vec::new(),
+            examples: 6,
+        }
     }
 }
 
@@ -89,8 +97,16 @@ const INPUTS: &[InputSpec] = &[
     InputSpec { name: "sft", required: false, help: "sft.model" },
     InputSpec { name: "ppo", required: false, help: "ppo.model" },
     InputSpec { name: "dpo", required: false, help: "dpo.model" },
-    InputSpec { name: "quantized", required: false, help: "quantize.gguf (or a .gguf file): evaluated through the serving decoder" },
-    InputSpec { name: "reward", required: false, help: "reward model (reward-train.model): adds mean reward per model" },
+    InputSpec {
+        name: "quantized",
+        required: false,
+        help: "quantize.gguf (or a .gguf file): evaluated through the serving decoder",
+    },
+    InputSpec {
+        name: "reward",
+        required: false,
+        help: "reward model (reward-train.model): adds mean reward per model",
+    },
     InputSpec { name: "blocked_words", required: false, help: "blocked words, one per line" },
 ];
 
@@ -136,7 +152,8 @@ impl TypedStage for Eval {
         // Replies are prompt-major: prompt i's j-th reply sits at i * k + j.
         let mean_reward = |replies: &[String], per_prompt: usize| -> anyhow::Result<Option<f64>> {
             let Some(r) = &reward else { return Ok(None) };
-            let items: Vec<(&Sample, &str)> = replies.iter().enumerate().map(|(i, t)| (prompts[i / per_prompt], t.as_str())).collect();
+            let items: Vec<(&Sample, &str)> =
+                replies.iter().enumerate().map(|(i, t)| (prompts[i / per_prompt], t.as_str())).collect();
             let scores = r.score(&items, 8)?;
             Ok(Some(scores.iter().sum::<f64>() / scores.len().max(1) as f64))
         };
@@ -151,7 +168,8 @@ impl TypedStage for Eval {
             let started = Instant::now();
             let model = EvalModel::load(name, ctx.input(name)?, &ctx.globals.device)?;
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
-            let (ppl, _) = model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;
+            let (ppl, _) =
+                model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;
             let mut replies = Vec::with_capacity(prompts.len() * k);
             for (i, s) in prompts.iter().enumerate() {
                 for j in 0..k {
@@ -164,7 +182,16 @@ impl TypedStage for Eval {
             let st = style_stats(&replies, &catchphrases, &blocked);
             let dist = style_distance(&st, &person);
             let reward_mean = mean_reward(&replies, k)?;
-            models.insert(name.to_string(), ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, reward_mean, seconds: started.elapsed().as_secs_f64() });
+            models.insert(
+                name.to_string(),
+                ModelReport {
+                    perplexity: Some(ppl),
+                    style: st,
+                    style_distance: dist,
+                    reward_mean,
+                    seconds: started.elapsed().as_secs_f64(),
+                },
+            );
             generated.insert(name.to_string(), replies);
         }
         bar.finish_and_clear();
@@ -179,10 +206,22 @@ impl TypedStage for Eval {
                 replies: generated.iter().map(|(m, r)| (m.clone(), r[i * k].clone())).collect(),
             })
             .collect();
-        let report = EvalReport { person: person.clone(), person_reward, catchphrases, models, order: present.iter().map(|s| s.to_string()).collect(), examples };
+        let report = EvalReport {
+            person: person.clone(),
+            person_reward,
+            catchphrases,
+            models,
+            order: present.iter().map(|s| s.to_string()).collect(),
+            examples,
+        };
         std::fs::write(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
-        let bars: Vec<(String, f64)> = report.order.iter().map(|m| (m.clone(), report.models[m].style_distance)).collect();
-        crate::stages::common::plot::bar_chart(&ctx.output("chart", &Self::INFO)?, "style distance to the person (lower is closer)", &bars)?;
+        let bars: Vec<(String, f64)> =
+            report.order.iter().map(|m| (m.clone(), report.models[m].style_distance)).collect();
+        crate::stages::common::plot::bar_chart(
+            &ctx.output("chart", &Self::INFO)?,
+            "style distance to the person (lower is closer)",
+            &bars,
+        )?;
 
         let mut metrics = Metrics::new();
         metrics.insert("person.len_mean".into(), serde_json::json!(person.len_mean));

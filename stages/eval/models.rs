@@ -16,7 +16,8 @@ pub struct FloatModel {
 impl FloatModel {
     pub fn load(dir: &Path, device: &str) -> anyhow::Result<FloatModel> {
         let device = select_device(device)?;
-        let loaded = load_hf_dir(dir, &device, &TrainMode::Frozen, 0).with_context(|| format!("loading model {}", dir.display()))?;
+        let loaded = load_hf_dir(dir, &device, &TrainMode::Frozen, 0)
+            .with_context(|| format!("loading model {}", dir.display()))?;
         Ok(FloatModel { loaded })
     }
 
@@ -130,7 +131,11 @@ pub enum EvalModel {
 impl EvalModel {
     /// `quantized` inputs go through the GGUF decoder, the rest load as float HF folders.
     pub fn load(name: &str, path: &Path, device: &str) -> anyhow::Result<EvalModel> {
-        Ok(if name == "quantized" { EvalModel::Quant(QuantModel::load(path)?) } else { EvalModel::Float(FloatModel::load(path, device)?) })
+        Ok(if name == "quantized" {
+            EvalModel::Quant(QuantModel::load(path)?)
+        } else {
+            EvalModel::Float(FloatModel::load(path, device)?)
+        })
     }
 
     pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {

@@ -12,15 +12,39 @@ use crate::stages::common::sample::BUBBLE_SEPARATOR;
 
 /// Bracketed labels that normalise writes for non-text messages: not emoji.
 const PLACEHOLDERS: &[&str] = &[
-    "手机图片", "表情包", "外部链接", "微信转账", "群公告", "微信红包", "对方领取红包", "领取红包", "名片推荐", "语音",
-    "视频", "文件", "位置", "聊天记录", "拍一拍", "撤回消息", "系统消息", "小程序", "视频号", "语音通话", "视频通话",
-    "引用消息", "未知消息", "电话", "身份证", "银行卡", "邮箱", "链接",
+    "手机图片",
+    "表情包",
+    "外部链接",
+    "微信转账",
+    "群公告",
+    "微信红包",
+    "对方领取红包",
+    "领取红包",
+    "名片推荐",
+    "语音",
+    "视频",
+    "文件",
+    "位置",
+    "聊天记录",
+    "拍一拍",
+    "撤回消息",
+    "系统消息",
+    "小程序",
+    "视频号",
+    "语音通话",
+    "视频通话",
+    "引用消息",
+    "未知消息",
+    "电话",
+    "身份证",
+    "银行卡",
+    "邮箱",
+    "链接",
 ];
 
 /// WeChat's bracket emoji (`[捂脸]`, `[OK]`) and Unicode emoji.
-static EMOJI: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\[([\p{Han}A-Za-z0-9]{1,4})\]|[\p{Extended_Pictographic}]").expect("static regex")
-});
+static EMOJI: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[([\p{Han}A-Za-z0-9]{1,4})\]|[\p{Extended_Pictographic}]").expect("static regex"));
 
 pub fn has_emoji(text: &str) -> bool {
     EMOJI.captures_iter(text).any(|c| match c.get(1) {
@@ -189,7 +213,13 @@ mod tests {
 
     #[test]
     fn style_distance_is_zero_for_identical_and_grows() {
-        let p = StyleStats { len_mean: 10.0, bubbles_mean: 2.0, catchphrase_rate: 0.3, emoji_rate: 0.2, ..Default::default() };
+        let p = StyleStats {
+            len_mean: 10.0,
+            bubbles_mean: 2.0,
+            catchphrase_rate: 0.3,
+            emoji_rate: 0.2,
+            ..Default::default()
+        };
         assert_eq!(style_distance(&p, &p), 0.0);
         let far = StyleStats { len_mean: 40.0, bubbles_mean: 1.0, ..Default::default() };
         assert!(style_distance(&far, &p) > 0.5);

@@ -15,7 +15,8 @@ impl Blocked {
     }
 
     pub fn from_words<S: AsRef<str>>(words: &[S]) -> anyhow::Result<Blocked> {
-        let mut words: Vec<&str> = words.iter().map(|w| w.as_ref().trim()).filter(|w| !w.is_empty() && !w.starts_with('#')).collect();
+        let mut words: Vec<&str> =
+            words.iter().map(|w| w.as_ref().trim()).filter(|w| !w.is_empty() && !w.starts_with('#')).collect();
         if words.is_empty() {
             return Ok(Blocked::none());
         }
@@ -26,7 +27,8 @@ impl Blocked {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Blocked> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading blocked words from {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading blocked words from {}", path.display()))?;
         let words: Vec<&str> = text.lines().collect();
         Blocked::from_words(&words)
     }

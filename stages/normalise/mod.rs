@@ -59,10 +59,16 @@ pub struct Stats {
 }
 
 /// The pure transformation (stage, tests and benches share it).
-pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, blocked: &Blocked) -> (Vec<Message>, Stats) {
+pub fn normalise(
+    meta: &RawMeta,
+    raw: &[RawMessage],
+    params: &NormaliseParams,
+    blocked: &Blocked,
+) -> (Vec<Message>, Stats) {
     let contacts: HashMap<&str, &RawContact> = meta.contacts.iter().map(|c| (c.id.as_str(), c)).collect();
     // Conversations are few: rank them once (sort key) and resolve their names once.
-    let mut convs: Vec<&str> = raw.iter().map(|m| m.conversation.as_str()).collect::<std::collections::HashSet<_>>().into_iter().collect();
+    let mut convs: Vec<&str> =
+        raw.iter().map(|m| m.conversation.as_str()).collect::<std::collections::HashSet<_>>().into_iter().collect();
     convs.sort_unstable();
     let conv_rank: HashMap<&str, u32> = convs.iter().enumerate().map(|(i, c)| (*c, i as u32)).collect();
     let conv_info: Vec<(String, bool)> = convs
@@ -87,7 +93,15 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
         .map(|m| {
             let rendered = render::render(m);
             let rank = conv_rank.get(m.conversation.as_str()).copied().unwrap_or(0);
-            let mut row = Row { msg: None, rank, malformed: rendered.malformed, pii: PiiCounts::default(), masked: false, dropped_blocked: false, dropped_kind: false };
+            let mut row = Row {
+                msg: None,
+                rank,
+                malformed: rendered.malformed,
+                pii: PiiCounts::default(),
+                masked: false,
+                dropped_blocked: false,
+                dropped_kind: false,
+            };
             if params.drop_kinds.contains(&rendered.kind) {
                 row.dropped_kind = true;
                 return row;
@@ -187,7 +201,11 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
             Some((lo, hi, y)) if ts >= *lo && ts < *hi => *y,
             _ => {
                 let y = chrono::DateTime::from_timestamp(ts, 0).map(|t| chrono::Datelike::year(&t)).unwrap_or(1970);
-                let bound = |y: i32| chrono::NaiveDate::from_ymd_opt(y, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc().timestamp());
+                let bound = |y: i32| {
+                    chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        .map(|d| d.and_utc().timestamp())
+                };
                 let (lo, hi) = (bound(y).unwrap_or(ts), bound(y + 1).unwrap_or(ts + 1));
                 year_cache = Some((lo, hi, y));
                 y
@@ -198,7 +216,8 @@ pub fn normalise(meta: &RawMeta, raw: &[RawMessage], params: &NormaliseParams, b
     }
     stats.messages = messages.len() as u64;
     stats.conversations = by_rank.iter().filter(|c| **c > 0).count() as u64;
-    stats.by_kind = MessageKind::ALL.iter().zip(by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (kind_name(*k), n)).collect();
+    stats.by_kind =
+        MessageKind::ALL.iter().zip(by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (kind_name(*k), n)).collect();
     for (rank, n) in by_rank.into_iter().enumerate() {
         if n > 0 {
             *stats.by_contact.entry(conv_info[rank].0.clone()).or_default() += n;
@@ -222,11 +241,23 @@ impl TypedStage for NormaliseStage {
         summary: "render every message type as text (seed 002 rules), mask PII and blocked words, one sorted message table + stats",
         inputs: &[
             InputSpec { name: "raw", required: true, help: "decrypt-read's raw table" },
-            InputSpec { name: "blocked_words", required: false, help: "a word list, one per line; masks or drops (blocked_mode)" },
+            InputSpec {
+                name: "blocked_words",
+                required: false,
+                help: "a word list, one per line; masks or drops (blocked_mode)",
+            },
         ],
         outputs: &[
-            OutputSpec { name: "messages", path: "messages.jsonl", help: "normalised messages, by conversation then time" },
-            OutputSpec { name: "stats", path: "stats.json", help: "counts by kind, contact and year; PII and blocked-word counts" },
+            OutputSpec {
+                name: "messages",
+                path: "messages.jsonl",
+                help: "normalised messages, by conversation then time",
+            },
+            OutputSpec {
+                name: "stats",
+                path: "stats.json",
+                help: "counts by kind, contact and year; PII and blocked-word counts",
+            },
         ],
     };
 

@@ -53,8 +53,9 @@ impl PiiCounts {
 
 static URL_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#"(?i)(?:https?://|www\.)[^\s<>"'，。！？、）)\]】]+"#).expect("static regex"));
-static EMAIL_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}").expect("static regex"));
+static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}").expect("static regex")
+});
 
 /// Mask `text`; returns None when nothing changed (the common case, no allocation).
 pub fn mask(text: &str, cfg: &PiiConfig, counts: &mut PiiCounts) -> Option<String> {

@@ -184,7 +184,11 @@ fn render_exported(m: &RawMessage, ex: &ExportedFields) -> Rendered {
         (49, 57) => Rendered {
             kind: K::Quote,
             text: if ex.title.is_some() { title } else { QUOTE_LOST.into() },
-            quoted: ex.quote.as_ref().map(|q| QuotedMessage { message_ref: None, sender_name: q.sender_name.clone(), text: q.text.clone() }),
+            quoted: ex.quote.as_ref().map(|q| QuotedMessage {
+                message_ref: None,
+                sender_name: q.sender_name.clone(),
+                text: q.text.clone(),
+            }),
             malformed: false,
         },
         (49, 3 | 4 | 5) => r(K::Link, format!("{LINK_PREFIX}{title}")),
@@ -219,7 +223,8 @@ mod tests {
         let qm = q.quoted.unwrap();
         assert_eq!(qm.text, "我妈说可以");
         assert_eq!(qm.message_ref.as_deref(), Some("8763671344321550129"));
-        let transfer = "<msg><appmsg appid=\"\" sdkver=\"\"><title><![CDATA[微信转账]]></title><type>2000</type></appmsg></msg>";
+        let transfer =
+            "<msg><appmsg appid=\"\" sdkver=\"\"><title><![CDATA[微信转账]]></title><type>2000</type></appmsg></msg>";
         assert_eq!(render(&raw(49, transfer)).text, "[微信转账]");
         let ann = "<msg><appmsg appid=\"\" sdkver=\"0\"><type>87</type><announcement><![CDATA[<group_notice_item/>]]></announcement></appmsg></msg>";
         assert_eq!(render(&raw(49, ann)).text, "[群公告]");

@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn parses_cdata_entities_and_attributes() {
-        let r = parse("<?xml version=\"1.0\"?>\n<msg a=\"x&amp;y\"><t><![CDATA[微信]]>转账&#x0A;&lt;</t><e/></msg>").unwrap();
+        let r = parse("<?xml version=\"1.0\"?>\n<msg a=\"x&amp;y\"><t><![CDATA[微信]]>转账&#x0A;&lt;</t><e/></msg>")
+            .unwrap();
         let msg = r.child("msg").unwrap();
         assert_eq!(msg.attr("a"), Some("x&y"));
         assert_eq!(msg.child("t").unwrap().text, "微信转账\n<");

@@ -54,14 +54,26 @@ impl TypedStage for PpoStage {
         version: 1,
         summary: "SFT policy + reward model → RL-tuned policy (PPO: LoRA policy and critic, frozen reference, KL penalty, GAE)",
         inputs: &[
-            InputSpec { name: "policy", required: true, help: "HF model folder to tune (sft.model); also the frozen reference" },
+            InputSpec {
+                name: "policy",
+                required: true,
+                help: "HF model folder to tune (sft.model); also the frozen reference",
+            },
             InputSpec { name: "reward", required: true, help: "reward model folder (reward-train.model)" },
-            InputSpec { name: "prompts", required: true, help: "samples JSONL whose contexts are the prompts (split.train)" },
+            InputSpec {
+                name: "prompts",
+                required: true,
+                help: "samples JSONL whose contexts are the prompts (split.train)",
+            },
         ],
         outputs: &[
             OutputSpec { name: "model", path: "model", help: "merged HF folder" },
             OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter of the policy" },
-            OutputSpec { name: "curves", path: "curves", help: "reward, KL, entropy, clip fraction and value loss per iteration (JSON + SVG)" },
+            OutputSpec {
+                name: "curves",
+                path: "curves",
+                help: "reward, KL, entropy, clip fraction and value loss per iteration (JSON + SVG)",
+            },
         ],
     };
 
@@ -80,7 +92,14 @@ impl TypedStage for PpoStage {
         let prompts_path = ctx.input("prompts")?;
         let samples: Vec<Sample> = read_jsonl(prompts_path)?;
         anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());
-        let m = Models { base: &base, policy: &policy, reference: &reference, critic: &critic, value_head: &value_head, reward: &reward };
+        let m = Models {
+            base: &base,
+            policy: &policy,
+            reference: &reference,
+            critic: &critic,
+            value_head: &value_head,
+            reward: &reward,
+        };
 
         let mut critic_vars = critic.trainable().to_vec();
         critic_vars.extend(value_head.vars());
@@ -123,7 +142,11 @@ impl TypedStage for PpoStage {
                 for mb in idx.chunks(p.minibatch_size) {
                     let refs: Vec<&Experience> = mb.iter().map(|&i| &exps[i]).collect();
                     let s = update::step(&m, &refs, p, &mut opt, (p.lr, p.critic_lr))?;
-                    anyhow::ensure!(s.policy_loss.is_finite() && s.value_loss.is_finite(), "ppo losses became non-finite at iteration {}; try a lower lr", it + 1);
+                    anyhow::ensure!(
+                        s.policy_loss.is_finite() && s.value_loss.is_finite(),
+                        "ppo losses became non-finite at iteration {}; try a lower lr",
+                        it + 1
+                    );
                     sum.policy_loss += s.policy_loss;
                     sum.value_loss += s.value_loss;
                     sum.clip_fraction += s.clip_fraction;
@@ -150,12 +173,22 @@ impl TypedStage for PpoStage {
         bar.finish_and_clear();
 
         save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
-        let tensors = policy.adapter_tensors().into_iter().map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let tensors = policy
+            .adapter_tensors()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
+            .collect::<anyhow::Result<_>>()?;
         let base_name = policy_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         save_adapter(&ctx.output("adapter", &Self::INFO)?, &p.lora, &base_name, &tensors)?;
         let dir = ctx.output("curves", &Self::INFO)?;
         let series = |i: usize| (names[i].to_string(), curves[i].clone());
-        write_curves(&dir, "reward", "PPO: reward-model score of sampled responses", "normalised reward", &[series(0)])?;
+        write_curves(
+            &dir,
+            "reward",
+            "PPO: reward-model score of sampled responses",
+            "normalised reward",
+            &[series(0)],
+        )?;
         write_curves(&dir, "kl", "PPO: KL to the SFT model (per response)", "nats", &[series(1)])?;
         write_curves(&dir, "ppo", "PPO: all statistics", "value", &(0..names.len()).map(series).collect::<Vec<_>>())?;
 

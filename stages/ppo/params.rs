@@ -67,7 +67,12 @@ impl Default for PpoParams {
 impl PpoParams {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.lora.validate()?;
-        for (name, v) in [("lr", self.lr), ("critic_lr", self.critic_lr), ("clip_range", self.clip_range), ("reward_clip", self.reward_clip)] {
+        for (name, v) in [
+            ("lr", self.lr),
+            ("critic_lr", self.critic_lr),
+            ("clip_range", self.clip_range),
+            ("reward_clip", self.reward_clip),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("{name} must be a positive number");
             }

@@ -60,14 +60,23 @@ fn per_row<T: Copy>(flat: &[T], batch: &Batch, rows: usize) -> Vec<Vec<T>> {
 pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoParams, seed: u64) -> anyhow::Result<Vec<Experience>> {
     let tok = &m.base.tokenizer;
     let generator = Generator::new(m.policy, tok);
-    let eos = tok.token_to_id(&m.base.template.eos_token).filter(|id| generator.eos_ids().contains(id)).or_else(|| generator.eos_ids().first().copied());
+    let eos = tok
+        .token_to_id(&m.base.template.eos_token)
+        .filter(|id| generator.eos_ids().contains(id))
+        .or_else(|| generator.eos_ids().first().copied());
     let mut seqs = Vec::with_capacity(prompts.len());
     let mut texts = Vec::with_capacity(prompts.len());
     for (i, sample) in prompts.iter().enumerate() {
         let prompt = m.base.template.encode_prompt(tok, sample, p.max_prompt_tokens)?;
         let params = GenerationParams {
             max_tokens: p.max_new_tokens,
-            sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, seed: seed.wrapping_add(i as u64) },
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 0,
+                repetition_penalty: 1.0,
+                seed: seed.wrapping_add(i as u64),
+            },
             stop: Vec::new(),
             use_cache: true,
         };

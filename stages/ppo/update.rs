@@ -22,7 +22,10 @@ pub struct StepStats {
 
 fn grads_of(vars: &[(String, Var)], loss: &Tensor) -> anyhow::Result<Vec<Tensor>> {
     let store = loss.backward()?;
-    Ok(vars.iter().map(|(_, v)| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok)).collect::<candle_core::Result<_>>()?)
+    Ok(vars
+        .iter()
+        .map(|(_, v)| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+        .collect::<candle_core::Result<_>>()?)
 }
 
 pub struct Optimisers {
@@ -30,7 +33,13 @@ pub struct Optimisers {
     pub critic: AdamW,
 }
 
-pub fn step(m: &Models, batch_exps: &[&Experience], p: &PpoParams, opt: &mut Optimisers, lr: (f64, f64)) -> anyhow::Result<StepStats> {
+pub fn step(
+    m: &Models,
+    batch_exps: &[&Experience],
+    p: &PpoParams,
+    opt: &mut Optimisers,
+    lr: (f64, f64),
+) -> anyhow::Result<StepStats> {
     let seqs: Vec<&EncodedSample> = batch_exps.iter().map(|e| &e.seq).collect();
     let batch = batch_of(&seqs, m.base.tokenizer.pad_id());
     let adv: Vec<f64> = batch_exps.iter().flat_map(|e| e.advantages.iter().copied()).collect();

@@ -19,10 +19,7 @@ pub struct QuantizeParams {
 
 impl Default for QuantizeParams {
     fn default() -> Self {
-        Self {
-            types: vec!["q8_0".into(), "q4_0".into()],
-            name: "model".into(),
-        }
+        Self { types: vec!["q8_0".into(), "q4_0".into()], name: "model".into() }
     }
 }
 
@@ -57,9 +54,7 @@ impl TypedStage for QuantizeStage {
             .types
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}"))
-            })
+            .map(|(i, t)| quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let model = ctx.input("model")?;
         let out = ctx.output("gguf", &Self::INFO)?;
@@ -81,8 +76,7 @@ impl TypedStage for QuantizeStage {
                 std::fs::copy(&src, out.join(f))?;
             }
         }
-        ctx.progress
-            .note(&format!("wrote {} GGUF file(s)", params.types.len()));
+        ctx.progress.note(&format!("wrote {} GGUF file(s)", params.types.len()));
         Ok(m)
     }
 }

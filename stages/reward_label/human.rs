@@ -50,7 +50,8 @@ impl LabelState {
         let mut labels = HashMap::new();
         let mut ignored = 0usize;
         if labels_path.exists() {
-            let text = std::fs::read_to_string(labels_path).with_context(|| format!("reading labels {}", labels_path.display()))?;
+            let text = std::fs::read_to_string(labels_path)
+                .with_context(|| format!("reading labels {}", labels_path.display()))?;
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
@@ -74,7 +75,12 @@ impl LabelState {
             .mode(0o600)
             .open(labels_path)
             .with_context(|| format!("opening labels {}", labels_path.display()))?;
-        Ok(LabelState { records, index, labels_path: labels_path.to_path_buf(), inner: Mutex::new(Inner { file, labels }) })
+        Ok(LabelState {
+            records,
+            index,
+            labels_path: labels_path.to_path_buf(),
+            inner: Mutex::new(Inner { file, labels }),
+        })
     }
 
     pub fn labels_path(&self) -> &Path {
@@ -120,7 +126,11 @@ impl LabelState {
         };
         let n = self.records[i].responses.len();
         let scores = scores_from_order(order, n).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        let label = Label { id: id.to_string(), scores: scores.clone(), candidates: Some(candidates_fingerprint(&self.records[i])) };
+        let label = Label {
+            id: id.to_string(),
+            scores: scores.clone(),
+            candidates: Some(candidates_fingerprint(&self.records[i])),
+        };
         let mut line = serde_json::to_vec(&label).expect("plain data");
         line.push(b'\n');
         let mut inner = self.inner.lock().expect("labels lock");
@@ -210,7 +220,9 @@ async fn dispatch(State(st): State<Arc<LabelState>>, req: Request) -> Response {
                 Err((status, msg)) => error(status, msg),
             }
         }
-        ("/", _) | ("/api/records", _) | ("/api/label", _) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ("/", _) | ("/api/records", _) | ("/api/label", _) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -222,13 +234,20 @@ fn host_ok(headers: &HeaderMap) -> bool {
 /// Serve the page on `host:port` (loopback only) until ctrl-c.
 pub fn serve_blocking(ranked: &Path, labels: &Path, host: &str, port: u16) -> anyhow::Result<()> {
     if !is_loopback_host(host) {
-        bail!("refusing to listen on {host}: the labelling page shows chat text, so it binds loopback only (127.0.0.1, ::1, localhost)");
+        bail!(
+            "refusing to listen on {host}: the labelling page shows chat text, so it binds loopback only (127.0.0.1, ::1, localhost)"
+        );
     }
     let state = Arc::new(LabelState::open(ranked, labels)?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let addr = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let addr = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         println!("labelling {} records; saving to {}", state.records.len(), state.labels_path().display());
         println!("open http://{local}/ (Ctrl-C to stop)");

@@ -103,7 +103,11 @@ pub struct RewardLabelStage;
 
 const INPUTS: &[InputSpec] = &[
     InputSpec { name: "model", required: true, help: "the SFT model folder (sft.model)" },
-    InputSpec { name: "prompts", required: true, help: "samples whose contexts are the prompts (split.val or split.test)" },
+    InputSpec {
+        name: "prompts",
+        required: true,
+        help: "samples whose contexts are the prompts (split.val or split.test)",
+    },
     InputSpec {
         name: "reference",
         required: false,
@@ -292,15 +296,24 @@ mod tests {
     fn defaults_and_judge_names_parse() {
         let p: RewardLabelParams = crate::engine::stage::parse_params(&toml::from_str("").unwrap()).unwrap();
         assert_eq!((p.n, p.prompts, p.max_prompt_tokens, p.judge), (3, 64, 256, Judge::Rules));
-        assert_eq!((p.generation.max_tokens, p.generation.sampling.temperature, p.generation.sampling.top_p), (48, 1.0, 0.95));
+        assert_eq!(
+            (p.generation.max_tokens, p.generation.sampling.temperature, p.generation.sampling.top_p),
+            (48, 1.0, 0.95)
+        );
         let p: RewardLabelParams =
-            crate::engine::stage::parse_params(&toml::from_str("judge = \"openai\"\n[openai]\nmodel = \"m\"").unwrap()).unwrap();
+            crate::engine::stage::parse_params(&toml::from_str("judge = \"openai\"\n[openai]\nmodel = \"m\"").unwrap())
+                .unwrap();
         assert_eq!(p.judge, Judge::Openai);
         assert_eq!(p.openai.model, "m");
         assert_eq!(p.openai.api_key_env, "OPENAI_API_KEY");
-        let err = crate::engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("[rules]\nnope = 1").unwrap()).unwrap_err();
+        let err =
+            crate::engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("[rules]\nnope = 1").unwrap())
+                .unwrap_err();
         assert!(err.path.starts_with("rules"), "{}", err.path);
-        assert!(crate::engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("judge = \"gpt\"").unwrap()).is_err());
+        assert!(
+            crate::engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("judge = \"gpt\"").unwrap())
+                .is_err()
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub fn render_candidates(candidates: &[String]) -> String {
     candidates
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{}. {}", i + 1, c.split(BUBBLE_SEPARATOR).map(str::trim).collect::<Vec<_>>().join(" / ")))
+        .map(|(i, c)| {
+            format!("{}. {}", i + 1, c.split(BUBBLE_SEPARATOR).map(str::trim).collect::<Vec<_>>().join(" / "))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -222,7 +224,8 @@ impl OpenAiJudge {
         for attempt in 0..=self.params.max_retries {
             match self.attempt(id, key.as_deref(), &body, candidates.len())? {
                 Ok(scores) => {
-                    create_private_dir(&self.cache_dir).with_context(|| format!("creating {}", self.cache_dir.display()))?;
+                    create_private_dir(&self.cache_dir)
+                        .with_context(|| format!("creating {}", self.cache_dir.display()))?;
                     write_atomic(&cached, &serde_json::to_vec(&CacheEntry { scores: scores.clone() })?)
                         .with_context(|| format!("writing {}", cached.display()))?;
                     return Ok(Some(scores));
@@ -232,7 +235,8 @@ impl OpenAiJudge {
                     unreadable = false;
                     last = why;
                     if attempt < self.params.max_retries {
-                        let backoff = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(30));
+                        let backoff = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6)))
+                            .min(Duration::from_secs(30));
                         std::thread::sleep(after.unwrap_or(backoff));
                     }
                 }
@@ -247,7 +251,13 @@ impl OpenAiJudge {
 
     /// One request. The outer error is fatal (a 4xx other than 429); the inner one says
     /// whether to try again.
-    fn attempt(&mut self, id: &str, key: Option<&str>, body: &[u8], n: usize) -> anyhow::Result<Result<Vec<f64>, Attempt>> {
+    fn attempt(
+        &mut self,
+        id: &str,
+        key: Option<&str>,
+        body: &[u8],
+        n: usize,
+    ) -> anyhow::Result<Result<Vec<f64>, Attempt>> {
         self.limiter.wait();
         self.requests += 1;
         let mut req = self.agent.post(&self.url).content_type("application/json");
@@ -280,7 +290,11 @@ impl OpenAiJudge {
                 .collect::<Vec<_>>()
                 .join(", ");
             let code = if code.is_empty() { String::new() } else { format!(" ({code})") };
-            let hint = if status == 401 || status == 403 { format!("; check {}", self.params.api_key_env) } else { String::new() };
+            let hint = if status == 401 || status == 403 {
+                format!("; check {}", self.params.api_key_env)
+            } else {
+                String::new()
+            };
             bail!("record `{id}`: the judge at {} answered HTTP {status}{code}{hint}", self.url);
         }
         let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -298,7 +312,11 @@ mod tests {
         let c = vec!["好的<s>马上".to_string(), "不去{n}".to_string()];
         let out = render_prompt("{n} 条\n{source}\n{candidates}", "老王:去吗", &c);
         assert_eq!(out, "2 条\n老王:去吗\n1. 好的 / 马上\n2. 不去{n}");
-        assert!(DEFAULT_TEMPLATE.contains("{source}") && DEFAULT_TEMPLATE.contains("{candidates}") && DEFAULT_TEMPLATE.contains("{n}"));
+        assert!(
+            DEFAULT_TEMPLATE.contains("{source}")
+                && DEFAULT_TEMPLATE.contains("{candidates}")
+                && DEFAULT_TEMPLATE.contains("{n}")
+        );
     }
 
     #[test]

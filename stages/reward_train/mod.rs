@@ -95,13 +95,25 @@ pub struct RewardTrainStage;
 
 /// Raw scores of chosen and rejected for `pairs`, `[2n]` (chosen first), with the graph when
 /// `pass.grad`.
-fn pair_scores(model: &Model, head: &ScalarHead, pairs: &[&EncodedPair], pad: u32, pass: &mut Pass) -> anyhow::Result<candle_core::Tensor> {
+fn pair_scores(
+    model: &Model,
+    head: &ScalarHead,
+    pairs: &[&EncodedPair],
+    pad: u32,
+    pass: &mut Pass,
+) -> anyhow::Result<candle_core::Tensor> {
     let seqs: Vec<&EncodedSample> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
     score_batch(model, head, &last_token_batch(&seqs, pad), pass)
 }
 
 /// (pair accuracy, mean margin r_chosen - r_rejected, mean loss) over `pairs`.
-fn evaluate(model: &Model, head: &ScalarHead, pairs: &[EncodedPair], batch: usize, pad: u32) -> anyhow::Result<(f64, f64, f64)> {
+fn evaluate(
+    model: &Model,
+    head: &ScalarHead,
+    pairs: &[EncodedPair],
+    batch: usize,
+    pad: u32,
+) -> anyhow::Result<(f64, f64, f64)> {
     let (mut right, mut margin, mut loss) = (0usize, 0f64, 0f64);
     for chunk in pairs.chunks(batch) {
         let refs: Vec<&EncodedPair> = chunk.iter().collect();
@@ -127,10 +139,18 @@ impl TypedStage for RewardTrainStage {
         inputs: &[
             InputSpec { name: "base", required: true, help: "HF model folder to start from (usually sft.model)" },
             InputSpec { name: "ranked", required: true, help: "ranked candidates JSONL (reward-label.ranked)" },
-            InputSpec { name: "labels", required: false, help: "a person's corrections: JSONL of {id, scores} (avatar label writes it)" },
+            InputSpec {
+                name: "labels",
+                required: false,
+                help: "a person's corrections: JSONL of {id, scores} (avatar label writes it)",
+            },
         ],
         outputs: &[
-            OutputSpec { name: "model", path: "model", help: "reward model: merged HF folder + reward_head.safetensors + reward.json" },
+            OutputSpec {
+                name: "model",
+                path: "model",
+                help: "reward model: merged HF folder + reward_head.safetensors + reward.json",
+            },
             OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter and the score head" },
             OutputSpec { name: "curves", path: "curves", help: "reward.json/svg: loss and held-out accuracy per step" },
         ],
@@ -147,7 +167,15 @@ impl TypedStage for RewardTrainStage {
         let head = ScalarHead::new(model.cfg.hidden_size, seed, &device)?;
         let pad = base.tokenizer.pad_id();
         let max_len = p.max_seq_len.min(model.cfg.max_position_embeddings);
-        let data = load_pairs(ctx.input("ranked")?, ctx.optional_input("labels"), &base.template, &base.tokenizer, max_len, p.min_margin, p.val_fraction)?;
+        let data = load_pairs(
+            ctx.input("ranked")?,
+            ctx.optional_input("labels"),
+            &base.template,
+            &base.tokenizer,
+            max_len,
+            p.min_margin,
+            p.val_fraction,
+        )?;
         ctx.progress.note(&format!(
             "{} train / {} held-out pairs from {} prompts ({} unscored, {} too long)",
             data.train.len(),
@@ -190,7 +218,10 @@ impl TypedStage for RewardTrainStage {
                     bail!("reward loss became {loss} at step {}; try a lower lr", step + 1);
                 }
                 let grads = linear_surrogate(&r, &coef)?.backward()?;
-                let mut g: Vec<_> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok)).collect::<candle_core::Result<_>>()?;
+                let mut g: Vec<_> = vars
+                    .iter()
+                    .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+                    .collect::<candle_core::Result<_>>()?;
                 clip_grad_norm(&mut g, p.grad_clip)?;
                 opt.step(&g, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
                 step += 1;
@@ -207,12 +238,18 @@ impl TypedStage for RewardTrainStage {
         bar.finish_and_clear();
 
         let (train_acc, train_margin, train_loss) = evaluate(&model, &head, &data.train, p.batch_size, pad)?;
-        let held_out = if data.val.is_empty() { None } else { Some(evaluate(&model, &head, &data.val, p.batch_size, pad)?) };
+        let held_out =
+            if data.val.is_empty() { None } else { Some(evaluate(&model, &head, &data.val, p.batch_size, pad)?) };
         // Normalisation: the spread of raw scores over every training-side candidate.
         let mut raw: Vec<f64> = Vec::new();
         let all: Vec<&EncodedPair> = data.train.iter().collect();
         for chunk in all.chunks(p.batch_size) {
-            raw.extend(pair_scores(&model, &head, chunk, pad, &mut Pass::inference())?.to_vec1::<f32>()?.into_iter().map(f64::from));
+            raw.extend(
+                pair_scores(&model, &head, chunk, pad, &mut Pass::inference())?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(f64::from),
+            );
         }
         let mean = raw.iter().sum::<f64>() / raw.len() as f64;
         let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / raw.len() as f64).sqrt().max(1e-3);
@@ -222,13 +259,23 @@ impl TypedStage for RewardTrainStage {
         head.save(&model_dir.join(HEAD_FILE))?;
         std::fs::write(model_dir.join(INFO_FILE), serde_json::to_vec_pretty(&RewardInfo { mean, std, max_len })?)?;
         let adapter_dir = ctx.output("adapter", &Self::INFO)?;
-        let tensors = model.adapter_tensors().into_iter().map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let tensors = model
+            .adapter_tensors()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
+            .collect::<anyhow::Result<_>>()?;
         let base_name = base_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         save_adapter(&adapter_dir, &p.lora, &base_name, &tensors)?;
         head.save(&adapter_dir.join(HEAD_FILE))?;
         let curves = ctx.output("curves", &Self::INFO)?;
         write_curves(&curves, "loss", "reward model: Bradley–Terry loss", "loss", &[("train".into(), loss_curve)])?;
-        write_curves(&curves, "accuracy", "reward model: pair accuracy", "accuracy", &[("train batch".into(), acc_curve), ("held-out".into(), val_curve)])?;
+        write_curves(
+            &curves,
+            "accuracy",
+            "reward model: pair accuracy",
+            "accuracy",
+            &[("train batch".into(), acc_curve), ("held-out".into(), val_curve)],
+        )?;
 
         let mut m = Metrics::new();
         m.insert("prompts".into(), data.records.len().into());

@@ -129,8 +129,16 @@ impl TypedStage for ScratchBaseStage {
         kind: "scratch-base",
         version: 1,
         summary: "corpus → tiny randomly initialised Qwen2-style model with a BPE tokenizer trained on the corpus (HF layout)",
-        inputs: &[InputSpec { name: "corpus", required: true, help: "samples JSONL (normally split.train) to train the tokenizer on" }],
-        outputs: &[OutputSpec { name: "model", path: "model", help: "HF folder: config.json, tokenizer files, model.safetensors" }],
+        inputs: &[InputSpec {
+            name: "corpus",
+            required: true,
+            help: "samples JSONL (normally split.train) to train the tokenizer on",
+        }],
+        outputs: &[OutputSpec {
+            name: "model",
+            path: "model",
+            help: "HF folder: config.json, tokenizer files, model.safetensors",
+        }],
     };
 
     fn run(&self, ctx: &StageContext, p: &ScratchBaseParams) -> anyhow::Result<Metrics> {

@@ -31,15 +31,21 @@ where
         .show_progress(false)
         .build();
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-    let mut tk = TokenizerBuilder::<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(BPE::default().into())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
-        .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
-        .with_decoder(Some(ByteLevel::new(false, true, true).into()))
-        .build()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("building the tokenizer")?;
+    let mut tk = TokenizerBuilder::<
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default().into())
+    .with_normalizer(None)
+    .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+    .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
+    .with_decoder(Some(ByteLevel::new(false, true, true).into()))
+    .build()
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("building the tokenizer")?;
     tk.train(&mut trainer, texts).map_err(|e| anyhow::anyhow!("{e}")).context("training the BPE tokenizer")?;
     tk.add_tokens(&[AddedToken::from(BUBBLE_SEPARATOR, false)]);
     Ok(tokenizers::Tokenizer::from(tk))
@@ -58,7 +64,8 @@ mod tests {
             assert_eq!(tk.token_to_id(s), Some(i as u32));
         }
         let sep = tk.token_to_id("<s>").unwrap();
-        for text in ["<|im_start|>user\n今天吃什么<|im_end|>", "没见过的字：龘𠀀 and 🦀🎉<s>嗯", "火锅吧<s>好"] {
+        for text in ["<|im_start|>user\n今天吃什么<|im_end|>", "没见过的字：龘𠀀 and 🦀🎉<s>嗯", "火锅吧<s>好"]
+        {
             let enc = tk.encode(text, false).unwrap();
             assert_eq!(tk.decode(enc.get_ids(), false).unwrap(), text);
         }

@@ -73,10 +73,7 @@ impl TypedStage for ServeStage {
                     std::fs::copy(input.join(f), ctx.out_dir.join(f))?;
                 }
             }
-            ServeConfig {
-                model: "model-q8_0.gguf".into(),
-                ..ServeConfig::default()
-            }
+            ServeConfig { model: "model-q8_0.gguf".into(), ..ServeConfig::default() }
         } else {
             let mut c = ServeConfig::resolve(input, &prefer)?;
             c.model = c.model.canonicalize()?;
@@ -99,21 +96,12 @@ impl TypedStage for ServeStage {
         let t0 = Instant::now();
         let loaded = abs.load()?;
         let load_s = t0.elapsed().as_secs_f64();
-        let prompt = loaded.template.render(
-            &[ChatMessage::new("user", params.validate_prompt.clone())],
-            true,
-        )?;
+        let prompt = loaded.template.render(&[ChatMessage::new("user", params.validate_prompt.clone())], true)?;
         let ids = loaded.tokenizer.encode(&prompt)?;
         let mut cache = loaded.model.new_cache();
-        let mut sampler = Sampler::new(SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        });
+        let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..SamplingParams::default() });
         let t1 = Instant::now();
-        let mut logits = loaded.model.forward(&mut [SeqStep {
-            cache: &mut cache,
-            tokens: &ids,
-        }])?;
+        let mut logits = loaded.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }])?;
         let mut generated = Vec::new();
         for _ in 0..params.validate_tokens {
             let tok = sampler.sample(&logits[0], &generated);
@@ -121,29 +109,19 @@ impl TypedStage for ServeStage {
                 break;
             }
             generated.push(tok);
-            logits = loaded.model.forward(&mut [SeqStep {
-                cache: &mut cache,
-                tokens: &[tok],
-            }])?;
+            logits = loaded.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &[tok] }])?;
         }
         let gen_s = t1.elapsed().as_secs_f64();
         loaded.tokenizer.decode(&generated, false)?;
 
         let out = ctx.output("config", &Self::INFO)?;
         std::fs::write(&out, serde_json::to_string_pretty(&cfg)? + "\n")?;
-        ctx.progress.note(&format!(
-            "model ok: {} tokens generated in {:.2}s",
-            generated.len(),
-            gen_s
-        ));
+        ctx.progress.note(&format!("model ok: {} tokens generated in {:.2}s", generated.len(), gen_s));
         let mut m = Metrics::new();
         m.insert("load_s".into(), load_s.into());
         m.insert("validate_prompt_tokens".into(), ids.len().into());
         m.insert("validate_generated_tokens".into(), generated.len().into());
-        m.insert(
-            "validate_tok_per_s".into(),
-            ((ids.len() + generated.len()) as f64 / gen_s.max(1e-9)).into(),
-        );
+        m.insert("validate_tok_per_s".into(), ((ids.len() + generated.len()) as f64 / gen_s.max(1e-9)).into());
         m.insert("weight_bytes".into(), loaded.model.weight_bytes().into());
         Ok(m)
     }
@@ -151,9 +129,6 @@ impl TypedStage for ServeStage {
 
 fn has_gguf(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "gguf")))
         .unwrap_or(false)
 }

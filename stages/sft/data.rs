@@ -51,7 +51,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(samples: &[EncodedSample], batch_size: usize, row_len: usize, packing: bool, epochs: usize, seed: u64) -> Plan {
+    pub fn new(
+        samples: &[EncodedSample],
+        batch_size: usize,
+        row_len: usize,
+        packing: bool,
+        epochs: usize,
+        seed: u64,
+    ) -> Plan {
         let mut micro_batches = Vec::new();
         for epoch in 0..epochs.max(1) {
             let mut order: Vec<usize> = (0..samples.len()).collect();
@@ -83,7 +90,13 @@ pub fn materialise(samples: &[EncodedSample], rows: &[Vec<usize>], pad_id: u32) 
 }
 
 /// Validation batches (in order, no shuffle).
-pub fn eval_batches(samples: &[EncodedSample], batch_size: usize, row_len: usize, packing: bool, pad_id: u32) -> Vec<Batch> {
+pub fn eval_batches(
+    samples: &[EncodedSample],
+    batch_size: usize,
+    row_len: usize,
+    packing: bool,
+    pad_id: u32,
+) -> Vec<Batch> {
     let rows: Vec<Vec<usize>> = if packing {
         pack_rows(&samples.iter().map(|s| s.ids.len()).collect::<Vec<_>>(), row_len)
     } else {

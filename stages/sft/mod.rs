@@ -69,7 +69,11 @@ impl TypedStage for SftStage {
         version: 1,
         summary: "base model + train/val samples → LoRA adapter (PEFT), merged HF model, loss curves",
         inputs: &[
-            InputSpec { name: "base", required: true, help: "HF model folder (scratch-base's model, or a local Qwen2.5/Llama folder)" },
+            InputSpec {
+                name: "base",
+                required: true,
+                help: "HF model folder (scratch-base's model, or a local Qwen2.5/Llama folder)",
+            },
             InputSpec { name: "train", required: true, help: "training samples JSONL (split.train)" },
             InputSpec { name: "val", required: true, help: "validation samples JSONL (split.val)" },
         ],

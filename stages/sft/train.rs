@@ -108,7 +108,8 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
             let batch = materialise(job.train, rows, job.pad_id);
             tokens_this_run += rows.iter().flatten().map(|&i| job.train[i].ids.len() as u64).sum::<u64>();
             // Dropout masks depend only on (seed, step, micro-batch): identical after a resume.
-            let mut rng = ChaCha8Rng::seed_from_u64(job.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 8) ^ k as u64);
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(job.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 8) ^ k as u64);
             let loss = job.model.loss(&batch, &mut Pass { grad: true, rng: Some(&mut rng) })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let grads = (loss / p.grad_accum as f64)?.backward()?;
@@ -154,5 +155,12 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
         }
     };
     bar.finish_with_message(format!("val loss {final_val_loss:.3}"));
-    Ok(Outcome { curves: state.curves, steps: state.step, tokens_this_run, seconds_this_run, resumed_from, final_val_loss })
+    Ok(Outcome {
+        curves: state.curves,
+        steps: state.step,
+        tokens_this_run,
+        seconds_this_run,
+        resumed_from,
+        final_val_loss,
+    })
 }

@@ -30,7 +30,8 @@ fn fallback_imei_and_direct_key_open_android() {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
     let h = avatar::synth::generate(50, 9, 5);
-    let keys = avatar::synth::write_formats(dir.path(), &h, &["android".to_string()], 9, "1234567890ABCDEF", "42", 1).unwrap();
+    let keys =
+        avatar::synth::write_formats(dir.path(), &h, &["android".to_string()], 9, "1234567890ABCDEF", "42", 1).unwrap();
     let p = DecryptReadParams { uin: Some("42".into()), ..Default::default() };
     assert_eq!(read_source(&dir.path().join("android"), &p).unwrap().1.len(), 50);
     let p = DecryptReadParams { key: Some(keys.android_key.clone()), ..Default::default() };
@@ -99,7 +100,11 @@ fn csv_errors_name_file_line_and_column() {
     std::fs::write(dir.path().join("rcontact.csv"), "username,nickname\nwxid_a,A\n").unwrap();
     let s = err(dir.path(), &DecryptReadParams::default());
     assert!(s.contains("message.csv") && s.contains("`content`"), "{s}");
-    std::fs::write(dir.path().join("message.csv"), "msgId,type,isSend,createTime,talker,content\n1,one,0,5,wxid_a,hi\n").unwrap();
+    std::fs::write(
+        dir.path().join("message.csv"),
+        "msgId,type,isSend,createTime,talker,content\n1,one,0,5,wxid_a,hi\n",
+    )
+    .unwrap();
     let s = err(dir.path(), &DecryptReadParams::default());
     assert!(s.contains("message.csv:2") && s.contains("`type`"), "{s}");
 }

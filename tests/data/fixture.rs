@@ -30,7 +30,8 @@ pub fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let history = synth::generate(MESSAGES, SEED, 90);
         let formats: Vec<String> = synth::ALL_FORMATS.iter().map(|s| s.to_string()).collect();
-        let keys = synth::write_formats(dir.path(), &history, &formats, SEED, "866123456789012", "1583567084", 2).expect("synth writes");
+        let keys = synth::write_formats(dir.path(), &history, &formats, SEED, "866123456789012", "1583567084", 2)
+            .expect("synth writes");
         Fixture { dir, history, keys }
     })
 }

@@ -19,8 +19,10 @@ use super::fixture::{fixture, params_for, read_normalised};
 fn expected() -> Vec<Message> {
     let fx = fixture();
     let cast = &fx.history.cast;
-    let mask = |s: &str| pii::mask(s, &PiiConfig::default(), &mut PiiCounts::default()).unwrap_or_else(|| s.to_string());
-    let names: HashMap<&str, String> = cast.people.iter().map(|p| (p.wxid.as_str(), p.display_name().to_string())).collect();
+    let mask =
+        |s: &str| pii::mask(s, &PiiConfig::default(), &mut PiiCounts::default()).unwrap_or_else(|| s.to_string());
+    let names: HashMap<&str, String> =
+        cast.people.iter().map(|p| (p.wxid.as_str(), p.display_name().to_string())).collect();
     let mut rows: Vec<(usize, Message)> = fx
         .history
         .messages
@@ -28,7 +30,8 @@ fn expected() -> Vec<Message> {
         .enumerate()
         .map(|(i, m)| {
             let (kind, text) = m.body.expected();
-            let notice = matches!(kind, MessageKind::System | MessageKind::Revoke | MessageKind::Pat) || m.body.is_system_line();
+            let notice =
+                matches!(kind, MessageKind::System | MessageKind::Revoke | MessageKind::Pat) || m.body.is_system_line();
             let (sender_id, sender_name) = if m.is_self {
                 (cast.me.wxid.clone(), cast.me.nickname.clone())
             } else if notice {
@@ -42,9 +45,11 @@ fn expected() -> Vec<Message> {
                 names[m.conversation.as_str()].clone()
             };
             let quoted = match &m.body {
-                Body::Quote { quoted_svr_id, quoted_name, quoted_text, .. } => {
-                    Some(QuotedMessage { message_ref: Some(quoted_svr_id.to_string()), sender_name: quoted_name.clone(), text: mask(quoted_text) })
-                }
+                Body::Quote { quoted_svr_id, quoted_name, quoted_text, .. } => Some(QuotedMessage {
+                    message_ref: Some(quoted_svr_id.to_string()),
+                    sender_name: quoted_name.clone(),
+                    text: mask(quoted_text),
+                }),
                 _ => None,
             };
             let msg = Message {
@@ -63,7 +68,9 @@ fn expected() -> Vec<Message> {
             (i, msg)
         })
         .collect();
-    rows.sort_by(|(ia, a), (ib, b)| a.conversation.cmp(&b.conversation).then(a.timestamp.cmp(&b.timestamp)).then(ia.cmp(ib)));
+    rows.sort_by(|(ia, a), (ib, b)| {
+        a.conversation.cmp(&b.conversation).then(a.timestamp.cmp(&b.timestamp)).then(ia.cmp(ib))
+    });
     rows.into_iter().map(|(_, m)| m).collect()
 }
 

@@ -20,7 +20,8 @@ fn sample_dir() -> PathBuf {
 fn regenerate() {
     let tmp = tempfile::tempdir().unwrap();
     let h = avatar::synth::generate(SAMPLE_MESSAGES, SAMPLE_SEED, SAMPLE_DAYS);
-    avatar::synth::write_formats(tmp.path(), &h, &["android".to_string()], SAMPLE_SEED, SAMPLE_IMEI, SAMPLE_UIN, 1).unwrap();
+    avatar::synth::write_formats(tmp.path(), &h, &["android".to_string()], SAMPLE_SEED, SAMPLE_IMEI, SAMPLE_UIN, 1)
+        .unwrap();
     std::fs::create_dir_all(sample_dir()).unwrap();
     std::fs::copy(tmp.path().join("android/EnMicroMsg.db"), sample_dir().join("EnMicroMsg.db")).unwrap();
     std::fs::write(sample_dir().join("blocked_words.txt"), avatar::synth::blocked_words_file()).unwrap();

@@ -11,10 +11,17 @@ use avatar::stages::normalise::{NormaliseStage, Stats};
 
 use super::fixture::fixture;
 
-fn run(stage: &dyn Stage, params: toml::Table, inputs: &[(&str, &std::path::Path)], out: &std::path::Path) -> anyhow::Result<avatar::engine::Metrics> {
+fn run(
+    stage: &dyn Stage,
+    params: toml::Table,
+    inputs: &[(&str, &std::path::Path)],
+    out: &std::path::Path,
+) -> anyhow::Result<avatar::engine::Metrics> {
     let canonical = stage.canonical_params(&params).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
-    let inputs: BTreeMap<String, ResolvedInput> =
-        inputs.iter().map(|(n, p)| (n.to_string(), ResolvedInput { path: p.to_path_buf(), hash: String::new() })).collect();
+    let inputs: BTreeMap<String, ResolvedInput> = inputs
+        .iter()
+        .map(|(n, p)| (n.to_string(), ResolvedInput { path: p.to_path_buf(), hash: String::new() }))
+        .collect();
     let work = tempfile::tempdir()?;
     let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into() };
     let progress = Progress::hidden("t");
@@ -46,7 +53,13 @@ fn decrypt_read_then_normalise_with_blocked_words() {
     let words = tmp.path().join("blocked.txt");
     std::fs::write(&words, avatar::synth::blocked_words_file()).unwrap();
     let norm_out = tmp.path().join("n");
-    let m = run(&NormaliseStage, toml::Table::new(), &[("raw", &raw_out.join("raw")), ("blocked_words", &words)], &norm_out).unwrap();
+    let m = run(
+        &NormaliseStage,
+        toml::Table::new(),
+        &[("raw", &raw_out.join("raw")), ("blocked_words", &words)],
+        &norm_out,
+    )
+    .unwrap();
     let msgs: Vec<Message> = read_jsonl(&norm_out.join("messages.jsonl")).unwrap();
     assert_eq!(msgs.len() as u64, m["messages"].as_u64().unwrap());
     assert!(m["blocked_masked"].as_u64().unwrap() > 0, "the persona is sometimes rude");
@@ -81,6 +94,9 @@ fn canonical_params_fill_defaults_and_hide_secrets() {
     assert_eq!(v["pii"]["phone"], true);
     assert_eq!(v["blocked_mode"], "mask");
     let mut bad = toml::Table::new();
-    bad.insert("pii".into(), toml::Value::Table([("phones".to_string(), toml::Value::Boolean(true))].into_iter().collect()));
+    bad.insert(
+        "pii".into(),
+        toml::Value::Table([("phones".to_string(), toml::Value::Boolean(true))].into_iter().collect()),
+    );
     assert!(NormaliseStage.canonical_params(&bad).unwrap_err().path.contains("pii"));
 }

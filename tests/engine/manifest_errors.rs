@@ -39,7 +39,9 @@ fn unknown_top_level_key() {
 
 #[test]
 fn unknown_pipeline_setting_and_bad_choice() {
-    let e = errors("[pipeline]\nseed = 1\nsede = 2\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
+    let e = errors(
+        "[pipeline]\nseed = 1\nsede = 2\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n",
+    );
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].starts_with("3:1: [pipeline]: unknown field `sede`"), "{e:?}");
     assert!(!e[0].ends_with('\n'));
@@ -112,7 +114,9 @@ fn unknown_and_missing_inputs() {
 
 #[test]
 fn several_errors_are_all_reported() {
-    let e = errors("[stages.a]\nkind = \"nope\"\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nbogus = 1\n");
+    let e = errors(
+        "[stages.a]\nkind = \"nope\"\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nbogus = 1\n",
+    );
     assert_eq!(e.len(), 2, "{e:?}");
 }
 

@@ -22,7 +22,10 @@ fn report_shows_dag_states_and_metrics() {
     assert!(html.contains("<td class=\"cached\">cached"));
     assert!(html.contains("chars=12"), "metrics of d");
     assert!(html.contains("<svg"), "the DAG is drawn inline");
-    assert!(!html.contains("http://") && !html.contains("https://") || html.contains("http://www.w3.org/2000/svg"), "no external resources");
+    assert!(
+        !html.contains("http://") && !html.contains("https://") || html.contains("http://www.w3.org/2000/svg"),
+        "no external resources"
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
 }

@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use avatar::engine::lockfile::LockFile;
-use avatar::engine::runner::{Outcome, RunOptions, Silent};
 use avatar::engine::run;
+use avatar::engine::runner::{Outcome, RunOptions, Silent};
 
 use crate::fixture::{DIAMOND, Fixture, list_dir};
 
@@ -39,16 +39,16 @@ fn a_failing_stage_keeps_other_artifacts_and_is_reported() {
 fn child_process_entry() {
     let Ok(dir) = std::env::var("AVATAR_TEST_CHILD") else { return };
     let (registry, _) = crate::stages::registry(1);
-    let manifest = avatar::engine::Manifest::load(&std::path::Path::new(&dir).join("pipeline.toml"), &registry).unwrap();
+    let manifest =
+        avatar::engine::Manifest::load(&std::path::Path::new(&dir).join("pipeline.toml"), &registry).unwrap();
     let _ = run(&manifest, &registry, &RunOptions { jobs: 1, ..Default::default() }, &Silent);
 }
 
 fn spawn_hanging_child(f: &Fixture) -> (std::process::Child, std::path::PathBuf) {
     let marker = f.path("hanging");
-    f.set_manifest(&DIAMOND.replace(
-        "op = \"reverse\"",
-        &format!("op = \"reverse\"\nhang_marker = \"{}\"", marker.display()),
-    ));
+    f.set_manifest(
+        &DIAMOND.replace("op = \"reverse\"", &format!("op = \"reverse\"\nhang_marker = \"{}\"", marker.display())),
+    );
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "robustness::child_process_entry", "--ignored", "--nocapture", "--test-threads=1"])
         .env("AVATAR_TEST_CHILD", f.dir.path())

@@ -46,17 +46,19 @@ const OUTPUTS: &[OutputSpec] = &[
 
 impl Transform {
     pub fn new(kind: &'static str, version: u32, ran: Ran) -> Transform {
-        let info = Box::leak(Box::new(StageInfo { kind, version, summary: "test transform", inputs: INPUTS, outputs: OUTPUTS }));
+        let info = Box::leak(Box::new(StageInfo {
+            kind,
+            version,
+            summary: "test transform",
+            inputs: INPUTS,
+            outputs: OUTPUTS,
+        }));
         Transform { info, ran }
     }
 }
 
 fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
-    if path.is_dir() {
-        Ok(std::fs::read_to_string(path.join("data.txt"))?)
-    } else {
-        Ok(std::fs::read_to_string(path)?)
-    }
+    if path.is_dir() { Ok(std::fs::read_to_string(path.join("data.txt"))?) } else { Ok(std::fs::read_to_string(path)?) }
 }
 
 impl Stage for Transform {

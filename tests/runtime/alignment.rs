@@ -59,8 +59,22 @@ fn logp_surrogate_gives_the_cross_entropy_gradient() {
         assert_eq!(got.to_scalar::<f32>().unwrap(), 0.0, "the surrogate's value is zero");
         let got = got.backward().unwrap();
         for (name, var) in model.trainable() {
-            let (a, b) = (expected.get(var.as_tensor()).unwrap(), got.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")));
-            let scale = a.abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let (a, b) = (
+                expected.get(var.as_tensor()).unwrap(),
+                got.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")),
+            );
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_keepdim(0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-6);
             assert!(max_abs_diff(a, b) / scale < 1e-3, "{name}: surrogate gradient differs from autograd");
         }
     }
@@ -133,7 +147,14 @@ fn reward_train_then_ppo_and_dpo_on_a_tiny_model() {
     )
     .unwrap();
     assert!(metric(&reward, "val_pair_accuracy") > 0.7, "held-out pair accuracy: {reward:?}");
-    for f in ["model/config.json", "model/model.safetensors", "model/reward_head.safetensors", "model/reward.json", "adapter/adapter_config.json", "curves/loss.svg"] {
+    for f in [
+        "model/config.json",
+        "model/model.safetensors",
+        "model/reward_head.safetensors",
+        "model/reward.json",
+        "adapter/adapter_config.json",
+        "curves/loss.svg",
+    ] {
         assert!(fx.path("reward").join(f).is_file(), "reward-train wrote {f}");
     }
 
@@ -145,11 +166,19 @@ fn reward_train_then_ppo_and_dpo_on_a_tiny_model() {
         &fx.path("work-ppo"),
     )
     .unwrap();
-    for k in ["reward_first", "reward_last3", "kl_last", "kl_max", "entropy_last", "clip_fraction_last", "value_loss_last"] {
+    for k in
+        ["reward_first", "reward_last3", "kl_last", "kl_max", "entropy_last", "clip_fraction_last", "value_loss_last"]
+    {
         assert!(metric(&ppo, k).is_finite(), "{k} is finite: {ppo:?}");
     }
     assert!(metric(&ppo, "kl_max") < 50.0, "KL to the SFT model stays bounded: {ppo:?}");
-    for f in ["model/model.safetensors", "adapter/adapter_model.safetensors", "curves/reward.svg", "curves/kl.json", "curves/ppo.json"] {
+    for f in [
+        "model/model.safetensors",
+        "adapter/adapter_model.safetensors",
+        "curves/reward.svg",
+        "curves/kl.json",
+        "curves/ppo.json",
+    ] {
         assert!(fx.path("ppo").join(f).is_file(), "ppo wrote {f}");
     }
     assert_ne!(
@@ -175,7 +204,8 @@ fn reward_train_then_ppo_and_dpo_on_a_tiny_model() {
 fn unscored_ranked_data_asks_for_labels() {
     let fx = Fixture::new();
     let ranked = fx.path("ranked.jsonl");
-    let records: Vec<Ranked> = corpus(4).iter().map(|s| Ranked::new(s, vec!["a".into(), "b".into()], vec![], "human")).collect();
+    let records: Vec<Ranked> =
+        corpus(4).iter().map(|s| Ranked::new(s, vec!["a".into(), "b".into()], vec![], "human")).collect();
     write_jsonl(&ranked, &records).unwrap();
     let err = run_stage(
         &avatar::stages::dpo::DpoStage,

@@ -54,10 +54,7 @@ pub fn sample(id: usize, context: &[(&str, Role)], reply: &str) -> Sample {
         session: format!("c{}-0", id % 3),
         timestamp: 1_700_000_000 + id as i64,
         system: None,
-        context: context
-            .iter()
-            .map(|(t, r)| Turn { role: *r, speaker: None, text: t.to_string() })
-            .collect(),
+        context: context.iter().map(|(t, r)| Turn { role: *r, speaker: None, text: t.to_string() }).collect(),
         reply: reply.to_string(),
         source: "window".into(),
     }
@@ -66,7 +63,16 @@ pub fn sample(id: usize, context: &[(&str, Role)], reply: &str) -> Sample {
 /// A small synthetic chat corpus in the person's style: they answer briefly, with 哈哈 and bubbles.
 pub fn corpus(n: usize) -> Vec<Sample> {
     let asks = ["在吗", "吃饭了吗", "明天去哪", "周末有空吗", "看电影吗", "晚上打球?", "作业写完没", "今天好冷"];
-    let replies = ["在的<s>咋了", "吃了哈哈", "去公园吧<s>😂", "有空哈哈", "好啊<s>几点", "行<s>老地方", "还没哈哈哈", "多穿点<s>别感冒"];
+    let replies = [
+        "在的<s>咋了",
+        "吃了哈哈",
+        "去公园吧<s>😂",
+        "有空哈哈",
+        "好啊<s>几点",
+        "行<s>老地方",
+        "还没哈哈哈",
+        "多穿点<s>别感冒",
+    ];
     (0..n)
         .map(|i| {
             let k = i % asks.len();
@@ -76,9 +82,9 @@ pub fn corpus(n: usize) -> Vec<Sample> {
 }
 
 pub fn tokenizer_for_tests() -> avatar::runtime::Tokenizer {
-    let texts = corpus(64).into_iter().flat_map(|s| {
-        s.context.into_iter().map(|t| t.text).chain(std::iter::once(s.reply)).collect::<Vec<_>>()
-    });
+    let texts = corpus(64)
+        .into_iter()
+        .flat_map(|s| s.context.into_iter().map(|t| t.text).chain(std::iter::once(s.reply)).collect::<Vec<_>>());
     let tk = avatar::stages::scratch_base::tokenizer::train_bpe(texts, 320, 2).unwrap();
     avatar::runtime::Tokenizer::from_inner(tk)
 }

@@ -75,11 +75,12 @@ fn stop_strings_and_cancellation() {
         let mut p = params(0.0, 0, true);
         p.stop = vec![stop.clone()];
         let mut streamed = String::new();
-        let g = generator.generate(&prompt, &p, |s| {
-            streamed.push_str(s);
-            true
-        })
-        .unwrap();
+        let g = generator
+            .generate(&prompt, &p, |s| {
+                streamed.push_str(s);
+                true
+            })
+            .unwrap();
         assert_eq!(g.finish_reason, FinishReason::Stop);
         assert!(!g.text.contains(&stop));
         assert_eq!(streamed, g.text);

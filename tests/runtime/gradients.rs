@@ -19,8 +19,7 @@ fn training_batch(vocab_model: &Model) -> avatar::runtime::model::Batch {
     let tk = tokenizer_for_tests();
     assert!(tk.vocab_size() <= vocab_model.cfg.vocab_size);
     let tpl = ChatTemplate::chatml();
-    let enc: Vec<_> =
-        corpus(4).iter().map(|s| tpl.encode_sample(&tk, s, 64).unwrap().expect("fits")).collect();
+    let enc: Vec<_> = corpus(4).iter().map(|s| tpl.encode_sample(&tk, s, 64).unwrap().expect("fits")).collect();
     let rows: Vec<Vec<_>> = enc.iter().map(|e| vec![e]).collect();
     build_batch(&rows, 0)
 }
@@ -69,7 +68,15 @@ fn lora_mode_every_adapter_gets_a_gradient_and_names_are_peft() {
     let names: BTreeSet<String> = model.adapter_tensors().keys().cloned().collect();
     let mut expected = BTreeSet::new();
     for l in 0..2 {
-        for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+        for m in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
             for ab in ["A", "B"] {
                 expected.insert(format!("base_model.model.model.layers.{l}.{m}.lora_{ab}.weight"));
             }
@@ -127,7 +134,8 @@ fn lora_steps_lower_the_loss_and_leave_the_base_alone() {
     // The base is untouched: merged weights differ from it only by the adapter.
     let merged = model.merged_weights().unwrap();
     assert_eq!(merged.len(), weights.len());
-    let embed_diff = super::common::max_abs_diff(&merged["model.embed_tokens.weight"], &weights["model.embed_tokens.weight"]);
+    let embed_diff =
+        super::common::max_abs_diff(&merged["model.embed_tokens.weight"], &weights["model.embed_tokens.weight"]);
     assert_eq!(embed_diff, 0.0);
     let q_diff = super::common::max_abs_diff(
         &merged["model.layers.0.self_attn.q_proj.weight"],

@@ -55,7 +55,8 @@ fn missing_folder_and_bad_config_are_clear_errors() {
 fn sample_encoding_masks_only_the_reply_and_truncates_old_context() {
     let tk = tokenizer_for_tests();
     let tpl = ChatTemplate::chatml();
-    let mut s = sample(0, &[("很久以前的话", Role::Other), ("我说过的", Role::Self_), ("在吗", Role::Other)], "在的<s>咋了");
+    let mut s =
+        sample(0, &[("很久以前的话", Role::Other), ("我说过的", Role::Self_), ("在吗", Role::Other)], "在的<s>咋了");
     s.system = Some("你是小明".into());
     let enc = tpl.encode_sample(&tk, &s, 512).unwrap().unwrap();
     assert_eq!(enc.ids.len(), enc.mask.len());
@@ -88,7 +89,8 @@ fn sharded_safetensors_load_like_a_single_file() {
     let (a, b) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
     for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
-        let shard: std::collections::HashMap<String, Tensor> = part.iter().map(|k| ((*k).clone(), weights[*k].clone())).collect();
+        let shard: std::collections::HashMap<String, Tensor> =
+            part.iter().map(|k| ((*k).clone(), weights[*k].clone())).collect();
         candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
         for k in part.iter() {
             map.insert((*k).clone(), file.into());
@@ -104,7 +106,13 @@ fn sharded_safetensors_load_like_a_single_file() {
     let loaded = load_hf_dir(dir.path(), &dev, &TrainMode::Frozen, 0).unwrap();
     let direct = Model::from_tensors(cfg, weights, &TrainMode::Frozen, 0, &dev).unwrap();
     let ids = [1u32, 2, 3, 50];
-    assert_eq!(max_abs_diff(&loaded.model.forward_logits(&ids, (1, 4)).unwrap(), &direct.forward_logits(&ids, (1, 4)).unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &loaded.model.forward_logits(&ids, (1, 4)).unwrap(),
+            &direct.forward_logits(&ids, (1, 4)).unwrap()
+        ),
+        0.0
+    );
 }
 
 #[test]

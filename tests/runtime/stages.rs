@@ -14,7 +14,13 @@ use candle_core::Device;
 
 use super::common::corpus;
 
-pub fn run_stage(stage: &dyn Stage, params: &str, inputs: &[(&str, &Path)], out: &Path, work: &Path) -> anyhow::Result<Metrics> {
+pub fn run_stage(
+    stage: &dyn Stage,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+    work: &Path,
+) -> anyhow::Result<Metrics> {
     let table: toml::Table = toml::from_str(params).unwrap();
     let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
     let inputs: BTreeMap<String, ResolvedInput> = inputs
@@ -94,7 +100,14 @@ fn scratch_base_writes_a_loadable_hf_folder() {
     assert!(prompt.ends_with("<|im_start|>assistant\n"));
     // Seeded: a second run writes the same bytes.
     let again = f.path("base2");
-    run_stage(&avatar::stages::scratch_base::ScratchBaseStage, SCRATCH, &[("corpus", &f.path("train.jsonl"))], &again, &f.path("w2")).unwrap();
+    run_stage(
+        &avatar::stages::scratch_base::ScratchBaseStage,
+        SCRATCH,
+        &[("corpus", &f.path("train.jsonl"))],
+        &again,
+        &f.path("w2"),
+    )
+    .unwrap();
     for file in ["tokenizer.json", "model.safetensors", "config.json"] {
         assert_eq!(file_hash(&dir.join(file)), file_hash(&again.join("model").join(file)), "{file}");
     }
@@ -106,7 +119,8 @@ const LORA: &str = "mode = \"lora\"\nlr = 5e-3\nwarmup_steps = 1\nbatch_size = 4
 fn sft_lora_trains_writes_peft_and_merged_model_and_is_reproducible() {
     let f = Fixture::new();
     let m = f.sft(LORA, "a").unwrap();
-    let curves: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.path("a/curves/loss.json")).unwrap()).unwrap();
+    let curves: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("a/curves/loss.json")).unwrap()).unwrap();
     let train = curves["train"].as_array().unwrap();
     assert_eq!(train.len(), 6);
     let first = train[0]["loss"].as_f64().unwrap();
@@ -127,7 +141,12 @@ fn sft_lora_trains_writes_peft_and_merged_model_and_is_reproducible() {
 
     // Same inputs, same seed: the same bytes (dropout included).
     f.sft(LORA, "b").unwrap();
-    for file in ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "model/model.safetensors", "curves/loss.json"] {
+    for file in [
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "model/model.safetensors",
+        "curves/loss.json",
+    ] {
         assert_eq!(file_hash(&f.path(&format!("a/{file}"))), file_hash(&f.path(&format!("b/{file}"))), "{file}");
     }
 }
@@ -152,7 +171,8 @@ fn bad_params_and_inputs_are_clear_errors() {
     let f = Fixture::new();
     let err = f.sft("mode = \"lora\"\n[lora]\ntarget_modules = [\"qproj\"]", "x").unwrap_err().to_string();
     assert!(err.contains("qproj"), "{err}");
-    let err = avatar::stages::sft::SftStage.canonical_params(&toml::from_str("learning_rate = 1.0").unwrap()).unwrap_err();
+    let err =
+        avatar::stages::sft::SftStage.canonical_params(&toml::from_str("learning_rate = 1.0").unwrap()).unwrap_err();
     assert!(err.message.contains("learning_rate"), "{}", err.message);
     std::fs::write(f.path("val.jsonl"), "{\"id\": 3}\n").unwrap();
     let err = format!("{:#}", f.sft(LORA, "y").unwrap_err());

@@ -74,62 +74,26 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
     let (h, hd) = (spec.hidden, spec.hidden / spec.heads);
     let kvd = spec.kv_heads * hd;
     let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert(
-        "model.embed_tokens.weight".into(),
-        rng.tensor(&[spec.vocab, h], 0.5),
-    );
+    w.insert("model.embed_tokens.weight".into(), rng.tensor(&[spec.vocab, h], 0.5));
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
         let ones = |rng: &mut Rng| (rng.tensor(&[h], 0.1) + 1.0).unwrap();
         w.insert(format!("{p}.input_layernorm.weight"), ones(&mut rng));
-        w.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            ones(&mut rng),
-        );
-        w.insert(
-            format!("{p}.self_attn.q_proj.weight"),
-            rng.tensor(&[h, h], 0.15),
-        );
-        w.insert(
-            format!("{p}.self_attn.k_proj.weight"),
-            rng.tensor(&[kvd, h], 0.15),
-        );
-        w.insert(
-            format!("{p}.self_attn.v_proj.weight"),
-            rng.tensor(&[kvd, h], 0.15),
-        );
+        w.insert(format!("{p}.post_attention_layernorm.weight"), ones(&mut rng));
+        w.insert(format!("{p}.self_attn.q_proj.weight"), rng.tensor(&[h, h], 0.15));
+        w.insert(format!("{p}.self_attn.k_proj.weight"), rng.tensor(&[kvd, h], 0.15));
+        w.insert(format!("{p}.self_attn.v_proj.weight"), rng.tensor(&[kvd, h], 0.15));
         if spec.arch == "qwen2" {
             w.insert(format!("{p}.self_attn.q_proj.bias"), rng.tensor(&[h], 0.1));
-            w.insert(
-                format!("{p}.self_attn.k_proj.bias"),
-                rng.tensor(&[kvd], 0.1),
-            );
-            w.insert(
-                format!("{p}.self_attn.v_proj.bias"),
-                rng.tensor(&[kvd], 0.1),
-            );
+            w.insert(format!("{p}.self_attn.k_proj.bias"), rng.tensor(&[kvd], 0.1));
+            w.insert(format!("{p}.self_attn.v_proj.bias"), rng.tensor(&[kvd], 0.1));
         }
-        w.insert(
-            format!("{p}.self_attn.o_proj.weight"),
-            rng.tensor(&[h, h], 0.15),
-        );
-        w.insert(
-            format!("{p}.mlp.gate_proj.weight"),
-            rng.tensor(&[spec.intermediate, h], 0.15),
-        );
-        w.insert(
-            format!("{p}.mlp.up_proj.weight"),
-            rng.tensor(&[spec.intermediate, h], 0.15),
-        );
-        w.insert(
-            format!("{p}.mlp.down_proj.weight"),
-            rng.tensor(&[h, spec.intermediate], 0.1),
-        );
+        w.insert(format!("{p}.self_attn.o_proj.weight"), rng.tensor(&[h, h], 0.15));
+        w.insert(format!("{p}.mlp.gate_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
+        w.insert(format!("{p}.mlp.up_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
+        w.insert(format!("{p}.mlp.down_proj.weight"), rng.tensor(&[h, spec.intermediate], 0.1));
     }
-    w.insert(
-        "model.norm.weight".into(),
-        (rng.tensor(&[h], 0.1) + 1.0).unwrap(),
-    );
+    w.insert("model.norm.weight".into(), (rng.tensor(&[h], 0.1) + 1.0).unwrap());
     if !spec.tied {
         w.insert("lm_head.weight".into(), rng.tensor(&[spec.vocab, h], 0.3));
     }
@@ -147,11 +111,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
         "tie_word_embeddings": spec.tied, "bos_token_id": 256, "eos_token_id": 258,
         "hidden_act": "silu", "sliding_window": 512, "max_window_layers": spec.layers, "use_sliding_window": false
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
 
     // Byte-level BPE: 256 byte tokens, a few merges, then ChatML specials at 256..258.
     let chars = byte_chars();
@@ -180,18 +140,10 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merges}
     });
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_string(&tok).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
     let tc = serde_json::json!({
         "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
         "chat_template": CHATML_TEMPLATE, "model_max_length": 512
     });
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&tc).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc).unwrap()).unwrap();
 }

@@ -22,12 +22,7 @@ fn model_dir() -> &'static Path {
         write_tiny_model(&hf, &TinySpec::default());
         let out = dir.join("gguf");
         std::fs::create_dir_all(&out).unwrap();
-        avatar::quant::convert(
-            &hf,
-            avatar::quant::parse_type("q8_0").unwrap(),
-            &out.join("model-q8_0.gguf"),
-        )
-        .unwrap();
+        avatar::quant::convert(&hf, avatar::quant::parse_type("q8_0").unwrap(), &out.join("model-q8_0.gguf")).unwrap();
         for f in ["tokenizer.json", "tokenizer_config.json"] {
             std::fs::copy(hf.join(f), out.join(f)).unwrap();
         }
@@ -46,19 +41,11 @@ impl TestServer {
         let mut cfg = ServeConfig::resolve(model_dir(), &["q8_0"]).unwrap();
         cfg.name = "avatar-test".into();
         cfg.limits = limits;
-        let app = build_app(ServerSetup {
-            cfg,
-            api_key: key.map(String::from),
-        })
-        .unwrap();
+        let app = build_app(ServerSetup { cfg, api_key: key.map(String::from) }).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(l.local_addr().unwrap()).unwrap();
@@ -70,11 +57,7 @@ impl TestServer {
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        TestServer {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        TestServer { addr, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn base(&self) -> String {
@@ -99,35 +82,20 @@ impl Resp {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     /// `data:` payloads of an SSE body.
     pub fn sse(&self) -> Vec<String> {
-        self.body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.trim().to_string())
-            .collect()
+        self.body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string()).collect()
     }
 }
 
 /// A minimal HTTP/1.1 client (Connection: close, chunked decoding).
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -137,34 +105,18 @@ pub fn request(
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("no HTTP header end");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("no HTTP header end");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut payload = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
         let mut out = Vec::new();
         let mut rest = &payload[..];
         while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap_or(0);
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap_or(0);
             if size == 0 {
                 break;
             }
@@ -173,35 +125,19 @@ pub fn request(
         }
         payload = out;
     }
-    Resp {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&payload).to_string(),
-    }
+    Resp { status, headers, body: String::from_utf8_lossy(&payload).to_string() }
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> Resp {
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
+    request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
 }
 
 fn assert_openai_error(r: &Resp, status: u16, param: Option<&str>) {
     assert_eq!(r.status, status, "{}", r.body);
     let v = r.json();
     let e = &v["error"];
-    assert!(
-        e["message"].is_string() && e["type"].is_string(),
-        "OpenAI error shape: {v}"
-    );
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "param and code keys present: {v}"
-    );
+    assert!(e["message"].is_string() && e["type"].is_string(), "OpenAI error shape: {v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "param and code keys present: {v}");
     if let Some(p) = param {
         assert_eq!(e["param"], p, "{v}");
     }
@@ -209,28 +145,13 @@ fn assert_openai_error(r: &Resp, status: u16, param: Option<&str>) {
 
 #[test]
 fn completions_streaming_errors_and_shutdown() {
-    let srv = TestServer::start(
-        None,
-        Limits {
-            max_body_bytes: 4096,
-            ..Limits::default()
-        },
-    );
+    let srv = TestServer::start(None, Limits { max_body_bytes: 4096, ..Limits::default() });
     let a = srv.addr;
     let msgs = json!([{"role": "system", "content": ""}, {"role": "user", "content": "你好"}]);
 
     // Non-streaming, on every path spelling real clients use.
-    for path in [
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1//chat/completions",
-        "//v1/chat/completions/",
-    ] {
-        let r = post(
-            a,
-            path,
-            &json!({"model": "x", "messages": msgs, "max_tokens": 5, "unknown": [1, 2]}),
-        );
+    for path in ["/v1/chat/completions", "/chat/completions", "/v1//chat/completions", "//v1/chat/completions/"] {
+        let r = post(a, path, &json!({"model": "x", "messages": msgs, "max_tokens": 5, "unknown": [1, 2]}));
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         let v = r.json();
         assert_eq!(v["object"], "chat.completion");
@@ -238,11 +159,7 @@ fn completions_streaming_errors_and_shutdown() {
         assert!(v["choices"][0]["message"]["content"].is_string());
         assert!(v["choices"][0]["message"]["bubbles"].is_array());
         let u = &v["usage"];
-        assert!(
-            u["completion_tokens"].as_u64().unwrap() >= 1
-                && u["completion_tokens"].as_u64().unwrap() <= 5,
-            "{u}"
-        );
+        assert!(u["completion_tokens"].as_u64().unwrap() >= 1 && u["completion_tokens"].as_u64().unwrap() <= 5, "{u}");
         assert_eq!(
             u["total_tokens"].as_u64(),
             Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
@@ -256,107 +173,47 @@ fn completions_streaming_errors_and_shutdown() {
         &json!({"messages": msgs, "max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}}),
     );
     assert_eq!(r.status, 200);
-    assert!(
-        r.header("content-type")
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
     let data = r.sse();
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
-    let fin: Vec<&Value> = chunks
-        .iter()
-        .filter(|c| !c["choices"][0]["finish_reason"].is_null() && c["choices"][0].is_object())
-        .collect();
+    let fin: Vec<&Value> =
+        chunks.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null() && c["choices"][0].is_object()).collect();
     assert_eq!(fin.len(), 1);
-    assert!(
-        fin[0]["choices"][0]["finish_reason"] == "stop"
-            || fin[0]["choices"][0]["finish_reason"] == "length"
-    );
+    assert!(fin[0]["choices"][0]["finish_reason"] == "stop" || fin[0]["choices"][0]["finish_reason"] == "length");
 
     // Models.
     let r = request(a, "GET", "/v1/models", &[], b"");
     assert_eq!(r.json()["data"][0]["id"], "avatar-test");
 
     // Every rejection in the OpenAI shape.
-    let r = request(
-        a,
-        "POST",
-        "/v1/chat/completions",
-        &[("Content-Type", "application/json")],
-        b"{not json",
-    );
+    let r = request(a, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], b"{not json");
     assert_openai_error(&r, 400, None);
-    let r = request(
-        a,
-        "POST",
-        "/v1/chat/completions",
-        &[("Content-Type", "text/plain")],
-        b"[]",
-    );
+    let r = request(a, "POST", "/v1/chat/completions", &[("Content-Type", "text/plain")], b"[]");
     assert_openai_error(&r, 400, None);
+    assert_openai_error(&post(a, "/v1/chat/completions", &json!({"messages": "hi"})), 400, Some("messages"));
+    assert_openai_error(&post(a, "/v1/chat/completions", &json!({"messages": msgs, "top_p": 7})), 400, Some("top_p"));
+    assert_openai_error(&post(a, "/v1/chat/completions", &json!({"messages": msgs, "n": 99})), 400, Some("n"));
     assert_openai_error(
-        &post(a, "/v1/chat/completions", &json!({"messages": "hi"})),
-        400,
-        Some("messages"),
-    );
-    assert_openai_error(
-        &post(
-            a,
-            "/v1/chat/completions",
-            &json!({"messages": msgs, "top_p": 7}),
-        ),
-        400,
-        Some("top_p"),
-    );
-    assert_openai_error(
-        &post(
-            a,
-            "/v1/chat/completions",
-            &json!({"messages": msgs, "n": 99}),
-        ),
-        400,
-        Some("n"),
-    );
-    assert_openai_error(
-        &post(
-            a,
-            "/v1/chat/completions",
-            &json!({"messages": [{"role": "tool", "content": "x"}]}),
-        ),
+        &post(a, "/v1/chat/completions", &json!({"messages": [{"role": "tool", "content": "x"}]})),
         400,
         Some("messages[0].role"),
     );
     let long = "很长".repeat(1000);
     assert_openai_error(
-        &post(
-            a,
-            "/v1/chat/completions",
-            &json!({"messages": [{"role": "user", "content": long}]}),
-        ),
+        &post(a, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": long}]})),
         413,
         None,
     );
     assert_openai_error(&request(a, "GET", "/v1/nope", &[], b""), 404, None);
-    assert_openai_error(
-        &request(a, "GET", "/v1/chat/completions", &[], b""),
-        405,
-        None,
-    );
+    assert_openai_error(&request(a, "GET", "/v1/chat/completions", &[], b""), 405, None);
     // A prompt longer than the context.
     let big = "a b ".repeat(500);
-    let srv_big = post(
-        a,
-        "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": &big[..1900]}]}),
-    );
+    let srv_big = post(a, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": &big[..1900]}]}));
     assert_openai_error(&srv_big, 400, Some("messages"));
     assert_eq!(srv_big.json()["error"]["code"], "context_length_exceeded");
 
@@ -367,64 +224,37 @@ fn completions_streaming_errors_and_shutdown() {
 
     // Graceful shutdown: a request in flight when shutdown starts still completes.
     let inflight = std::thread::spawn(move || {
-        post(
-            a,
-            "/v1/chat/completions",
-            &json!({"messages": msgs, "max_tokens": 200, "stream": true}),
-        )
+        post(a, "/v1/chat/completions", &json!({"messages": msgs, "max_tokens": 200, "stream": true}))
     });
     std::thread::sleep(Duration::from_millis(100));
     srv.shutdown();
     let r = inflight.join().unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.sse().last().map(String::as_str),
-        Some("[DONE]"),
-        "in-flight stream finished"
-    );
-    assert!(
-        TcpStream::connect(a).is_err(),
-        "listener closed after shutdown"
-    );
+    assert_eq!(r.sse().last().map(String::as_str), Some("[DONE]"), "in-flight stream finished");
+    assert!(TcpStream::connect(a).is_err(), "listener closed after shutdown");
 }
 
 #[test]
 fn auth_overload_and_concurrency() {
     // Auth.
     let srv = TestServer::start(Some("sekrit"), Limits::default());
-    let body =
-        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).to_string();
-    let r = request(
-        srv.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.as_bytes(),
-    );
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).to_string();
+    let r = request(srv.addr, "POST", "/v1/chat/completions", &[], body.as_bytes());
     assert_openai_error(&r, 401, None);
-    let r = request(
-        srv.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("Authorization", "Bearer nope")],
-        body.as_bytes(),
-    );
+    let r = request(srv.addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer nope")], body.as_bytes());
     assert_openai_error(&r, 401, None);
-    let r = request(
-        srv.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("Authorization", "Bearer sekrit")],
-        body.as_bytes(),
-    );
+    let r = request(srv.addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sekrit")], body.as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
 
     // 100 parallel requests: all answered (queue 256, batch 8), no deadlock.
     let addr = srv.addr;
     let handles: Vec<_> = (0..100)
         .map(|i| {
-            let body = json!({"messages": [{"role": "user", "content": format!("msg {i}")}], "max_tokens": 6}).to_string();
-            std::thread::spawn(move || request(addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sekrit")], body.as_bytes()))
+            let body =
+                json!({"messages": [{"role": "user", "content": format!("msg {i}")}], "max_tokens": 6}).to_string();
+            std::thread::spawn(move || {
+                request(addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sekrit")], body.as_bytes())
+            })
         })
         .collect();
     for h in handles {
@@ -435,14 +265,7 @@ fn auth_overload_and_concurrency() {
     srv.shutdown();
 
     // Overload: batch 1, queue 1 → the surplus gets 429 with retry-after (never 409/503).
-    let srv = TestServer::start(
-        None,
-        Limits {
-            max_batch: 1,
-            max_queue: 1,
-            ..Limits::default()
-        },
-    );
+    let srv = TestServer::start(None, Limits { max_batch: 1, max_queue: 1, ..Limits::default() });
     let addr = srv.addr;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(12));
     let handles: Vec<_> = (0..12)
@@ -450,24 +273,19 @@ fn auth_overload_and_concurrency() {
             let b = barrier.clone();
             std::thread::spawn(move || {
                 b.wait();
-                post(addr, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 300, "temperature": 1.5}))
+                post(
+                    addr,
+                    "/v1/chat/completions",
+                    &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 300, "temperature": 1.5}),
+                )
             })
         })
         .collect();
     let results: Vec<Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = results.iter().filter(|r| r.status == 200).count();
     let busy: Vec<&Resp> = results.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(
-        ok + busy.len(),
-        12,
-        "only 200 or 429: {:?}",
-        results.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
-    assert!(
-        ok >= 1 && !busy.is_empty(),
-        "some served ({ok}), some told to retry ({})",
-        busy.len()
-    );
+    assert_eq!(ok + busy.len(), 12, "only 200 or 429: {:?}", results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(ok >= 1 && !busy.is_empty(), "some served ({ok}), some told to retry ({})", busy.len());
     assert_eq!(busy[0].header("retry-after"), Some("1"));
     assert_openai_error(busy[0], 429, None);
     srv.shutdown();
@@ -502,10 +320,8 @@ fn skip_or_fail(what: &str) -> bool {
 
 #[test]
 fn official_openai_python_client() {
-    let has = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has =
+        std::process::Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
     if !has && skip_or_fail("the `openai` Python module (pip install openai)") {
         return;
     }
@@ -520,32 +336,21 @@ fn official_openai_python_client() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     srv.shutdown();
-    assert!(
-        out.status.success() && stdout.contains("OK"),
-        "openai client checks failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success() && stdout.contains("OK"), "openai client checks failed:\n{stdout}\n{stderr}");
 }
 
 #[test]
 fn web_page_in_headless_chromium() {
     let browser = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
     let Some(browser) = browser else {
         skip_or_fail("chromium (apt-get install chromium)");
         return;
     };
     let srv = TestServer::start(None, Limits::default());
     let profile = tempfile::tempdir().unwrap();
-    let url = format!(
-        "{}/?stream=0&max_tokens=4&autotest=%E4%BD%A0%E5%A5%BD",
-        srv.base()
-    );
+    let url = format!("{}/?stream=0&max_tokens=4&autotest=%E4%BD%A0%E5%A5%BD", srv.base());
     let out = std::process::Command::new(browser)
         .args([
             "--headless",
@@ -569,17 +374,8 @@ fn web_page_in_headless_chromium() {
         "the page finished a chat turn:\n{dom}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        dom.contains("class=\"bubble user\">你好<"),
-        "user bubble shown"
-    );
+    assert!(dom.contains("class=\"bubble user\">你好<"), "user bubble shown");
     assert!(dom.contains("class=\"bubble bot\""), "bot bubble shown");
-    assert!(
-        !dom.contains("class=\"bubble error\""),
-        "no error bubble:\n{dom}"
-    );
-    assert!(
-        dom.contains("<h1 id=\"title\">avatar-test</h1>"),
-        "model name loaded from /v1/models"
-    );
+    assert!(!dom.contains("class=\"bubble error\""), "no error bubble:\n{dom}");
+    assert!(dom.contains("<h1 id=\"title\">avatar-test</h1>"), "model name loaded from /v1/models");
 }

@@ -13,43 +13,18 @@ const DECODE: [u32; 3] = [12, 99, 200];
 
 /// Logits after the prompt and after each decode token, from candle-transformers in f32.
 fn reference_logits(dir: &Path) -> Vec<Vec<f32>> {
-    let cfg: qwen2::Config =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: qwen2::Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[dir.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-        .unwrap()
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
+            .unwrap()
     };
     let mut m = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
     let mut out = Vec::new();
-    let ids = Tensor::new(&PROMPT[..], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    out.push(
-        m.forward(&ids, 0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
-    );
+    let ids = Tensor::new(&PROMPT[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    out.push(m.forward(&ids, 0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     for (i, &t) in DECODE.iter().enumerate() {
-        let ids = Tensor::new(&[t], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        out.push(
-            m.forward(&ids, PROMPT.len() + i)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-        );
+        let ids = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        out.push(m.forward(&ids, PROMPT.len() + i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
     out
 }
@@ -57,20 +32,9 @@ fn reference_logits(dir: &Path) -> Vec<Vec<f32>> {
 fn our_logits(gguf: &Path) -> Vec<Vec<f32>> {
     let m = QModel::load(gguf).unwrap();
     let mut cache = m.new_cache();
-    let mut out = m
-        .forward(&mut [SeqStep {
-            cache: &mut cache,
-            tokens: &PROMPT,
-        }])
-        .unwrap();
+    let mut out = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &PROMPT }]).unwrap();
     for &t in &DECODE {
-        out.extend(
-            m.forward(&mut [SeqStep {
-                cache: &mut cache,
-                tokens: &[t],
-            }])
-            .unwrap(),
-        );
+        out.extend(m.forward(&mut [SeqStep { cache: &mut cache, tokens: &[t] }]).unwrap());
     }
     out
 }
@@ -78,11 +42,7 @@ fn our_logits(gguf: &Path) -> Vec<Vec<f32>> {
 /// Largest |a-b| relative to the largest |b|.
 fn rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     let scale = b.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
@@ -92,23 +52,13 @@ fn gguf_logits_match_float_model_per_type() {
     write_tiny_model(&model, &TinySpec::default());
     let reference = reference_logits(&model);
     // Per-type tolerance on the relative logit error (measured: f32 ~1e-6, f16 ~1e-3, q8_0 ~1e-2).
-    for (ty, tol) in [
-        ("f32", 1e-4),
-        ("f16", 1e-2),
-        ("q8_0", 3e-2),
-        ("q4_0", 0.2),
-        ("q4_k", 0.2),
-        ("q6_k", 0.05),
-    ] {
+    for (ty, tol) in [("f32", 1e-4), ("f16", 1e-2), ("q8_0", 3e-2), ("q4_0", 0.2), ("q4_k", 0.2), ("q6_k", 0.05)] {
         let out = tmp.path().join(format!("m-{ty}.gguf"));
         let report = quant::convert(&model, quant::parse_type(ty).unwrap(), &out).unwrap();
         assert!(report.bytes > 0);
         let got = our_logits(&out);
         let err = rel_err(&got, &reference);
-        eprintln!(
-            "{ty}: relative logit error {err:.2e}, {} fallbacks",
-            report.fallbacks
-        );
+        eprintln!("{ty}: relative logit error {err:.2e}, {} fallbacks", report.fallbacks);
         assert!(err < tol, "{ty}: relative logit error {err} above {tol}");
         // Same argmax as the float model for the high-precision types.
         if ty == "f32" || ty == "f16" {
@@ -120,12 +70,7 @@ fn gguf_logits_match_float_model_per_type() {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv { (i, x) } else { (bi, bv) }
-        })
-        .0
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
 }
 
 /// The llama layout (Q/K permuted for interleaved RoPE) computes what the qwen2 layout does.
@@ -133,21 +78,10 @@ fn argmax(v: &[f32]) -> usize {
 fn llama_layout_matches_qwen2_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let llama = tmp.path().join("llama");
-    write_tiny_model(
-        &llama,
-        &TinySpec {
-            arch: "llama",
-            tied: false,
-            ..TinySpec::default()
-        },
-    );
+    write_tiny_model(&llama, &TinySpec { arch: "llama", tied: false, ..TinySpec::default() });
     let qwen = tmp.path().join("as-qwen2");
     std::fs::create_dir_all(&qwen).unwrap();
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(llama.join(f), qwen.join(f)).unwrap();
     }
     let cfg = std::fs::read_to_string(llama.join("config.json"))
@@ -183,8 +117,7 @@ fn gguf_metadata_has_what_llama_cpp_needs() {
     ] {
         f.meta_u32(key).unwrap_or_else(|e| panic!("{key}: {e}"));
     }
-    f.meta_f32("qwen2.attention.layer_norm_rms_epsilon")
-        .unwrap();
+    f.meta_f32("qwen2.attention.layer_norm_rms_epsilon").unwrap();
     f.meta_f32("qwen2.rope.freq_base").unwrap();
     assert_eq!(f.meta_str("tokenizer.ggml.model"), Some("gpt2"));
     assert_eq!(f.meta_str("tokenizer.ggml.pre"), Some("gpt-2"));
@@ -194,21 +127,11 @@ fn gguf_metadata_has_what_llama_cpp_needs() {
     assert_eq!(unique.len(), tokens.len(), "no duplicate token strings");
     assert_eq!(tokens[258], "<|im_end|>");
     assert_eq!(tokens[300], "[PAD300]");
-    assert_eq!(
-        f.meta_str_array("tokenizer.ggml.merges").unwrap(),
-        vec!["h e", "l l"]
-    );
+    assert_eq!(f.meta_str_array("tokenizer.ggml.merges").unwrap(), vec!["h e", "l l"]);
     assert_eq!(f.meta_u32("tokenizer.ggml.eos_token_id").unwrap(), 258);
     assert_eq!(f.meta_u32("tokenizer.ggml.padding_token_id").unwrap(), 256);
-    assert!(
-        f.meta_str("tokenizer.chat_template")
-            .unwrap()
-            .contains("<|im_start|>")
-    );
-    assert!(
-        !f.has_tensor("output.weight"),
-        "tied embeddings write no output.weight"
-    );
+    assert!(f.meta_str("tokenizer.chat_template").unwrap().contains("<|im_start|>"));
+    assert!(!f.has_tensor("output.weight"), "tied embeddings write no output.weight");
 }
 
 /// Two sequences advanced in one batched call give the same logits as one at a time.
@@ -221,60 +144,20 @@ fn batched_forward_equals_single() {
     quant::convert(&model, quant::parse_type("q4_0").unwrap(), &out).unwrap();
     let m = QModel::load(&out).unwrap();
     let (mut c1, mut c2) = (m.new_cache(), m.new_cache());
-    let single1 = m
-        .forward(&mut [SeqStep {
-            cache: &mut c1,
-            tokens: &PROMPT,
-        }])
-        .unwrap();
-    let single2 = m
-        .forward(&mut [SeqStep {
-            cache: &mut c2,
-            tokens: &DECODE,
-        }])
-        .unwrap();
-    let single3 = m
-        .forward(&mut [SeqStep {
-            cache: &mut c1,
-            tokens: &[5],
-        }])
-        .unwrap();
+    let single1 = m.forward(&mut [SeqStep { cache: &mut c1, tokens: &PROMPT }]).unwrap();
+    let single2 = m.forward(&mut [SeqStep { cache: &mut c2, tokens: &DECODE }]).unwrap();
+    let single3 = m.forward(&mut [SeqStep { cache: &mut c1, tokens: &[5] }]).unwrap();
     let (mut b1, mut b2) = (m.new_cache(), m.new_cache());
     let batch = m
-        .forward(&mut [
-            SeqStep {
-                cache: &mut b1,
-                tokens: &PROMPT,
-            },
-            SeqStep {
-                cache: &mut b2,
-                tokens: &DECODE,
-            },
-        ])
+        .forward(&mut [SeqStep { cache: &mut b1, tokens: &PROMPT }, SeqStep { cache: &mut b2, tokens: &DECODE }])
         .unwrap();
-    let batch3 = m
-        .forward(&mut [
-            SeqStep {
-                cache: &mut b1,
-                tokens: &[5],
-            },
-            SeqStep {
-                cache: &mut b2,
-                tokens: &[6],
-            },
-        ])
-        .unwrap();
+    let batch3 =
+        m.forward(&mut [SeqStep { cache: &mut b1, tokens: &[5] }, SeqStep { cache: &mut b2, tokens: &[6] }]).unwrap();
     assert!(rel_err(&batch[..1], &single1) < 1e-5);
     assert!(rel_err(&batch[1..], &single2) < 1e-5);
     assert!(rel_err(&batch3[..1], &single3) < 1e-5);
     // Bad input is an error, not a panic.
-    assert!(
-        m.forward(&mut [SeqStep {
-            cache: &mut m.new_cache(),
-            tokens: &[99999]
-        }])
-        .is_err()
-    );
+    assert!(m.forward(&mut [SeqStep { cache: &mut m.new_cache(), tokens: &[99999] }]).is_err());
 }
 
 /// llama.cpp (llama-cpp-python) loads our GGUF files and computes the same logits. Optional:
@@ -303,20 +186,11 @@ fn llama_cpp_loads_our_gguf_and_agrees() {
             .arg(serde_json::to_string(&tokens).unwrap())
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "llama.cpp failed on our {ty} file: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "llama.cpp failed on our {ty} file: {}", String::from_utf8_lossy(&o.stderr));
         let theirs: Vec<f32> = serde_json::from_slice(&o.stdout).unwrap();
         let m = QModel::load(&out).unwrap();
         let mut cache = m.new_cache();
-        let ours = m
-            .forward(&mut [SeqStep {
-                cache: &mut cache,
-                tokens: &tokens,
-            }])
-            .unwrap();
+        let ours = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &tokens }]).unwrap();
         let err = rel_err(&ours, &[theirs]);
         eprintln!("{ty}: ours vs llama.cpp relative logit error {err:.2e}");
         assert!(err < tol, "{ty}: ours vs llama.cpp differ by {err}");

@@ -10,31 +10,14 @@ use avatar::serve::ServeConfig;
 
 use super::fixture::{TinySpec, write_tiny_model};
 
-fn run_stage(
-    stage: &dyn Stage,
-    params: &str,
-    input: &Path,
-    out: &Path,
-) -> anyhow::Result<avatar::engine::Metrics> {
+fn run_stage(stage: &dyn Stage, params: &str, input: &Path, out: &Path) -> anyhow::Result<avatar::engine::Metrics> {
     let table: toml::Table = toml::from_str(params).unwrap();
-    let canonical = stage
-        .canonical_params(&table)
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
+    let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
     let mut inputs = BTreeMap::new();
-    inputs.insert(
-        "model".to_string(),
-        ResolvedInput {
-            path: input.to_path_buf(),
-            hash: "test".into(),
-        },
-    );
+    inputs.insert("model".to_string(), ResolvedInput { path: input.to_path_buf(), hash: "test".into() });
     std::fs::create_dir_all(out).unwrap();
     let work = tempfile::tempdir().unwrap();
-    let globals = Globals {
-        seed: 1,
-        device: "cpu".into(),
-        dtype: "f32".into(),
-    };
+    let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into() };
     let progress = Progress::hidden("t");
     let ctx = StageContext {
         stage_name: "t",
@@ -54,37 +37,19 @@ fn quantize_then_serve_stage() {
     let hf = tmp.path().join("hf");
     write_tiny_model(&hf, &TinySpec::default());
     let q = tmp.path().join("q");
-    let m = run_stage(
-        &avatar::stages::quantize::QuantizeStage,
-        "types = [\"q8_0\", \"q4_0\", \"q4_k\"]",
-        &hf,
-        &q,
-    )
-    .unwrap();
+    let m =
+        run_stage(&avatar::stages::quantize::QuantizeStage, "types = [\"q8_0\", \"q4_0\", \"q4_k\"]", &hf, &q).unwrap();
     for t in ["q8_0", "q4_0", "q4_k"] {
-        assert!(
-            q.join(format!("gguf/model-{t}.gguf")).is_file(),
-            "{t} written"
-        );
+        assert!(q.join(format!("gguf/model-{t}.gguf")).is_file(), "{t} written");
         assert!(m[&format!("{t}_bytes")].as_u64().unwrap() > 0);
     }
     assert!(q.join("gguf/tokenizer.json").is_file());
     // Unknown types and unknown params are errors naming the field.
-    let err = run_stage(
-        &avatar::stages::quantize::QuantizeStage,
-        "types = [\"q9\"]",
-        &hf,
-        &tmp.path().join("bad"),
-    )
-    .unwrap_err();
+    let err = run_stage(&avatar::stages::quantize::QuantizeStage, "types = [\"q9\"]", &hf, &tmp.path().join("bad"))
+        .unwrap_err();
     assert!(err.to_string().contains("types[0]"), "{err}");
-    let err = run_stage(
-        &avatar::stages::quantize::QuantizeStage,
-        "typo = 1",
-        &hf,
-        &tmp.path().join("bad2"),
-    )
-    .unwrap_err();
+    let err =
+        run_stage(&avatar::stages::quantize::QuantizeStage, "typo = 1", &hf, &tmp.path().join("bad2")).unwrap_err();
     assert!(err.to_string().contains("typo"), "{err}");
 
     let s = tmp.path().join("s");
@@ -99,11 +64,7 @@ fn quantize_then_serve_stage() {
     let cfg = ServeConfig::read(&s.join("serve.json")).unwrap();
     assert_eq!(cfg.name, "me");
     assert_eq!(cfg.defaults.temperature, 0.5);
-    assert!(
-        cfg.model.ends_with("model-q8_0.gguf"),
-        "{}",
-        cfg.model.display()
-    );
+    assert!(cfg.model.ends_with("model-q8_0.gguf"), "{}", cfg.model.display());
     cfg.load().unwrap();
 
     // An HF folder is converted into the serve artifact itself.
@@ -127,19 +88,12 @@ fn pipeline_manifest_resolves_to_its_serve_stage() {
     )
     .unwrap();
     // Before a run: a clear error, not a panic.
-    let err = ServeConfig::resolve(&manifest, &[])
-        .unwrap_err()
-        .to_string();
+    let err = ServeConfig::resolve(&manifest, &[]).unwrap_err().to_string();
     assert!(err.contains("has not run yet"), "{err}");
     let registry = avatar::stages::registry();
     let m = avatar::engine::Manifest::load(&manifest, &registry).unwrap();
-    avatar::engine::run(
-        &m,
-        &registry,
-        &avatar::engine::RunOptions::default(),
-        &avatar::engine::runner::Silent,
-    )
-    .unwrap();
+    avatar::engine::run(&m, &registry, &avatar::engine::RunOptions::default(), &avatar::engine::runner::Silent)
+        .unwrap();
     let cfg = ServeConfig::resolve(&manifest, &[]).unwrap();
     assert_eq!(cfg.name, "pipe-clone");
     assert!(cfg.model.to_string_lossy().ends_with("model-q4_0.gguf"));

@@ -39,7 +39,15 @@ pub fn fill(conn: &Connection, h: &History) -> anyhow::Result<()> {
             let mut members: Vec<&str> = vec![me.wxid.as_str()];
             members.extend(g.members.iter().map(|&i| h.cast.people[i].wxid.as_str()));
             let names: Vec<&str> = g.members.iter().map(|&i| h.cast.people[i].nickname.as_str()).collect();
-            cr.execute(params![g.id, 1_700_000_000_000i64, members.join(";"), names.join("、"), members[1], me.nickname, members.len() as i64])?;
+            cr.execute(params![
+                g.id,
+                1_700_000_000_000i64,
+                members.join(";"),
+                names.join("、"),
+                members[1],
+                me.nickname,
+                members.len() as i64
+            ])?;
         }
         let mut msg = conn.prepare(
             "INSERT INTO message (msgSvrId, type, status, isSend, isShowTimer, createTime, talker, content, imgPath, talkerId, bizChatId, flag)

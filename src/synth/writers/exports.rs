@@ -58,9 +58,28 @@ fn conversations(h: &History) -> Vec<(String, String)> {
 
 fn contacts_csv(path: &Path, h: &History) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_path(path)?;
-    w.write_record(["UserName", "Alias", "Type", "Remark", "NickName", "PYInitial", "RemarkPYInitial", "smallHeadImgUrl", "bigHeadImgUrl", "label", "gender", "telephone", "signature", "country/region", "province", "city"])?;
+    w.write_record([
+        "UserName",
+        "Alias",
+        "Type",
+        "Remark",
+        "NickName",
+        "PYInitial",
+        "RemarkPYInitial",
+        "smallHeadImgUrl",
+        "bigHeadImgUrl",
+        "label",
+        "gender",
+        "telephone",
+        "signature",
+        "country/region",
+        "province",
+        "city",
+    ])?;
     let me = &h.cast.me;
-    let mut row = |id: &str, alias: &str, ty: &str, remark: &str, nick: &str| w.write_record([id, alias, ty, remark, nick, "", "", "", "", "", "0", "", "", "", "", ""]);
+    let mut row = |id: &str, alias: &str, ty: &str, remark: &str, nick: &str| {
+        w.write_record([id, alias, ty, remark, nick, "", "", "", "", "", "0", "", "", "", "", ""])
+    };
     row(&me.wxid, &me.alias, "1", "", &me.nickname)?;
     for p in &h.cast.people {
         row(&p.wxid, &p.alias, if p.friend { "3" } else { "4" }, &p.remark, &p.nickname)?;
@@ -89,14 +108,30 @@ pub fn write_wechatmsg(csv_root: Option<&Path>, txt_root: Option<&Path>, h: &His
             let mut f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
             f.write_all(&[0xEF, 0xBB, 0xBF])?;
             let mut w = csv::Writer::from_writer(f);
-            w.write_record(["localId", "TalkerId", "Type", "SubType", "IsSender", "CreateTime", "Status", "StrContent", "StrTime", "Remark", "NickName", "Sender"])?;
+            w.write_record([
+                "localId",
+                "TalkerId",
+                "Type",
+                "SubType",
+                "IsSender",
+                "CreateTime",
+                "Status",
+                "StrContent",
+                "StrTime",
+                "Remark",
+                "NickName",
+                "Sender",
+            ])?;
             for (i, m) in msgs.iter().enumerate() {
                 let e = encode(m);
                 let (remark, nick) = if m.is_self {
                     (me.nickname.clone(), me.nickname.clone())
                 } else {
                     let p = h.cast.person_by_wxid(&m.sender);
-                    (p.map(|p| p.display_name().to_string()).unwrap_or_default(), p.map(|p| p.nickname.clone()).unwrap_or_default())
+                    (
+                        p.map(|p| p.display_name().to_string()).unwrap_or_default(),
+                        p.map(|p| p.nickname.clone()).unwrap_or_default(),
+                    )
                 };
                 w.write_record([
                     (i + 1).to_string(),
@@ -121,7 +156,14 @@ pub fn write_wechatmsg(csv_root: Option<&Path>, txt_root: Option<&Path>, h: &His
             let mut out = String::new();
             for m in &msgs {
                 let time = format_local_time(m.timestamp, LOCAL_OFFSET_SECS);
-                let speaker = if m.is_self { me.nickname.clone() } else { h.cast.person_by_wxid(&m.sender).map(|p| p.display_name().to_string()).unwrap_or_else(|| m.sender.clone()) };
+                let speaker = if m.is_self {
+                    me.nickname.clone()
+                } else {
+                    h.cast
+                        .person_by_wxid(&m.sender)
+                        .map(|p| p.display_name().to_string())
+                        .unwrap_or_else(|| m.sender.clone())
+                };
                 match txt_body(&m.body) {
                     TxtBody::System(line) => out.push_str(&format!("{time} {line}\n\n")),
                     TxtBody::Said(body) => out.push_str(&format!("{time} {speaker}\n{body}\n\n")),
@@ -142,7 +184,9 @@ fn txt_body(b: &Body) -> TxtBody {
     let s = |x: &str| TxtBody::Said(x.to_string());
     match b {
         Body::Text(t) => s(t),
-        Body::Quote { text, quoted_name, quoted_text, .. } => TxtBody::Said(format!("{text}\n引用:{quoted_name}:{quoted_text}")),
+        Body::Quote { text, quoted_name, quoted_text, .. } => {
+            TxtBody::Said(format!("{text}\n引用:{quoted_name}:{quoted_text}"))
+        }
         Body::Image { .. } => s("[图片]"),
         Body::Sticker { .. } => s("[表情包]"),
         Body::Voice { .. } => s("[语音]"),
@@ -150,7 +194,10 @@ fn txt_body(b: &Body) -> TxtBody {
         Body::File { .. } => s("[文件]"),
         Body::Link { title, des, url } => {
             let pad = " ".repeat(12);
-            TxtBody::Said(format!("[链接]:title:{title}\n{pad}description:{}\n{pad}url:{url}\n{pad}name:新华社", des.replace('\n', " ")))
+            TxtBody::Said(format!(
+                "[链接]:title:{title}\n{pad}description:{}\n{pad}url:{url}\n{pad}name:新华社",
+                des.replace('\n', " ")
+            ))
         }
         Body::Transfer { .. } => s("[转账]"),
         Body::RedPacket { .. } => s("[红包]"),
@@ -178,12 +225,22 @@ fn pywxdump_row(m: &SynthMessage) -> (&'static str, String) {
         Body::Sticker { .. } => ("动画表情", "表情".into()),
         Body::Quote { text, quoted_name, quoted_text, quoted_time, .. } => (
             "引用回复",
-            format!("{text}\n\n[引用]({}){quoted_name}:{quoted_text}", format_local_time(*quoted_time, LOCAL_OFFSET_SECS)),
+            format!(
+                "{text}\n\n[引用]({}){quoted_name}:{quoted_text}",
+                format_local_time(*quoted_time, LOCAL_OFFSET_SECS)
+            ),
         ),
-        Body::Link { title, des, url } => ("卡片式链接", format!("{title}\n{des}\n\n<a href=\"{url}\" target=\"_blank\">点击查看详情</a>")),
+        Body::Link { title, des, url } => {
+            ("卡片式链接", format!("{title}\n{des}\n\n<a href=\"{url}\" target=\"_blank\">点击查看详情</a>"))
+        }
         Body::Transfer { cents } => (
             "转账",
-            format!("转账：￥{}.{:02}\n转账说明：\n转账时间：{}", cents / 100, cents % 100, format_local_time(m.timestamp, LOCAL_OFFSET_SECS)),
+            format!(
+                "转账：￥{}.{:02}\n转账说明：\n转账时间：{}",
+                cents / 100,
+                cents % 100,
+                format_local_time(m.timestamp, LOCAL_OFFSET_SECS)
+            ),
         ),
         Body::Pat { .. } => ("拍一拍", e.pc3_str),
         Body::Revoke { .. } | Body::System { .. } | Body::RedPacketOpened { .. } => ("系统通知", e.pc3_str),
@@ -208,7 +265,17 @@ pub fn write_pywxdump(root: &Path, h: &History) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let msgs: Vec<&SynthMessage> = h.messages.iter().filter(|m| m.conversation == conv).collect();
         let mut w = csv::Writer::from_path(dir.join(format!("{conv}_0_{}.csv", msgs.len() + 1)))?;
-        w.write_record(["id", "MsgSvrID", "type_name", "is_sender", "talker", "room_name", "msg", "src", "CreateTime"])?;
+        w.write_record([
+            "id",
+            "MsgSvrID",
+            "type_name",
+            "is_sender",
+            "talker",
+            "room_name",
+            "msg",
+            "src",
+            "CreateTime",
+        ])?;
         let mut users = serde_json::Map::new();
         for (i, m) in msgs.iter().enumerate() {
             let (type_name, msg) = pywxdump_row(m);
@@ -224,7 +291,10 @@ pub fn write_pywxdump(root: &Path, h: &History) -> anyhow::Result<()> {
                 format_local_time(m.timestamp, LOCAL_OFFSET_SECS),
             ])?;
             if let Some(p) = h.cast.person_by_wxid(&m.sender) {
-                users.insert(p.wxid.clone(), serde_json::json!({"wxid": p.wxid, "nickname": p.nickname, "remark": p.remark, "account": p.alias}));
+                users.insert(
+                    p.wxid.clone(),
+                    serde_json::json!({"wxid": p.wxid, "nickname": p.nickname, "remark": p.remark, "account": p.alias}),
+                );
             }
         }
         w.flush()?;

@@ -28,13 +28,17 @@ CREATE TABLE ChatRoom(ChatRoomName TEXT PRIMARY KEY, UserNameList TEXT, DisplayN
 fn fill_micromsg(conn: &Connection, h: &History) -> anyhow::Result<()> {
     conn.execute_batch(MICROMSG_SCHEMA)?;
     conn.execute_batch("BEGIN")?;
-    let mut c = conn.prepare("INSERT INTO Contact (UserName, Alias, Type, Reserved1, Remark, NickName) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+    let mut c = conn.prepare(
+        "INSERT INTO Contact (UserName, Alias, Type, Reserved1, Remark, NickName) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
     let me = &h.cast.me;
     c.execute(params![me.wxid, me.alias, 1, 1, "", me.nickname])?;
     for p in &h.cast.people {
         c.execute(params![p.wxid, p.alias, if p.friend { 3 } else { 4 }, i64::from(p.friend), p.remark, p.nickname])?;
     }
-    let mut r = conn.prepare("INSERT INTO ChatRoom (ChatRoomName, UserNameList, DisplayNameList, SelfDisplayName) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut r = conn.prepare(
+        "INSERT INTO ChatRoom (ChatRoomName, UserNameList, DisplayNameList, SelfDisplayName) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for g in &h.cast.groups {
         c.execute(params![g.id, "", 2, 1, "", g.name])?;
         let mut ids = vec![me.wxid.clone()];
@@ -107,7 +111,13 @@ fn fill_shard(conn: &Connection, h: &History, range: std::ops::Range<usize>) -> 
 
 /// Write the account under `root/<self wxid>/Msg/`; `shards` MSG files split by time.
 /// `key` None writes decrypted copies. Returns the account folder.
-pub fn write(root: &Path, h: &History, key: Option<&[u8; 32]>, shards: usize, salt_seed: u8) -> anyhow::Result<PathBuf> {
+pub fn write(
+    root: &Path,
+    h: &History,
+    key: Option<&[u8; 32]>,
+    shards: usize,
+    salt_seed: u8,
+) -> anyhow::Result<PathBuf> {
     let msg_dir = root.join(&h.cast.me.wxid).join("Msg");
     std::fs::create_dir_all(msg_dir.join("Multi"))?;
     let create = |path: &Path, salt: u8, f: &dyn Fn(&Connection) -> anyhow::Result<()>| -> anyhow::Result<()> {

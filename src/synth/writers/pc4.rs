@@ -57,10 +57,7 @@ fn fill_shard(conn: &Connection, h: &History, range: std::ops::Range<usize>) -> 
                 ids.insert(name.clone(), conn.last_insert_rowid());
             }
         }
-        let table = tables
-            .entry(m.conversation.clone())
-            .or_insert_with(|| table_for(&m.conversation))
-            .clone();
+        let table = tables.entry(m.conversation.clone()).or_insert_with(|| table_for(&m.conversation)).clone();
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {table}(local_id INTEGER PRIMARY KEY AUTOINCREMENT, server_id INTEGER, local_type INTEGER, sort_seq INTEGER, real_sender_id INTEGER, create_time INTEGER, status INTEGER, upload_status INTEGER, download_status INTEGER, server_seq INTEGER, origin_source INTEGER, source TEXT, message_content TEXT, compress_content TEXT, packed_info_data BLOB, WCDB_CT_message_content INTEGER DEFAULT NULL, WCDB_CT_source INTEGER DEFAULT NULL);"
         ))?;
@@ -87,7 +84,13 @@ fn fill_shard(conn: &Connection, h: &History, range: std::ops::Range<usize>) -> 
 }
 
 /// Write the account folder `root/<wxid>_1a2b/`; `key` None writes decrypted copies.
-pub fn write(root: &Path, h: &History, key: Option<&[u8; 32]>, shards: usize, salt_seed: u8) -> anyhow::Result<PathBuf> {
+pub fn write(
+    root: &Path,
+    h: &History,
+    key: Option<&[u8; 32]>,
+    shards: usize,
+    salt_seed: u8,
+) -> anyhow::Result<PathBuf> {
     let account = root.join(format!("{}_1a2b", h.cast.me.wxid));
     let storage = account.join("db_storage");
     std::fs::create_dir_all(storage.join("message"))?;

@@ -77,7 +77,11 @@ pub fn int_field(path: &Path, rec: &csv::StringRecord, idx: usize, name: &str) -
         return Ok(0);
     }
     v.parse::<i64>().with_context(|| {
-        format!("{}:{}: column `{name}` is not an integer", path.display(), rec.position().map(|p| p.line()).unwrap_or(0))
+        format!(
+            "{}:{}: column `{name}` is not an integer",
+            path.display(),
+            rec.position().map(|p| p.line()).unwrap_or(0)
+        )
     })
 }
 

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::super::DecryptReadParams;
 use super::super::locate::{self, file_name};
 use super::super::raw::{ExportedFields, ExportedQuote, RawContact, RawMessage};
-use super::super::DecryptReadParams;
 use super::{Columns, ExportRead, csv_reader, field, int_field, line_of, parse_local_time};
 
 /// `type_name` (PyWxDump's `type_converter`) → (base type, subtype).
@@ -48,7 +48,10 @@ fn parse_quote(msg: &str) -> Option<ExportedFields> {
     let close = rest.find(')')?;
     let after = &rest[close + 1..];
     let (name, text) = after.split_once(':').unwrap_or(("", after));
-    Some(ExportedFields { title: Some(title.to_string()), quote: Some(ExportedQuote { sender_name: name.to_string(), text: text.to_string() }) })
+    Some(ExportedFields {
+        title: Some(title.to_string()),
+        quote: Some(ExportedQuote { sender_name: name.to_string(), text: text.to_string() }),
+    })
 }
 
 fn read_users(dir: &Path, contacts: &mut HashMap<String, RawContact>) -> anyhow::Result<()> {
@@ -56,12 +59,20 @@ fn read_users(dir: &Path, contacts: &mut HashMap<String, RawContact>) -> anyhow:
     if !path.is_file() {
         return Ok(());
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
     if let Some(map) = v.as_object() {
         for (wxid, u) in map {
             let s = |k: &str| u.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-            contacts.insert(wxid.clone(), RawContact { id: wxid.clone(), nickname: s("nickname"), remark: s("remark"), is_group: wxid.ends_with("@chatroom") });
+            contacts.insert(
+                wxid.clone(),
+                RawContact {
+                    id: wxid.clone(),
+                    nickname: s("nickname"),
+                    remark: s("remark"),
+                    is_group: wxid.ends_with("@chatroom"),
+                },
+            );
         }
     }
     Ok(())
@@ -69,7 +80,8 @@ fn read_users(dir: &Path, contacts: &mut HashMap<String, RawContact>) -> anyhow:
 
 pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
     let offset = p.offset_secs()?;
-    let mut files: Vec<PathBuf> = locate::files_under(input, 5)?.into_iter().filter(|f| file_name(f).ends_with(".csv")).collect();
+    let mut files: Vec<PathBuf> =
+        locate::files_under(input, 5)?.into_iter().filter(|f| file_name(f).ends_with(".csv")).collect();
     // Pages in order: `<wxid>_<start>_<end>.csv`.
     files.sort_by_key(|f| {
         let n = file_name(f);
@@ -119,7 +131,10 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             };
             let msg = field(&rec, Some(c_msg)).to_string();
             let (content, exported) = match (ty, sub) {
-                (49, 57) => (String::new(), Some(parse_quote(&msg).unwrap_or_else(|| ExportedFields { title: Some(msg.clone()), quote: None }))),
+                (49, 57) => (
+                    String::new(),
+                    Some(parse_quote(&msg).unwrap_or_else(|| ExportedFields { title: Some(msg.clone()), quote: None })),
+                ),
                 (49, 5) | (49, 4) => {
                     let title = msg.lines().next().unwrap_or("").to_string();
                     (String::new(), Some(ExportedFields { title: Some(title), quote: None }))
@@ -129,9 +144,21 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             };
             let svr = field(&rec, Some(c_svr)).trim();
             messages.push(RawMessage {
-                id: if svr.is_empty() || svr == "0" { format!("pwd:{room}:{}", field(&rec, c_id)) } else { svr.to_string() },
+                id: if svr.is_empty() || svr == "0" {
+                    format!("pwd:{room}:{}", field(&rec, c_id))
+                } else {
+                    svr.to_string()
+                },
                 conversation: room.clone(),
-                sender_id: if is_self { None } else if talker.is_empty() || talker == "未知" { None } else if talker == "系统" { Some("system".into()) } else { Some(talker) },
+                sender_id: if is_self {
+                    None
+                } else if talker.is_empty() || talker == "未知" {
+                    None
+                } else if talker == "系统" {
+                    Some("system".into())
+                } else {
+                    Some(talker)
+                },
                 sender_name: None,
                 is_self,
                 timestamp: ts,
@@ -150,7 +177,8 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             m.sender_id = Some(self_id.clone());
         }
     }
-    let self_name = contacts.get(&self_id).map(|c| c.nickname.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| self_id.clone());
+    let self_name =
+        contacts.get(&self_id).map(|c| c.nickname.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| self_id.clone());
     Ok((self_id, self_name, contacts.into_values().collect(), messages))
 }
 
@@ -160,7 +188,10 @@ mod tests {
 
     #[test]
     fn quote_format_from_the_weclone_sample() {
-        let e = parse_quote("（我们两个人骑）\n\n[引用](2024-10-04 21:25:04)小虫:我之前租的时候 人家说这个没劲儿 租了个大的").unwrap();
+        let e = parse_quote(
+            "（我们两个人骑）\n\n[引用](2024-10-04 21:25:04)小虫:我之前租的时候 人家说这个没劲儿 租了个大的",
+        )
+        .unwrap();
         assert_eq!(e.title.as_deref(), Some("（我们两个人骑）"));
         let q = e.quote.unwrap();
         assert_eq!(q.sender_name, "小虫");

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::super::DecryptReadParams;
 use super::super::android::{AndroidRow, convert_row};
 use super::super::locate::{self, file_name};
 use super::super::raw::RawContact;
-use super::super::DecryptReadParams;
 use super::{Columns, ExportRead, csv_reader, field, int_field};
 
 fn find(input: &Path, name: &str) -> anyhow::Result<Option<PathBuf>> {
@@ -67,7 +67,13 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
         let svr = field(&rec, c_svr).trim();
         let row = AndroidRow {
             msg_id: c_id.map(|i| int_field(&path, &rec, i, "msgId")).transpose()?.unwrap_or(n as i64 + 1),
-            msg_svr_id: if svr.is_empty() { None } else { Some(svr.parse().with_context(|| format!("{}:{}: column `msgSvrId` is not an integer", path.display(), super::line_of(&rec)))?) },
+            msg_svr_id: if svr.is_empty() {
+                None
+            } else {
+                Some(svr.parse().with_context(|| {
+                    format!("{}:{}: column `msgSvrId` is not an integer", path.display(), super::line_of(&rec))
+                })?)
+            },
             msg_type: int_field(&path, &rec, c_type, "type")?,
             is_send: int_field(&path, &rec, c_send, "isSend")?,
             create_time: int_field(&path, &rec, c_time, "createTime")?,

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::super::DecryptReadParams;
 use super::super::locate::{self, file_name};
 use super::super::raw::{ExportedFields, ExportedQuote, RawContact, RawMessage};
-use super::super::DecryptReadParams;
 use super::{Columns, ExportRead, csv_reader, field, int_field, parse_local_time, sanitize_name};
 
 /// TXT placeholders and the (base type, subtype) they stand for. WeChatMsg writes the first six;
@@ -49,7 +49,12 @@ fn read_directory(input: &Path) -> anyhow::Result<Directory> {
     for rec in rdr.records() {
         let rec = rec.with_context(|| format!("{}: malformed CSV", path.display()))?;
         let id = field(&rec, Some(u)).to_string();
-        let c = RawContact { is_group: id.ends_with("@chatroom"), id, nickname: field(&rec, n).to_string(), remark: field(&rec, r).to_string() };
+        let c = RawContact {
+            is_group: id.ends_with("@chatroom"),
+            id,
+            nickname: field(&rec, n).to_string(),
+            remark: field(&rec, r).to_string(),
+        };
         for name in [c.remark.clone(), c.nickname.clone()] {
             if !name.is_empty() {
                 dir.by_name.entry(name.clone()).or_insert_with(|| c.clone());
@@ -88,7 +93,8 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
         let c_send = cols.require(path, "IsSender")?;
         let c_time = cols.require(path, "CreateTime")?;
         let c_content = cols.require(path, "StrContent")?;
-        let (c_remark, c_nick, c_sender) = (cols.index("Remark"), cols.index("NickName"), cols.require(path, "Sender")?);
+        let (c_remark, c_nick, c_sender) =
+            (cols.index("Remark"), cols.index("NickName"), cols.require(path, "Sender")?);
         let name = chat_name(path);
         let mut rows = Vec::new();
         let mut others = BTreeSet::new();
@@ -139,7 +145,9 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
             });
         }
         if is_group {
-            let c = contacts.entry(conversation.clone()).or_insert_with(|| RawContact { id: conversation.clone(), ..Default::default() });
+            let c = contacts
+                .entry(conversation.clone())
+                .or_insert_with(|| RawContact { id: conversation.clone(), ..Default::default() });
             c.is_group = true;
             if c.nickname.is_empty() {
                 c.nickname = name.clone();
@@ -230,13 +238,15 @@ fn interpret_txt(body: &str) -> (i64, i64, String, Option<ExportedFields>) {
 pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
     let offset = p.offset_secs()?;
     let dir = read_directory(input)?;
-    let files: Vec<PathBuf> = locate::files_under(input, 4)?.into_iter().filter(|f| file_name(f).ends_with(".txt")).collect();
+    let files: Vec<PathBuf> =
+        locate::files_under(input, 4)?.into_iter().filter(|f| file_name(f).ends_with(".txt")).collect();
     if files.is_empty() {
         bail!("{}: no WeChatMsg TXT export found", input.display());
     }
     let mut parsed = Vec::new();
     for path in &files {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {} (UTF-8 expected)", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {} (UTF-8 expected)", path.display()))?;
         parsed.push((path.clone(), parse_txt(&text)));
     }
     // Own name: given, or the one speaker present in every chat.
@@ -258,16 +268,23 @@ pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
             common.into_iter().next().unwrap_or_default()
         }
     };
-    let self_id = p.self_id.clone().unwrap_or_else(|| dir.by_name.get(&self_name).map(|c| c.id.clone()).unwrap_or_else(|| "self".into()));
+    let self_id = p
+        .self_id
+        .clone()
+        .unwrap_or_else(|| dir.by_name.get(&self_name).map(|c| c.id.clone()).unwrap_or_else(|| "self".into()));
     let mut contacts: HashMap<String, RawContact> = dir.contacts.iter().map(|c| (c.id.clone(), c.clone())).collect();
     let mut messages = Vec::new();
     for (path, recs) in parsed {
         let name = chat_name(&path);
-        let speakers: BTreeSet<&str> = recs.iter().filter_map(|r| r.name.as_deref()).filter(|n| *n != self_name).collect();
+        let speakers: BTreeSet<&str> =
+            recs.iter().filter_map(|r| r.name.as_deref()).filter(|n| *n != self_name).collect();
         let conversation = dir.by_name.get(&name).map(|c| c.id.clone()).unwrap_or_else(|| name.clone());
         let is_group = conversation.ends_with("@chatroom") || speakers.len() > 1;
         if !contacts.contains_key(&conversation) {
-            contacts.insert(conversation.clone(), RawContact { id: conversation.clone(), nickname: name.clone(), remark: String::new(), is_group });
+            contacts.insert(
+                conversation.clone(),
+                RawContact { id: conversation.clone(), nickname: name.clone(), remark: String::new(), is_group },
+            );
         }
         for (n, r) in recs.into_iter().enumerate() {
             let Some(ts) = parse_local_time(&r.time, offset) else {
@@ -282,7 +299,9 @@ pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
             };
             let sender_id = match (&sender_name, is_self) {
                 (_, true) => Some(self_id.clone()),
-                (Some(s), false) => dir.by_name.get(s).map(|c| c.id.clone()).or_else(|| (!is_group).then(|| conversation.clone())),
+                (Some(s), false) => {
+                    dir.by_name.get(s).map(|c| c.id.clone()).or_else(|| (!is_group).then(|| conversation.clone()))
+                }
                 (None, false) => None,
             };
             messages.push(RawMessage {
