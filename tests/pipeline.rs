@@ -167,7 +167,7 @@ fn screenshot_if_possible(page: &Path, png: &Path) {
     let has_chromium =
         std::process::Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
     if !has_chromium {
-        assert!(std::env::var("CI").is_err(), "CI must have chromium (scripts/test installs it)");
+        assert!(std::env::var("CI").is_err(), "CI must have chromium (scripts/install-test-deps installs it)");
         eprintln!("chromium not installed: skipping the report screenshot");
         return;
     }
