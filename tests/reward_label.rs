@@ -7,7 +7,6 @@
 #[path = "runtime/common.rs"]
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -16,9 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use avatar::engine::progress::Progress;
-use avatar::engine::stage::ResolvedInput;
-use avatar::engine::{Globals, Metrics, Stage, StageContext};
+use avatar::engine::Metrics;
 use avatar::stages::common::jsonl::{read_jsonl, write_jsonl};
 use avatar::stages::common::ranked::{
     Label, Ranked, candidates_fingerprint, format_score, preference_pairs, read_ranked,
@@ -29,40 +26,11 @@ use avatar::stages::reward_label::human::{LabelState, router};
 use avatar::stages::reward_label::rules::{RulesJudge, RulesParams};
 use serde_json::{Value, json};
 
-use common::corpus;
+use common::{corpus, run_stage};
 
 const SCRATCH: &str = "vocab_size = 400\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nnum_kv_heads = 2\nintermediate_size = 64\nmax_position_embeddings = 128";
 /// Small and quick: 4 prompts × 3 candidates of at most 10 tokens.
 const SMALL: &str = "prompts = 4\nmax_prompt_tokens = 64\ngeneration = { max_tokens = 10 }\n";
-
-fn run_stage(
-    stage: &dyn Stage,
-    params: &str,
-    inputs: &[(&str, &Path)],
-    out: &Path,
-    work: &Path,
-) -> anyhow::Result<Metrics> {
-    let table: toml::Table = toml::from_str(params).unwrap();
-    let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
-    let inputs: BTreeMap<String, ResolvedInput> = inputs
-        .iter()
-        .map(|(n, p)| (n.to_string(), ResolvedInput { path: p.to_path_buf(), hash: format!("hash-of-{n}") }))
-        .collect();
-    std::fs::create_dir_all(out).unwrap();
-    std::fs::create_dir_all(work).unwrap();
-    let globals = Globals { seed: 42, device: "cpu".into(), dtype: "f32".into() };
-    let progress = Progress::hidden("t");
-    let ctx = StageContext {
-        stage_name: "t",
-        inputs: &inputs,
-        out_dir: out,
-        work_dir: work,
-        globals: &globals,
-        progress: &progress,
-        manifest_dir: out,
-    };
-    stage.run(&ctx, &canonical)
-}
 
 /// train/val samples, a blocked-word list and a scratch-base model in a temp dir.
 struct Fixture {

@@ -48,6 +48,12 @@ pub fn build_batch(rows: &[Vec<&EncodedSample>], pad_id: u32) -> Batch {
     Batch { b, t, input_ids, positions, segments, targets }
 }
 
+/// One sequence a row, right-padded: what scoring and preference losses batch.
+pub fn one_per_row(seqs: &[&EncodedSample], pad_id: u32) -> Batch {
+    let rows: Vec<Vec<&EncodedSample>> = seqs.iter().map(|s| vec![*s]).collect();
+    build_batch(&rows, pad_id)
+}
+
 /// Number of loss tokens in a sample.
 pub fn target_count(s: &EncodedSample) -> usize {
     s.mask.iter().skip(1).filter(|m| **m).count()

@@ -153,3 +153,15 @@ impl SharedBase {
         Model::from_tensors(self.cfg.clone(), self.weights.clone(), mode, seed, &self.device)
     }
 }
+
+/// Write `model`'s LoRA adapter in PEFT's layout; `base_dir` names the base it applies to.
+pub fn save_model_adapter(dir: &Path, model: &Model, base_dir: &Path) -> anyhow::Result<()> {
+    let cfg = model.lora_config().context("the model has no LoRA adapter to save")?;
+    let tensors = model
+        .adapter_tensors()
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let base_name = base_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    super::lora::save_adapter(dir, cfg, &base_name, &tensors)
+}

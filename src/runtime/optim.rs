@@ -71,6 +71,19 @@ impl AdamW {
         Ok(())
     }
 
+    /// One update from a backward pass: each variable's gradient (zeros where none arrived),
+    /// clipped to `grad_clip` global norm (0: no clipping). Returns the norm before clipping.
+    pub fn step_from(&mut self, grads: &GradStore, grad_clip: f64, lr: f64) -> anyhow::Result<f64> {
+        let mut g = self
+            .vars
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = clip_grad_norm(&mut g, grad_clip)?;
+        self.step(&g, lr)?;
+        Ok(norm)
+    }
+
     /// Moments keyed `m.<name>` / `v.<name>`, for checkpoints.
     pub fn state(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();

@@ -9,7 +9,7 @@ use anyhow::Context;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::batch::build_batch;
+use super::batch::one_per_row;
 use super::chat::{ChatTemplate, EncodedSample};
 use super::hf::{LoadedModel, load_hf_dir};
 use super::model::{Batch, Model, Pass, TrainMode};
@@ -51,8 +51,7 @@ pub fn encode_reply(
 /// One sequence per row, right-padded; one target per row at its last token (the label is
 /// unused: heads read the hidden state there).
 pub fn last_token_batch(seqs: &[&EncodedSample], pad_id: u32) -> Batch {
-    let rows: Vec<Vec<&EncodedSample>> = seqs.iter().map(|s| vec![*s]).collect();
-    let mut batch = build_batch(&rows, pad_id);
+    let mut batch = one_per_row(seqs, pad_id);
     batch.targets = seqs.iter().enumerate().map(|(r, s)| ((r * batch.t + s.ids.len() - 1) as u32, 0)).collect();
     batch
 }

@@ -8,6 +8,7 @@ use anyhow::bail;
 use super::ranked::{Ranked, preference_pairs, read_ranked};
 use crate::runtime::chat::{ChatTemplate, EncodedSample};
 use crate::runtime::reward::encode_reply;
+use crate::runtime::token_logprobs::log_sigmoid;
 use crate::runtime::tokenizer::Tokenizer;
 
 pub struct EncodedPair {
@@ -71,4 +72,35 @@ pub fn load_pairs(
         );
     }
     Ok(PreferenceData { records, train, val, unscored, skipped })
+}
+
+/// The chosen replies of `pairs`, then their rejected ones: one batch in which rows `i` and
+/// `n + i` are pair `i`.
+pub fn chosen_then_rejected<'a>(pairs: impl Iterator<Item = &'a EncodedPair> + Clone) -> Vec<&'a EncodedSample> {
+    pairs.clone().map(|p| &p.chosen).chain(pairs.map(|p| &p.rejected)).collect()
+}
+
+/// Running accuracy, margin and Bradley–Terry loss `-log σ(x)` over pair margins `x`
+/// (chosen minus rejected: a reward difference, or DPO's implicit one).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PairStats {
+    right: usize,
+    margin: f64,
+    loss: f64,
+    n: usize,
+}
+
+impl PairStats {
+    pub fn add(&mut self, x: f64) {
+        self.right += usize::from(x > 0.0);
+        self.margin += x;
+        self.loss -= log_sigmoid(x);
+        self.n += 1;
+    }
+
+    /// (accuracy, mean margin, mean loss); zeros when empty.
+    pub fn means(&self) -> (f64, f64, f64) {
+        let n = self.n.max(1) as f64;
+        (self.right as f64 / n, self.margin / n, self.loss / n)
+    }
 }

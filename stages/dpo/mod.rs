@@ -19,16 +19,16 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::batch::build_batch;
+use crate::runtime::batch::one_per_row;
 use crate::runtime::chat::EncodedSample;
 use crate::runtime::device::select_device;
-use crate::runtime::hf::{SharedBase, save_hf_dir};
-use crate::runtime::lora::{LoraConfig, save_adapter};
+use crate::runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use crate::runtime::lora::LoraConfig;
 use crate::runtime::model::{Model, Pass, TrainMode};
-use crate::runtime::optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
-use crate::runtime::token_logprobs::{log_sigmoid, logp_surrogate, policy_forward, sigmoid};
+use crate::runtime::optim::{AdamW, AdamWConfig, lr_at};
+use crate::runtime::token_logprobs::{logp_surrogate, policy_forward, sigmoid};
 use crate::stages::common::curves::write_curves;
-use crate::stages::common::preference::{EncodedPair, load_pairs};
+use crate::stages::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,7 +72,8 @@ impl Default for DpoParams {
 impl DpoParams {
     fn validate(&self) -> anyhow::Result<()> {
         self.lora.validate()?;
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.beta > 0.0 && self.beta.is_finite()) {
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !(positive(self.lr) && positive(self.beta)) {
             bail!("lr and beta must be positive numbers");
         }
         if self.epochs == 0 || self.batch_size == 0 {
@@ -98,8 +99,7 @@ fn sequence_logps(
     pad: u32,
     pass: &mut Pass,
 ) -> anyhow::Result<(Vec<f64>, crate::runtime::token_logprobs::PolicyForward, Vec<usize>)> {
-    let rows: Vec<Vec<&EncodedSample>> = seqs.iter().map(|s| vec![*s]).collect();
-    let batch = build_batch(&rows, pad);
+    let batch = one_per_row(seqs, pad);
     let fwd = policy_forward(model, &batch, pass)?;
     let row_of: Vec<usize> = batch.targets.iter().map(|(i, _)| *i as usize / batch.t).collect();
     let mut sums = vec![0f64; seqs.len()];
@@ -113,9 +113,7 @@ fn sequence_logps(
 fn reference_logps(model: &Model, pairs: &[EncodedPair], batch: usize, pad: u32) -> anyhow::Result<Vec<(f64, f64)>> {
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch) {
-        let seqs: Vec<&EncodedSample> =
-            chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
-        let (sums, _, _) = sequence_logps(model, &seqs, pad, &mut Pass::inference())?;
+        let (sums, _, _) = sequence_logps(model, &chosen_then_rejected(chunk.iter()), pad, &mut Pass::inference())?;
         let n = chunk.len();
         out.extend((0..n).map(|i| (sums[i], sums[n + i])));
     }
@@ -131,22 +129,16 @@ fn evaluate(
     batch: usize,
     pad: u32,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let (mut right, mut margin, mut loss) = (0usize, 0f64, 0f64);
+    let mut stats = PairStats::default();
     for (k, chunk) in pairs.chunks(batch).enumerate() {
-        let seqs: Vec<&EncodedSample> =
-            chunk.iter().map(|p| &p.chosen).chain(chunk.iter().map(|p| &p.rejected)).collect();
-        let (sums, _, _) = sequence_logps(model, &seqs, pad, &mut Pass::inference())?;
+        let (sums, _, _) = sequence_logps(model, &chosen_then_rejected(chunk.iter()), pad, &mut Pass::inference())?;
         let n = chunk.len();
         for i in 0..n {
             let (rc, rr) = refs[k * batch + i];
-            let x = beta * ((sums[i] - rc) - (sums[n + i] - rr));
-            right += usize::from(x > 0.0);
-            margin += x;
-            loss -= log_sigmoid(x);
+            stats.add(beta * ((sums[i] - rc) - (sums[n + i] - rr)));
         }
     }
-    let n = pairs.len().max(1) as f64;
-    Ok((right as f64 / n, margin / n, loss / n))
+    Ok(stats.means())
 }
 
 impl TypedStage for DpoStage {
@@ -201,8 +193,7 @@ impl TypedStage for DpoStage {
         let val_refs = reference_logps(&reference, &data.val, p.batch_size, pad)?;
         drop(reference);
 
-        let vars = policy.trainable().to_vec();
-        let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let mut opt = AdamW::new(policy.trainable().to_vec(), AdamWConfig::default())?;
         let total = (data.train.len().div_ceil(p.batch_size) * p.epochs) as u64;
         let bar = ctx.progress.bar(total, "steps");
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xD0_D0D0);
@@ -213,35 +204,26 @@ impl TypedStage for DpoStage {
             order.shuffle(&mut rng);
             for chunk in order.chunks(p.batch_size) {
                 let n = chunk.len();
-                let seqs: Vec<&EncodedSample> = chunk
-                    .iter()
-                    .map(|&i| &data.train[i].chosen)
-                    .chain(chunk.iter().map(|&i| &data.train[i].rejected))
-                    .collect();
+                let seqs = chosen_then_rejected(chunk.iter().map(|&i| &data.train[i]));
                 let (sums, fwd, row_of) = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
                 // dL/d(log p) of each sequence: chosen rows +g, rejected rows -g, g = -β σ(-x) / n.
                 let mut row_coef = vec![0f32; 2 * n];
-                let mut loss = 0f64;
+                let mut stats = PairStats::default();
                 for (j, &i) in chunk.iter().enumerate() {
                     let (rc, rr) = train_refs[i];
                     let x = p.beta * ((sums[j] - rc) - (sums[n + j] - rr));
-                    loss -= log_sigmoid(x);
+                    stats.add(x);
                     let g = -p.beta * sigmoid(-x) / n as f64;
                     row_coef[j] = g as f32;
                     row_coef[n + j] = -g as f32;
                 }
-                let loss = loss / n as f64;
+                let (_, _, loss) = stats.means();
                 if !loss.is_finite() {
                     bail!("dpo loss became {loss} at step {}; try a lower lr", step + 1);
                 }
                 let coef: Vec<f32> = row_of.iter().map(|&r| row_coef[r]).collect();
                 let grads = logp_surrogate(&policy, &fwd, &coef)?.backward()?;
-                let mut g: Vec<_> = vars
-                    .iter()
-                    .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
-                    .collect::<candle_core::Result<_>>()?;
-                clip_grad_norm(&mut g, p.grad_clip)?;
-                opt.step(&g, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
+                opt.step_from(&grads, p.grad_clip, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
                 step += 1;
                 loss_curve.push((step, loss));
                 bar.set_position(step);
@@ -261,13 +243,7 @@ impl TypedStage for DpoStage {
         };
 
         save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
-        let tensors = policy
-            .adapter_tensors()
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
-            .collect::<anyhow::Result<_>>()?;
-        let base_name = policy_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        save_adapter(&ctx.output("adapter", &Self::INFO)?, &p.lora, &base_name, &tensors)?;
+        save_model_adapter(&ctx.output("adapter", &Self::INFO)?, &policy, policy_dir)?;
         let curves = ctx.output("curves", &Self::INFO)?;
         write_curves(&curves, "loss", "DPO loss", "loss", &[("train".into(), loss_curve)])?;
         write_curves(

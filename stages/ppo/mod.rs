@@ -26,8 +26,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use crate::runtime::device::select_device;
-use crate::runtime::hf::{SharedBase, save_hf_dir};
-use crate::runtime::lora::save_adapter;
+use crate::runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
 use crate::runtime::model::TrainMode;
 use crate::runtime::optim::{AdamW, AdamWConfig};
 use crate::runtime::reward::RewardModel;
@@ -86,7 +85,7 @@ impl TypedStage for PpoStage {
         let base = SharedBase::load(policy_dir, &device)?;
         let policy = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
         let reference = base.model(&TrainMode::Frozen, seed)?;
-        let critic = base.model(&TrainMode::Lora(p.lora.clone()), seed ^ 0xC417_1C)?;
+        let critic = base.model(&TrainMode::Lora(p.lora.clone()), seed ^ 0x00C4_171C)?;
         let value_head = ScalarHead::zeros(critic.cfg.hidden_size, &device)?;
         let reward = RewardModel::load(ctx.input("reward")?, &device)?;
         let prompts_path = ctx.input("prompts")?;
@@ -173,13 +172,7 @@ impl TypedStage for PpoStage {
         bar.finish_and_clear();
 
         save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
-        let tensors = policy
-            .adapter_tensors()
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
-            .collect::<anyhow::Result<_>>()?;
-        let base_name = policy_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        save_adapter(&ctx.output("adapter", &Self::INFO)?, &p.lora, &base_name, &tensors)?;
+        save_model_adapter(&ctx.output("adapter", &Self::INFO)?, &policy, policy_dir)?;
         let dir = ctx.output("curves", &Self::INFO)?;
         let series = |i: usize| (names[i].to_string(), curves[i].clone());
         write_curves(

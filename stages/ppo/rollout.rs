@@ -2,7 +2,7 @@
 //! policy's and the reference's per-token log-probs, the critic's values, the reward model's
 //! score, and from those the KL-penalised advantages and returns.
 
-use crate::runtime::batch::build_batch;
+use crate::runtime::batch::one_per_row;
 use crate::runtime::chat::EncodedSample;
 use crate::runtime::generate::{FinishReason, GenerationParams, Generator};
 use crate::runtime::hf::SharedBase;
@@ -38,12 +38,6 @@ pub struct Models<'a> {
     pub critic: &'a Model,
     pub value_head: &'a ScalarHead,
     pub reward: &'a RewardModel,
-}
-
-/// Batch of sequences, one a row, targets at response tokens.
-pub fn batch_of(seqs: &[&EncodedSample], pad: u32) -> Batch {
-    let rows: Vec<Vec<&EncodedSample>> = seqs.iter().map(|s| vec![*s]).collect();
-    build_batch(&rows, pad)
 }
 
 /// Split a flat per-target vector back into per-row pieces (targets are in row order).
@@ -98,7 +92,7 @@ pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoParams, seed: u64) -> any
 
     let pad = tok.pad_id();
     let refs: Vec<&EncodedSample> = seqs.iter().collect();
-    let batch = batch_of(&refs, pad);
+    let batch = one_per_row(&refs, pad);
     let old = policy_forward(m.policy, &batch, &mut Pass::inference())?;
     let reference = policy_forward(m.reference, &batch, &mut Pass::inference())?;
     let values = m.value_head.forward(&m.critic.target_hidden(&batch, &mut Pass::inference())?)?.to_vec1::<f32>()?;

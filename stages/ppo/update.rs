@@ -1,15 +1,14 @@
 //! One PPO gradient step on a minibatch of experiences: the clipped policy objective and the
 //! clipped value loss, each turned into per-token coefficients for a gradient surrogate.
 
-use candle_core::{Tensor, Var};
-
+use crate::runtime::batch::one_per_row;
 use crate::runtime::chat::EncodedSample;
 use crate::runtime::model::Pass;
-use crate::runtime::optim::{AdamW, clip_grad_norm};
+use crate::runtime::optim::AdamW;
 use crate::runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward};
 
 use super::params::PpoParams;
-use super::rollout::{Experience, Models, batch_of};
+use super::rollout::{Experience, Models};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepStats {
@@ -18,14 +17,6 @@ pub struct StepStats {
     pub clip_fraction: f64,
     /// Mean `log π_old - log π_new` (how far this epoch moved the policy).
     pub approx_kl: f64,
-}
-
-fn grads_of(vars: &[(String, Var)], loss: &Tensor) -> anyhow::Result<Vec<Tensor>> {
-    let store = loss.backward()?;
-    Ok(vars
-        .iter()
-        .map(|(_, v)| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
-        .collect::<candle_core::Result<_>>()?)
 }
 
 pub struct Optimisers {
@@ -41,7 +32,7 @@ pub fn step(
     lr: (f64, f64),
 ) -> anyhow::Result<StepStats> {
     let seqs: Vec<&EncodedSample> = batch_exps.iter().map(|e| &e.seq).collect();
-    let batch = batch_of(&seqs, m.base.tokenizer.pad_id());
+    let batch = one_per_row(&seqs, m.base.tokenizer.pad_id());
     let adv: Vec<f64> = batch_exps.iter().flat_map(|e| e.advantages.iter().copied()).collect();
     let ret: Vec<f64> = batch_exps.iter().flat_map(|e| e.returns.iter().copied()).collect();
     let old: Vec<f32> = batch_exps.iter().flat_map(|e| e.logp_old.iter().copied()).collect();
@@ -69,9 +60,7 @@ pub fn step(
             coef[t] = (-ratio * adv[t] / n as f64) as f32;
         }
     }
-    let mut g = grads_of(opt.policy.vars(), &logp_surrogate(m.policy, &fwd, &coef)?)?;
-    clip_grad_norm(&mut g, p.grad_clip)?;
-    opt.policy.step(&g, lr.0)?;
+    opt.policy.step_from(&logp_surrogate(m.policy, &fwd, &coef)?.backward()?, p.grad_clip, lr.0)?;
 
     // Critic: L = 0.5 mean max((v-R)^2, (v_clip-R)^2).
     let values = m.value_head.forward(&m.critic.target_hidden(&batch, &mut Pass { grad: true, rng: None })?)?;
@@ -92,8 +81,6 @@ pub fn step(
             vcoef[t] = ((vn - r) / n as f64) as f32;
         }
     }
-    let mut g = grads_of(opt.critic.vars(), &linear_surrogate(&values, &vcoef)?)?;
-    clip_grad_norm(&mut g, p.grad_clip)?;
-    opt.critic.step(&g, lr.1)?;
+    opt.critic.step_from(&linear_surrogate(&values, &vcoef)?.backward()?, p.grad_clip, lr.1)?;
     Ok(stats)
 }

@@ -20,17 +20,16 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::chat::EncodedSample;
 use crate::runtime::device::select_device;
-use crate::runtime::hf::{SharedBase, save_hf_dir};
-use crate::runtime::lora::{LoraConfig, save_adapter};
+use crate::runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use crate::runtime::lora::LoraConfig;
 use crate::runtime::model::{Model, Pass, TrainMode};
-use crate::runtime::optim::{AdamW, AdamWConfig, clip_grad_norm, lr_at};
+use crate::runtime::optim::{AdamW, AdamWConfig, lr_at};
 use crate::runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch, score_batch};
 use crate::runtime::scalar_head::ScalarHead;
-use crate::runtime::token_logprobs::{linear_surrogate, log_sigmoid, sigmoid};
+use crate::runtime::token_logprobs::{linear_surrogate, sigmoid};
 use crate::stages::common::curves::write_curves;
-use crate::stages::common::preference::{EncodedPair, load_pairs};
+use crate::stages::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -102,8 +101,7 @@ fn pair_scores(
     pad: u32,
     pass: &mut Pass,
 ) -> anyhow::Result<candle_core::Tensor> {
-    let seqs: Vec<&EncodedSample> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
-    score_batch(model, head, &last_token_batch(&seqs, pad), pass)
+    score_batch(model, head, &last_token_batch(&chosen_then_rejected(pairs.iter().copied()), pad), pass)
 }
 
 /// (pair accuracy, mean margin r_chosen - r_rejected, mean loss) over `pairs`.
@@ -114,20 +112,16 @@ fn evaluate(
     batch: usize,
     pad: u32,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let (mut right, mut margin, mut loss) = (0usize, 0f64, 0f64);
+    let mut stats = PairStats::default();
     for chunk in pairs.chunks(batch) {
         let refs: Vec<&EncodedPair> = chunk.iter().collect();
         let r = pair_scores(model, head, &refs, pad, &mut Pass::inference())?.to_vec1::<f32>()?;
         let n = chunk.len();
         for i in 0..n {
-            let d = (r[i] - r[n + i]) as f64;
-            right += usize::from(d > 0.0);
-            margin += d;
-            loss -= log_sigmoid(d);
+            stats.add((r[i] - r[n + i]) as f64);
         }
     }
-    let n = pairs.len().max(1) as f64;
-    Ok((right as f64 / n, margin / n, loss / n))
+    Ok(stats.means())
 }
 
 impl TypedStage for RewardTrainStage {
@@ -187,7 +181,7 @@ impl TypedStage for RewardTrainStage {
 
         let mut vars = model.trainable().to_vec();
         vars.extend(head.vars());
-        let mut opt = AdamW::new(vars.clone(), AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() })?;
+        let mut opt = AdamW::new(vars, AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() })?;
         let steps_per_epoch = data.train.len().div_ceil(p.batch_size);
         let total = (steps_per_epoch * p.epochs) as u64;
         let bar = ctx.progress.bar(total, "steps");
@@ -203,30 +197,24 @@ impl TypedStage for RewardTrainStage {
                 let rv = r.to_vec1::<f32>()?;
                 let n = pairs.len();
                 let mut coef = vec![0f32; 2 * n];
-                let (mut loss, mut right) = (0f64, 0usize);
+                let mut stats = PairStats::default();
                 for i in 0..n {
                     let d = (rv[i] - rv[n + i]) as f64;
-                    loss -= log_sigmoid(d);
-                    right += usize::from(d > 0.0);
+                    stats.add(d);
                     // d/dd of -log σ(d) is -σ(-d).
                     let g = (-sigmoid(-d) / n as f64) as f32;
                     coef[i] = g;
                     coef[n + i] = -g;
                 }
-                let loss = loss / n as f64;
+                let (accuracy, _, loss) = stats.means();
                 if !loss.is_finite() {
                     bail!("reward loss became {loss} at step {}; try a lower lr", step + 1);
                 }
                 let grads = linear_surrogate(&r, &coef)?.backward()?;
-                let mut g: Vec<_> = vars
-                    .iter()
-                    .map(|(_, v)| grads.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
-                    .collect::<candle_core::Result<_>>()?;
-                clip_grad_norm(&mut g, p.grad_clip)?;
-                opt.step(&g, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
+                opt.step_from(&grads, p.grad_clip, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
                 step += 1;
                 loss_curve.push((step, loss));
-                acc_curve.push((step, right as f64 / n as f64));
+                acc_curve.push((step, accuracy));
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.3}"));
             }
@@ -259,13 +247,7 @@ impl TypedStage for RewardTrainStage {
         head.save(&model_dir.join(HEAD_FILE))?;
         std::fs::write(model_dir.join(INFO_FILE), serde_json::to_vec_pretty(&RewardInfo { mean, std, max_len })?)?;
         let adapter_dir = ctx.output("adapter", &Self::INFO)?;
-        let tensors = model
-            .adapter_tensors()
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
-            .collect::<anyhow::Result<_>>()?;
-        let base_name = base_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        save_adapter(&adapter_dir, &p.lora, &base_name, &tensors)?;
+        save_model_adapter(&adapter_dir, &model, base_dir)?;
         head.save(&adapter_dir.join(HEAD_FILE))?;
         let curves = ctx.output("curves", &Self::INFO)?;
         write_curves(&curves, "loss", "reward model: Bradley–Terry loss", "loss", &[("train".into(), loss_curve)])?;

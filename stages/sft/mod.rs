@@ -18,8 +18,7 @@ use anyhow::Context;
 
 use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use crate::runtime::device::select_device;
-use crate::runtime::hf::{load_hf_dir, save_hf_dir};
-use crate::runtime::lora::save_adapter;
+use crate::runtime::hf::{load_hf_dir, save_hf_dir, save_model_adapter};
 use crate::runtime::model::TrainMode;
 use crate::stages::common::plot::line_chart;
 
@@ -130,16 +129,8 @@ impl TypedStage for SftStage {
         })?;
 
         let adapter_dir = ctx.output("adapter", &Self::INFO)?;
-        let base_name = base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match p.mode {
-            Mode::Lora => {
-                let tensors = model
-                    .adapter_tensors()
-                    .into_iter()
-                    .map(|(k, v)| Ok((k, v.to_device(&candle_core::Device::Cpu)?)))
-                    .collect::<anyhow::Result<_>>()?;
-                save_adapter(&adapter_dir, &p.lora, &base_name, &tensors)?;
-            }
+            Mode::Lora => save_model_adapter(&adapter_dir, model, base)?,
             Mode::Full => {
                 std::fs::create_dir_all(&adapter_dir)?;
                 std::fs::write(

@@ -15,8 +15,9 @@ use avatar::stages::common::jsonl::write_jsonl;
 use avatar::stages::common::ranked::Ranked;
 use candle_core::{Device, Tensor};
 
+use super::common::run_stage;
 use super::common::{corpus, max_abs_diff, seeded_randn, tiny_config, tiny_weights, tokenizer_for_tests};
-use super::stages::{Fixture, run_stage};
+use super::stages::Fixture;
 
 fn lora(r: usize) -> LoraConfig {
     LoraConfig { r, alpha: 2.0 * r as f64, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false }

@@ -1,7 +1,11 @@
 //! Tiny models and tokenizers for the runtime tests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
+use avatar::engine::progress::Progress;
+use avatar::engine::stage::ResolvedInput;
+use avatar::engine::{Globals, Metrics, Stage, StageContext};
 use avatar::runtime::config::ModelConfig;
 use avatar::runtime::init::random_weights;
 use avatar::stages::common::sample::{Role, Sample, Turn};
@@ -92,4 +96,34 @@ pub fn tokenizer_for_tests() -> avatar::runtime::Tokenizer {
 /// A stable seed per tensor name.
 pub fn name_seed(name: &str) -> u64 {
     u64::from_le_bytes(blake3::hash(name.as_bytes()).as_bytes()[..8].try_into().unwrap())
+}
+
+/// Run one stage through the `Stage` interface, as the engine would, with fixed globals.
+pub fn run_stage(
+    stage: &dyn Stage,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+    work: &Path,
+) -> anyhow::Result<Metrics> {
+    let table: toml::Table = toml::from_str(params).unwrap();
+    let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
+    let inputs: BTreeMap<String, ResolvedInput> = inputs
+        .iter()
+        .map(|(n, p)| (n.to_string(), ResolvedInput { path: p.to_path_buf(), hash: format!("hash-of-{n}") }))
+        .collect();
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::create_dir_all(work).unwrap();
+    let globals = Globals { seed: 42, device: "cpu".into(), dtype: "f32".into() };
+    let progress = Progress::hidden("t");
+    let ctx = StageContext {
+        stage_name: "t",
+        inputs: &inputs,
+        out_dir: out,
+        work_dir: work,
+        globals: &globals,
+        progress: &progress,
+        manifest_dir: out,
+    };
+    stage.run(&ctx, &canonical)
 }

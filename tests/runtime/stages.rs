@@ -1,46 +1,16 @@
 //! scratch-base and sft through the Stage interface: outputs, reproducibility, resume.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use avatar::engine::progress::Progress;
-use avatar::engine::stage::ResolvedInput;
-use avatar::engine::{Globals, Metrics, Stage, StageContext};
+use avatar::engine::{Metrics, Stage};
 use avatar::runtime::hf::load_hf_dir;
 use avatar::runtime::model::TrainMode;
 use avatar::stages::common::jsonl::write_jsonl;
 use avatar::stages::sft::params::SftParams;
 use candle_core::Device;
 
-use super::common::corpus;
-
-pub fn run_stage(
-    stage: &dyn Stage,
-    params: &str,
-    inputs: &[(&str, &Path)],
-    out: &Path,
-    work: &Path,
-) -> anyhow::Result<Metrics> {
-    let table: toml::Table = toml::from_str(params).unwrap();
-    let canonical = stage.canonical_params(&table).map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.message))?;
-    let inputs: BTreeMap<String, ResolvedInput> = inputs
-        .iter()
-        .map(|(n, p)| (n.to_string(), ResolvedInput { path: p.to_path_buf(), hash: format!("hash-of-{n}") }))
-        .collect();
-    std::fs::create_dir_all(out).unwrap();
-    let globals = Globals { seed: 42, device: "cpu".into(), dtype: "f32".into() };
-    let progress = Progress::hidden("t");
-    let ctx = StageContext {
-        stage_name: "t",
-        inputs: &inputs,
-        out_dir: out,
-        work_dir: work,
-        globals: &globals,
-        progress: &progress,
-        manifest_dir: out,
-    };
-    stage.run(&ctx, &canonical)
-}
+use super::common::{corpus, run_stage};
 
 const SCRATCH: &str = "vocab_size = 400\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nnum_kv_heads = 2\nintermediate_size = 64\nmax_position_embeddings = 128";
 
