@@ -89,6 +89,14 @@ fn reduced_demo_end_to_end() {
     assert_eq!(ran(&first), all, "a cold run runs every stage");
     // Second run: nothing re-runs.
     assert!(ran(&run_pipeline(&manifest)).is_empty());
+    // eval forced again reproduces its bytes (`avatar run --check`): no timing in the artifact.
+    let m = Manifest::load(&manifest, &registry).unwrap();
+    let opts =
+        RunOptions { force: vec!["eval".into()], until: Some("eval".into()), check: true, ..RunOptions::default() };
+    let again = run(&m, &registry, &opts, &Silent).unwrap();
+    let eval_again = again.stages.iter().find(|s| s.name == "eval").unwrap();
+    assert_eq!(eval_again.outcome, Outcome::Ran, "eval re-ran");
+    assert!(again.check_failures.is_empty(), "eval's output differs between runs: {:?}", again.check_failures);
 
     // Edit one sft param: sft and everything after it re-run, nothing before.
     let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();

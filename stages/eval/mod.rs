@@ -67,7 +67,6 @@ pub struct ModelReport {
     /// Mean normalised reward-model score of the replies (with a `reward` input).
     #[serde(default)]
     pub reward_mean: Option<f64>,
-    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,7 +118,7 @@ impl TypedStage for Eval {
     type Params = EvalParams;
     const INFO: StageInfo = StageInfo {
         kind: "eval",
-        version: 3,
+        version: 4,
         summary: "test split → perplexity and reply style of each model next to the person's own",
         inputs: INPUTS,
         outputs: OUTPUTS,
@@ -164,6 +163,7 @@ impl TypedStage for Eval {
         let bar = ctx.progress.bar((present.len() * prompts.len() * k) as u64, "replies");
         let mut models = BTreeMap::new();
         let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
         for name in &present {
             let started = Instant::now();
             let model = EvalModel::load(name, ctx.input(name)?, &ctx.globals.device)?;
@@ -184,14 +184,11 @@ impl TypedStage for Eval {
             let reward_mean = mean_reward(&replies, k)?;
             models.insert(
                 name.to_string(),
-                ModelReport {
-                    perplexity: Some(ppl),
-                    style: st,
-                    style_distance: dist,
-                    reward_mean,
-                    seconds: started.elapsed().as_secs_f64(),
-                },
+                ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, reward_mean },
             );
+            // Wall time goes to the metrics, not into eval.json: the artifact must be the same
+            // bytes on every run (content addressing, `avatar run --check`).
+            seconds.insert(name.to_string(), started.elapsed().as_secs_f64());
             generated.insert(name.to_string(), replies);
         }
         bar.finish_and_clear();
@@ -231,6 +228,7 @@ impl TypedStage for Eval {
             metrics.insert("person.reward_mean".into(), serde_json::json!(r));
         }
         for (name, m) in &report.models {
+            metrics.insert(format!("{name}.seconds"), serde_json::json!(seconds[name]));
             if let Some(ppl) = m.perplexity {
                 metrics.insert(format!("{name}.perplexity"), serde_json::json!(ppl));
             }
