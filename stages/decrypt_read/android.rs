@@ -1,7 +1,9 @@
 //! Android EnMicroMsg.db (decrypted connection or the seed's CSV export of its tables) → raw.
 
+use rayon::prelude::*;
 use rusqlite::Connection;
 
+use super::parallel_scan;
 use super::raw::{RawContact, RawMessage};
 
 /// One `message` row, by column name (schemas differ across versions; never positional).
@@ -97,27 +99,37 @@ pub fn read_self(conn: &Connection) -> anyhow::Result<(Option<String>, Option<St
     Ok((get(2), get(4)))
 }
 
-/// Every `message` row, oldest first.
-pub fn read_messages(conn: &Connection, self_id: &str) -> anyhow::Result<Vec<RawMessage>> {
-    let mut stmt = conn.prepare(
-        "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message ORDER BY createTime, msgId",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(AndroidRow {
-            msg_id: r.get(0)?,
-            msg_svr_id: r.get(1)?,
-            msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
-            is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
-            create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-            talker: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-            content: text_or_blob(r.get_ref(6)?),
-        })
+/// Every `message` row, oldest first (by createTime, then msgId), read over `ranges` of rowids
+/// on one connection each from `open` (see [`parallel_scan`]).
+pub fn read_messages(
+    ranges: &[(i64, i64)],
+    open: impl Fn() -> anyhow::Result<Connection> + Sync,
+    self_id: &str,
+) -> anyhow::Result<Vec<RawMessage>> {
+    let mut keyed = parallel_scan::scan(ranges, open, |conn, lo, hi| {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message WHERE {}",
+            parallel_scan::range_condition(lo, hi)
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let row = AndroidRow {
+                msg_id: r.get(0)?,
+                msg_svr_id: r.get(1)?,
+                msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                talker: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                content: text_or_blob(r.get_ref(6)?),
+            };
+            out.push(((row.create_time, row.msg_id), convert_row(row, self_id)));
+        }
+        Ok(out)
     })?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(convert_row(row?, self_id));
-    }
-    Ok(out)
+    // The ORDER BY is done here, in parallel, rather than by SQLite's single-threaded sorter.
+    keyed.par_sort_unstable_by_key(|(k, _)| *k);
+    Ok(keyed.into_iter().map(|(_, m)| m).collect())
 }
 
 /// A TEXT column that some rows store as a BLOB.

@@ -6,6 +6,7 @@ pub mod detect;
 pub mod exports;
 pub mod keys;
 pub mod locate;
+pub mod parallel_scan;
 pub mod pc3;
 pub mod pc4;
 pub mod protobuf;
@@ -279,7 +280,10 @@ fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams) -> any
         let self_name = db_name
             .or_else(|| contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone()))
             .unwrap_or_else(|| self_id.clone());
-        let messages = android::read_messages(&conn, &self_id)?;
+        let ranges = parallel_scan::rowid_ranges(&conn, "message", None)?;
+        drop(conn);
+        let open = || keys::open(path, Flavour::Android, keys);
+        let messages = android::read_messages(&ranges, open, &self_id)?;
         return Ok(("android".into(), self_id, self_name, contacts, messages));
     }
     drop(conn);

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use rayon::prelude::*;
 use rusqlite::Connection;
 
 use super::android::{split_sender_prefix, text_or_blob};
@@ -174,10 +175,11 @@ pub fn read(
         .map(|c| c.nickname.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| self_id.clone());
-    let mut messages = Vec::new();
-    for shard in &files.shards {
-        let conn = keys::open(shard, Flavour::Pc3, keys)?;
-        messages.extend(read_messages(&conn, shard, &self_id)?);
-    }
-    Ok((self_id, self_name, contacts, messages))
+    // Shards are independent files: decrypt them on all cores.
+    let shards: Vec<Vec<RawMessage>> = files
+        .shards
+        .par_iter()
+        .map(|shard| read_messages(&keys::open(shard, Flavour::Pc3, keys)?, shard, &self_id))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((self_id, self_name, contacts, shards.into_iter().flatten().collect()))
 }

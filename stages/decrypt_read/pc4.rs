@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use md5::{Digest, Md5};
+use rayon::prelude::*;
 use rusqlite::Connection;
 
 use super::android::split_sender_prefix;
@@ -213,9 +214,10 @@ pub fn read(
         .map(|c| c.nickname.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| self_id.clone());
-    let mut messages = Vec::new();
-    for (path, conn) in &conns {
-        messages.extend(read_messages(conn, path, &self_id)?);
-    }
-    Ok((self_id, self_name, contacts, messages))
+    // Shards are independent files: decrypt them on all cores.
+    let shards: Vec<Vec<RawMessage>> = conns
+        .into_par_iter()
+        .map(|(path, conn)| read_messages(&conn, &path, &self_id))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((self_id, self_name, contacts, shards.into_iter().flatten().collect()))
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use avatar::stages::common::message::Message;
-use avatar::stages::decrypt_read::{DecryptReadParams, SourceFormat, read_source};
+use avatar::stages::decrypt_read::{DecryptReadParams, read_source};
 use avatar::stages::normalise::blocked::Blocked;
 use avatar::stages::normalise::{NormaliseParams, normalise};
 use avatar::synth::{self, History, SynthKeys};
@@ -54,8 +54,4 @@ pub fn params_for(f: &str) -> DecryptReadParams {
 pub fn read_normalised(path: &Path, p: &DecryptReadParams) -> Vec<Message> {
     let (meta, raw) = read_source(path, p).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     normalise(&meta, &raw, &NormaliseParams::default(), &Blocked::none()).0
-}
-
-pub fn format_enum(f: &str) -> SourceFormat {
-    serde_json::from_value(serde_json::Value::String(f.to_string())).expect("known format")
 }
