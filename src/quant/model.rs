@@ -118,33 +118,16 @@ impl Weight {
         match self {
             Weight::F32 { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
             Weight::Blocks { kind, bytes, cols, .. } => {
-                let bb = kind.block_bytes();
                 let nb = cols / QK;
-                let row = &bytes[r * nb * bb..(r + 1) * nb * bb];
-                for b in 0..nb {
-                    let d = kernels::repacked_scale(*kind, row, nb, b);
-                    let q = kernels::repacked_quants(*kind, row, b);
-                    let o = &mut out[b * QK..(b + 1) * QK];
-                    match kind {
-                        BlockKind::Q8_0 => {
-                            for (v, &q) in o.iter_mut().zip(q) {
-                                *v = d * (q as i8) as f32;
-                            }
-                        }
-                        BlockKind::Q4_0 => {
-                            for j in 0..16 {
-                                o[j] = d * ((q[j] & 0x0F) as i32 - 8) as f32;
-                                o[j + 16] = d * ((q[j] >> 4) as i32 - 8) as f32;
-                            }
-                        }
-                    }
+                let row = &bytes[r * nb * kind.block_bytes()..(r + 1) * nb * kind.block_bytes()];
+                for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+                    kernels::dequantize_block(*kind, row, nb, b, o);
                 }
             }
         }
     }
 }
 
-/// Activations shared by several weights, quantized to Q8_0 at most once.
 struct Input<'a> {
     x: &'a [f32],
     k: usize,
