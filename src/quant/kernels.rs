@@ -24,6 +24,10 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// Sum of the quants of each block, scaled by its `d` (for Q4_0's offset of 8).
     pub dsum: Vec<f32>,
+    /// `qs` again in the order the Q4_0 kernel unpacks nibbles, two blocks at a time: for
+    /// blocks `b`, `b + 1`, elements 0..16 of both, then 16..32 of both (zeros stand in for a
+    /// missing `b + 1`). Copied once per matmul, read for every weight row.
+    pub nibble_order: Vec<i8>,
 }
 
 impl QuantizedActs {
@@ -50,13 +54,43 @@ impl QuantizedActs {
             d[b] = scale;
             dsum[b] = scale * sum as f32;
         }
-        Self { k, t, qs, d, dsum }
+        let row_nb = k / QK;
+        let stride = Self::nibble_stride(k);
+        let mut nibble_order = vec![0i8; t * stride];
+        for (src, dst) in qs.chunks_exact(k).zip(nibble_order.chunks_exact_mut(stride)) {
+            for b in 0..row_nb {
+                let (pair, second) = (b / 2, b % 2);
+                let blk = &src[b * QK..(b + 1) * QK];
+                dst[pair * 64 + 16 * second..][..16].copy_from_slice(&blk[..16]);
+                dst[pair * 64 + 32 + 16 * second..][..16].copy_from_slice(&blk[16..]);
+            }
+        }
+        Self { k, t, qs, d, dsum, nibble_order }
     }
 
-    fn row(&self, i: usize) -> (&[i8], &[f32], &[f32]) {
-        let nb = self.k / QK;
-        (&self.qs[i * self.k..(i + 1) * self.k], &self.d[i * nb..(i + 1) * nb], &self.dsum[i * nb..(i + 1) * nb])
+    fn nibble_stride(k: usize) -> usize {
+        (k / QK).div_ceil(2) * 64
     }
+
+    fn row(&self, i: usize) -> ActRow<'_> {
+        let nb = self.k / QK;
+        let stride = Self::nibble_stride(self.k);
+        ActRow {
+            qs: &self.qs[i * self.k..(i + 1) * self.k],
+            d: &self.d[i * nb..(i + 1) * nb],
+            dsum: &self.dsum[i * nb..(i + 1) * nb],
+            nibble_order: &self.nibble_order[i * stride..(i + 1) * stride],
+        }
+    }
+}
+
+/// One activation row of a [`QuantizedActs`], as the kernels read it.
+#[derive(Clone, Copy)]
+struct ActRow<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    dsum: &'a [f32],
+    nibble_order: &'a [i8],
 }
 
 /// Block format of a quantized weight matrix.
@@ -178,8 +212,6 @@ pub fn matmul_q(kind: BlockKind, w: &[u8], rows: usize, acts: &QuantizedActs, ou
     matmul_q_group(&mut [MatJob { kind, w, rows, out }], acts);
 }
 
-type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
-
 /// Several matrices applied to the same activations in ONE parallel region (Q/K/V, gate/up):
 /// every region costs a wake-up of the worker threads, which at decode sizes is not free.
 pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
@@ -255,7 +287,8 @@ fn block_dots(kind: BlockKind, isa: Isa, w: &[&[u8]], acts: &[ActRow], nb: usize
     }
 }
 
-fn portable_dot(kind: BlockKind, row: &[u8], (aq, ad, dsum): ActRow, nb: usize) -> f32 {
+fn portable_dot(kind: BlockKind, row: &[u8], act: ActRow, nb: usize) -> f32 {
+    let (aq, ad, dsum) = (act.qs, act.d, act.dsum);
     let mut total = 0f32;
     for b in 0..nb {
         let dw = repacked_scale(kind, row, nb, b);
@@ -340,14 +373,14 @@ mod avx2_impl {
     pub unsafe fn block_dots(kind: BlockKind, w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
         unsafe {
             match (kind, w.len(), acts.len()) {
-                (BlockKind::Q4_0, 4, 1) => rn::<true, 4, 1>(w, acts, nb, o),
-                (BlockKind::Q4_0, 4, _) => rn::<true, 4, 2>(w, acts, nb, o),
-                (BlockKind::Q4_0, _, 1) => rn::<true, 1, 1>(w, acts, nb, o),
-                (BlockKind::Q4_0, _, _) => rn::<true, 1, 2>(w, acts, nb, o),
-                (BlockKind::Q8_0, 4, 1) => rn::<false, 4, 1>(w, acts, nb, o),
-                (BlockKind::Q8_0, 4, _) => rn::<false, 4, 2>(w, acts, nb, o),
-                (BlockKind::Q8_0, _, 1) => rn::<false, 1, 1>(w, acts, nb, o),
-                (BlockKind::Q8_0, _, _) => rn::<false, 1, 2>(w, acts, nb, o),
+                (BlockKind::Q4_0, 4, 1) => q4::<4, 1>(w, acts, nb, o),
+                (BlockKind::Q4_0, 4, _) => q4::<4, 2>(w, acts, nb, o),
+                (BlockKind::Q4_0, _, 1) => q4::<1, 1>(w, acts, nb, o),
+                (BlockKind::Q4_0, _, _) => q4::<1, 2>(w, acts, nb, o),
+                (BlockKind::Q8_0, 4, 1) => q8::<4, 1>(w, acts, nb, o),
+                (BlockKind::Q8_0, 4, _) => q8::<4, 2>(w, acts, nb, o),
+                (BlockKind::Q8_0, _, 1) => q8::<1, 1>(w, acts, nb, o),
+                (BlockKind::Q8_0, _, _) => q8::<1, 2>(w, acts, nb, o),
             }
         }
     }
@@ -368,9 +401,9 @@ mod avx2_impl {
             if n == 8 {
                 _mm256_loadu_ps(p)
             } else {
-                let mut t = [0f32; 8];
-                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
-                _mm256_loadu_ps(t.as_ptr())
+                // A masked load: no copy (which would be a `memcpy` call in the hot path).
+                let lanes = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+                _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes))
             }
         }
     }
@@ -382,9 +415,12 @@ mod avx2_impl {
             if n == 8 {
                 _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
             } else {
-                let mut t = [0u8; 16];
-                std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), 2 * n);
-                _mm256_cvtph_ps(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+                // Converted one by one: a copy loop here would become a `memcpy` call.
+                let mut t = [0f32; 8];
+                for (i, v) in t.iter_mut().enumerate().take(n) {
+                    *v = half::f16::from_bits((p.add(2 * i) as *const u16).read_unaligned()).to_f32();
+                }
+                _mm256_loadu_ps(t.as_ptr())
             }
         }
     }
@@ -417,29 +453,40 @@ mod avx2_impl {
         }
     }
 
-    /// R rows x N acts over repacked rows. Q4 = true for Q4_0 (nibbles, offset 8), else Q8_0.
-    /// Scales are handled 8 blocks at a time in vectors; the inner loop is pure SIMD.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rn<const Q4: bool, const R: usize, const N: usize>(
-        w: &[&[u8]],
-        acts: &[ActRow],
-        nb: usize,
-        o: &mut [[f32; 2]; 4],
-    ) {
+    /// Horizontal sums of `v[r][j]` into `o[r][j]` (four rows at once when R = 4).
+    #[inline(always)]
+    unsafe fn reduce<const R: usize, const N: usize>(v: [[__m256; N]; R], o: &mut [[f32; 2]; 4]) {
         unsafe {
-            let qb = if Q4 { 16 } else { 32 };
+            for j in 0..N {
+                if R == 4 {
+                    let mut sums = [0f32; 4];
+                    _mm_storeu_ps(sums.as_mut_ptr(), hsum4(v[0][j], v[1][j], v[2][j], v[3][j]));
+                    for r in 0..R {
+                        o[r][j] = sums[r];
+                    }
+                } else {
+                    for r in 0..R {
+                        o[r][j] = hsum(v[r][j]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q8_0: R rows x N acts, one block at a time. Scales are computed 8 blocks at a time
+    /// into `scl` and broadcast per block; the inner loop is pure SIMD.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
+        unsafe {
             let wq: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
-            let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * qb));
-            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].0.as_ptr());
-            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].1.as_ptr());
-            let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].2.as_ptr());
-            let prefetch = Prefetch::new(wq[0], R, nb * (qb + 2), nb);
-            let mask = _mm256_set1_epi8(0x0F);
-            let hi_shift = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
+            let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * 32));
+            let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
+            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
+            let prefetch = Prefetch::new(wq[0], R, nb * 34, nb);
             let ones = _mm256_set1_epi16(1);
             let mut acc = [[_mm256_setzero_ps(); N]; R];
-            let mut off = [[_mm256_setzero_ps(); N]; R];
-            let mut scl = [[[0f32; 8]; N]; R];
+            // Every lane read is written first in its group; zeroing would be a memset per call.
+            let mut scl: [[[f32; 8]; N]; R] = std::mem::MaybeUninit::uninit().assume_init();
             let mut g = 0;
             while g < nb {
                 let n8 = (nb - g).min(8);
@@ -447,9 +494,6 @@ mod avx2_impl {
                     let dw = scales8(wd[r].add(2 * g), n8);
                     for j in 0..N {
                         _mm256_storeu_ps(scl[r][j].as_mut_ptr(), _mm256_mul_ps(dw, load8(ad[j].add(g), n8)));
-                        if Q4 {
-                            off[r][j] = _mm256_fmadd_ps(dw, load8(ds[j].add(g), n8), off[r][j]);
-                        }
                     }
                 }
                 for bi in 0..n8 {
@@ -458,43 +502,91 @@ mod avx2_impl {
                     let av: [__m256i; N] =
                         std::array::from_fn(|j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i));
                     for r in 0..R {
-                        if Q4 {
-                            // Both halves get the 16 bytes; the upper one keeps the high nibbles.
-                            let raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(wq[r].add(b * 16) as *const __m128i));
-                            let q = _mm256_and_si256(_mm256_srlv_epi32(raw, hi_shift), mask);
-                            for j in 0..N {
-                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, av[j]), ones));
-                                acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[r][j][bi]), p, acc[r][j]);
-                            }
-                        } else {
-                            let q = _mm256_loadu_si256(wq[r].add(b * 32) as *const __m256i);
-                            let ax = _mm256_sign_epi8(q, q);
-                            for j in 0..N {
-                                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], q));
-                                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                                acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[r][j][bi]), p, acc[r][j]);
-                            }
+                        // Signed x signed via maddubs: |w| as unsigned, the sign moved onto a.
+                        let q = _mm256_loadu_si256(wq[r].add(b * 32) as *const __m256i);
+                        let ax = _mm256_sign_epi8(q, q);
+                        for j in 0..N {
+                            let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], q));
+                            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                            acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[r][j][bi]), p, acc[r][j]);
                         }
                     }
                 }
                 g += n8;
             }
-            let eight = _mm256_set1_ps(8.0);
-            for j in 0..N {
-                let v: [__m256; R] =
-                    std::array::from_fn(|r| if Q4 { _mm256_fnmadd_ps(eight, off[r][j], acc[r][j]) } else { acc[r][j] });
-                if R == 4 {
-                    let mut sums = [0f32; 4];
-                    _mm_storeu_ps(sums.as_mut_ptr(), hsum4(v[0], v[1], v[2], v[3]));
-                    for r in 0..R {
-                        o[r][j] = sums[r];
-                    }
-                } else {
-                    for r in 0..R {
-                        o[r][j] = hsum(v[r]);
+            reduce::<R, N>(acc, o);
+        }
+    }
+
+    /// Q4_0: R rows x N acts, two blocks at a time. The 32 nibble bytes of blocks b, b+1 give
+    /// their low nibbles with one AND and their high nibbles with a shift and an AND; the
+    /// activations were laid out to match (`nibble_order`), so two `maddubs` and one add make
+    /// both blocks' partial sums, scaled by one vector holding each block's scale in its half.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
+        unsafe {
+            let wq: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
+            let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * 16));
+            let an: [*const i8; N] = std::array::from_fn(|j| acts[j].nibble_order.as_ptr());
+            let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
+            let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].dsum.as_ptr());
+            let prefetch = Prefetch::new(wq[0], R, nb * 18, nb);
+            let mask = _mm256_set1_epi8(0x0F);
+            let ones = _mm256_set1_epi16(1);
+            // Lanes 0..4 take the scale of block 2p, lanes 4..8 that of block 2p + 1.
+            let pair_idx: [__m256i; 4] = std::array::from_fn(|p| {
+                let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
+                _mm256_set_epi32(b, b, b, b, a, a, a, a)
+            });
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut off = [[_mm256_setzero_ps(); N]; R];
+            // Every entry read is written first in its group; zeroing would be a memset per call.
+            let mut scl: [[[[f32; 8]; 4]; N]; R] = std::mem::MaybeUninit::uninit().assume_init();
+            let mut g = 0;
+            while g < nb {
+                let n8 = (nb - g).min(8);
+                for r in 0..R {
+                    let dw = scales8(wd[r].add(2 * g), n8);
+                    for j in 0..N {
+                        let v = _mm256_mul_ps(dw, load8(ad[j].add(g), n8));
+                        for (p, idx) in pair_idx.iter().enumerate() {
+                            _mm256_storeu_ps(scl[r][j][p].as_mut_ptr(), _mm256_permutevar8x32_ps(v, *idx));
+                        }
+                        off[r][j] = _mm256_fmadd_ps(dw, load8(ds[j].add(g), n8), off[r][j]);
                     }
                 }
+                for p in 0..n8.div_ceil(2) {
+                    let b = g + 2 * p;
+                    let two = 2 * p + 1 < n8;
+                    prefetch.blocks(b, 2);
+                    let alo: [__m256i; N] =
+                        std::array::from_fn(|j| _mm256_loadu_si256(an[j].add(b * QK) as *const __m256i));
+                    let ahi: [__m256i; N] =
+                        std::array::from_fn(|j| _mm256_loadu_si256(an[j].add(b * QK + 32) as *const __m256i));
+                    for r in 0..R {
+                        let raw = if two {
+                            _mm256_loadu_si256(wq[r].add(b * 16) as *const __m256i)
+                        } else {
+                            // A lone last block: its activations' other half is zero.
+                            _mm256_zextsi128_si256(_mm_loadu_si128(wq[r].add(b * 16) as *const __m128i))
+                        };
+                        let lo = _mm256_and_si256(raw, mask);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                        for j in 0..N {
+                            let p16 =
+                                _mm256_add_epi16(_mm256_maddubs_epi16(lo, alo[j]), _mm256_maddubs_epi16(hi, ahi[j]));
+                            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                            acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(scl[r][j][p].as_ptr()), s, acc[r][j]);
+                        }
+                    }
+                }
+                g += n8;
             }
+            // Nibbles are stored with an offset of 8: sum((q-8)*a) = sum(q*a) - 8*sum(a).
+            let eight = _mm256_set1_ps(8.0);
+            let v: [[__m256; N]; R] =
+                std::array::from_fn(|r| std::array::from_fn(|j| _mm256_fnmadd_ps(eight, off[r][j], acc[r][j])));
+            reduce::<R, N>(v, o);
         }
     }
 
