@@ -184,38 +184,60 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(vec![bytes])
     };
-    let mut raw_s = [0f64; 2];
-    for (i, parts) in [1, rayon::current_num_threads()].into_iter().enumerate() {
+    // This machine is shared and a fresh 330 MB file is still being written back: the three
+    // measures are interleaved, three rounds, and each reports its best and median.
+    let threads = rayon::current_num_threads();
+    let p = DecryptReadParams { uin: Some("1583567084".into()), ..Default::default() };
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut text_bytes = 0;
+    let mut read = None;
+    for _ in 0..3 {
+        for (i, parts) in [1, threads].into_iter().enumerate() {
+            let t = Instant::now();
+            let ranges = parallel_scan::rowid_ranges(&open()?, "message", Some(parts))?;
+            text_bytes = parallel_scan::scan(&ranges, open, touch)?.iter().sum::<usize>();
+            times[i].push(t.elapsed().as_secs_f64());
+        }
+        drop(read.take()); // the last round's table is freed outside the timing
         let t = Instant::now();
-        let ranges = parallel_scan::rowid_ranges(&open()?, "message", Some(parts))?;
-        let bytes: usize = parallel_scan::scan(&ranges, open, touch)?.iter().sum();
-        raw_s[i] = t.elapsed().as_secs_f64();
+        read = Some(read_source(&db, &p)?);
+        times[2].push(t.elapsed().as_secs_f64());
+    }
+    let best_median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2])
+    };
+    let raw1 = best_median(&mut times[0]);
+    let rawn = best_median(&mut times[1]);
+    let ours = best_median(&mut times[2]);
+    for (name, (best, median)) in [
+        ("raw SQLCipher scan, 1 connection".to_string(), raw1),
+        (format!("raw SQLCipher scan, {threads} connections"), rawn),
+    ] {
         row(
-            &format!("raw SQLCipher scan, {parts} connection(s)"),
-            format!("{:.1} MB/s", mb / raw_s[i]),
-            &format!("{:.2} s, {:.0} MB of text", raw_s[i], bytes as f64 / 1e6),
+            &name,
+            format!("{:.1} MB/s", mb / best),
+            &format!("best {best:.2} s, median {median:.2} s; {:.0} MB of text", text_bytes as f64 / 1e6),
         );
     }
-
-    let p = DecryptReadParams { uin: Some("1583567084".into()), ..Default::default() };
-    let t = Instant::now();
-    let (meta, msgs) = read_source(&db, &p)?;
-    let ours_s = t.elapsed().as_secs_f64();
     row(
         "decrypt-read (read_source)",
-        format!("{:.1} MB/s", mb / ours_s),
+        format!("{:.1} MB/s", mb / ours.0),
         &format!(
-            "{ours_s:.2} s = {:.0}% of 1-connection raw, {:.0}% of all-core raw",
-            raw_s[0] / ours_s * 100.0,
-            raw_s[1] / ours_s * 100.0
+            "best {:.2} s, median {:.2} s; {:.0}% of 1-connection raw, {:.0}% of {threads}-connection raw (best)",
+            ours.0,
+            ours.1,
+            raw1.0 / ours.0 * 100.0,
+            rawn.0 / ours.0 * 100.0
         ),
     );
+    let (meta, msgs) = read.expect("three rounds ran");
     let t = Instant::now();
     raw::write_raw(&dir.path().join("raw2"), &meta, &msgs)?;
     let w = t.elapsed().as_secs_f64();
     row(
         "decrypt-read stage incl. raw table write",
-        format!("{:.1} MB/s", mb / (ours_s + w)),
+        format!("{:.1} MB/s", mb / (ours.0 + w)),
         &format!("write {w:.2} s"),
     );
     Ok(())

@@ -112,7 +112,8 @@ pub fn read_messages(
             parallel_scan::range_condition(lo, hi)
         ))?;
         let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
+        // Rowids of a message table are dense: the range's width is a good size guess.
+        let mut out = Vec::with_capacity(usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 20));
         while let Some(r) = rows.next()? {
             let row = AndroidRow {
                 msg_id: r.get(0)?,
@@ -136,7 +137,11 @@ pub fn read_messages(
 pub fn text_or_blob(v: rusqlite::types::ValueRef<'_>) -> String {
     use rusqlite::types::ValueRef;
     match v {
-        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+        // Valid UTF-8 is the rule: validate once and copy, and only repair what is not.
+        ValueRef::Text(t) | ValueRef::Blob(t) => match std::str::from_utf8(t) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(t).into_owned(),
+        },
         ValueRef::Integer(i) => i.to_string(),
         ValueRef::Real(f) => f.to_string(),
         ValueRef::Null => String::new(),
