@@ -283,7 +283,8 @@ fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams) -> any
         let ranges = parallel_scan::rowid_ranges(&conn, "message", None)?;
         drop(conn);
         let open = || keys::open(path, Flavour::Android, keys);
-        let messages = android::read_messages(&ranges, open, &self_id)?;
+        let messages = android::read_messages(&ranges, open, &self_id)
+            .with_context(|| format!("{}: reading the message table", path.display()))?;
         return Ok(("android".into(), self_id, self_name, contacts, messages));
     }
     drop(conn);
