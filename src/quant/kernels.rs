@@ -485,15 +485,18 @@ mod avx2_impl {
             let prefetch = Prefetch::new(wq[0], R, nb * 34, nb);
             let ones = _mm256_set1_epi16(1);
             let mut acc = [[_mm256_setzero_ps(); N]; R];
-            // Every lane read is written first in its group; zeroing would be a memset per call.
-            let mut scl: [[[f32; 8]; N]; R] = std::mem::MaybeUninit::uninit().assume_init();
+            // Scratch for [r][j][8 lanes]; every lane read is written first in its group.
+            // Left uninitialised (zeroing would be a memset per call), so only touched by pointer.
+            let mut scratch = std::mem::MaybeUninit::<[[[f32; 8]; N]; R]>::uninit();
+            let scl = scratch.as_mut_ptr() as *mut f32;
+            let at = |r: usize, j: usize| scl.add((r * N + j) * 8);
             let mut g = 0;
             while g < nb {
                 let n8 = (nb - g).min(8);
                 for r in 0..R {
                     let dw = scales8(wd[r].add(2 * g), n8);
                     for j in 0..N {
-                        _mm256_storeu_ps(scl[r][j].as_mut_ptr(), _mm256_mul_ps(dw, load8(ad[j].add(g), n8)));
+                        _mm256_storeu_ps(at(r, j), _mm256_mul_ps(dw, load8(ad[j].add(g), n8)));
                     }
                 }
                 for bi in 0..n8 {
@@ -508,7 +511,7 @@ mod avx2_impl {
                         for j in 0..N {
                             let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], q));
                             let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                            acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[r][j][bi]), p, acc[r][j]);
+                            acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*at(r, j).add(bi)), p, acc[r][j]);
                         }
                     }
                 }
@@ -540,8 +543,11 @@ mod avx2_impl {
             });
             let mut acc = [[_mm256_setzero_ps(); N]; R];
             let mut off = [[_mm256_setzero_ps(); N]; R];
-            // Every entry read is written first in its group; zeroing would be a memset per call.
-            let mut scl: [[[[f32; 8]; 4]; N]; R] = std::mem::MaybeUninit::uninit().assume_init();
+            // Scratch for [r][j][pair][8 lanes]; every entry read is written first in its group.
+            // Left uninitialised (zeroing would be a memset per call), so only touched by pointer.
+            let mut scratch = std::mem::MaybeUninit::<[[[[f32; 8]; 4]; N]; R]>::uninit();
+            let scl = scratch.as_mut_ptr() as *mut f32;
+            let at = |r: usize, j: usize, p: usize| scl.add(((r * N + j) * 4 + p) * 8);
             let mut g = 0;
             while g < nb {
                 let n8 = (nb - g).min(8);
@@ -550,7 +556,7 @@ mod avx2_impl {
                     for j in 0..N {
                         let v = _mm256_mul_ps(dw, load8(ad[j].add(g), n8));
                         for (p, idx) in pair_idx.iter().enumerate() {
-                            _mm256_storeu_ps(scl[r][j][p].as_mut_ptr(), _mm256_permutevar8x32_ps(v, *idx));
+                            _mm256_storeu_ps(at(r, j, p), _mm256_permutevar8x32_ps(v, *idx));
                         }
                         off[r][j] = _mm256_fmadd_ps(dw, load8(ds[j].add(g), n8), off[r][j]);
                     }
@@ -573,7 +579,7 @@ mod avx2_impl {
                                     _mm256_maddubs_epi16(hi, ahi[j]),
                                 );
                                 let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                                acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(scl[r][j][p].as_ptr()), s, acc[r][j]);
+                                acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(at(r, j, p)), s, acc[r][j]);
                             }
                         }
                     }};
