@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use avatar::engine::runner::{Outcome, RunOptions, RunReport, Silent};
 use avatar::engine::{Manifest, run};
 
+#[path = "common/external.rs"]
+mod external;
+
+use external::{chromium, headless};
+
 /// pipelines/demo.toml with absolute data paths and smaller training budgets.
 fn reduced_demo(dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -172,30 +177,18 @@ fn chat_once(manifest: &Path, text: &str) -> serde_json::Value {
 
 /// Render the page in headless Chromium when it is installed (always in CI).
 fn screenshot_if_possible(page: &Path, png: &Path) {
-    let has_chromium =
-        std::process::Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !has_chromium {
+    let Some(browser) = chromium() else {
         assert!(std::env::var("CI").is_err(), "CI must have chromium (scripts/install-test-deps installs it)");
         eprintln!("chromium not installed: skipping the report screenshot");
         return;
-    }
+    };
     let profile = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--window-size=1200,1600")
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
+    let status = headless(
+        browser,
+        profile.path(),
+        &["--window-size=1200,1600", &format!("--screenshot={}", png.display())],
+        &format!("file://{}", page.display()),
+    );
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(std::fs::metadata(png).unwrap().len() > 10_000, "the screenshot is blank");
 }

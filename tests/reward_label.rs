@@ -6,6 +6,8 @@
 #[allow(dead_code)]
 #[path = "runtime/common.rs"]
 mod common;
+#[path = "common/external.rs"]
+mod external;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,6 +29,7 @@ use avatar::stages::reward_label::rules::{RulesJudge, RulesParams};
 use serde_json::{Value, json};
 
 use common::{corpus, run_stage};
+use external::{chromium, headless, skip_or_fail};
 
 const SCRATCH: &str = "vocab_size = 400\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nnum_kv_heads = 2\nintermediate_size = 64\nmax_position_embeddings = 128";
 /// Small and quick: 4 prompts × 3 candidates of at most 10 tokens.
@@ -434,39 +437,6 @@ fn human_judge_writes_candidates_and_the_label_api_saves_rankings() {
     srv.shutdown();
 }
 
-fn skip_or_fail(what: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is required in CI");
-    }
-    eprintln!("SKIPPED: {what} is not available here");
-    true
-}
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
-fn headless(browser: &str, profile: &Path, extra: &[&str], url: &str) -> std::process::Output {
-    std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn label_page_in_headless_chromium() {
     let Some(browser) = chromium() else {
@@ -480,7 +450,12 @@ fn label_page_in_headless_chromium() {
     let srv = LabelServer::start(&f.path("h/ranked.jsonl"), &labels);
     let profile = tempfile::tempdir().unwrap();
     // Press 2 then 1 (3 fills itself in), Enter saves and moves on.
-    let out = headless(browser, profile.path(), &["--dump-dom"], &format!("http://{}/?autotest=2,1,Enter", srv.addr));
+    let out = headless(
+        browser,
+        profile.path(),
+        &["--virtual-time-budget=10000", "--dump-dom"],
+        &format!("http://{}/?autotest=2,1,Enter", srv.addr),
+    );
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains("data-state=\"done\""),
@@ -504,7 +479,12 @@ fn label_page_in_headless_chromium() {
     let out = headless(
         browser,
         profile.path(),
-        &[&format!("--screenshot={}", shot.display()), "--window-size=900,760", "--hide-scrollbars"],
+        &[
+            "--virtual-time-budget=10000",
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=900,760",
+            "--hide-scrollbars",
+        ],
         &format!("http://{}/?autotest=1", srv.addr),
     );
     srv.shutdown();

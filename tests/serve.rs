@@ -2,6 +2,8 @@
 //! OpenAI-compatible server (also driven by the official Python client when available), and the
 //! web page in headless Chromium.
 
+#[path = "common/external.rs"]
+mod external;
 #[path = "serve/fixture.rs"]
 mod fixture;
 #[path = "serve/http.rs"]

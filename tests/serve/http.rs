@@ -11,6 +11,7 @@ use avatar::serve::config::{Limits, ServeConfig};
 use avatar::serve::{ServerSetup, build_app, serve_on};
 use serde_json::{Value, json};
 
+use super::external::{chromium, headless, skip_or_fail};
 use super::fixture::{TinySpec, write_tiny_model};
 
 /// A quantize-style directory (GGUF + tokenizer files) built once per test process.
@@ -310,14 +311,6 @@ fn non_loopback_needs_a_key() {
 }
 
 /// Whether an optional tool may be skipped: locally yes (with a message), in CI (CI=true) no.
-fn skip_or_fail(what: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is required in CI");
-    }
-    eprintln!("SKIPPED: {what} is not available here");
-    true
-}
-
 #[test]
 fn official_openai_python_client() {
     let has =
@@ -341,32 +334,14 @@ fn official_openai_python_client() {
 
 #[test]
 fn web_page_in_headless_chromium() {
-    let browser = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
-    let Some(browser) = browser else {
+    let Some(browser) = chromium() else {
         skip_or_fail("chromium (apt-get install chromium)");
         return;
     };
     let srv = TestServer::start(None, Limits::default());
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{}/?stream=0&max_tokens=4&autotest=%E4%BD%A0%E5%A5%BD", srv.base());
-    let out = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .output()
-        .unwrap();
+    let out = headless(browser, profile.path(), &["--virtual-time-budget=20000", "--dump-dom"], &url);
     srv.shutdown();
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
