@@ -34,6 +34,25 @@ pub fn is_held_out(id: &str, fraction: f64) -> bool {
     (u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) as f64) < fraction * u32::MAX as f64
 }
 
+/// The parameter checks every stage that trains on preference pairs shares (reward-train, dpo).
+pub fn validate_pair_training(
+    epochs: usize,
+    batch_size: usize,
+    val_fraction: f64,
+    max_seq_len: usize,
+) -> anyhow::Result<()> {
+    if epochs == 0 || batch_size == 0 {
+        bail!("epochs and batch_size must be at least 1");
+    }
+    if !(0.0..1.0).contains(&val_fraction) {
+        bail!("val_fraction must be in [0, 1)");
+    }
+    if max_seq_len < 8 {
+        bail!("max_seq_len must be at least 8");
+    }
+    Ok(())
+}
+
 pub fn load_pairs(
     ranked: &Path,
     labels: Option<&Path>,

@@ -29,7 +29,9 @@ use crate::runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch,
 use crate::runtime::scalar_head::ScalarHead;
 use crate::runtime::token_logprobs::{linear_surrogate, sigmoid};
 use crate::stages::common::curves::write_curves;
-use crate::stages::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs};
+use crate::stages::common::preference::{
+    EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,16 +79,7 @@ impl RewardTrainParams {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("lr must be a positive number");
         }
-        if self.epochs == 0 || self.batch_size == 0 {
-            bail!("epochs and batch_size must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.val_fraction) {
-            bail!("val_fraction must be in [0, 1)");
-        }
-        if self.max_seq_len < 8 {
-            bail!("max_seq_len must be at least 8");
-        }
-        Ok(())
+        validate_pair_training(self.epochs, self.batch_size, self.val_fraction, self.max_seq_len)
     }
 }
 
