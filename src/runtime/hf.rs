@@ -59,8 +59,16 @@ pub fn read_weights(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
-/// Load a model folder onto `device`. `seed` initialises LoRA matrices in LoRA mode.
-pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> anyhow::Result<LoadedModel> {
+/// What a model folder holds, read from disk: the weights as stored, on the CPU.
+struct Folder {
+    cfg: ModelConfig,
+    raw_config: serde_json::Value,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    weights: HashMap<String, Tensor>,
+}
+
+fn read_folder(dir: &Path) -> anyhow::Result<Folder> {
     if !dir.is_dir() {
         bail!("model folder {} does not exist", dir.display());
     }
@@ -68,17 +76,23 @@ pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> 
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let tc = dir.join("tokenizer_config.json");
     let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
-    let weights = read_weights(dir)?;
-    let model =
-        Model::from_tensors(cfg, weights, mode, seed, device).with_context(|| format!("loading {}", dir.display()))?;
-    if tokenizer.vocab_size() > model.cfg.vocab_size {
+    if tokenizer.vocab_size() > cfg.vocab_size {
         bail!(
             "{}: tokenizer has {} tokens but the model's vocab_size is {}",
             dir.display(),
             tokenizer.vocab_size(),
-            model.cfg.vocab_size
+            cfg.vocab_size
         );
     }
+    let weights = read_weights(dir)?;
+    Ok(Folder { cfg, raw_config, tokenizer, template, weights })
+}
+
+/// Load a model folder onto `device`. `seed` initialises LoRA matrices in LoRA mode.
+pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> anyhow::Result<LoadedModel> {
+    let Folder { cfg, raw_config, tokenizer, template, weights } = read_folder(dir)?;
+    let model =
+        Model::from_tensors(cfg, weights, mode, seed, device).with_context(|| format!("loading {}", dir.display()))?;
     Ok(LoadedModel { model, tokenizer, template, raw_config })
 }
 
@@ -126,25 +140,11 @@ pub struct SharedBase {
 
 impl SharedBase {
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<SharedBase> {
-        if !dir.is_dir() {
-            bail!("model folder {} does not exist", dir.display());
-        }
-        let (cfg, raw_config) = ModelConfig::from_file(&dir.join("config.json"))?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let tc = dir.join("tokenizer_config.json");
-        let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
-        let weights = read_weights(dir)?
+        let Folder { cfg, raw_config, tokenizer, template, weights } = read_folder(dir)?;
+        let weights = weights
             .into_iter()
             .map(|(k, v)| Ok((k, v.to_device(device)?.to_dtype(candle_core::DType::F32)?)))
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
-        if tokenizer.vocab_size() > cfg.vocab_size {
-            bail!(
-                "{}: tokenizer has {} tokens but the model's vocab_size is {}",
-                dir.display(),
-                tokenizer.vocab_size(),
-                cfg.vocab_size
-            );
-        }
         Ok(SharedBase { raw_config, tokenizer, template, cfg, weights, device: device.clone() })
     }
 
