@@ -15,9 +15,11 @@ const ROWS_PER_PART: i64 = 100_000;
 /// Half-open rowid ranges `[lo, hi)` covering `table`, one per part: `parts` if given, else
 /// one per core for large tables. Empty when the table has no rows.
 pub fn rowid_ranges(conn: &Connection, table: &str, parts: Option<usize>) -> anyhow::Result<Vec<(i64, i64)>> {
-    // min/max of the rowid are read from the B-tree's ends, not by a scan.
+    // One subquery each: SQLite reads a lone min() or max() from the B-tree's end, but both in
+    // one SELECT scan (and decrypt) the whole table.
+    let sql = format!("SELECT (SELECT min(rowid) FROM \"{table}\"), (SELECT max(rowid) FROM \"{table}\")");
     let (lo, hi): (Option<i64>, Option<i64>) = conn
-        .query_row(&format!("SELECT min(rowid), max(rowid) FROM \"{table}\""), [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
         .with_context(|| format!("reading the rowid range of table {table}"))?;
     let (Some(lo), Some(hi)) = (lo, hi) else { return Ok(Vec::new()) };
     let span = hi as i128 - lo as i128 + 1;
