@@ -258,7 +258,7 @@ fn micro() {
         let data = w.data().unwrap();
         let mut bytes = avatar::quant::hugebuf::HugeBuf::zeroed(data.len());
         bytes.copy_from_slice(&data);
-        avatar::quant::kernels::repack_rows(kind, &mut bytes, HIDDEN);
+        avatar::quant::kernels::repack(kind, &mut bytes, rows, HIDDEN);
         let x = random(1, HIDDEN, 6, 1.0).data;
         let acts = QuantizedActs::quantize(&x, HIDDEN);
         let mut out = vec![0f32; rows];

@@ -53,7 +53,7 @@ impl Weight {
                 kind,
                 bytes: {
                     let mut b = f.tensor_bytes(name)?;
-                    kernels::repack_rows(kind, &mut b, cols);
+                    kernels::repack(kind, &mut b, rows, cols);
                     b
                 },
                 rows,
@@ -117,13 +117,7 @@ impl Weight {
     fn row(&self, r: usize, out: &mut [f32]) {
         match self {
             Weight::F32 { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
-            Weight::Blocks { kind, bytes, cols, .. } => {
-                let nb = cols / QK;
-                let row = &bytes[r * nb * kind.block_bytes()..(r + 1) * nb * kind.block_bytes()];
-                for (b, o) in out.chunks_exact_mut(QK).enumerate() {
-                    kernels::dequantize_block(*kind, row, nb, b, o);
-                }
-            }
+            Weight::Blocks { kind, bytes, rows, cols } => kernels::dequantize_row(*kind, bytes, *rows, *cols, r, out),
         }
     }
 }

@@ -118,7 +118,7 @@ impl TypedStage for Eval {
     type Params = EvalParams;
     const INFO: StageInfo = StageInfo {
         kind: "eval",
-        version: 4,
+        version: 5,
         summary: "test split → perplexity and reply style of each model next to the person's own",
         inputs: INPUTS,
         outputs: OUTPUTS,

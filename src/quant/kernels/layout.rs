@@ -1,0 +1,135 @@
+//! How a block-quantized weight matrix is laid out for the kernels, repacked once at load from
+//! GGML's rows of `[f16 scale][quants]` blocks. Every layout keeps the matrix's size, and row `r`
+//! (or its group) starts at byte `r * row_bytes` as in GGML.
+//!
+//! - Row layout (Q8_0; Q4_0 rows past the last full group): per row, all quants first, then all
+//!   f16 scales, so 8 scales are one vector load.
+//! - Interleaved groups (Q4_0, 8 rows): per block `b`, 128 quant bytes in four 32-byte steps;
+//!   step `s` holds bytes `4s..4s+4` of each row's 16 nibble bytes, row after row. One load
+//!   then gives 8 rows x 4 elements of low nibbles (elements `4s..4s+4`) and, shifted, of high
+//!   nibbles (elements `16+4s..`). Kernel output lanes are the 8 rows: no horizontal sums, one
+//!   weight stream per group, which the hardware prefetcher follows. After all blocks' quants
+//!   come the 8 rows' scales of each block (16 bytes per block).
+
+use half::f16;
+
+use super::{BlockKind, QK};
+
+/// Rows interleaved in one Q4_0 group.
+pub const GROUP: usize = 8;
+
+/// How many leading rows of a `rows`-row matrix are stored in interleaved groups.
+pub fn grouped_rows(kind: BlockKind, rows: usize) -> usize {
+    match kind {
+        BlockKind::Q4_0 => rows / GROUP * GROUP,
+        BlockKind::Q8_0 => 0,
+    }
+}
+
+/// Repack a GGML matrix (`rows x cols`, in place) into the kernels' layout.
+pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
+    let nb = cols / QK;
+    let bb = kind.block_bytes();
+    let row_bytes = nb * bb;
+    assert_eq!(bytes.len(), rows * row_bytes, "weight bytes do not match {rows}x{cols}");
+    let grouped = grouped_rows(kind, rows);
+    let (groups, tail) = bytes.split_at_mut(grouped * row_bytes);
+    let mut tmp = vec![0u8; GROUP * row_bytes];
+    for g in groups.chunks_exact_mut(GROUP * row_bytes) {
+        tmp.copy_from_slice(g);
+        let qb = bb - 2;
+        for r in 0..GROUP {
+            for b in 0..nb {
+                let blk = &tmp[r * row_bytes + b * bb..][..bb];
+                g[nb * GROUP * qb + b * 2 * GROUP + 2 * r..][..2].copy_from_slice(&blk[..2]);
+                for s in 0..qb / 4 {
+                    g[b * GROUP * qb + s * 4 * GROUP + 4 * r..][..4].copy_from_slice(&blk[2 + 4 * s..][..4]);
+                }
+            }
+        }
+    }
+    for row in tail.chunks_exact_mut(row_bytes) {
+        tmp[..row_bytes].copy_from_slice(row);
+        for (b, blk) in tmp[..row_bytes].chunks_exact(bb).enumerate() {
+            let qb = bb - 2;
+            row[b * qb..(b + 1) * qb].copy_from_slice(&blk[2..]);
+            row[nb * qb + 2 * b..nb * qb + 2 * b + 2].copy_from_slice(&blk[..2]);
+        }
+    }
+}
+
+/// Where block `b` of row `r` lives in a repacked matrix: the offset of its scale, and of its
+/// quant byte `j` (`j < 32` for Q8_0, `< 16` for Q4_0).
+#[derive(Clone, Copy)]
+struct BlockAt {
+    scale: usize,
+    quant_base: usize,
+    /// Distance between runs of 4 quant bytes (4 in the row layout, 32 in a group).
+    run_stride: usize,
+}
+
+impl BlockAt {
+    fn new(kind: BlockKind, rows: usize, nb: usize, r: usize, b: usize) -> Self {
+        let qb = kind.block_bytes() - 2;
+        let row_bytes = nb * kind.block_bytes();
+        if r < grouped_rows(kind, rows) {
+            let base = r / GROUP * GROUP * row_bytes;
+            let i = r % GROUP;
+            Self {
+                scale: base + nb * GROUP * qb + b * 2 * GROUP + 2 * i,
+                quant_base: base + b * GROUP * qb + 4 * i,
+                run_stride: 4 * GROUP,
+            }
+        } else {
+            Self { scale: r * row_bytes + nb * qb + 2 * b, quant_base: r * row_bytes + b * qb, run_stride: 4 }
+        }
+    }
+
+    fn quant(self, j: usize) -> usize {
+        self.quant_base + j / 4 * self.run_stride + j % 4
+    }
+}
+
+/// Scale of block `b` of row `r`.
+pub fn scale(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize) -> f32 {
+    let o = BlockAt::new(kind, rows, nb, r, b).scale;
+    f16::from_bits(u16::from_le_bytes([w[o], w[o + 1]])).to_f32()
+}
+
+/// The quant bytes of block `b` of row `r`, as GGML stores them (Q8_0: 32 signed bytes;
+/// Q4_0: 16 bytes of nibbles offset by 8, element `j` low and `j + 16` high).
+pub fn quants(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize) -> [u8; 32] {
+    let at = BlockAt::new(kind, rows, nb, r, b);
+    let mut q = [0u8; 32];
+    for (j, v) in q.iter_mut().enumerate().take(kind.block_bytes() - 2) {
+        *v = w[at.quant(j)];
+    }
+    q
+}
+
+/// The 32 values of block `b` of row `r`, dequantized.
+pub fn dequantize_block(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize, out: &mut [f32]) {
+    let d = scale(kind, w, rows, nb, r, b);
+    let q = quants(kind, w, rows, nb, r, b);
+    match kind {
+        BlockKind::Q8_0 => {
+            for (v, &q) in out.iter_mut().zip(&q) {
+                *v = d * (q as i8) as f32;
+            }
+        }
+        BlockKind::Q4_0 => {
+            for j in 0..16 {
+                out[j] = d * ((q[j] & 0x0F) as f32 - 8.0);
+                out[j + 16] = d * ((q[j] >> 4) as f32 - 8.0);
+            }
+        }
+    }
+}
+
+/// Row `r` of a repacked matrix, dequantized (an embedding lookup).
+pub fn dequantize_row(kind: BlockKind, w: &[u8], rows: usize, cols: usize, r: usize, out: &mut [f32]) {
+    let nb = cols / QK;
+    for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+        dequantize_block(kind, w, rows, nb, r, b, o);
+    }
+}
