@@ -269,6 +269,16 @@ impl QModel {
 
     /// Advance every sequence by its tokens; returns the logits after the last token of each.
     pub fn forward(&self, steps: &mut [SeqStep]) -> Result<Vec<Vec<f32>>> {
+        // A decode step has ~100 parallel matmuls. Called from outside the thread pool, each one
+        // would put this thread to sleep and wake it again; on a worker, this thread computes its
+        // share of each and the other workers steal the rest.
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_on_worker(steps));
+        }
+        self.forward_on_worker(steps)
+    }
+
+    fn forward_on_worker(&self, steps: &mut [SeqStep]) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let kvd = c.kv_heads * hd;
