@@ -1,6 +1,5 @@
 //! Android EnMicroMsg.db (decrypted connection or the seed's CSV export of its tables) → raw.
 
-use rayon::prelude::*;
 use rusqlite::Connection;
 
 use super::parallel_scan;
@@ -49,7 +48,9 @@ pub fn convert_row(row: AndroidRow, self_id: &str) -> RawMessage {
     } else if is_group && base != 10000 && base != 10002 {
         if let Some((s, body)) = split_sender_prefix(&content) {
             sender_id = Some(s.to_string());
-            content = body.to_string();
+            // Cut the prefix off in place rather than copying the body.
+            let prefix = content.len() - body.len();
+            content.drain(..prefix);
         }
     } else if !is_group {
         sender_id = Some(row.talker.clone());
@@ -106,14 +107,14 @@ pub fn read_messages(
     open: impl Fn() -> anyhow::Result<Connection> + Sync,
     self_id: &str,
 ) -> anyhow::Result<Vec<RawMessage>> {
-    let mut keyed = parallel_scan::scan(ranges, open, |conn, lo, hi| {
+    let (mut messages, keys) = parallel_scan::scan(ranges, open, |conn, lo, hi, sink| {
         let mut stmt = conn.prepare(&format!(
             "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message WHERE {}",
             parallel_scan::range_condition(lo, hi)
         ))?;
         let mut rows = stmt.query([])?;
         // Rowids of a message table are dense: the range's width is a good size guess.
-        let mut out = Vec::with_capacity(usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 20));
+        let mut keys = Vec::with_capacity(usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 20));
         while let Some(r) = rows.next()? {
             let row = AndroidRow {
                 msg_id: r.get(0)?,
@@ -124,13 +125,17 @@ pub fn read_messages(
                 talker: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
                 content: text_or_blob(r.get_ref(6)?),
             };
-            out.push(((row.create_time, row.msg_id), convert_row(row, self_id)));
+            keys.push((row.create_time, row.msg_id));
+            sink.push(convert_row(row, self_id))?;
         }
-        Ok(out)
+        Ok(keys)
     })?;
-    // The ORDER BY is done here, in parallel, rather than by SQLite's single-threaded sorter.
-    keyed.par_sort_unstable_by_key(|(k, _)| *k);
-    Ok(keyed.into_iter().map(|(_, m)| m).collect())
+    // Rowid order usually is (createTime, msgId) order already.
+    let keys = keys.concat();
+    if !keys.is_sorted() {
+        parallel_scan::order_by(&mut messages, &keys);
+    }
+    Ok(messages)
 }
 
 /// A TEXT column that some rows store as a BLOB.

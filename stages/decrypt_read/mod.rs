@@ -264,7 +264,9 @@ pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMe
     };
     let self_name = p.self_name.clone().unwrap_or(self_name);
     // Oldest first; ties keep source order.
-    messages.sort_by_key(|m| m.timestamp);
+    if !messages.is_sorted_by_key(|m| m.timestamp) {
+        messages.sort_by_key(|m| m.timestamp);
+    }
     Ok((RawMeta { format: format_name, self_id, self_name, contacts }, messages))
 }
 
