@@ -349,15 +349,10 @@ impl QModel {
                 let inp = Input::new(&normed, h);
                 Weight::apply_group(&mut [(&layer.gate, &mut gate), (&layer.up, &mut up)], &inp);
             }
-            let silu = |(g, u): (&mut [f32], &[f32])| {
-                for (gi, ui) in g.iter_mut().zip(u) {
-                    *gi = *gi / (1.0 + (-*gi).exp()) * ui;
-                }
-            };
             if t == 1 {
-                silu((&mut gate, &up));
+                kernels::silu_mul(&mut gate, &up);
             } else {
-                gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(silu);
+                gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| kernels::silu_mul(g, u));
             }
             layer.down.apply(&Input::new(&gate, c.intermediate), &mut proj);
             add_into(&mut x, &proj);
@@ -395,60 +390,50 @@ impl QModel {
         }
     }
 
-    /// Causal attention of every new token over its own sequence's cache, parallel over
-    /// (sequence, head).
+    /// Causal attention of every new token over its own sequence's cache. One job per
+    /// (sequence, KV head, run of up to 16 new tokens): the query heads that share a KV head
+    /// read its keys and values once together.
     fn attention(&self, steps: &[SeqStep], li: usize, q: &[f32], pos: &[usize], owner: &[usize], out: &mut [f32]) {
+        const ROWS_PER_JOB: usize = 16;
         let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let kvd = c.kv_heads * hd;
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        // Row range of each sequence in the flattened batch.
-        let mut starts = vec![0usize; steps.len() + 1];
-        for (i, &o) in owner.iter().enumerate() {
-            starts[o + 1] = i + 1;
+        // Rows of one sequence are consecutive in the flattened batch.
+        let mut jobs: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+        let mut r = 0;
+        while r < owner.len() {
+            let s = owner[r];
+            let end = (r..owner.len()).find(|&i| owner[i] != s || i - r == ROWS_PER_JOB).unwrap_or(owner.len());
+            jobs.extend((0..c.kv_heads).map(|g| (s, g, r..end)));
+            r = end;
         }
-        for i in 1..starts.len() {
-            starts[i] = starts[i].max(starts[i - 1]);
-        }
-        let jobs: Vec<(usize, usize)> = (0..steps.len()).flat_map(|s| (0..c.heads).map(move |hh| (s, hh))).collect();
-        let one = |&(s, head): &(usize, usize)| {
-            let kc = &steps[s].cache.k[li];
-            let vc = &steps[s].cache.v[li];
-            let g = head / group;
-            let rows = starts[s]..starts[s + 1];
-            let mut res = vec![0f32; rows.len() * hd];
+        let one = |(s, g, rows): &(usize, usize, std::ops::Range<usize>)| {
+            let kc = &steps[*s].cache.k[li][g * hd..];
+            let vc = &steps[*s].cache.v[li][g * hd..];
+            let mut res = vec![0f32; rows.len() * group * hd];
             let mut scores = Vec::new();
-            for (ri, r) in rows.enumerate() {
-                let qv = &q[r * h + head * hd..r * h + (head + 1) * hd];
+            for (ri, r) in rows.clone().enumerate() {
                 let n = pos[r] + 1;
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for p in 0..n {
-                    let kv = &kc[p * kvd + g * hd..p * kvd + (g + 1) * hd];
-                    let sc = kernels::dot_f32(qv, kv) * scale;
-                    max = max.max(sc);
-                    scores.push(sc);
+                let qg = &q[r * h + g * group * hd..r * h + (g + 1) * group * hd];
+                scores.resize(group * n, 0.0);
+                kernels::attention_scores(qg, hd, kc, kvd, n, scale, &mut scores);
+                for head_scores in scores.chunks_exact_mut(n) {
+                    kernels::softmax(head_scores);
                 }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let o = &mut res[ri * hd..(ri + 1) * hd];
-                for (p, sc) in scores.iter().enumerate() {
-                    kernels::axpy(sc / sum, &vc[p * kvd + g * hd..p * kvd + (g + 1) * hd], o);
-                }
+                kernels::attention_values(&scores, n, vc, kvd, hd, &mut res[ri * group * hd..(ri + 1) * group * hd]);
             }
             res
         };
-        // Short contexts are cheaper serially than a wake-up of the worker threads.
+        // Short contexts are cheaper on this thread than handed to another.
         let work: usize = pos.iter().map(|p| p + 1).sum::<usize>() * c.heads * hd;
         let results: Vec<Vec<f32>> =
-            if work < (1 << 18) { jobs.iter().map(one).collect() } else { jobs.par_iter().map(one).collect() };
-        for (&(s, head), res) in jobs.iter().zip(results) {
-            for (ri, r) in (starts[s]..starts[s + 1]).enumerate() {
-                out[r * h + head * hd..r * h + (head + 1) * hd].copy_from_slice(&res[ri * hd..(ri + 1) * hd]);
+            if work < (1 << 14) { jobs.iter().map(one).collect() } else { jobs.par_iter().map(one).collect() };
+        for ((_, g, rows), res) in jobs.iter().zip(results) {
+            for (ri, r) in rows.clone().enumerate() {
+                out[r * h + g * group * hd..r * h + (g + 1) * group * hd]
+                    .copy_from_slice(&res[ri * group * hd..(ri + 1) * group * hd]);
             }
         }
     }

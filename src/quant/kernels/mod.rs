@@ -8,10 +8,13 @@
 mod acts;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_vector;
 pub mod layout;
 mod portable;
 #[cfg(test)]
 mod tests;
+mod vector;
 
 use rayon::prelude::*;
 
@@ -19,6 +22,7 @@ use acts::ActRow;
 pub use acts::QuantizedActs;
 use layout::GROUP;
 pub use layout::{dequantize_row, repack};
+pub use vector::{attention_scores, attention_values, dot_f32, silu_mul, softmax};
 
 /// Elements per Q8_0 / Q4_0 block.
 pub const QK: usize = 32;
@@ -233,19 +237,3 @@ struct SyncPtr(*mut f32);
 // SAFETY: used only for writes to disjoint indices from parallel tasks.
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
-
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: features checked at run time.
-        return unsafe { avx2::dot_f32(a, b) };
-    }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `y += alpha * x` (attention's weighted sum of values).
-pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}

@@ -159,3 +159,46 @@ fn activation_quantization_matches_portable() {
         assert_eq!((acts.d[0], acts.dsum[0]), (scale, scale * sum as f32));
     }
 }
+
+fn close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= rel * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+/// The SIMD attention, softmax and SiLU paths agree with the portable loops: head counts
+/// with and without a remainder of four, head sizes that fill eight registers and that do not.
+#[test]
+fn vector_ops_match_portable() {
+    for (heads, hd, n, stride) in [(7, 64, 37, 128), (4, 128, 5, 256), (3, 24, 9, 24), (1, 8, 1, 8)] {
+        let q = pseudo(heads * hd, 11);
+        let kv = pseudo(n * stride, 12);
+        let mut fast = vec![0f32; heads * n];
+        let mut slow = fast.clone();
+        vector::attention_scores(&q, hd, &kv, stride, n, 0.125, &mut fast);
+        vector::attention_scores_portable(&q, hd, &kv, stride, n, 0.125, &mut slow);
+        close(&fast, &slow, 1e-5, "scores");
+        let w = pseudo(heads * n, 13);
+        let (mut fast, mut slow) = (pseudo(heads * hd, 14), pseudo(heads * hd, 14));
+        vector::attention_values(&w, n, &kv, stride, hd, &mut fast);
+        vector::attention_values_portable(&w, n, &kv, stride, hd, &mut slow);
+        close(&fast, &slow, 1e-5, "values");
+    }
+    for n in [1, 7, 8, 29, 300] {
+        let x: Vec<f32> = pseudo(n, 15).iter().map(|v| v * 40.0).collect();
+        let (mut fast, mut slow) = (x.clone(), x.clone());
+        vector::softmax(&mut fast);
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        vector::softmax_portable(&mut slow, max);
+        close(&fast, &slow, 1e-6, "softmax");
+        assert!((fast.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        let up = pseudo(n, 16);
+        let mut g: Vec<f32> = x.iter().map(|v| v * 3.0).chain([-200.0, 200.0, 0.0]).collect();
+        let up: Vec<f32> = up.into_iter().chain([1.0, 1.0, 1.0]).collect();
+        let mut slow = g.clone();
+        vector::silu_mul(&mut g, &up);
+        vector::silu_mul_portable(&mut slow, &up);
+        close(&g, &slow, 1e-6, "silu");
+    }
+}
