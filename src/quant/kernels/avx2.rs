@@ -248,13 +248,54 @@ unsafe fn q4<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: u
     }
 }
 
-/// Dot products of the 8 rows of one interleaved Q4_0 group (see `layout`) with 1 or 2
+/// Dot products of the 8 rows of one interleaved group (see `layout`) with 1 or 2
 /// activation rows: `o[j][r]` for row `r`, act `j`.
-pub unsafe fn group_dots(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+pub unsafe fn group_dots(kind: BlockKind, group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
     unsafe {
-        match acts.len() {
-            1 => q4x8::<1>(group, acts, nb, o),
-            _ => q4x8::<2>(group, acts, nb, o),
+        match (kind, acts.len()) {
+            (BlockKind::Q4_0, 1) => q4x8::<1>(group, acts, nb, o),
+            (BlockKind::Q4_0, _) => q4x8::<2>(group, acts, nb, o),
+            (BlockKind::Q8_0, 1) => q8x8::<1>(group, acts, nb, o),
+            (BlockKind::Q8_0, _) => q8x8::<2>(group, acts, nb, o),
+        }
+    }
+}
+
+/// Q8_0, one interleaved group x N acts. Each 32-byte load is 8 rows x 4 signed weights,
+/// dotted with the matching 4 activation bytes broadcast to every lane (signed x signed via
+/// `maddubs`: |w| as unsigned, w's sign moved onto the activations). A `maddubs` pair can reach
+/// 2 x 127 x 128, so each step widens to i32 at once.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+    unsafe {
+        let q = group.as_ptr();
+        let scales = q.add(nb * 32 * GROUP);
+        let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
+        let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
+        let prefetch = Prefetch::new(q, GROUP, nb * 34, nb);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            prefetch.blocks(b, 1);
+            let wb = q.add(b * 32 * GROUP);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * 2 * GROUP) as *const __m128i));
+            let mut isum = [_mm256_setzero_si256(); N];
+            for s in 0..8 {
+                let w = _mm256_loadu_si256(wb.add(32 * s) as *const __m256i);
+                let aw = _mm256_sign_epi8(w, w);
+                for j in 0..N {
+                    let a = _mm256_set1_epi32((aq[j].add(b * QK + 4 * s) as *const i32).read_unaligned());
+                    let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, w));
+                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p, ones));
+                }
+            }
+            for j in 0..N {
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(*ad[j].add(b)));
+                acc[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[j]), acc[j]);
+            }
+        }
+        for j in 0..N {
+            _mm256_storeu_ps(o[j].as_mut_ptr(), acc[j]);
         }
     }
 }

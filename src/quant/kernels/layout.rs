@@ -2,28 +2,25 @@
 //! GGML's rows of `[f16 scale][quants]` blocks. Every layout keeps the matrix's size, and row `r`
 //! (or its group) starts at byte `r * row_bytes` as in GGML.
 //!
-//! - Row layout (Q8_0; Q4_0 rows past the last full group): per row, all quants first, then all
+//! - Interleaved groups of 8 rows: per block `b`, the rows' quant bytes in 32-byte steps (8 for
+//!   Q8_0, 4 for Q4_0); step `s` holds bytes `4s..4s+4` of each row's quants, row after row. One
+//!   load is then 8 rows x 4 weights (Q8_0), or 8 rows x 4 low nibbles (elements `4s..4s+4`)
+//!   and, shifted, 4 high nibbles (elements `16+4s..`) (Q4_0). Kernel output lanes are the 8
+//!   rows, so there are no horizontal sums, and a group is one weight stream. After all blocks'
+//!   quants come the 8 rows' f16 scales of each block (16 bytes per block).
+//! - Row layout, for the rows past the last full group: per row, all quants first, then all
 //!   f16 scales, so 8 scales are one vector load.
-//! - Interleaved groups (Q4_0, 8 rows): per block `b`, 128 quant bytes in four 32-byte steps;
-//!   step `s` holds bytes `4s..4s+4` of each row's 16 nibble bytes, row after row. One load
-//!   then gives 8 rows x 4 elements of low nibbles (elements `4s..4s+4`) and, shifted, of high
-//!   nibbles (elements `16+4s..`). Kernel output lanes are the 8 rows: no horizontal sums, one
-//!   weight stream per group, which the hardware prefetcher follows. After all blocks' quants
-//!   come the 8 rows' scales of each block (16 bytes per block).
 
 use half::f16;
 
 use super::{BlockKind, QK};
 
-/// Rows interleaved in one Q4_0 group.
+/// Rows interleaved in one group.
 pub const GROUP: usize = 8;
 
 /// How many leading rows of a `rows`-row matrix are stored in interleaved groups.
-pub fn grouped_rows(kind: BlockKind, rows: usize) -> usize {
-    match kind {
-        BlockKind::Q4_0 => rows / GROUP * GROUP,
-        BlockKind::Q8_0 => 0,
-    }
+pub fn grouped_rows(rows: usize) -> usize {
+    rows / GROUP * GROUP
 }
 
 /// Repack a GGML matrix (`rows x cols`, in place) into the kernels' layout.
@@ -32,7 +29,7 @@ pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
     let bb = kind.block_bytes();
     let row_bytes = nb * bb;
     assert_eq!(bytes.len(), rows * row_bytes, "weight bytes do not match {rows}x{cols}");
-    let grouped = grouped_rows(kind, rows);
+    let grouped = grouped_rows(rows);
     let (groups, tail) = bytes.split_at_mut(grouped * row_bytes);
     let mut tmp = vec![0u8; GROUP * row_bytes];
     for g in groups.chunks_exact_mut(GROUP * row_bytes) {
@@ -72,7 +69,7 @@ impl BlockAt {
     fn new(kind: BlockKind, rows: usize, nb: usize, r: usize, b: usize) -> Self {
         let qb = kind.block_bytes() - 2;
         let row_bytes = nb * kind.block_bytes();
-        if r < grouped_rows(kind, rows) {
+        if r < grouped_rows(rows) {
             let base = r / GROUP * GROUP * row_bytes;
             let i = r % GROUP;
             Self {

@@ -117,7 +117,7 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     for (ji, j) in jobs.iter().enumerate() {
         assert_eq!(j.w.len(), j.rows * nb * j.kind.block_bytes(), "weight bytes do not match {}x{k}", j.rows);
         assert_eq!(j.out.len(), j.rows * t);
-        if j.rows > layout::grouped_rows(j.kind, j.rows) && j.kind == BlockKind::Q4_0 {
+        if j.rows > layout::grouped_rows(j.rows) && j.kind == BlockKind::Q4_0 {
             acts.prepare_nibble_order();
         }
         let mut r = 0;
@@ -131,7 +131,7 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     let run = |&(ji, r0, r1): &(usize, usize, usize)| {
         let (kind, w, rows) = jobs_ro[ji];
         let row_bytes = nb * kind.block_bytes();
-        let grouped = layout::grouped_rows(kind, rows).min(r1);
+        let grouped = layout::grouped_rows(rows).min(r1);
         let out_ptr = &outs[ji];
         // SAFETY (every write below): each (t, r) cell of each job is written by exactly one task.
         let put = |t: usize, r: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
@@ -151,7 +151,7 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
                 let a2: [ActRow; 2] = [acts.row(t0), acts.row(t0 + n - 1)];
                 if nr == GROUP {
                     let mut o = [[0f32; GROUP]; 2];
-                    group_dots(isa, &w[r * row_bytes..(r + GROUP) * row_bytes], &a2[..n], nb, &mut o);
+                    group_dots(kind, isa, &w[r * row_bytes..(r + GROUP) * row_bytes], &a2[..n], nb, &mut o);
                     for (j, orow) in o.iter().enumerate().take(n) {
                         for (i, v) in orow.iter().enumerate() {
                             put(t0 + j, r + i, *v);
@@ -182,17 +182,17 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     }
 }
 
-/// `o[j][r] = dot(row r of an interleaved Q4_0 group, acts[j])` for 1 or 2 activation rows.
-fn group_dots(isa: Isa, group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+/// `o[j][r] = dot(row r of an interleaved group, acts[j])` for 1 or 2 activation rows.
+fn group_dots(kind: BlockKind, isa: Isa, group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         // SAFETY: features checked at run time; the group and act rows hold nb blocks each.
-        unsafe { avx2::group_dots(group, acts, nb, o) };
+        unsafe { avx2::group_dots(kind, group, acts, nb, o) };
         return;
     }
     let _ = isa;
     for (j, a) in acts.iter().enumerate() {
-        o[j] = portable::group_dots(group, *a, nb);
+        o[j] = portable::group_dots(kind, group, *a, nb);
     }
 }
 

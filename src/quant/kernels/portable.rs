@@ -30,27 +30,35 @@ pub(super) fn row_dot(kind: BlockKind, row: &[u8], act: ActRow, nb: usize) -> f3
     total
 }
 
-/// Dot products of the 8 rows of one interleaved Q4_0 group with one activation row.
-pub(super) fn group_dots(group: &[u8], act: ActRow, nb: usize) -> [f32; GROUP] {
-    let scales = &group[nb * 16 * GROUP..];
+/// Dot products of the 8 rows of one interleaved group with one activation row.
+pub(super) fn group_dots(kind: BlockKind, group: &[u8], act: ActRow, nb: usize) -> [f32; GROUP] {
+    let qb = kind.block_bytes() - 2;
+    let scales = &group[nb * qb * GROUP..];
     let mut total = [0f32; GROUP];
     for b in 0..nb {
-        let q = &group[b * 16 * GROUP..(b + 1) * 16 * GROUP];
+        let q = &group[b * qb * GROUP..(b + 1) * qb * GROUP];
         let a = &act.qs[b * QK..(b + 1) * QK];
         let mut s = [0i32; GROUP];
-        for step in 0..4 {
+        for step in 0..qb / 4 {
             for (r, sr) in s.iter_mut().enumerate() {
                 for i in 0..4 {
                     let byte = q[step * 4 * GROUP + 4 * r + i];
                     let e = 4 * step + i;
-                    *sr += (byte & 0x0F) as i32 * a[e] as i32 + (byte >> 4) as i32 * a[e + 16] as i32;
+                    *sr += match kind {
+                        BlockKind::Q8_0 => byte as i8 as i32 * a[e] as i32,
+                        BlockKind::Q4_0 => (byte & 0x0F) as i32 * a[e] as i32 + (byte >> 4) as i32 * a[e + 16] as i32,
+                    };
                 }
             }
         }
         for (r, t) in total.iter_mut().enumerate() {
             let o = b * 2 * GROUP + 2 * r;
             let dw = half::f16::from_bits(u16::from_le_bytes([scales[o], scales[o + 1]])).to_f32();
-            *t += dw * (act.d[b] * s[r] as f32 - 8.0 * act.dsum[b]);
+            *t += match kind {
+                BlockKind::Q8_0 => dw * act.d[b] * s[r] as f32,
+                // Nibbles are stored with an offset of 8: sum((q-8)*a) = sum(q*a) - 8*sum(a).
+                BlockKind::Q4_0 => dw * (act.d[b] * s[r] as f32 - 8.0 * act.dsum[b]),
+            };
         }
     }
     total

@@ -82,14 +82,15 @@ fn kernels_match_float_and_each_other() {
             let mut out = vec![0f32; rows * t];
             matmul_q(kind, &bytes, rows, &acts, &mut out);
             let row_bytes = nb * kind.block_bytes();
-            let grouped = layout::grouped_rows(kind, rows);
+            let grouped = layout::grouped_rows(rows);
             for ti in 0..t {
                 for r in 0..rows {
                     let exact: f32 = (0..k).map(|i| w[r * k + i] * x[ti * k + i]).sum();
                     let got = out[ti * rows + r];
                     let portable = if r < grouped {
                         let g = r / GROUP * GROUP;
-                        portable::group_dots(&bytes[g * row_bytes..(g + GROUP) * row_bytes], acts.row(ti), nb)[r - g]
+                        portable::group_dots(kind, &bytes[g * row_bytes..(g + GROUP) * row_bytes], acts.row(ti), nb)
+                            [r - g]
                     } else {
                         portable::row_dot(kind, &bytes[r * row_bytes..(r + 1) * row_bytes], acts.row(ti), nb)
                     };
