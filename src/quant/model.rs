@@ -303,6 +303,9 @@ impl QModel {
             }
         }
         let t = pos.len();
+        // One sin/cos per (token, frequency), shared by every head of every layer.
+        let rope_sin_cos: Vec<(f32, f32)> =
+            pos.iter().flat_map(|&p| self.inv_freq.iter().map(move |f| (p as f32 * f).sin_cos())).collect();
         let mut x = vec![0f32; t * h];
         let mut row = 0;
         for s in steps.iter() {
@@ -328,9 +331,9 @@ impl QModel {
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
-            for (i, &p) in pos.iter().enumerate() {
-                self.rope(&mut q[i * h..(i + 1) * h], p);
-                self.rope(&mut k[i * kvd..(i + 1) * kvd], p);
+            for (i, sc) in rope_sin_cos.chunks_exact(hd / 2).enumerate() {
+                self.rope(&mut q[i * h..(i + 1) * h], sc);
+                self.rope(&mut k[i * kvd..(i + 1) * kvd], sc);
             }
             // Append this step's keys/values to each sequence's cache.
             let mut row = 0;
@@ -375,11 +378,10 @@ impl QModel {
         Ok(logits.chunks(c.vocab).map(|l| l.to_vec()).collect())
     }
 
-    fn rope(&self, v: &mut [f32], pos: usize) {
+    /// Rotate each head of one token's `v` by that token's `(sin, cos)` per frequency.
+    fn rope(&self, v: &mut [f32], sc: &[(f32, f32)]) {
         let hd = self.cfg.head_dim;
         let half = hd / 2;
-        // One sin/cos per frequency, shared by all heads of this token.
-        let sc: Vec<(f32, f32)> = self.inv_freq.iter().map(|f| (pos as f32 * f).sin_cos()).collect();
         for head in v.chunks_mut(hd) {
             for (i, &(s, c)) in sc.iter().enumerate().take(half) {
                 let (a, b) = if self.cfg.rope_neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
