@@ -54,7 +54,7 @@ fn to_raw(h: &History) -> (RawMeta, Vec<RawMessage>) {
                 msg_type: e.android_type,
                 is_send: i64::from(m.is_self),
                 create_time: m.timestamp * 1000,
-                talker: m.conversation.clone(),
+                talker: m.conversation.as_str().into(),
                 content: e.prefixed_content(m),
             };
             convert_row(row, &me.wxid)

@@ -1,5 +1,6 @@
 //! Android EnMicroMsg.db (decrypted connection or the seed's CSV export of its tables) → raw.
 
+use compact_str::{CompactString, ToCompactString, format_compact};
 use rusqlite::Connection;
 
 use super::parallel_scan;
@@ -13,7 +14,7 @@ pub struct AndroidRow {
     pub msg_type: i64,
     pub is_send: i64,
     pub create_time: i64,
-    pub talker: String,
+    pub talker: CompactString,
     pub content: String,
 }
 
@@ -44,10 +45,10 @@ pub fn convert_row(row: AndroidRow, self_id: &str) -> RawMessage {
     let mut content = row.content;
     let mut sender_id = None;
     if is_self {
-        sender_id = Some(self_id.to_string());
+        sender_id = Some(self_id.into());
     } else if is_group && base != 10000 && base != 10002 {
         if let Some((s, body)) = split_sender_prefix(&content) {
-            sender_id = Some(s.to_string());
+            sender_id = Some(s.into());
             // Cut the prefix off in place rather than copying the body.
             let prefix = content.len() - body.len();
             content.drain(..prefix);
@@ -56,8 +57,8 @@ pub fn convert_row(row: AndroidRow, self_id: &str) -> RawMessage {
         sender_id = Some(row.talker.clone());
     }
     let id = match row.msg_svr_id {
-        Some(id) if id != 0 => id.to_string(),
-        _ => format!("local-{}", row.msg_id),
+        Some(id) if id != 0 => id.to_compact_string(),
+        _ => format_compact!("local-{}", row.msg_id),
     };
     RawMessage {
         id,
@@ -122,7 +123,7 @@ pub fn read_messages(
                 msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
                 is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
                 create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                talker: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                talker: r.get_ref(5)?.as_str_or_null()?.map(CompactString::from).unwrap_or_default(),
                 content: text_or_blob(r.get_ref(6)?),
             };
             keys.push((row.create_time, row.msg_id));

@@ -133,11 +133,11 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
         }
         out.push(RawMessage {
             id: match svr {
-                Some(v) if v != 0 => v.to_string(),
-                _ => format!("{}#{local_id}", locate::file_name(path)),
+                Some(v) if v != 0 => v.to_string().into(),
+                _ => format!("{}#{local_id}", locate::file_name(path)).into(),
             },
-            conversation: talker,
-            sender_id,
+            conversation: talker.into(),
+            sender_id: sender_id.map(Into::into),
             sender_name: None,
             is_self,
             timestamp: time,

@@ -146,11 +146,11 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             }
             out.push(RawMessage {
                 id: match server_id {
-                    Some(v) if v != 0 => v.to_string(),
-                    _ => format!("{}#{table}#{local_id}", locate::file_name(path)),
+                    Some(v) if v != 0 => v.to_string().into(),
+                    _ => format!("{}#{table}#{local_id}", locate::file_name(path)).into(),
                 },
-                conversation: talker.to_string(),
-                sender_id,
+                conversation: talker.into(),
+                sender_id: sender_id.map(Into::into),
                 sender_name: None,
                 is_self,
                 timestamp: time,

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::stages::common::jsonl;
@@ -73,12 +74,12 @@ pub struct ExportedQuote {
 pub struct RawMessage {
     /// Server id (msgSvrId / MsgSvrID / server_id) as a decimal string; a stable synthetic id
     /// where the source has none.
-    pub id: String,
+    pub id: CompactString,
     /// Conversation id: contact wxid or `...@chatroom`; the export's chat name where no id exists.
-    pub conversation: String,
+    pub conversation: CompactString,
     /// Sender wxid when the source says it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_id: Option<String>,
+    pub sender_id: Option<CompactString>,
     /// Sender display name when the source gives only a name (TXT exports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_name: Option<String>,

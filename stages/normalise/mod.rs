@@ -144,19 +144,22 @@ pub fn normalise(
             } else if notice {
                 ("system".to_string(), "系统".to_string())
             } else {
-                let id = m.sender_id.clone().or_else(|| (!is_group).then(|| m.conversation.clone()));
+                let id = m.sender_id.as_deref().or_else(|| (!is_group).then_some(m.conversation.as_str()));
                 let name = id
                     .as_deref()
                     .and_then(|i| contacts.get(i))
                     .map(|c| c.display_name().to_string())
                     .or_else(|| m.sender_name.clone())
-                    .or_else(|| id.clone())
+                    .or_else(|| id.map(str::to_string))
                     .unwrap_or_else(|| "unknown".to_string());
-                (id.or_else(|| m.sender_name.clone()).unwrap_or_else(|| "unknown".to_string()), name)
+                (
+                    id.map(str::to_string).or_else(|| m.sender_name.clone()).unwrap_or_else(|| "unknown".to_string()),
+                    name,
+                )
             };
             row.msg = Some(Message {
-                id: m.id.clone(),
-                conversation: m.conversation.clone(),
+                id: m.id.to_string(),
+                conversation: m.conversation.to_string(),
                 conversation_name: conversation_name.clone(),
                 is_group,
                 sender_id,

@@ -145,11 +145,11 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             let svr = field(&rec, Some(c_svr)).trim();
             messages.push(RawMessage {
                 id: if svr.is_empty() || svr == "0" {
-                    format!("pwd:{room}:{}", field(&rec, c_id))
+                    format!("pwd:{room}:{}", field(&rec, c_id)).into()
                 } else {
-                    svr.to_string()
+                    svr.into()
                 },
-                conversation: room.clone(),
+                conversation: room.as_str().into(),
                 sender_id: if is_self {
                     None
                 } else if talker.is_empty() || talker == "未知" {
@@ -157,7 +157,7 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
                 } else if talker == "系统" {
                     Some("system".into())
                 } else {
-                    Some(talker)
+                    Some(talker.into())
                 },
                 sender_name: None,
                 is_self,
@@ -174,7 +174,7 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
     let self_id = self_id.unwrap_or_else(|| "self".into());
     for m in &mut messages {
         if m.is_self {
-            m.sender_id = Some(self_id.clone());
+            m.sender_id = Some(self_id.as_str().into());
         }
     }
     let self_name =

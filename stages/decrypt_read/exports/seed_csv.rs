@@ -77,7 +77,7 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             msg_type: int_field(&path, &rec, c_type, "type")?,
             is_send: int_field(&path, &rec, c_send, "isSend")?,
             create_time: int_field(&path, &rec, c_time, "createTime")?,
-            talker: field(&rec, Some(c_talker)).to_string(),
+            talker: field(&rec, Some(c_talker)).into(),
             content: field(&rec, Some(c_content)).to_string(),
         };
         messages.push(convert_row(row, &self_id));

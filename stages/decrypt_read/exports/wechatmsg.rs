@@ -130,9 +130,9 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
             // Quotes are exported with an empty StrContent: only the kind survives.
             let exported = (ty == 49 && sub == 57 && content.trim().is_empty()).then(ExportedFields::default);
             messages.push(RawMessage {
-                id: format!("wcm:{conversation}:{}", field(&rec, Some(c_local))),
-                conversation: conversation.clone(),
-                sender_id: if sender.is_empty() { None } else { Some(sender) },
+                id: format!("wcm:{conversation}:{}", field(&rec, Some(c_local))).into(),
+                conversation: conversation.as_str().into(),
+                sender_id: if sender.is_empty() { None } else { Some(sender.into()) },
                 sender_name: None,
                 is_self,
                 timestamp: int_field(path, &rec, c_time, "CreateTime")?,
@@ -305,9 +305,9 @@ pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
                 (None, false) => None,
             };
             messages.push(RawMessage {
-                id: format!("txt:{conversation}:{}", n + 1),
-                conversation: conversation.clone(),
-                sender_id,
+                id: format!("txt:{conversation}:{}", n + 1).into(),
+                conversation: conversation.as_str().into(),
+                sender_id: sender_id.map(Into::into),
                 sender_name: sender_name.filter(|_| !is_self),
                 is_self,
                 timestamp: ts,
