@@ -132,9 +132,8 @@ pub fn read_messages(
         Ok(keys)
     })?;
     // Rowid order usually is (createTime, msgId) order already.
-    let keys = keys.concat();
-    if !keys.is_sorted() {
-        parallel_scan::order_by(&mut messages, &keys);
+    if !keys.iter().flatten().is_sorted() {
+        parallel_scan::order_by(&mut messages, &keys.concat());
     }
     Ok(messages)
 }

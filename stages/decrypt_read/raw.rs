@@ -99,9 +99,10 @@ pub struct RawMessage {
     /// PC 3.x DisplayContent (pat, voip), when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_content: Option<String>,
-    /// Set by tool exports that rendered the payload themselves.
+    /// Set by tool exports that rendered the payload themselves (boxed: rare, and every
+    /// message of a large database would carry its size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exported: Option<ExportedFields>,
+    pub exported: Option<Box<ExportedFields>>,
 }
 
 /// Write a raw table directory.

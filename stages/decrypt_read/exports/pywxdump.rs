@@ -167,7 +167,7 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
                 source_type: ty,
                 content,
                 display_content: None,
-                exported,
+                exported: exported.map(Box::new),
             });
         }
     }

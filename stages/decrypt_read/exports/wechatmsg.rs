@@ -141,7 +141,7 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
                 source_type: ty,
                 content,
                 display_content: None,
-                exported,
+                exported: exported.map(Box::new),
             });
         }
         if is_group {
@@ -316,7 +316,7 @@ pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
                 source_type: ty,
                 content,
                 display_content: None,
-                exported,
+                exported: exported.map(Box::new),
             });
         }
     }
