@@ -73,25 +73,28 @@ unsafe fn scales8(p: *const u8, n: usize) -> __m256 {
     }
 }
 
-/// Rows are consumed R at a time, as R short interleaved streams, which the hardware
-/// prefetcher does not follow: DRAM latency then dominates decoding (measured: 6.9 GB/s
-/// on one core without this, 22.9 with it, Q8_0). So each call prefetches the R rows two calls
-/// ahead, spread evenly over its blocks. Prefetching past the end of the matrix is
-/// harmless (a prefetch never faults), hence `wrapping_add`.
+/// The hardware prefetcher does not keep up with these kernels' weight streams: DRAM latency
+/// then dominates decoding (measured on one core: Q8_0 rows 6.9 GB/s without this, 22.9 with
+/// it; Q4_0 groups 8.2 and 38.4). So each call prefetches the rows (or group) two calls ahead,
+/// spread evenly over its blocks. Prefetching past the end of the matrix is harmless (a
+/// prefetch never faults), hence `wrapping_add`.
 #[derive(Clone, Copy)]
-struct Prefetch {
+pub(super) struct Prefetch {
     ahead: *const u8,
     step: usize,
 }
 
 impl Prefetch {
-    fn new(first_row: *const u8, rows: usize, row_bytes: usize, nb: usize) -> Self {
-        Self { ahead: first_row.wrapping_add(2 * rows * row_bytes), step: (rows * row_bytes).div_ceil(nb) }
+    /// Off (`enabled` false) for the later passes of a group over more activation rows: the
+    /// group is in cache by then.
+    pub(super) fn new(first_row: *const u8, rows: usize, row_bytes: usize, nb: usize, enabled: bool) -> Self {
+        let step = if enabled { (rows * row_bytes).div_ceil(nb) } else { 0 };
+        Self { ahead: first_row.wrapping_add(2 * rows * row_bytes), step }
     }
 
     /// Prefetch the share of blocks `b..b + n`.
     #[inline(always)]
-    unsafe fn blocks(self, b: usize, n: usize) {
+    pub(super) unsafe fn blocks(self, b: usize, n: usize) {
         let mut o = b * self.step;
         let end = o + n * self.step;
         while o < end {
@@ -130,7 +133,7 @@ unsafe fn q8<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: u
         let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * 32));
         let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
         let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let prefetch = Prefetch::new(wq[0], R, nb * 34, nb);
+        let prefetch = Prefetch::new(wq[0], R, nb * 34, nb, true);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); N]; R];
         // Scratch for [r][j][8 lanes]; every lane read is written first in its group.
@@ -180,7 +183,7 @@ unsafe fn q4<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: u
         let an: [*const i8; N] = std::array::from_fn(|j| acts[j].nibble_order.as_ptr());
         let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
         let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].dsum.as_ptr());
-        let prefetch = Prefetch::new(wq[0], R, nb * 18, nb);
+        let prefetch = Prefetch::new(wq[0], R, nb * 18, nb, true);
         let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         // Lanes 0..4 take the scale of block 2p, lanes 4..8 that of block 2p + 1.
@@ -250,13 +253,20 @@ unsafe fn q4<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: u
 
 /// Dot products of the 8 rows of one interleaved group (see `layout`) with 1 or 2
 /// activation rows: `o[j][r]` for row `r`, act `j`.
-pub unsafe fn group_dots(kind: BlockKind, group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+pub unsafe fn group_dots(
+    kind: BlockKind,
+    group: &[u8],
+    acts: &[ActRow],
+    nb: usize,
+    o: &mut [[f32; GROUP]],
+    prefetch: bool,
+) {
     unsafe {
         match (kind, acts.len()) {
-            (BlockKind::Q4_0, 1) => q4x8::<1>(group, acts, nb, o),
-            (BlockKind::Q4_0, _) => q4x8::<2>(group, acts, nb, o),
-            (BlockKind::Q8_0, 1) => q8x8::<1>(group, acts, nb, o),
-            (BlockKind::Q8_0, _) => q8x8::<2>(group, acts, nb, o),
+            (BlockKind::Q4_0, 1) => q4x8::<1>(group, acts, nb, o, prefetch),
+            (BlockKind::Q4_0, _) => q4x8::<2>(group, acts, nb, o, prefetch),
+            (BlockKind::Q8_0, 1) => q8x8::<1>(group, acts, nb, o, prefetch),
+            (BlockKind::Q8_0, _) => q8x8::<2>(group, acts, nb, o, prefetch),
         }
     }
 }
@@ -266,17 +276,17 @@ pub unsafe fn group_dots(kind: BlockKind, group: &[u8], acts: &[ActRow], nb: usi
 /// `maddubs`: |w| as unsigned, w's sign moved onto the activations). A `maddubs` pair can reach
 /// 2 x 127 x 128, so each step widens to i32 at once.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]], prefetch: bool) {
     unsafe {
         let q = group.as_ptr();
         let scales = q.add(nb * 32 * GROUP);
         let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
         let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let prefetch = Prefetch::new(q, GROUP, nb * 34, nb);
+        let pf = Prefetch::new(q, GROUP, nb * 34, nb, prefetch);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            prefetch.blocks(b, 1);
+            pf.blocks(b, 1);
             let wb = q.add(b * 32 * GROUP);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * 2 * GROUP) as *const __m128i));
             let mut isum = [_mm256_setzero_si256(); N];
@@ -306,7 +316,7 @@ unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut
 /// 8 steps of a block add up in i16 without overflow (8 x 2 x 15 x 127 < 32767), so one
 /// `madd` per block widens them.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+unsafe fn q4x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]], prefetch: bool) {
     unsafe {
         let q = group.as_ptr();
         let scales = q.add(nb * 16 * GROUP);
@@ -315,10 +325,10 @@ unsafe fn q4x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut
         let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].dsum.as_ptr());
         let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let prefetch = Prefetch::new(q, GROUP, nb * 18, nb);
+        let pf = Prefetch::new(q, GROUP, nb * 18, nb, prefetch);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            prefetch.blocks(b, 1);
+            pf.blocks(b, 1);
             let wb = q.add(b * 16 * GROUP);
             let raw: [__m256i; 4] = std::array::from_fn(|s| _mm256_loadu_si256(wb.add(32 * s) as *const __m256i));
             let lo: [__m256i; 4] = std::array::from_fn(|s| _mm256_and_si256(raw[s], mask));

@@ -15,6 +15,8 @@ mod portable;
 #[cfg(test)]
 mod tests;
 mod vector;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use rayon::prelude::*;
 
@@ -49,14 +51,16 @@ impl BlockKind {
 
 /// The instruction set the kernels use on this machine, detected once.
 ///
-/// An AVX-512 VNNI kernel (two blocks per `dpbusd`) was measured on the AMD EPYC (Zen 4)
-/// machines this project runs on and was no faster than AVX2 there: Zen 4 splits 512-bit
-/// operations in two, and decoding is bound by memory, not arithmetic. It was removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// AVX-512 is used only for VNNI's `vpdpbusd` on 256-bit vectors: 512-bit vectors gave nothing
+/// on the Zen 4 machines this project runs on (they split them in two), and a VNNI kernel
+/// for the old row layout was no faster either, decoding being bound by memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Isa {
     Portable,
     /// AVX2 + FMA + F16C: 256-bit `maddubs` dot products.
     Avx2,
+    /// AVX2 and AVX512-VNNI + AVX512-VL: interleaved groups through `vpdpbusd`.
+    Avx512Vnni,
 }
 
 fn isa() -> Isa {
@@ -66,7 +70,11 @@ fn isa() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") && has!("f16c") { Isa::Avx2 } else { Isa::Portable }
+            match (has!("avx2") && has!("fma") && has!("f16c"), has!("avx512vnni") && has!("avx512vl")) {
+                (true, true) => Isa::Avx512Vnni,
+                (true, false) => Isa::Avx2,
+                _ => Isa::Portable,
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -75,16 +83,24 @@ fn isa() -> Isa {
     }
 }
 
-/// Which kernel family runs on this machine ("avx2" or "portable"), for bench output.
+/// Which kernel family runs on this machine ("avx512-vnni", "avx2" or "portable"), for bench
+/// output.
 pub fn kernel_name() -> &'static str {
     match isa() {
+        Isa::Avx512Vnni => "avx512-vnni",
         Isa::Avx2 => "avx2",
         Isa::Portable => "portable",
     }
 }
 
+/// The kernel families this machine can run, best last (tests compare them all).
+#[cfg(test)]
+fn available_isas() -> Vec<Isa> {
+    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i <= isa()).collect()
+}
+
 fn has_avx2() -> bool {
-    isa() == Isa::Avx2
+    isa() != Isa::Portable
 }
 
 /// One block-quantized (repacked) matrix of a [`matmul_q_group`] call: `out` is `[acts.t][rows]`.
@@ -104,10 +120,14 @@ pub fn matmul_q(kind: BlockKind, w: &[u8], rows: usize, acts: &QuantizedActs, ou
 /// Several matrices applied to the same activations in ONE parallel region (Q/K/V, gate/up):
 /// every region costs a wake-up of the worker threads, which at decode sizes is not free.
 pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
+    matmul_q_group_on(isa(), jobs, acts);
+}
+
+/// [`matmul_q_group`] with the kernels of `isa` (which the machine must have).
+fn matmul_q_group_on(isa: Isa, jobs: &mut [MatJob], acts: &QuantizedActs) {
     let k = acts.k;
     let nb = k / QK;
     let t = acts.t;
-    let isa = isa();
     let threads = rayon::current_num_threads();
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
     let total_rows: usize = jobs.iter().map(|j| j.rows).sum();
@@ -147,11 +167,12 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
             };
             let mut t0 = 0;
             while t0 < t {
-                let n = if t - t0 >= 2 { 2 } else { 1 };
-                let a2: [ActRow; 2] = [acts.row(t0), acts.row(t0 + n - 1)];
+                let n = (t - t0).min(if nr == GROUP { 4 } else { 2 });
+                let a4: [ActRow; 4] = std::array::from_fn(|j| acts.row(t0 + j.min(n - 1)));
                 if nr == GROUP {
-                    let mut o = [[0f32; GROUP]; 2];
-                    group_dots(kind, isa, &w[r * row_bytes..(r + GROUP) * row_bytes], &a2[..n], nb, &mut o);
+                    let mut o = [[0f32; GROUP]; 4];
+                    let group = &w[r * row_bytes..(r + GROUP) * row_bytes];
+                    group_dots(kind, isa, group, &a4[..n], nb, &mut o, t0 == 0);
                     for (j, orow) in o.iter().enumerate().take(n) {
                         for (i, v) in orow.iter().enumerate() {
                             put(t0 + j, r + i, *v);
@@ -163,7 +184,7 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
                         &w[ri..ri + row_bytes]
                     });
                     let mut o = [[0f32; 2]; 4];
-                    block_dots(kind, isa, &wr[..nr], &a2[..n], nb, &mut o);
+                    block_dots(kind, isa, &wr[..nr], &a4[..n], nb, &mut o);
                     for (i, orow) in o.iter().enumerate().take(nr) {
                         for (j, v) in orow.iter().enumerate().take(n) {
                             put(t0 + j, r + i, *v);
@@ -182,15 +203,31 @@ pub fn matmul_q_group(jobs: &mut [MatJob], acts: &QuantizedActs) {
     }
 }
 
-/// `o[j][r] = dot(row r of an interleaved group, acts[j])` for 1 or 2 activation rows.
-fn group_dots(kind: BlockKind, isa: Isa, group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]; 2]) {
+/// `o[j][r] = dot(row r of an interleaved group, acts[j])` for 1 to 4 activation rows;
+/// `prefetch` the groups ahead on the first pass over this one.
+fn group_dots(
+    kind: BlockKind,
+    isa: Isa,
+    group: &[u8],
+    acts: &[ActRow],
+    nb: usize,
+    o: &mut [[f32; GROUP]; 4],
+    prefetch: bool,
+) {
+    // SAFETY (both SIMD calls): features checked at run time; the group and act rows hold nb
+    // blocks each, and `o` has a row per act.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: features checked at run time; the group and act rows hold nb blocks each.
-        unsafe { avx2::group_dots(kind, group, acts, nb, o) };
-        return;
+    match isa {
+        Isa::Avx512Vnni => return unsafe { vnni::group_dots(kind, group, acts, nb, o, prefetch) },
+        Isa::Avx2 => {
+            for (i, (pair, o)) in acts.chunks(2).zip(o.chunks_mut(2)).enumerate() {
+                unsafe { avx2::group_dots(kind, group, pair, nb, o, prefetch && i == 0) };
+            }
+            return;
+        }
+        Isa::Portable => {}
     }
-    let _ = isa;
+    let _ = (isa, prefetch);
     for (j, a) in acts.iter().enumerate() {
         o[j] = portable::group_dots(kind, group, *a, nb);
     }
@@ -199,7 +236,7 @@ fn group_dots(kind: BlockKind, isa: Isa, group: &[u8], acts: &[ActRow], nb: usiz
 /// `o[r][j] = dot(w[r], acts[j])` for 1 or 4 row-layout rows and 1 or 2 activation rows.
 fn block_dots(kind: BlockKind, isa: Isa, w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa != Isa::Portable {
         // SAFETY: features checked at run time; rows and act rows hold nb blocks each.
         unsafe { avx2::block_dots(kind, w, acts, nb, o) };
         return;

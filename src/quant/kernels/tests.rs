@@ -63,9 +63,9 @@ fn quantized(kind: BlockKind, w: &[f32], k: usize) -> Vec<u8> {
     }
 }
 
-/// SIMD and portable kernels agree, and both approximate the float product: row counts with
-/// and without a partial Q4_0 group, odd block counts (a lone last block, partial scale
-/// groups), 1 and 2 activation rows at a time.
+/// Every kernel family this machine has agrees with the portable kernels, and all approximate
+/// the float product: row counts with and without a partial group, odd block counts (a lone
+/// last block, partial scale groups), 1 to 4 activation rows at a time (t = 5, 6: a remainder).
 #[test]
 fn kernels_match_float_and_each_other() {
     for (t, k, rows) in [(1, 96, 37), (2, 96, 8), (3, 320, 37), (5, 320, 16), (6, 96, 5), (1, 320, 43)] {
@@ -79,26 +79,29 @@ fn kernels_match_float_and_each_other() {
             // Quantization error of a dot product grows like sqrt(k): tolerances are for k = 96.
             let tol = tol * (k as f32 / 96.0).sqrt();
             repack(kind, &mut bytes, rows, k);
-            let mut out = vec![0f32; rows * t];
-            matmul_q(kind, &bytes, rows, &acts, &mut out);
             let row_bytes = nb * kind.block_bytes();
             let grouped = layout::grouped_rows(rows);
-            for ti in 0..t {
-                for r in 0..rows {
-                    let exact: f32 = (0..k).map(|i| w[r * k + i] * x[ti * k + i]).sum();
-                    let got = out[ti * rows + r];
-                    let portable = if r < grouped {
-                        let g = r / GROUP * GROUP;
-                        portable::group_dots(kind, &bytes[g * row_bytes..(g + GROUP) * row_bytes], acts.row(ti), nb)
-                            [r - g]
-                    } else {
-                        portable::row_dot(kind, &bytes[r * row_bytes..(r + 1) * row_bytes], acts.row(ti), nb)
-                    };
-                    assert!((got - exact).abs() < tol, "{kind:?} k{k} r{r} t{ti}: {got} vs {exact}");
-                    assert!(
-                        (portable - got).abs() < 1e-3 * (1.0 + got.abs()),
-                        "{kind:?} k{k} r{r} t{ti}: simd {got} vs portable {portable}"
-                    );
+            for isa in available_isas() {
+                let mut out = vec![0f32; rows * t];
+                matmul_q_group_on(isa, &mut [MatJob { kind, w: &bytes, rows, out: &mut out }], &acts);
+                for ti in 0..t {
+                    for r in 0..rows {
+                        let exact: f32 = (0..k).map(|i| w[r * k + i] * x[ti * k + i]).sum();
+                        let got = out[ti * rows + r];
+                        let portable = if r < grouped {
+                            let g = r / GROUP * GROUP;
+                            let group = &bytes[g * row_bytes..(g + GROUP) * row_bytes];
+                            portable::group_dots(kind, group, acts.row(ti), nb)[r - g]
+                        } else {
+                            portable::row_dot(kind, &bytes[r * row_bytes..(r + 1) * row_bytes], acts.row(ti), nb)
+                        };
+                        let at = format!("{isa:?} {kind:?} k{k} r{r} t{ti}");
+                        assert!((got - exact).abs() < tol, "{at}: {got} vs {exact}");
+                        assert!(
+                            (portable - got).abs() < 1e-3 * (1.0 + got.abs()),
+                            "{at}: {got} vs portable {portable}"
+                        );
+                    }
                 }
             }
         }
