@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::ActRow;
+use super::group::{self, bcast4};
 use super::layout::GROUP;
 use super::{BlockKind, QK};
 
@@ -271,88 +272,34 @@ pub unsafe fn group_dots(
     }
 }
 
-/// Q8_0, one interleaved group x N acts. Each 32-byte load is 8 rows x 4 signed weights,
-/// dotted with the matching 4 activation bytes broadcast to every lane (signed x signed via
-/// `maddubs`: |w| as unsigned, w's sign moved onto the activations). A `maddubs` pair can reach
-/// 2 x 127 x 128, so each step widens to i32 at once.
+/// Q8_0 group with `maddubs`: a pair of products can reach 2 x 127 x 128, so each step widens
+/// to i32 at once.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]], prefetch: bool) {
     unsafe {
-        let q = group.as_ptr();
-        let scales = q.add(nb * 32 * GROUP);
-        let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
-        let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let pf = Prefetch::new(q, GROUP, nb * 34, nb, prefetch);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            pf.blocks(b, 1);
-            let wb = q.add(b * 32 * GROUP);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * 2 * GROUP) as *const __m128i));
-            let mut isum = [_mm256_setzero_si256(); N];
-            for s in 0..8 {
-                let w = _mm256_loadu_si256(wb.add(32 * s) as *const __m256i);
-                let aw = _mm256_sign_epi8(w, w);
-                for j in 0..N {
-                    let a = _mm256_set1_epi32((aq[j].add(b * QK + 4 * s) as *const i32).read_unaligned());
-                    let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, w));
-                    isum[j] = _mm256_add_epi32(isum[j], _mm256_madd_epi16(p, ones));
-                }
-            }
-            for j in 0..N {
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(*ad[j].add(b)));
-                acc[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[j]), acc[j]);
-            }
-        }
-        for j in 0..N {
-            _mm256_storeu_ps(o[j].as_mut_ptr(), acc[j]);
-        }
+        group::q8::<N>(group, acts, nb, o, prefetch, |acc, aw, a| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones))
+        });
     }
 }
 
-/// Q4_0, one interleaved group x N acts. Each 32-byte load is 8 rows x 4 elements of low
-/// nibbles and (shifted) 8 rows x 4 of high nibbles; `maddubs` against the matching 4
-/// activation bytes broadcast to every lane leaves row `r`'s partial sums in lane `r`. The
-/// 8 steps of a block add up in i16 without overflow (8 x 2 x 15 x 127 < 32767), so one
-/// `madd` per block widens them.
+/// Q4_0 group with `maddubs`: the 8 steps of a block add up in i16 without overflow
+/// (8 x 2 x 15 x 127 < 32767), so one `madd` per block widens them.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]], prefetch: bool) {
     unsafe {
-        let q = group.as_ptr();
-        let scales = q.add(nb * 16 * GROUP);
-        let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
-        let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].dsum.as_ptr());
-        let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let pf = Prefetch::new(q, GROUP, nb * 18, nb, prefetch);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            pf.blocks(b, 1);
-            let wb = q.add(b * 16 * GROUP);
-            let raw: [__m256i; 4] = std::array::from_fn(|s| _mm256_loadu_si256(wb.add(32 * s) as *const __m256i));
-            let lo: [__m256i; 4] = std::array::from_fn(|s| _mm256_and_si256(raw[s], mask));
-            let hi: [__m256i; 4] = std::array::from_fn(|s| _mm256_and_si256(_mm256_srli_epi16(raw[s], 4), mask));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * 2 * GROUP) as *const __m128i));
-            for j in 0..N {
-                let a = aq[j].add(b * QK);
-                let bcast = |e: usize| _mm256_set1_epi32((a.add(e) as *const i32).read_unaligned());
-                // Two chains of four, so the adds do not wait on each other.
-                let mut s0 = _mm256_maddubs_epi16(lo[0], bcast(0));
-                let mut s1 = _mm256_maddubs_epi16(hi[0], bcast(16));
-                for s in 1..4 {
-                    s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo[s], bcast(4 * s)));
-                    s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(hi[s], bcast(16 + 4 * s)));
-                }
-                let isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
-                // Nibbles are stored with an offset of 8: sum((q-8)*a) = d*sum(q*a) - 8*dsum.
-                let t = _mm256_fmadd_ps(isum, _mm256_set1_ps(*ad[j].add(b)), _mm256_set1_ps(-8.0 * *ds[j].add(b)));
-                acc[j] = _mm256_fmadd_ps(dw, t, acc[j]);
+        group::q4::<N>(group, acts, nb, o, prefetch, |lo, hi, a| {
+            // Two chains of four, so the adds do not wait on each other.
+            let mut s0 = _mm256_maddubs_epi16(lo[0], bcast4(a));
+            let mut s1 = _mm256_maddubs_epi16(hi[0], bcast4(a.add(16)));
+            for s in 1..4 {
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo[s], bcast4(a.add(4 * s))));
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(hi[s], bcast4(a.add(16 + 4 * s))));
             }
-        }
-        for j in 0..N {
-            _mm256_storeu_ps(o[j].as_mut_ptr(), acc[j]);
-        }
+            _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones)
+        });
     }
 }
 

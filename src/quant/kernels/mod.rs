@@ -10,6 +10,8 @@ mod acts;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_vector;
+#[cfg(target_arch = "x86_64")]
+mod group;
 pub mod layout;
 mod portable;
 #[cfg(test)]
