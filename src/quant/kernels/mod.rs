@@ -1,9 +1,10 @@
 //! Matrix-vector kernels on GGML block formats, the hot loop of quantized decoding.
 //!
 //! Like llama.cpp, the activation is quantized to Q8_0 once per matmul and every weight
-//! block is dotted with it in integer arithmetic (AVX2 `maddubs`), so a decode step reads
-//! each weight byte exactly once. AVX2/FMA/F16C is detected at run time; the portable
-//! fallback computes the same integer sums. `layout` says how weights are repacked for them.
+//! block is dotted with it in integer arithmetic, so a decode step reads each weight byte
+//! exactly once. `layout` says how weights are repacked for the kernels; the instruction set
+//! (AVX2, AVX-512 VNNI, or portable loops computing the same integer sums) is detected at run
+//! time. `vector` holds the decoder's other f32 work (attention, softmax, SiLU).
 
 mod acts;
 #[cfg(target_arch = "x86_64")]
