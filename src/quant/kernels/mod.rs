@@ -66,19 +66,30 @@ enum Isa {
     Avx512Vnni,
 }
 
+/// The best family the CPU has, capped by `AVATAR_KERNELS` (`portable`, `avx2`) when set: a
+/// way to compare families, or to step around a kernel suspected of a fault.
 fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static CHOSEN: OnceLock<Isa> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let cap = match std::env::var("AVATAR_KERNELS").as_deref() {
+            Ok("portable") => Isa::Portable,
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::Avx512Vnni,
+        };
+        detected_isa().min(cap)
+    })
+}
+
+fn detected_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            use std::arch::is_x86_feature_detected as has;
-            match (has!("avx2") && has!("fma") && has!("f16c"), has!("avx512vnni") && has!("avx512vl")) {
-                (true, true) => Isa::Avx512Vnni,
-                (true, false) => Isa::Avx2,
-                _ => Isa::Portable,
-            }
-        })
+        use std::arch::is_x86_feature_detected as has;
+        match (has!("avx2") && has!("fma") && has!("f16c"), has!("avx512vnni") && has!("avx512vl")) {
+            (true, true) => Isa::Avx512Vnni,
+            (true, false) => Isa::Avx2,
+            _ => Isa::Portable,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -99,7 +110,7 @@ pub fn kernel_name() -> &'static str {
 /// The kernel families this machine can run, best last (tests compare them all).
 #[cfg(test)]
 fn available_isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i <= isa()).collect()
+    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i <= detected_isa()).collect()
 }
 
 fn has_avx2() -> bool {

@@ -38,19 +38,29 @@ pub(super) fn group_dots(kind: BlockKind, group: &[u8], act: ActRow, nb: usize) 
     for b in 0..nb {
         let q = &group[b * qb * GROUP..(b + 1) * qb * GROUP];
         let a = &act.qs[b * QK..(b + 1) * QK];
-        let mut s = [0i32; GROUP];
+        // Rows back out of the interleaving first (Q4_0: nibbles as 0..15), so that each
+        // row's sum is a plain 32-long i8 dot product, which compilers vectorise.
+        let mut w = [[0i8; QK]; GROUP];
         for step in 0..qb / 4 {
-            for (r, sr) in s.iter_mut().enumerate() {
-                for i in 0..4 {
-                    let byte = q[step * 4 * GROUP + 4 * r + i];
-                    let e = 4 * step + i;
-                    *sr += match kind {
-                        BlockKind::Q8_0 => byte as i8 as i32 * a[e] as i32,
-                        BlockKind::Q4_0 => (byte & 0x0F) as i32 * a[e] as i32 + (byte >> 4) as i32 * a[e + 16] as i32,
-                    };
+            for (r, wr) in w.iter_mut().enumerate() {
+                let bytes = &q[step * 4 * GROUP + 4 * r..][..4];
+                match kind {
+                    BlockKind::Q8_0 => {
+                        for (i, &byte) in bytes.iter().enumerate() {
+                            wr[4 * step + i] = byte as i8;
+                        }
+                    }
+                    BlockKind::Q4_0 => {
+                        for (i, &byte) in bytes.iter().enumerate() {
+                            wr[4 * step + i] = (byte & 0x0F) as i8;
+                            wr[16 + 4 * step + i] = (byte >> 4) as i8;
+                        }
+                    }
                 }
             }
         }
+        let s: [i32; GROUP] =
+            std::array::from_fn(|r| w[r].iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum::<i32>());
         for (r, t) in total.iter_mut().enumerate() {
             let o = b * 2 * GROUP + 2 * r;
             let dw = half::f16::from_bits(u16::from_le_bytes([scales[o], scales[o + 1]])).to_f32();
