@@ -33,6 +33,12 @@ pub fn split_sender_prefix(content: &str) -> Option<(&str, &str)> {
     plausible.then(|| (sender, &content[idx + 2..]))
 }
 
+/// Keep the last `len` bytes of `content` (a body after its sender prefix), in place rather
+/// than copying the body into a new string.
+pub fn keep_suffix(content: &mut String, len: usize) {
+    content.drain(..content.len() - len);
+}
+
 /// createTime is milliseconds; tolerate seconds from hand-made copies.
 pub fn to_seconds(t: i64) -> i64 {
     if t.abs() >= 100_000_000_000 { t.div_euclid(1000) } else { t }
@@ -49,9 +55,8 @@ pub fn convert_row(row: AndroidRow, self_id: &str) -> RawMessage {
     } else if is_group && base != 10000 && base != 10002 {
         if let Some((s, body)) = split_sender_prefix(&content) {
             sender_id = Some(s.into());
-            // Cut the prefix off in place rather than copying the body.
-            let prefix = content.len() - body.len();
-            content.drain(..prefix);
+            let body_len = body.len();
+            keep_suffix(&mut content, body_len);
         }
     } else if !is_group {
         sender_id = Some(row.talker.clone());

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use compact_str::{ToCompactString, format_compact};
 use rayon::prelude::*;
 use rusqlite::Connection;
 
-use super::android::{split_sender_prefix, text_or_blob};
+use super::android::{keep_suffix, split_sender_prefix, text_or_blob};
 use super::keys::{self, Flavour, KeyMaterial};
 use super::locate;
 use super::protobuf;
@@ -127,14 +128,15 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             if let Some((s, body)) = split_sender_prefix(&content) {
                 if sender_id.is_none() || sender_id.as_deref() == Some(s) {
                     sender_id = Some(s.to_string());
-                    content = body.to_string();
+                    let body_len = body.len();
+                    keep_suffix(&mut content, body_len);
                 }
             }
         }
         out.push(RawMessage {
             id: match svr {
-                Some(v) if v != 0 => v.to_string().into(),
-                _ => format!("{}#{local_id}", locate::file_name(path)).into(),
+                Some(v) if v != 0 => v.to_compact_string(),
+                _ => format_compact!("{}#{local_id}", locate::file_name(path)),
             },
             conversation: talker.into(),
             sender_id: sender_id.map(Into::into),

@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use compact_str::{ToCompactString, format_compact};
 use md5::{Digest, Md5};
 use rayon::prelude::*;
 use rusqlite::Connection;
 
-use super::android::split_sender_prefix;
+use super::android::{keep_suffix, split_sender_prefix};
 use super::keys::{self, Flavour, KeyMaterial};
 use super::locate;
 use super::raw::{RawContact, RawMessage};
@@ -138,7 +139,8 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             if is_group && !is_self && base != 10000 && base != 10002 {
                 if let Some((s, body)) = split_sender_prefix(&content) {
                     sender_id = Some(s.to_string());
-                    content = body.to_string();
+                    let body_len = body.len();
+                    keep_suffix(&mut content, body_len);
                 }
             }
             if !is_group && !is_self {
@@ -146,8 +148,8 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             }
             out.push(RawMessage {
                 id: match server_id {
-                    Some(v) if v != 0 => v.to_string().into(),
-                    _ => format!("{}#{table}#{local_id}", locate::file_name(path)).into(),
+                    Some(v) if v != 0 => v.to_compact_string(),
+                    _ => format_compact!("{}#{table}#{local_id}", locate::file_name(path)),
                 },
                 conversation: talker.into(),
                 sender_id: sender_id.map(Into::into),
