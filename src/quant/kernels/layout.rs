@@ -23,35 +23,32 @@ pub fn grouped_rows(rows: usize) -> usize {
     rows / GROUP * GROUP
 }
 
-/// Repack a GGML matrix (`rows x cols`, in place) into the kernels' layout.
+/// Repack a GGML matrix (`rows x cols`, in place) into the kernels' layout, which
+/// [`BlockAt`] alone defines. Each group (or tail row) stays within its rows' bytes, so the
+/// matrix is repacked a group at a time through one scratch copy.
 pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
     let nb = cols / QK;
     let bb = kind.block_bytes();
     let row_bytes = nb * bb;
     assert_eq!(bytes.len(), rows * row_bytes, "weight bytes do not match {rows}x{cols}");
     let grouped = grouped_rows(rows);
-    let (groups, tail) = bytes.split_at_mut(grouped * row_bytes);
     let mut tmp = vec![0u8; GROUP * row_bytes];
-    for g in groups.chunks_exact_mut(GROUP * row_bytes) {
-        tmp.copy_from_slice(g);
-        let qb = bb - 2;
-        for r in 0..GROUP {
-            for b in 0..nb {
-                let blk = &tmp[r * row_bytes + b * bb..][..bb];
-                g[nb * GROUP * qb + b * 2 * GROUP + 2 * r..][..2].copy_from_slice(&blk[..2]);
-                for s in 0..qb / 4 {
-                    g[b * GROUP * qb + s * 4 * GROUP + 4 * r..][..4].copy_from_slice(&blk[2 + 4 * s..][..4]);
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = if r0 < grouped { GROUP } else { 1 };
+        let src = &mut tmp[..n * row_bytes];
+        src.copy_from_slice(&bytes[r0 * row_bytes..(r0 + n) * row_bytes]);
+        for (i, row) in src.chunks_exact(row_bytes).enumerate() {
+            for (b, blk) in row.chunks_exact(bb).enumerate() {
+                let at = BlockAt::new(kind, rows, nb, r0 + i, b);
+                bytes[at.scale..at.scale + 2].copy_from_slice(&blk[..2]);
+                for (s, run) in blk[2..].chunks_exact(4).enumerate() {
+                    let o = at.quant(4 * s);
+                    bytes[o..o + 4].copy_from_slice(run);
                 }
             }
         }
-    }
-    for row in tail.chunks_exact_mut(row_bytes) {
-        tmp[..row_bytes].copy_from_slice(row);
-        for (b, blk) in tmp[..row_bytes].chunks_exact(bb).enumerate() {
-            let qb = bb - 2;
-            row[b * qb..(b + 1) * qb].copy_from_slice(&blk[2..]);
-            row[nb * qb + 2 * b..nb * qb + 2 * b + 2].copy_from_slice(&blk[..2]);
-        }
+        r0 += n;
     }
 }
 
