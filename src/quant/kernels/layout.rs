@@ -85,14 +85,14 @@ impl BlockAt {
 }
 
 /// Scale of block `b` of row `r`.
-pub fn scale(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize) -> f32 {
+fn scale(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize) -> f32 {
     let o = BlockAt::new(kind, rows, nb, r, b).scale;
     f16::from_bits(u16::from_le_bytes([w[o], w[o + 1]])).to_f32()
 }
 
 /// The quant bytes of block `b` of row `r`, as GGML stores them (Q8_0: 32 signed bytes;
 /// Q4_0: 16 bytes of nibbles offset by 8, element `j` low and `j + 16` high).
-pub fn quants(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize) -> [u8; 32] {
+fn quants(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize) -> [u8; 32] {
     let at = BlockAt::new(kind, rows, nb, r, b);
     let mut q = [0u8; 32];
     for (j, v) in q.iter_mut().enumerate().take(kind.block_bytes() - 2) {
@@ -102,7 +102,7 @@ pub fn quants(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: us
 }
 
 /// The 32 values of block `b` of row `r`, dequantized.
-pub fn dequantize_block(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize, out: &mut [f32]) {
+fn dequantize_block(kind: BlockKind, w: &[u8], rows: usize, nb: usize, r: usize, b: usize, out: &mut [f32]) {
     let d = scale(kind, w, rows, nb, r, b);
     let q = quants(kind, w, rows, nb, r, b);
     match kind {

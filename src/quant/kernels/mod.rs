@@ -13,7 +13,7 @@ mod avx2;
 mod avx2_vector;
 #[cfg(target_arch = "x86_64")]
 mod group;
-pub mod layout;
+mod layout;
 mod portable;
 #[cfg(test)]
 mod tests;
@@ -27,7 +27,8 @@ use acts::ActRow;
 pub use acts::QuantizedActs;
 use layout::GROUP;
 pub use layout::{dequantize_row, repack};
-pub use vector::{attention_scores, attention_values, dot_f32, silu_mul, softmax};
+use vector::dot_f32;
+pub use vector::{attention_scores, attention_values, silu_mul, softmax};
 
 /// Elements per Q8_0 / Q4_0 block.
 pub const QK: usize = 32;
