@@ -12,10 +12,6 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// Sum of the quants of each block, scaled by its `d` (for Q4_0's offset of 8).
     pub dsum: Vec<f32>,
-    /// `qs` again in the order the row-layout Q4_0 kernel unpacks nibbles, two blocks at a time:
-    /// for blocks `b`, `b + 1`, elements 0..16 of both, then 16..32 of both (zeros stand in for
-    /// a missing `b + 1`). Built only when a matrix has Q4_0 rows outside interleaved groups.
-    nibble_order: std::sync::OnceLock<Vec<i8>>,
 }
 
 impl QuantizedActs {
@@ -33,39 +29,15 @@ impl QuantizedActs {
             d[b] = scale;
             dsum[b] = scale * sum as f32;
         }
-        Self { k, t, qs, d, dsum, nibble_order: std::sync::OnceLock::new() }
-    }
-
-    fn nibble_stride(k: usize) -> usize {
-        (k / QK).div_ceil(2) * 64
-    }
-
-    /// Build the nibble-order copy (once) before the kernels read rows in parallel.
-    pub(super) fn prepare_nibble_order(&self) {
-        self.nibble_order.get_or_init(|| {
-            let (k, row_nb) = (self.k, self.k / QK);
-            let stride = Self::nibble_stride(k);
-            let mut out = vec![0i8; self.t * stride];
-            for (src, dst) in self.qs.chunks_exact(k).zip(out.chunks_exact_mut(stride)) {
-                for b in 0..row_nb {
-                    let (pair, second) = (b / 2, b % 2);
-                    let blk = &src[b * QK..(b + 1) * QK];
-                    dst[pair * 64 + 16 * second..][..16].copy_from_slice(&blk[..16]);
-                    dst[pair * 64 + 32 + 16 * second..][..16].copy_from_slice(&blk[16..]);
-                }
-            }
-            out
-        });
+        Self { k, t, qs, d, dsum }
     }
 
     pub(super) fn row(&self, i: usize) -> ActRow<'_> {
         let nb = self.k / QK;
-        let stride = Self::nibble_stride(self.k);
         ActRow {
             qs: &self.qs[i * self.k..(i + 1) * self.k],
             d: &self.d[i * nb..(i + 1) * nb],
             dsum: &self.dsum[i * nb..(i + 1) * nb],
-            nibble_order: self.nibble_order.get().map_or(&[][..], |n| &n[i * stride..(i + 1) * stride]),
         }
     }
 }
@@ -101,6 +73,4 @@ pub(super) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub dsum: &'a [f32],
-    /// Empty unless [`QuantizedActs::prepare_nibble_order`] ran.
-    pub nibble_order: &'a [i8],
 }

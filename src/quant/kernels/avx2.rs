@@ -19,21 +19,6 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
-pub unsafe fn block_dots(kind: BlockKind, w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
-    unsafe {
-        match (kind, w.len(), acts.len()) {
-            (BlockKind::Q4_0, 4, 1) => q4::<4, 1>(w, acts, nb, o),
-            (BlockKind::Q4_0, 4, _) => q4::<4, 2>(w, acts, nb, o),
-            (BlockKind::Q4_0, _, 1) => q4::<1, 1>(w, acts, nb, o),
-            (BlockKind::Q4_0, _, _) => q4::<1, 2>(w, acts, nb, o),
-            (BlockKind::Q8_0, 4, 1) => q8::<4, 1>(w, acts, nb, o),
-            (BlockKind::Q8_0, 4, _) => q8::<4, 2>(w, acts, nb, o),
-            (BlockKind::Q8_0, _, 1) => q8::<1, 1>(w, acts, nb, o),
-            (BlockKind::Q8_0, _, _) => q8::<1, 2>(w, acts, nb, o),
-        }
-    }
-}
-
 /// The four horizontal sums of `a`, `b`, `c`, `d`, in that order.
 #[inline(always)]
 pub(super) unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
@@ -43,41 +28,9 @@ pub(super) unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128
     }
 }
 
-/// 8 f32 lanes from `n <= 8` values at `p` (zero-padded).
-#[inline(always)]
-unsafe fn load8(p: *const f32, n: usize) -> __m256 {
-    unsafe {
-        if n == 8 {
-            _mm256_loadu_ps(p)
-        } else {
-            // A masked load: no copy (which would be a `memcpy` call in the hot path).
-            let lanes = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
-            _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes))
-        }
-    }
-}
-
-/// 8 f16 scales at `p` (`n <= 8`, zero-padded) as f32 lanes.
-#[inline(always)]
-unsafe fn scales8(p: *const u8, n: usize) -> __m256 {
-    unsafe {
-        if n == 8 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        } else {
-            // Converted one by one: a copy loop here would become a `memcpy` call.
-            let mut t = [0f32; 8];
-            for (i, v) in t.iter_mut().enumerate().take(n) {
-                *v = half::f16::from_bits((p.add(2 * i) as *const u16).read_unaligned()).to_f32();
-            }
-            _mm256_loadu_ps(t.as_ptr())
-        }
-    }
-}
-
 /// The hardware prefetcher does not keep up with these kernels' weight streams: DRAM latency
-/// then dominates decoding (measured on one core: Q8_0 rows 6.9 GB/s without this, 22.9 with
-/// it; Q4_0 groups 8.2 and 38.4). So each call prefetches the rows (or group) two calls ahead,
-/// spread evenly over its blocks. Prefetching past the end of the matrix is harmless (a
+/// then dominates decoding (measured on one core, Q4_0 groups: 8.2 GB/s without this, 38.4
+/// with it). So each call prefetches the group two calls ahead, spread evenly over its blocks. Prefetching past the end of the matrix is harmless (a
 /// prefetch never faults), hence `wrapping_add`.
 #[derive(Clone, Copy)]
 pub(super) struct Prefetch {
@@ -86,169 +39,22 @@ pub(super) struct Prefetch {
 }
 
 impl Prefetch {
-    /// Off (`enabled` false) for the later passes of a group over more activation rows: the
-    /// group is in cache by then.
-    pub(super) fn new(first_row: *const u8, rows: usize, row_bytes: usize, nb: usize, enabled: bool) -> Self {
-        let step = if enabled { (rows * row_bytes).div_ceil(nb) } else { 0 };
-        Self { ahead: first_row.wrapping_add(2 * rows * row_bytes), step }
+    /// For groups of `group_bytes` over `nb` blocks, from the group at `first`. Off (`enabled`
+    /// false) for the later passes of a group over more activation rows: it is in cache by then.
+    pub(super) fn new(first: *const u8, group_bytes: usize, nb: usize, enabled: bool) -> Self {
+        let step = if enabled { group_bytes.div_ceil(nb) } else { 0 };
+        Self { ahead: first.wrapping_add(2 * group_bytes), step }
     }
 
-    /// Prefetch the share of blocks `b..b + n`.
+    /// Prefetch the share of block `b`.
     #[inline(always)]
-    pub(super) unsafe fn blocks(self, b: usize, n: usize) {
+    pub(super) unsafe fn block(self, b: usize) {
         let mut o = b * self.step;
-        let end = o + n * self.step;
+        let end = o + self.step;
         while o < end {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(self.ahead.wrapping_add(o) as *const i8) };
             o += 64;
         }
-    }
-}
-
-/// Horizontal sums of `v[r][j]` into `o[r][j]` (four rows at once when R = 4).
-#[inline(always)]
-unsafe fn reduce<const R: usize, const N: usize>(v: [[__m256; N]; R], o: &mut [[f32; 2]; 4]) {
-    unsafe {
-        for j in 0..N {
-            if R == 4 {
-                let mut sums = [0f32; 4];
-                _mm_storeu_ps(sums.as_mut_ptr(), hsum4(v[0][j], v[1][j], v[2][j], v[3][j]));
-                for r in 0..R {
-                    o[r][j] = sums[r];
-                }
-            } else {
-                for r in 0..R {
-                    o[r][j] = hsum(v[r][j]);
-                }
-            }
-        }
-    }
-}
-
-/// Q8_0: R rows x N acts, one block at a time. Scales are computed 8 blocks at a time
-/// into `scl` and broadcast per block; the inner loop is pure SIMD.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
-    unsafe {
-        let wq: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
-        let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * 32));
-        let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
-        let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let prefetch = Prefetch::new(wq[0], R, nb * 34, nb, true);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); N]; R];
-        // Scratch for [r][j][8 lanes]; every lane read is written first in its group.
-        // Left uninitialised (zeroing would be a memset per call), so only touched by pointer.
-        let mut scratch = std::mem::MaybeUninit::<[[[f32; 8]; N]; R]>::uninit();
-        let scl = scratch.as_mut_ptr() as *mut f32;
-        let at = |r: usize, j: usize| scl.add((r * N + j) * 8);
-        let mut g = 0;
-        while g < nb {
-            let n8 = (nb - g).min(8);
-            for r in 0..R {
-                let dw = scales8(wd[r].add(2 * g), n8);
-                for j in 0..N {
-                    _mm256_storeu_ps(at(r, j), _mm256_mul_ps(dw, load8(ad[j].add(g), n8)));
-                }
-            }
-            for bi in 0..n8 {
-                let b = g + bi;
-                prefetch.blocks(b, 1);
-                let av: [__m256i; N] = std::array::from_fn(|j| _mm256_loadu_si256(aq[j].add(b * QK) as *const __m256i));
-                for r in 0..R {
-                    // Signed x signed via maddubs: |w| as unsigned, the sign moved onto a.
-                    let q = _mm256_loadu_si256(wq[r].add(b * 32) as *const __m256i);
-                    let ax = _mm256_sign_epi8(q, q);
-                    for j in 0..N {
-                        let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(av[j], q));
-                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*at(r, j).add(bi)), p, acc[r][j]);
-                    }
-                }
-            }
-            g += n8;
-        }
-        reduce::<R, N>(acc, o);
-    }
-}
-
-/// Q4_0: R rows x N acts, two blocks at a time. The 32 nibble bytes of blocks b, b+1 give
-/// their low nibbles with one AND and their high nibbles with a shift and an AND; the
-/// activations were laid out to match (`nibble_order`), so two `maddubs` and one add make
-/// both blocks' partial sums, scaled by one vector holding each block's scale in its half.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4<const R: usize, const N: usize>(w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
-    unsafe {
-        let wq: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr());
-        let wd: [*const u8; R] = std::array::from_fn(|r| w[r].as_ptr().add(nb * 16));
-        let an: [*const i8; N] = std::array::from_fn(|j| acts[j].nibble_order.as_ptr());
-        let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].dsum.as_ptr());
-        let prefetch = Prefetch::new(wq[0], R, nb * 18, nb, true);
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        // Lanes 0..4 take the scale of block 2p, lanes 4..8 that of block 2p + 1.
-        let pair_idx: [__m256i; 4] = std::array::from_fn(|p| {
-            let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
-            _mm256_set_epi32(b, b, b, b, a, a, a, a)
-        });
-        let mut acc = [[_mm256_setzero_ps(); N]; R];
-        let mut off = [[_mm256_setzero_ps(); N]; R];
-        // Scratch for [r][j][pair][8 lanes]; every entry read is written first in its group.
-        // Left uninitialised (zeroing would be a memset per call), so only touched by pointer.
-        let mut scratch = std::mem::MaybeUninit::<[[[[f32; 8]; 4]; N]; R]>::uninit();
-        let scl = scratch.as_mut_ptr() as *mut f32;
-        let at = |r: usize, j: usize, p: usize| scl.add(((r * N + j) * 4 + p) * 8);
-        let mut g = 0;
-        while g < nb {
-            let n8 = (nb - g).min(8);
-            for r in 0..R {
-                let dw = scales8(wd[r].add(2 * g), n8);
-                for j in 0..N {
-                    let v = _mm256_mul_ps(dw, load8(ad[j].add(g), n8));
-                    for (p, idx) in pair_idx.iter().enumerate() {
-                        _mm256_storeu_ps(at(r, j, p), _mm256_permutevar8x32_ps(v, *idx));
-                    }
-                    off[r][j] = _mm256_fmadd_ps(dw, load8(ds[j].add(g), n8), off[r][j]);
-                }
-            }
-            // One step: blocks b, b+1 from 32 nibble bytes (`raw`), scales of pair p.
-            macro_rules! pair {
-                ($b:expr, $p:expr, $load:expr) => {{
-                    let (b, p) = ($b, $p);
-                    let alo: [__m256i; N] =
-                        std::array::from_fn(|j| _mm256_loadu_si256(an[j].add(b * QK) as *const __m256i));
-                    let ahi: [__m256i; N] =
-                        std::array::from_fn(|j| _mm256_loadu_si256(an[j].add(b * QK + 32) as *const __m256i));
-                    for r in 0..R {
-                        let raw: __m256i = $load(wq[r].add(b * 16));
-                        let lo = _mm256_and_si256(raw, mask);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                        for j in 0..N {
-                            let p16 =
-                                _mm256_add_epi16(_mm256_maddubs_epi16(lo, alo[j]), _mm256_maddubs_epi16(hi, ahi[j]));
-                            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                            acc[r][j] = _mm256_fmadd_ps(_mm256_loadu_ps(at(r, j, p)), s, acc[r][j]);
-                        }
-                    }
-                }};
-            }
-            for p in 0..n8 / 2 {
-                let b = g + 2 * p;
-                prefetch.blocks(b, 2);
-                pair!(b, p, |w: *const u8| _mm256_loadu_si256(w as *const __m256i));
-            }
-            if n8 % 2 == 1 {
-                // A lone last block: its activations' other half is zero.
-                pair!(g + n8 - 1, n8 / 2, |w: *const u8| _mm256_zextsi128_si256(_mm_loadu_si128(w as *const __m128i)));
-            }
-            g += n8;
-        }
-        // Nibbles are stored with an offset of 8: sum((q-8)*a) = sum(q*a) - 8*sum(a).
-        let eight = _mm256_set1_ps(8.0);
-        let v: [[__m256; N]; R] =
-            std::array::from_fn(|r| std::array::from_fn(|j| _mm256_fnmadd_ps(eight, off[r][j], acc[r][j])));
-        reduce::<R, N>(v, o);
     }
 }
 

@@ -35,11 +35,11 @@ pub(super) unsafe fn q4<const N: usize>(
         let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
         let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
         let ds: [*const f32; N] = std::array::from_fn(|j| acts[j].dsum.as_ptr());
-        let pf = Prefetch::new(q, GROUP, nb * 18, nb, prefetch);
+        let pf = Prefetch::new(q, GROUP * nb * 18, nb, prefetch);
         let mask = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            pf.blocks(b, 1);
+            pf.block(b);
             let wb = q.add(b * 16 * GROUP);
             let raw: [__m256i; 4] = std::array::from_fn(|s| _mm256_loadu_si256(wb.add(32 * s) as *const __m256i));
             let lo: [__m256i; 4] = std::array::from_fn(|s| _mm256_and_si256(raw[s], mask));
@@ -75,10 +75,10 @@ pub(super) unsafe fn q8<const N: usize>(
         let scales = q.add(nb * 32 * GROUP);
         let aq: [*const i8; N] = std::array::from_fn(|j| acts[j].qs.as_ptr());
         let ad: [*const f32; N] = std::array::from_fn(|j| acts[j].d.as_ptr());
-        let pf = Prefetch::new(q, GROUP, nb * 34, nb, prefetch);
+        let pf = Prefetch::new(q, GROUP * nb * 34, nb, prefetch);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            pf.blocks(b, 1);
+            pf.block(b);
             let wb = q.add(b * 32 * GROUP);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * 2 * GROUP) as *const __m128i));
             let mut isum = [[_mm256_setzero_si256(); 2]; N];

@@ -8,8 +8,8 @@
 //!   and, shifted, 4 high nibbles (elements `16+4s..`) (Q4_0). Kernel output lanes are the 8
 //!   rows, so there are no horizontal sums, and a group is one weight stream. After all blocks'
 //!   quants come the 8 rows' f16 scales of each block (16 bytes per block).
-//! - Row layout, for the rows past the last full group: per row, all quants first, then all
-//!   f16 scales, so 8 scales are one vector load.
+//! - Rows past the last full group (at most 7; none in the usual model shapes) keep GGML's
+//!   layout and go through the portable dot product.
 
 use half::f16;
 
@@ -24,8 +24,9 @@ pub fn grouped_rows(rows: usize) -> usize {
 }
 
 /// Repack a GGML matrix (`rows x cols`, in place) into the kernels' layout, which
-/// [`BlockAt`] alone defines. Each group (or tail row) stays within its rows' bytes, so the
-/// matrix is repacked a group at a time through one scratch copy.
+/// [`BlockAt`] alone defines. Each group stays within its rows' bytes, so the matrix is
+/// repacked a group at a time through one scratch copy; rows past the last group stay as
+/// they are.
 pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
     let nb = cols / QK;
     let bb = kind.block_bytes();
@@ -33,12 +34,9 @@ pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
     assert_eq!(bytes.len(), rows * row_bytes, "weight bytes do not match {rows}x{cols}");
     let grouped = grouped_rows(rows);
     let mut tmp = vec![0u8; GROUP * row_bytes];
-    let mut r0 = 0;
-    while r0 < rows {
-        let n = if r0 < grouped { GROUP } else { 1 };
-        let src = &mut tmp[..n * row_bytes];
-        src.copy_from_slice(&bytes[r0 * row_bytes..(r0 + n) * row_bytes]);
-        for (i, row) in src.chunks_exact(row_bytes).enumerate() {
+    for r0 in (0..grouped).step_by(GROUP) {
+        tmp.copy_from_slice(&bytes[r0 * row_bytes..(r0 + GROUP) * row_bytes]);
+        for (i, row) in tmp.chunks_exact(row_bytes).enumerate() {
             for (b, blk) in row.chunks_exact(bb).enumerate() {
                 let at = BlockAt::new(kind, rows, nb, r0 + i, b);
                 bytes[at.scale..at.scale + 2].copy_from_slice(&blk[..2]);
@@ -48,7 +46,6 @@ pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
                 }
             }
         }
-        r0 += n;
     }
 }
 
@@ -58,7 +55,7 @@ pub fn repack(kind: BlockKind, bytes: &mut [u8], rows: usize, cols: usize) {
 struct BlockAt {
     scale: usize,
     quant_base: usize,
-    /// Distance between runs of 4 quant bytes (4 in the row layout, 32 in a group).
+    /// Distance between runs of 4 quant bytes (32 in a group, 4 in GGML's layout).
     run_stride: usize,
 }
 
@@ -75,7 +72,8 @@ impl BlockAt {
                 run_stride: 4 * GROUP,
             }
         } else {
-            Self { scale: r * row_bytes + nb * qb + 2 * b, quant_base: r * row_bytes + b * qb, run_stride: 4 }
+            let block = r * row_bytes + b * kind.block_bytes();
+            Self { scale: block, quant_base: block + 2, run_stride: 4 }
         }
     }
 

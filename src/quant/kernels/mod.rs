@@ -152,9 +152,6 @@ fn matmul_q_group_on(isa: Isa, jobs: &mut [MatJob], acts: &QuantizedActs) {
     for (ji, j) in jobs.iter().enumerate() {
         assert_eq!(j.w.len(), j.rows * nb * j.kind.block_bytes(), "weight bytes do not match {}x{k}", j.rows);
         assert_eq!(j.out.len(), j.rows * t);
-        if j.rows > layout::grouped_rows(j.rows) && j.kind == BlockKind::Q4_0 {
-            acts.prepare_nibble_order();
-        }
         let mut r = 0;
         while r < j.rows {
             tasks.push((ji, r, (r + chunk).min(j.rows)));
@@ -171,44 +168,29 @@ fn matmul_q_group_on(isa: Isa, jobs: &mut [MatJob], acts: &QuantizedActs) {
         // SAFETY (every write below): each (t, r) cell of each job is written by exactly one task.
         let put = |t: usize, r: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
         let mut r = r0;
-        while r < r1 {
-            // An interleaved group, else four rows at a time sharing each activation load, else one.
-            let nr = if r + GROUP <= grouped {
-                GROUP
-            } else if r + 4 <= r1 {
-                4
-            } else {
-                1
-            };
+        while r < grouped {
+            let group = &w[r * row_bytes..(r + GROUP) * row_bytes];
             let mut t0 = 0;
             while t0 < t {
-                let n = (t - t0).min(if nr == GROUP { 4 } else { 2 });
+                let n = (t - t0).min(4);
                 let a4: [ActRow; 4] = std::array::from_fn(|j| acts.row(t0 + j.min(n - 1)));
-                if nr == GROUP {
-                    let mut o = [[0f32; GROUP]; 4];
-                    let group = &w[r * row_bytes..(r + GROUP) * row_bytes];
-                    group_dots(kind, isa, group, &a4[..n], nb, &mut o, t0 == 0);
-                    for (j, orow) in o.iter().enumerate().take(n) {
-                        for (i, v) in orow.iter().enumerate() {
-                            put(t0 + j, r + i, *v);
-                        }
-                    }
-                } else {
-                    let wr: [&[u8]; 4] = std::array::from_fn(|i| {
-                        let ri = (r + i.min(nr - 1)) * row_bytes;
-                        &w[ri..ri + row_bytes]
-                    });
-                    let mut o = [[0f32; 2]; 4];
-                    block_dots(kind, isa, &wr[..nr], &a4[..n], nb, &mut o);
-                    for (i, orow) in o.iter().enumerate().take(nr) {
-                        for (j, v) in orow.iter().enumerate().take(n) {
-                            put(t0 + j, r + i, *v);
-                        }
+                let mut o = [[0f32; GROUP]; 4];
+                group_dots(kind, isa, group, &a4[..n], nb, &mut o, t0 == 0);
+                for (j, orow) in o.iter().enumerate().take(n) {
+                    for (i, v) in orow.iter().enumerate() {
+                        put(t0 + j, r + i, *v);
                     }
                 }
                 t0 += n;
             }
-            r += nr;
+            r += GROUP;
+        }
+        // The few rows past the last full group.
+        for r in r..r1 {
+            let row = &w[r * row_bytes..(r + 1) * row_bytes];
+            for ti in 0..t {
+                put(ti, r, portable::row_dot(kind, row, acts.row(ti), nb));
+            }
         }
     };
     if tasks.len() == 1 || threads == 1 {
@@ -245,22 +227,6 @@ fn group_dots(
     let _ = (isa, prefetch);
     for (j, a) in acts.iter().enumerate() {
         o[j] = portable::group_dots(kind, group, *a, nb);
-    }
-}
-
-/// `o[r][j] = dot(w[r], acts[j])` for 1 or 4 row-layout rows and 1 or 2 activation rows.
-fn block_dots(kind: BlockKind, isa: Isa, w: &[&[u8]], acts: &[ActRow], nb: usize, o: &mut [[f32; 2]; 4]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: features checked at run time; rows and act rows hold nb blocks each.
-        unsafe { avx2::block_dots(kind, w, acts, nb, o) };
-        return;
-    }
-    let _ = isa;
-    for (r, row) in w.iter().enumerate() {
-        for (j, a) in acts.iter().enumerate() {
-            o[r][j] = portable::row_dot(kind, row, *a, nb);
-        }
     }
 }
 

@@ -5,14 +5,12 @@ use super::acts::ActRow;
 use super::layout::GROUP;
 use super::{BlockKind, QK};
 
-/// Dot product of one row-layout weight row with one activation row.
+/// Dot product of one weight row in GGML's layout with one activation row.
 pub(super) fn row_dot(kind: BlockKind, row: &[u8], act: ActRow, nb: usize) -> f32 {
-    let qb = kind.block_bytes() - 2;
     let mut total = 0f32;
-    for b in 0..nb {
-        let o = nb * qb + 2 * b;
-        let dw = half::f16::from_bits(u16::from_le_bytes([row[o], row[o + 1]])).to_f32();
-        let q = &row[b * qb..(b + 1) * qb];
+    for (b, blk) in row.chunks_exact(kind.block_bytes()).enumerate().take(nb) {
+        let dw = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+        let q = &blk[2..];
         let a = &act.qs[b * QK..(b + 1) * QK];
         match kind {
             BlockKind::Q8_0 => {

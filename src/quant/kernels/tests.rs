@@ -72,7 +72,6 @@ fn kernels_match_float_and_each_other() {
         let w = pseudo(rows * k, 1);
         let x = pseudo(t * k, 2);
         let acts = QuantizedActs::quantize(&x, k);
-        acts.prepare_nibble_order();
         let nb = k / QK;
         for (kind, tol) in [(BlockKind::Q8_0, 0.15), (BlockKind::Q4_0, 0.6)] {
             let mut bytes = quantized(kind, &w, k);
