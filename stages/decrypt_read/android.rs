@@ -1,21 +1,27 @@
 //! Android EnMicroMsg.db (decrypted connection or the seed's CSV export of its tables) → raw.
 
-use compact_str::{CompactString, ToCompactString, format_compact};
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::path::Path;
+
+use compact_str::CompactString;
 use rusqlite::Connection;
 
 use super::parallel_scan;
-use super::raw::{RawContact, RawMessage};
+use super::raw::{self, PartInfo, PartWriter, RawContact, RawMessageRef};
 
-/// One `message` row, by column name (schemas differ across versions; never positional).
+/// One `message` row, by column name (schemas differ across versions; never positional),
+/// borrowing its text from the query or the CSV record.
 #[derive(Debug, Clone, Default)]
-pub struct AndroidRow {
+pub struct AndroidRow<'a> {
     pub msg_id: i64,
     pub msg_svr_id: Option<i64>,
     pub msg_type: i64,
     pub is_send: i64,
     pub create_time: i64,
-    pub talker: CompactString,
-    pub content: String,
+    pub talker: &'a str,
+    /// As stored; see [`column_bytes`].
+    pub content: Cow<'a, [u8]>,
 }
 
 /// Android stores extended codes; the low 16 bits are the base type for positive values, and
@@ -26,8 +32,18 @@ pub fn base_type(code: i64) -> i64 {
 
 /// Received group messages carry `sender:\n` before the body (reference 1.4).
 pub fn split_sender_prefix(content: &str) -> Option<(&str, &str)> {
-    let idx = content.find(":\n")?;
-    let sender = &content[..idx];
+    let (sender, _) = split_sender_prefix_bytes(content.as_bytes())?;
+    Some((sender, &content[sender.len() + 2..]))
+}
+
+/// [`split_sender_prefix`] on a payload not yet checked as UTF-8 (only the sender is). A
+/// plausible sender has no whitespace, so its `:\n` is the first newline, within 81 bytes:
+/// only that far is searched, not the whole payload.
+pub fn split_sender_prefix_bytes(content: &[u8]) -> Option<(&str, &[u8])> {
+    let head = &content[..content.len().min(82)];
+    let newline = head.iter().position(|&b| b == b'\n')?;
+    let idx = newline.checked_sub(1).filter(|&i| head[i] == b':')?;
+    let sender = std::str::from_utf8(&content[..idx]).ok()?;
     let plausible =
         !sender.is_empty() && sender.len() <= 80 && !sender.contains(char::is_whitespace) && !sender.contains('<');
     plausible.then(|| (sender, &content[idx + 2..]))
@@ -44,28 +60,32 @@ pub fn to_seconds(t: i64) -> i64 {
     if t.abs() >= 100_000_000_000 { t.div_euclid(1000) } else { t }
 }
 
-pub fn convert_row(row: AndroidRow, self_id: &str) -> RawMessage {
+pub fn convert_row<'a>(row: &'a AndroidRow<'_>, self_id: &'a str) -> RawMessageRef<'a> {
     let base = base_type(row.msg_type);
     let is_self = row.is_send == 1;
     let is_group = row.talker.ends_with("@chatroom");
-    let mut content = row.content;
+    let mut content: &[u8] = &row.content;
     let mut sender_id = None;
     if is_self {
-        sender_id = Some(self_id.into());
+        sender_id = Some(self_id);
     } else if is_group && base != 10000 && base != 10002 {
-        if let Some((s, body)) = split_sender_prefix(&content) {
-            sender_id = Some(s.into());
-            let body_len = body.len();
-            keep_suffix(&mut content, body_len);
+        if let Some((s, body)) = split_sender_prefix_bytes(content) {
+            sender_id = Some(s);
+            content = body;
         }
     } else if !is_group {
-        sender_id = Some(row.talker.clone());
+        sender_id = Some(row.talker);
     }
+    let mut digits = itoa::Buffer::new();
     let id = match row.msg_svr_id {
-        Some(id) if id != 0 => id.to_compact_string(),
-        _ => format_compact!("local-{}", row.msg_id),
+        Some(id) if id != 0 => CompactString::new(digits.format(id)),
+        _ => {
+            let mut id = CompactString::new("local-");
+            id.push_str(digits.format(row.msg_id));
+            id
+        }
     };
-    RawMessage {
+    RawMessageRef {
         id,
         conversation: row.talker,
         sender_id,
@@ -106,21 +126,35 @@ pub fn read_self(conn: &Connection) -> anyhow::Result<(Option<String>, Option<St
     Ok((get(2), get(4)))
 }
 
-/// Every `message` row, oldest first (by createTime, then msgId), read over `ranges` of rowids
-/// on one connection each from `open` (see [`parallel_scan`]).
-pub fn read_messages(
+/// What [`write_messages`] wrote: the parts, in order, and how many conversations they hold.
+pub struct Written {
+    pub parts: Vec<PartInfo>,
+    pub conversations: usize,
+}
+
+/// Every `message` row into the raw table in `dir`, oldest first (by createTime, then msgId).
+/// Each of `ranges` is read on its own connection from `open` (see [`parallel_scan`]) and
+/// streamed into its own part as it is decrypted, so the table never sits in memory: a row
+/// leaves behind only its 16-byte sort key. Rowid order is time order unless the history was
+/// inserted out of order (a migration, a restore); then the parts are read back and rewritten
+/// in order.
+pub fn write_messages(
     ranges: &[(i64, i64)],
     open: impl Fn() -> anyhow::Result<Connection> + Sync,
     self_id: &str,
-) -> anyhow::Result<Vec<RawMessage>> {
-    let (mut messages, keys) = parallel_scan::scan(ranges, open, |conn, lo, hi, sink| {
+    dir: &Path,
+) -> anyhow::Result<Written> {
+    let per_range = parallel_scan::scan(ranges, open, |conn, index, lo, hi| {
+        let mut part = PartWriter::create(dir, index)?;
         let mut stmt = conn.prepare(&format!(
             "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message WHERE {}",
             parallel_scan::range_condition(lo, hi)
         ))?;
         let mut rows = stmt.query([])?;
         // Rowids of a message table are dense: the range's width is a good size guess.
-        let mut keys = Vec::with_capacity(usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 20));
+        let mut keys = Vec::with_capacity(usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 22));
+        let mut conversations = HashSet::new();
+        let mut last_talker = CompactString::default();
         while let Some(r) = rows.next()? {
             let row = AndroidRow {
                 msg_id: r.get(0)?,
@@ -128,37 +162,101 @@ pub fn read_messages(
                 msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
                 is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
                 create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                talker: r.get_ref(5)?.as_str_or_null()?.map(CompactString::from).unwrap_or_default(),
-                content: text_or_blob(r.get_ref(6)?),
+                talker: r.get_ref(5)?.as_str_or_null()?.unwrap_or_default(),
+                content: column_bytes(r.get_ref(6)?),
             };
             keys.push((row.create_time, row.msg_id));
-            sink.push(convert_row(row, self_id))?;
+            // A conversation's messages come in runs: hash only where the talker changes.
+            if row.talker != last_talker.as_str() {
+                last_talker = CompactString::from(row.talker);
+                if !conversations.contains(&last_talker) {
+                    conversations.insert(last_talker.clone());
+                }
+            }
+            part.push(&convert_row(&row, self_id))?;
         }
-        Ok(keys)
+        Ok((part.finish()?, keys, conversations))
     })?;
-    // Rowid order usually is (createTime, msgId) order already.
-    if !keys.iter().flatten().is_sorted() {
-        parallel_scan::order_by(&mut messages, &keys.concat());
+    let mut parts = Vec::with_capacity(per_range.len());
+    let mut keys = Vec::with_capacity(per_range.len());
+    let mut conversations = HashSet::new();
+    for (part, k, c) in per_range {
+        parts.push(part);
+        keys.push(k);
+        conversations.extend(c);
     }
-    Ok(messages)
+    // Seconds first: a hand-made copy may mix second and millisecond createTimes.
+    let order = |&(t, id): &(i64, i64)| (to_seconds(t), t, id);
+    if !keys.iter().flatten().map(order).is_sorted() {
+        let mut messages = raw::read_parts(dir, &parts)?;
+        let keys: Vec<_> = keys.iter().flatten().map(order).collect();
+        parallel_scan::order_by(&mut messages, &keys);
+        for part in &parts {
+            std::fs::remove_file(dir.join(&part.file))?;
+        }
+        parts = raw::write_parts(dir, &messages)?;
+    }
+    Ok(Written { parts, conversations: conversations.len() })
 }
 
-/// A TEXT column that some rows store as a BLOB.
-pub fn text_or_blob(v: rusqlite::types::ValueRef<'_>) -> String {
+/// A TEXT column's bytes as stored (some rows store a BLOB), not checked as UTF-8: the raw
+/// table's reader checks text once, and repairs what is not valid.
+pub fn column_bytes(v: rusqlite::types::ValueRef<'_>) -> Cow<'_, [u8]> {
     use rusqlite::types::ValueRef;
     match v {
-        // Valid UTF-8 is the rule: validate once and copy, and only repair what is not.
-        ValueRef::Text(t) | ValueRef::Blob(t) => match std::str::from_utf8(t) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(t).into_owned(),
-        },
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => f.to_string(),
-        ValueRef::Null => String::new(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Cow::Borrowed(t),
+        ValueRef::Integer(i) => Cow::Owned(i.to_string().into_bytes()),
+        ValueRef::Real(f) => Cow::Owned(f.to_string().into_bytes()),
+        ValueRef::Null => Cow::Borrowed(b""),
+    }
+}
+
+/// A TEXT column that some rows store as a BLOB, as text (invalid UTF-8 repaired).
+pub fn text_or_blob(v: rusqlite::types::ValueRef<'_>) -> String {
+    match column_bytes(v) {
+        Cow::Borrowed(b) => String::from_utf8_lossy(b).into_owned(),
+        Cow::Owned(b) => String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
 }
 
 /// True when the connection holds Android's tables.
 pub fn looks_like(conn: &Connection) -> bool {
     super::has_tables(conn, &["message", "rcontact"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounded search finds exactly the prefixes a search of the whole payload finds.
+    #[test]
+    fn sender_prefix_is_the_first_line_when_plausible() {
+        fn whole(c: &str) -> Option<(&str, &str)> {
+            let idx = c.find(":\n")?;
+            let s = &c[..idx];
+            (!s.is_empty() && s.len() <= 80 && !s.contains(char::is_whitespace) && !s.contains('<'))
+                .then(|| (s, &c[idx + 2..]))
+        }
+        let long = format!("{}:\nbody", "a".repeat(80));
+        let too_long = format!("{}:\nbody", "a".repeat(81));
+        let cases = [
+            "wxid_a:\nhello",
+            "wxid_a:\n",
+            ":\nempty sender",
+            "no prefix at all",
+            "two words:\nbody",
+            "line\nwxid_a:\nbody",
+            "<msg>:\n</msg>",
+            "阿明:\n你好",
+            "wxid_a:x\nbody:\nmore",
+            long.as_str(),
+            too_long.as_str(),
+        ];
+        for c in cases {
+            assert_eq!(split_sender_prefix(c), whole(c), "{c:?}");
+            let bytes = split_sender_prefix_bytes(c.as_bytes()).map(|(s, b)| (s, std::str::from_utf8(b).unwrap()));
+            assert_eq!(bytes, whole(c), "{c:?}");
+        }
+        assert_eq!(split_sender_prefix_bytes(b"\xff:\nbody"), None);
+    }
 }

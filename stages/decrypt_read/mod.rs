@@ -107,14 +107,14 @@ pub struct DecryptReadStage;
 impl DecryptReadStage {
     pub const INFO: StageInfo = StageInfo {
         kind: "decrypt-read",
-        version: 1,
+        version: 2,
         summary: "read WeChat databases (Android, PC 3.x, 4.x; encrypted or decrypted) and export files into a raw message table",
         inputs: &[InputSpec {
             name: "db",
             required: true,
             help: "a database / export file, or the directory holding one account's files",
         }],
-        outputs: &[OutputSpec { name: "raw", path: "raw", help: "raw message table (meta.json + messages.jsonl)" }],
+        outputs: &[OutputSpec { name: "raw", path: "raw", help: "raw message table (meta.json + binary parts)" }],
     };
 }
 
@@ -155,28 +155,30 @@ impl Stage for DecryptReadStage {
                 p.imei = s.imei.clone();
                 p.uin = s.uin.clone();
             }
-            match read_source(input, &p) {
+            match read_source_to(input, &p, &out) {
                 Ok(r) => {
                     result = Some(r);
                     break;
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    // Nothing partial stays behind for the next key to mix with.
+                    let _ = std::fs::remove_dir_all(&out);
+                    last_err = Some(e);
+                }
             }
         }
-        let (meta, messages) = match result {
-            Some(r) => r,
-            None => return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{}: nothing read", input.display()))),
+        let Some(summary) = result else {
+            return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{}: nothing read", input.display())));
         };
-        raw::write_raw(&out, &meta, &messages)?;
         let bytes = locate::files_under(input, 6)
             .map(|f| f.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum::<u64>())
             .unwrap_or(0);
         let secs = started.elapsed().as_secs_f64();
         let mut m = Metrics::new();
-        m.insert("format".into(), meta.format.clone().into());
-        m.insert("messages".into(), messages.len().into());
-        m.insert("contacts".into(), meta.contacts.len().into());
-        m.insert("conversations".into(), count_conversations(&messages).into());
+        m.insert("format".into(), summary.meta.format.clone().into());
+        m.insert("messages".into(), summary.messages.into());
+        m.insert("contacts".into(), summary.meta.contacts.len().into());
+        m.insert("conversations".into(), summary.conversations.into());
         m.insert("input_mb".into(), serde_json::json!((bytes as f64 / 1e6 * 100.0).round() / 100.0));
         m.insert("seconds".into(), serde_json::json!((secs * 1000.0).round() / 1000.0));
         Ok(m)
@@ -216,9 +218,17 @@ pub fn key_material(p: &DecryptReadParams) -> anyhow::Result<KeyMaterial> {
     Ok(km)
 }
 
-/// Read any supported source into the raw table (library entry point, used by the stage,
-/// tests and benches).
-pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMeta, Vec<RawMessage>)> {
+/// What [`read_source_to`] wrote.
+#[derive(Debug)]
+pub struct RawSummary {
+    pub meta: RawMeta,
+    pub messages: u64,
+    pub conversations: usize,
+}
+
+/// Read any supported source into a raw table in `out`, oldest first, ties in source order
+/// (the stage and the benches).
+pub fn read_source_to(input: &Path, p: &DecryptReadParams, out: &Path) -> anyhow::Result<RawSummary> {
     if !input.exists() {
         anyhow::bail!("{}: no such file or directory", input.display());
     }
@@ -227,53 +237,71 @@ pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMe
         SourceFormat::Auto => detect::detect(input)?,
         f => f,
     };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let self_id = p.self_id.as_deref();
-    let (format_name, self_id, self_name, contacts, mut messages) = match format {
+    let (format_name, self_id, self_name, contacts, messages) = match format {
         SourceFormat::Auto => unreachable!("detect never returns auto"),
         SourceFormat::Android | SourceFormat::Sqlite if detect::single_db(input).is_some() || input.is_file() => {
             let path = detect::single_db(input).unwrap_or_else(|| input.to_path_buf());
-            read_single_db(&path, &keys, p)?
+            read_single_db(&path, &keys, p, out)?
         }
         SourceFormat::Android | SourceFormat::Sqlite => {
             // A directory of decrypted PC files.
             match detect::detect(input)? {
-                SourceFormat::Pc4 => {
-                    pc4::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d))?
-                }
-                _ => pc3::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d))?,
+                SourceFormat::Pc4 => in_memory("pc4", pc4::read(input, &keys, self_id)?),
+                _ => in_memory("pc3", pc3::read(input, &keys, self_id)?),
             }
         }
-        SourceFormat::Pc3 => pc3::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d))?,
-        SourceFormat::Pc4 => pc4::read(input, &keys, self_id).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d))?,
-        SourceFormat::SeedCsv => {
-            let (a, b, c, d) = exports::seed_csv::read(input, p)?;
-            ("seed-csv".to_string(), a, b, c, d)
-        }
-        SourceFormat::WechatmsgCsv => {
-            let (a, b, c, d) = exports::wechatmsg::read_csv(input, p)?;
-            ("wechatmsg-csv".to_string(), a, b, c, d)
-        }
-        SourceFormat::WechatmsgTxt => {
-            let (a, b, c, d) = exports::wechatmsg::read_txt(input, p)?;
-            ("wechatmsg-txt".to_string(), a, b, c, d)
-        }
-        SourceFormat::PywxdumpCsv => {
-            let (a, b, c, d) = exports::pywxdump::read(input, p)?;
-            ("pywxdump-csv".to_string(), a, b, c, d)
-        }
+        SourceFormat::Pc3 => in_memory("pc3", pc3::read(input, &keys, self_id)?),
+        SourceFormat::Pc4 => in_memory("pc4", pc4::read(input, &keys, self_id)?),
+        SourceFormat::SeedCsv => in_memory("seed-csv", exports::seed_csv::read(input, p)?),
+        SourceFormat::WechatmsgCsv => in_memory("wechatmsg-csv", exports::wechatmsg::read_csv(input, p)?),
+        SourceFormat::WechatmsgTxt => in_memory("wechatmsg-txt", exports::wechatmsg::read_txt(input, p)?),
+        SourceFormat::PywxdumpCsv => in_memory("pywxdump-csv", exports::pywxdump::read(input, p)?),
     };
     let self_name = p.self_name.clone().unwrap_or(self_name);
-    // Oldest first; ties keep source order.
-    if !messages.is_sorted_by_key(|m| m.timestamp) {
-        messages.sort_by_key(|m| m.timestamp);
-    }
-    Ok((RawMeta { format: format_name, self_id, self_name, contacts }, messages))
+    let meta = RawMeta { format: format_name, self_id, self_name, contacts };
+    let (parts, conversations) = match messages {
+        Messages::InMemory(mut messages) => {
+            // Oldest first; ties keep source order.
+            if !messages.is_sorted_by_key(|m| m.timestamp) {
+                messages.sort_by_key(|m| m.timestamp);
+            }
+            (raw::write_parts(out, &messages)?, count_conversations(&messages))
+        }
+        Messages::Written(w) => (w.parts, w.conversations),
+    };
+    let messages = parts.iter().map(|part| part.messages).sum();
+    raw::write_header(out, &meta, parts)?;
+    Ok(RawSummary { meta, messages, conversations })
 }
 
-type Read = (String, String, String, Vec<RawContact>, Vec<RawMessage>);
+/// Read any supported source into memory (tests and tools): [`read_source_to`] a private
+/// temporary directory, read back.
+pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMeta, Vec<RawMessage>)> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    read_source_to(input, p, dir.path())?;
+    raw::read_raw(dir.path())
+}
+
+/// A reader's messages: in memory (sorted and written by [`read_source_to`]), or streamed
+/// into the table's parts already, in order.
+enum Messages {
+    InMemory(Vec<RawMessage>),
+    Written(android::Written),
+}
+
+type Read = (String, String, String, Vec<RawContact>, Messages);
+
+fn in_memory(
+    format: &str,
+    (self_id, self_name, contacts, messages): (String, String, Vec<RawContact>, Vec<RawMessage>),
+) -> Read {
+    (format.to_string(), self_id, self_name, contacts, Messages::InMemory(messages))
+}
 
 /// One database file: Android EnMicroMsg.db (encrypted or not), or a decrypted PC 3.x / 4.x file.
-fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams) -> anyhow::Result<Read> {
+fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams, out: &Path) -> anyhow::Result<Read> {
     let conn = keys::open(path, Flavour::Android, keys)?;
     if android::looks_like(&conn) {
         let (db_self, db_name) = android::read_self(&conn)?;
@@ -285,18 +313,18 @@ fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams) -> any
         let ranges = parallel_scan::rowid_ranges(&conn, "message", None)?;
         drop(conn);
         let open = || keys::open(path, Flavour::Android, keys);
-        let messages = android::read_messages(&ranges, open, &self_id)
+        let written = android::write_messages(&ranges, open, &self_id, out)
             .with_context(|| format!("{}: reading the message table", path.display()))?;
-        return Ok(("android".into(), self_id, self_name, contacts, messages));
+        return Ok(("android".into(), self_id, self_name, contacts, Messages::Written(written)));
     }
     drop(conn);
     if sqlcipher::is_plain_sqlite(path)? {
         let conn = sqlcipher::open_plain(path)?;
         if pc3::looks_like(&conn) {
-            return pc3::read(path, keys, p.self_id.as_deref()).map(|(a, b, c, d)| ("pc3".to_string(), a, b, c, d));
+            return Ok(in_memory("pc3", pc3::read(path, keys, p.self_id.as_deref())?));
         }
         if pc4::looks_like(&conn) {
-            return pc4::read(path, keys, p.self_id.as_deref()).map(|(a, b, c, d)| ("pc4".to_string(), a, b, c, d));
+            return Ok(in_memory("pc4", pc4::read(path, keys, p.self_id.as_deref())?));
         }
     }
     anyhow::bail!("{}: not a WeChat database (no message/rcontact, MSG or Name2Id tables)", path.display())

@@ -5,9 +5,7 @@
 //! each rowid range on its own pages, so connections that each read one range decrypt disjoint
 //! pages and together read the file at the speed of all cores.
 
-use std::mem::MaybeUninit;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rayon::prelude::*;
 use rusqlite::Connection;
 
@@ -36,130 +34,16 @@ pub fn rowid_ranges(conn: &Connection, table: &str, parts: Option<usize>) -> any
     Ok(bounds.windows(2).map(|w| (w[0], w[1])).collect())
 }
 
-/// Rows of all ranges above which the output is not reserved up front (see [`scan`]).
-const MAX_RESERVED_ROWS: usize = 1 << 26;
-
-/// Where [`scan`]'s `read` puts one range's rows.
-pub struct Sink<'a, T>(SinkInner<'a, T>);
-
-enum SinkInner<'a, T> {
-    /// The range's own stretch of the output's spare capacity; the first `len` are written.
-    Slots { slots: &'a mut [MaybeUninit<T>], len: usize },
-    /// A vector of its own, appended to the output at the end.
-    Owned(Vec<T>),
-}
-
-impl<T> Sink<'_, T> {
-    pub fn push(&mut self, row: T) -> anyhow::Result<()> {
-        match &mut self.0 {
-            SinkInner::Slots { slots, len } => {
-                // A range [lo, hi) holds at most hi - lo rows, unless the B-tree is corrupt.
-                let Some(slot) = slots.get_mut(*len) else { bail!("more rows than rowids in a range") };
-                slot.write(row);
-                *len += 1;
-            }
-            SinkInner::Owned(v) => v.push(row),
-        }
-        Ok(())
-    }
-}
-
-impl<T> Drop for Sink<'_, T> {
-    fn drop(&mut self) {
-        if let SinkInner::Slots { slots, len } = &mut self.0 {
-            for slot in &mut slots[..*len] {
-                // SAFETY: the first `len` slots were written by `push` and are dropped once here;
-                // a sink that handed its rows to the output was forgotten instead.
-                unsafe { slot.assume_init_drop() };
-            }
-        }
-    }
-}
-
-/// Run `read(conn, lo, hi, sink)` for every range, each on its own connection from `open`, in
-/// parallel; the rows come back in range order, with what each `read` returned. `read`
-/// selects its rows with [`range_condition`]`(lo, hi)`.
-///
-/// A range `[lo, hi)` holds at most `hi - lo` rows, so when the table's rowid span can be
-/// reserved, every range writes straight into its own stretch of the output: no per-range
-/// vectors, no concatenation copy, each row's memory touched once. Gaps left by missing
-/// rowids are closed at the end.
-pub fn scan<T: Send, A: Send>(
+/// Run `read(conn, index, lo, hi)` for every range (`index` is its position in `ranges`),
+/// each on its own connection from `open`, in parallel; the results come back in range order.
+/// `read` selects its rows with [`range_condition`]`(lo, hi)` and streams them wherever they
+/// go (decrypt-read: into the range's own part of the raw table).
+pub fn scan<A: Send>(
     ranges: &[(i64, i64)],
     open: impl Fn() -> anyhow::Result<Connection> + Sync,
-    read: impl Fn(&Connection, i64, i64, &mut Sink<'_, T>) -> anyhow::Result<A> + Sync,
-) -> anyhow::Result<(Vec<T>, Vec<A>)> {
-    // One range on a connection of its own; the sink comes back holding the range's rows.
-    let run = |(lo, hi): (i64, i64), sink: &mut Sink<'_, T>| read(&open()?, lo, hi, sink);
-    // A range open above (see `range_condition`) has no width: read into vectors.
-    let width = |(lo, hi): (i64, i64)| if hi > lo { usize::try_from(hi.checked_sub(lo)?).ok() } else { None };
-    let widths: Option<Vec<usize>> = ranges.iter().map(|&r| width(r)).collect();
-    let total = widths.as_ref().and_then(|w| w.iter().try_fold(0usize, |a, &b| a.checked_add(b)));
-    let mut out: Vec<T> = Vec::new();
-    let reserved = matches!(total, Some(t) if t <= MAX_RESERVED_ROWS && out.try_reserve_exact(t).is_ok());
-    let (Some(widths), true) = (widths, reserved) else {
-        let parts: Vec<_> = ranges
-            .par_iter()
-            .map(|&(lo, hi)| {
-                let guess = usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 20);
-                let mut sink = Sink(SinkInner::Owned(Vec::with_capacity(guess)));
-                let extra = run((lo, hi), &mut sink)?;
-                anyhow::Ok((sink, extra))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let mut extras = Vec::with_capacity(parts.len());
-        for (mut sink, extra) in parts {
-            if let SinkInner::Owned(rows) = &mut sink.0 {
-                out.append(rows);
-            }
-            extras.push(extra);
-        }
-        return Ok((out, extras));
-    };
-    let mut stretches = Vec::with_capacity(widths.len());
-    let mut rest = out.spare_capacity_mut();
-    for &w in &widths {
-        let (head, tail) = rest.split_at_mut(w);
-        stretches.push(head);
-        rest = tail;
-    }
-    // On an error every finished sink drops its own rows; `out` is still empty.
-    let parts: Vec<_> = ranges
-        .par_iter()
-        .zip(stretches)
-        .map(|(&range, slots)| {
-            let mut sink = Sink(SinkInner::Slots { slots, len: 0 });
-            let extra = run(range, &mut sink)?;
-            anyhow::Ok((sink, extra))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut lens = Vec::with_capacity(parts.len());
-    let mut extras = Vec::with_capacity(parts.len());
-    for (sink, extra) in parts {
-        // Every sink here is Slots; its rows now belong to `out`, which takes them over below.
-        let len = match &sink.0 {
-            &SinkInner::Slots { len, .. } => len,
-            SinkInner::Owned(_) => 0,
-        };
-        std::mem::forget(sink);
-        lens.push(len);
-        extras.push(extra);
-    }
-    let base = out.as_mut_ptr();
-    let (mut start, mut filled) = (0, 0);
-    for (w, n) in widths.into_iter().zip(lens) {
-        if start != filled {
-            // SAFETY: both stretches lie within the reserved capacity; the n rows written at
-            // `start` move down over slots that are free (gaps) or already moved; `copy` allows
-            // the overlap.
-            unsafe { std::ptr::copy(base.add(start), base.add(filled), n) };
-        }
-        start += w;
-        filled += n;
-    }
-    // SAFETY: the first `filled` slots now hold every written row exactly once.
-    unsafe { out.set_len(filled) };
-    Ok((out, extras))
+    read: impl Fn(&Connection, usize, i64, i64) -> anyhow::Result<A> + Sync,
+) -> anyhow::Result<Vec<A>> {
+    ranges.par_iter().enumerate().map(|(i, &(lo, hi))| read(&open()?, i, lo, hi)).collect()
 }
 
 /// The ORDER BY of a scan, done here in parallel rather than by SQLite's single-threaded
@@ -243,17 +127,15 @@ mod tests {
         path
     }
 
-    /// Rows land in the output in rowid order, each once, whether the ranges write into one
-    /// reserved output (dense, sparse with gaps to close) or into vectors of their own (a
-    /// range ending at i64::MAX, a span too wide to reserve); each range's result comes back.
+    /// Each range runs on its own connection and every row is read once; the results come
+    /// back in range order, dense or sparse, up to a range open above at i64::MAX.
     #[test]
-    fn scan_collects_every_row_once_in_order() {
+    fn scan_reads_every_row_once_in_range_order() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [&[i64]; 5] = [
+        let cases: [&[i64]; 4] = [
             &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
             &[1, 2, 5, 9, 10, 11, 30, 31],
             &[-40, -3, 0, 9, 1_000_000],
-            &[i64::MAX - 1, i64::MAX],
             &[i64::MIN, 0, i64::MAX],
         ];
         for (i, rowids) in cases.into_iter().enumerate() {
@@ -261,50 +143,17 @@ mod tests {
             let open = || Ok(Connection::open(&path)?);
             for parts in [1, 2, 3, 8] {
                 let ranges = rowid_ranges(&open().unwrap(), "t", Some(parts)).unwrap();
-                let (rows, counts) = scan(&ranges, open, |conn, lo, hi, sink| {
+                let per_range = scan(&ranges, open, |conn, index, lo, hi| {
                     let mut stmt = conn.prepare(&format!("SELECT v FROM t WHERE {}", range_condition(lo, hi)))?;
-                    let mut rows = stmt.query([])?;
-                    let mut n = 0;
-                    while let Some(r) = rows.next()? {
-                        sink.push(r.get::<_, String>(0)?)?;
-                        n += 1;
-                    }
-                    Ok(n)
+                    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+                    Ok((index, rows))
                 })
                 .unwrap();
+                assert!(per_range.iter().enumerate().all(|(i, (index, _))| *index == i));
+                let rows: Vec<String> = per_range.into_iter().flat_map(|(_, rows)| rows).collect();
                 let want: Vec<String> = rowids.iter().map(|r| format!("v{r}")).collect();
                 assert_eq!(rows, want, "parts {parts}");
-                assert_eq!(counts.iter().sum::<usize>(), rowids.len());
-                assert_eq!(counts.len(), ranges.len());
             }
-        }
-    }
-
-    /// A failing range fails the scan, and the rows other ranges already read are dropped.
-    #[test]
-    fn scan_error_drops_rows_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let rowids: Vec<i64> = (1..=40).collect();
-        let path = table_file(&dir, "t.db", &rowids);
-        let open = || Ok(Connection::open(&path)?);
-        let live = std::sync::Arc::new(());
-        for wide in [false, true] {
-            let mut ranges = rowid_ranges(&open().unwrap(), "t", Some(4)).unwrap();
-            if wide {
-                // Too wide to reserve: the per-range vectors path.
-                ranges[3].1 = i64::MAX;
-            }
-            let r = scan(&ranges, open, |_, lo, hi, sink| {
-                for _ in lo..hi.min(lo + 10) {
-                    sink.push(live.clone())?;
-                }
-                if lo > 20 {
-                    bail!("range {lo} fails");
-                }
-                Ok(())
-            });
-            assert!(r.is_err());
-            assert_eq!(std::sync::Arc::strong_count(&live), 1, "wide {wide}");
         }
     }
 

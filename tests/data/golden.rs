@@ -183,12 +183,23 @@ fn every_kind_is_present_and_labels_are_seed_002() {
     assert!(got.iter().any(|m| m.text.contains("2024-10-04")), "dates must survive masking");
 }
 
+/// The message table streamed into a raw table's parts over `ranges`, read back.
+fn read_table(
+    ranges: &[(i64, i64)],
+    open: impl Fn() -> anyhow::Result<rusqlite::Connection> + Sync,
+) -> Vec<avatar::stages::decrypt_read::raw::RawMessage> {
+    use avatar::stages::decrypt_read::{android, raw};
+    let out = tempfile::tempdir().unwrap();
+    let written = android::write_messages(ranges, open, "wxid_self", out.path()).unwrap();
+    raw::read_parts(out.path(), &written.parts).unwrap()
+}
+
 /// A large EnMicroMsg.db is read on several connections over rowid ranges; any split reads
 /// the same rows in the same order as one connection.
 #[test]
 fn android_read_in_parallel_ranges_matches_one_connection() {
     use avatar::stages::decrypt_read::keys::{self, Flavour};
-    use avatar::stages::decrypt_read::{android, key_material, parallel_scan};
+    use avatar::stages::decrypt_read::{key_material, parallel_scan};
     let db = fixture().path("android").join("EnMicroMsg.db");
     let km = key_material(&params_for("android")).unwrap();
     let open = || keys::open(&db, Flavour::Android, &km);
@@ -196,7 +207,7 @@ fn android_read_in_parallel_ranges_matches_one_connection() {
     let read = |parts| {
         let ranges = parallel_scan::rowid_ranges(&conn, "message", Some(parts)).unwrap();
         assert_eq!(ranges.len(), parts);
-        android::read_messages(&ranges, open, "wxid_self").unwrap()
+        read_table(&ranges, open)
     };
     let one = read(1);
     assert!(one.len() > 1000);
@@ -211,7 +222,7 @@ fn android_read_in_parallel_ranges_matches_one_connection() {
 #[test]
 fn android_rows_out_of_time_order_come_back_sorted() {
     use avatar::stages::decrypt_read::keys::{self, Flavour};
-    use avatar::stages::decrypt_read::{android, key_material, parallel_scan};
+    use avatar::stages::decrypt_read::{key_material, parallel_scan};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("EnMicroMsg.db");
     std::fs::copy(fixture().path("android").join("EnMicroMsg.db"), &db).unwrap();
@@ -226,7 +237,7 @@ fn android_rows_out_of_time_order_come_back_sorted() {
     let read = |path: &std::path::Path, parts| {
         let open = || keys::open(path, Flavour::Android, &km);
         let ranges = parallel_scan::rowid_ranges(&open().unwrap(), "message", Some(parts)).unwrap();
-        android::read_messages(&ranges, open, "wxid_self").unwrap()
+        read_table(&ranges, open)
     };
     let original = read(&fixture().path("android").join("EnMicroMsg.db"), 1);
     let one = read(&db, 1);

@@ -77,10 +77,10 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             msg_type: int_field(&path, &rec, c_type, "type")?,
             is_send: int_field(&path, &rec, c_send, "isSend")?,
             create_time: int_field(&path, &rec, c_time, "createTime")?,
-            talker: field(&rec, Some(c_talker)).into(),
-            content: field(&rec, Some(c_content)).to_string(),
+            talker: field(&rec, Some(c_talker)),
+            content: field(&rec, Some(c_content)).as_bytes().into(),
         };
-        messages.push(convert_row(row, &self_id));
+        messages.push(convert_row(&row, &self_id).to_message());
     }
     Ok((self_id, self_name, contacts, messages))
 }
