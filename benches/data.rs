@@ -6,10 +6,11 @@
 
 use std::time::Instant;
 
-use avatar::stages::common::jsonl;
+use avatar::stages::common::message_table;
+use avatar::stages::common::parallel_scan;
 use avatar::stages::decrypt_read::android::{AndroidRow, convert_row};
 use avatar::stages::decrypt_read::raw::{self, RawMessage, RawMeta};
-use avatar::stages::decrypt_read::{DecryptReadParams, parallel_scan, read_source_to, sqlcipher};
+use avatar::stages::decrypt_read::{DecryptReadParams, read_source_to, sqlcipher};
 use avatar::stages::normalise::blocked::Blocked;
 use avatar::stages::normalise::{NormaliseParams, normalise};
 use avatar::synth::{self, History};
@@ -137,25 +138,43 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     raw::write_raw(&dir.path().join("raw"), &meta, &raw_msgs)?;
     let write_raw_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (meta2, raw2) = raw::read_raw(&dir.path().join("raw"))?;
-    let read_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (messages2, _) = normalise(&meta2, &raw2, &params, &blocked);
-    let norm2 = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    jsonl::write_jsonl(&dir.path().join("messages.jsonl"), &messages2)?;
-    let write_s = t.elapsed().as_secs_f64();
+    // The stage as the engine runs it: raw table in, message table out. Best of 3 by total.
+    let mut best: Option<[f64; 4]> = None;
+    let mut kept = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (meta2, raw2) = raw::read_raw(&dir.path().join("raw"))?;
+        let read_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (messages2, _) = normalise(&meta2, &raw2, &params, &blocked);
+        let norm_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        message_table::write(&dir.path().join("messages.db"), &messages2)?;
+        let write_s = t.elapsed().as_secs_f64();
+        let total = read_s + norm_s + write_s;
+        if best.is_none_or(|b| total < b[0]) {
+            best = Some([total, read_s, norm_s, write_s]);
+        }
+        kept = messages2.len();
+    }
+    let [total, read_s, norm_s, write_s] = best.expect("three rounds ran");
     let raw_mb = dir_bytes(&dir.path().join("raw"))? as f64 / 1e6;
+    let table_mb = std::fs::metadata(dir.path().join("messages.db"))?.len() as f64 / 1e6;
     row(
         "normalise stage end to end (read+run+write)",
-        format!("{:.3} s", read_s + norm2 + write_s),
-        &format!("read raw {read_s:.2} s ({raw_mb:.0} MB) + normalise {norm2:.2} s + write {write_s:.2} s"),
+        format!("{total:.3} s"),
+        &format!(
+            "read raw {read_s:.2} s ({raw_mb:.0} MB) + normalise {norm_s:.2} s + write messages.db {write_s:.2} s ({table_mb:.0} MB); best of 3"
+        ),
     );
+    let t = Instant::now();
+    let back = message_table::read(&dir.path().join("messages.db"))?;
+    row("  (window's read of messages.db)", format!("{:.3} s", t.elapsed().as_secs_f64()), "");
+    assert_eq!(back.len(), kept);
     row("  (decrypt-read's raw table write)", format!("{write_raw_s:.3} s"), "");
-    assert_eq!(messages.len(), messages2.len());
+    assert_eq!(messages.len(), kept);
     row("  malformed / blocked masked", format!("{} / {}", stats.malformed_xml, stats.blocked_masked), "");
-    drop((messages, messages2, raw_msgs, raw2));
+    drop((messages, back, raw_msgs));
 
     // ---- decrypt-read on a large SQLCipher database -----------------------------------------
     let m = env_usize("AVATAR_BENCH_DB_MESSAGES", 1_500_000);

@@ -55,6 +55,37 @@ impl MessageKind {
         MessageKind::Unknown,
     ];
 
+    /// The kind's name as written in tables and stats (`text`, `red_packet`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageKind::Text => "text",
+            MessageKind::Quote => "quote",
+            MessageKind::Image => "image",
+            MessageKind::Sticker => "sticker",
+            MessageKind::Voice => "voice",
+            MessageKind::Video => "video",
+            MessageKind::File => "file",
+            MessageKind::Link => "link",
+            MessageKind::Transfer => "transfer",
+            MessageKind::RedPacket => "red_packet",
+            MessageKind::ContactCard => "contact_card",
+            MessageKind::Location => "location",
+            MessageKind::MergedHistory => "merged_history",
+            MessageKind::Pat => "pat",
+            MessageKind::Revoke => "revoke",
+            MessageKind::System => "system",
+            MessageKind::Announcement => "announcement",
+            MessageKind::MiniProgram => "mini_program",
+            MessageKind::Channels => "channels",
+            MessageKind::Voip => "voip",
+            MessageKind::Unknown => "unknown",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<MessageKind> {
+        MessageKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// True for kinds whose text is the person's own words (not a placeholder label).
     pub fn is_verbal(self) -> bool {
         matches!(self, MessageKind::Text | MessageKind::Quote)

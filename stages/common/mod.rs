@@ -3,6 +3,8 @@
 pub mod curves;
 pub mod jsonl;
 pub mod message;
+pub mod message_table;
+pub mod parallel_scan;
 pub mod plot;
 pub mod preference;
 pub mod ranked;

@@ -7,8 +7,8 @@ use std::path::Path;
 use compact_str::CompactString;
 use rusqlite::Connection;
 
-use super::parallel_scan;
 use super::raw::{self, PartInfo, PartWriter, RawContact, RawMessageRef};
+use crate::stages::common::parallel_scan;
 
 /// One `message` row, by column name (schemas differ across versions; never positional),
 /// borrowing its text from the query or the CSV record.

@@ -6,7 +6,6 @@ pub mod detect;
 pub mod exports;
 pub mod keys;
 pub mod locate;
-pub mod parallel_scan;
 pub mod pc3;
 pub mod pc4;
 pub mod protobuf;
@@ -21,6 +20,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::stage::{InputSpec, Metrics, OutputSpec, ParamError, Stage, StageContext, StageInfo, parse_params};
+use crate::stages::common::parallel_scan;
 use keys::{Flavour, KeyMaterial};
 use raw::{RawContact, RawMessage, RawMeta};
 

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::stages::common::jsonl;
 use crate::stages::common::message::{Message, MessageKind};
+use crate::stages::common::message_table;
 use crate::stages::decrypt_read::raw::{self, RawContact, RawMessage, RawMeta};
 use blocked::Blocked;
 use pii::{PiiConfig, PiiCounts};
@@ -220,7 +220,7 @@ pub fn normalise(
     stats.messages = messages.len() as u64;
     stats.conversations = by_rank.iter().filter(|c| **c > 0).count() as u64;
     stats.by_kind =
-        MessageKind::ALL.iter().zip(by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (kind_name(*k), n)).collect();
+        MessageKind::ALL.iter().zip(by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (k.name().to_string(), n)).collect();
     for (rank, n) in by_rank.into_iter().enumerate() {
         if n > 0 {
             *stats.by_contact.entry(conv_info[rank].0.clone()).or_default() += n;
@@ -230,17 +230,13 @@ pub fn normalise(
     (messages, stats)
 }
 
-pub fn kind_name(k: MessageKind) -> String {
-    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
 pub struct NormaliseStage;
 
 impl TypedStage for NormaliseStage {
     type Params = NormaliseParams;
     const INFO: StageInfo = StageInfo {
         kind: "normalise",
-        version: 1,
+        version: 2,
         summary: "render every message type as text (seed 002 rules), mask PII and blocked words, one sorted message table + stats",
         inputs: &[
             InputSpec { name: "raw", required: true, help: "decrypt-read's raw table" },
@@ -253,8 +249,8 @@ impl TypedStage for NormaliseStage {
         outputs: &[
             OutputSpec {
                 name: "messages",
-                path: "messages.jsonl",
-                help: "normalised messages, by conversation then time",
+                path: "messages.db",
+                help: "normalised messages (SQLite, table `messages`), by conversation then time",
             },
             OutputSpec {
                 name: "stats",
@@ -272,7 +268,7 @@ impl TypedStage for NormaliseStage {
             None => Blocked::none(),
         };
         let (messages, stats) = normalise(&meta, &raw, params, &blocked);
-        jsonl::write_jsonl(&ctx.output("messages", &Self::INFO)?, &messages)?;
+        message_table::write(&ctx.output("messages", &Self::INFO)?, &messages)?;
         let stats_path = ctx.output("stats", &Self::INFO)?;
         std::fs::write(&stats_path, serde_json::to_vec_pretty(&stats)?)?;
         let mut m = Metrics::new();

@@ -30,8 +30,9 @@ pub mod stats;
 use anyhow::Context;
 
 use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::stages::common::jsonl::{read_jsonl, write_jsonl};
+use crate::stages::common::jsonl::write_jsonl;
 use crate::stages::common::message::Message;
+use crate::stages::common::message_table;
 
 pub use build::{Windowed, build_samples};
 pub use params::WindowParams;
@@ -43,9 +44,9 @@ impl TypedStage for WindowStage {
     type Params = WindowParams;
     const INFO: StageInfo = StageInfo {
         kind: "window",
-        version: 1,
+        version: 2,
         summary: "messages → (context, reply) samples: N prior messages, own bubbles merged with <s>, time-gap sessions, quote pairs",
-        inputs: &[InputSpec { name: "messages", required: true, help: "messages.jsonl from normalise" }],
+        inputs: &[InputSpec { name: "messages", required: true, help: "messages.db from normalise" }],
         outputs: &[
             OutputSpec { name: "samples", path: "samples.jsonl", help: "one Sample per line" },
             OutputSpec { name: "stats", path: "window_stats.json", help: "counts kept/dropped and kind mix" },
@@ -54,7 +55,7 @@ impl TypedStage for WindowStage {
 
     fn run(&self, ctx: &StageContext, params: &WindowParams) -> anyhow::Result<Metrics> {
         let input = ctx.input("messages")?;
-        let messages: Vec<Message> = read_jsonl(input)?;
+        let messages: Vec<Message> = message_table::read(input)?;
         let Windowed { samples, stats } =
             build_samples(&messages, params).with_context(|| format!("windowing {}", input.display()))?;
         write_jsonl(&ctx.output("samples", &Self::INFO)?, &samples)?;

@@ -198,8 +198,9 @@ fn read_table(
 /// the same rows in the same order as one connection.
 #[test]
 fn android_read_in_parallel_ranges_matches_one_connection() {
+    use avatar::stages::common::parallel_scan;
+    use avatar::stages::decrypt_read::key_material;
     use avatar::stages::decrypt_read::keys::{self, Flavour};
-    use avatar::stages::decrypt_read::{key_material, parallel_scan};
     let db = fixture().path("android").join("EnMicroMsg.db");
     let km = key_material(&params_for("android")).unwrap();
     let open = || keys::open(&db, Flavour::Android, &km);
@@ -221,8 +222,9 @@ fn android_read_in_parallel_ranges_matches_one_connection() {
 /// rowids reversed, every split still returns all messages, oldest first, the same way.
 #[test]
 fn android_rows_out_of_time_order_come_back_sorted() {
+    use avatar::stages::common::parallel_scan;
+    use avatar::stages::decrypt_read::key_material;
     use avatar::stages::decrypt_read::keys::{self, Flavour};
-    use avatar::stages::decrypt_read::{key_material, parallel_scan};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("EnMicroMsg.db");
     std::fs::copy(fixture().path("android").join("EnMicroMsg.db"), &db).unwrap();

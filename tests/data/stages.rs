@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use avatar::engine::progress::Progress;
 use avatar::engine::stage::{Globals, ResolvedInput, Stage, StageContext};
-use avatar::stages::common::jsonl::read_jsonl;
+use avatar::stages::common::message_table;
 use avatar::stages::common::message::Message;
 use avatar::stages::decrypt_read::DecryptReadStage;
 use avatar::stages::normalise::{NormaliseStage, Stats};
@@ -60,7 +60,7 @@ fn decrypt_read_then_normalise_with_blocked_words() {
         &norm_out,
     )
     .unwrap();
-    let msgs: Vec<Message> = read_jsonl(&norm_out.join("messages.jsonl")).unwrap();
+    let msgs: Vec<Message> = message_table::read(&norm_out.join("messages.db")).unwrap();
     assert_eq!(msgs.len() as u64, m["messages"].as_u64().unwrap());
     assert!(m["blocked_masked"].as_u64().unwrap() > 0, "the persona is sometimes rude");
     for w in avatar::synth::lines::BLOCKED_WORDS {

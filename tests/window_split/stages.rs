@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use avatar::engine::progress::Progress;
 use avatar::engine::stage::ResolvedInput;
 use avatar::engine::{Globals, Metrics, StageContext};
-use avatar::stages::common::jsonl::{read_jsonl, write_jsonl};
+use avatar::stages::common::jsonl::read_jsonl;
+use avatar::stages::common::message_table;
 use avatar::stages::common::sample::Sample;
 
 use super::corpus::corpus;
@@ -38,8 +39,8 @@ fn run(kind: &str, params: &str, inputs: &[(&str, PathBuf)], out: &Path) -> anyh
 #[test]
 fn window_split_export_run_from_files() {
     let dir = tempfile::tempdir().unwrap();
-    let messages = dir.path().join("messages.jsonl");
-    write_jsonl(&messages, &corpus(8000, 400, 1)).unwrap();
+    let messages = dir.path().join("messages.db");
+    message_table::write(&messages, &corpus(8000, 400, 1)).unwrap();
 
     let w = dir.path().join("window");
     let m = run("window", "include_groups = true\nsystem_prompt = \"你是{self_name}\"", &[("messages", messages)], &w)
@@ -107,12 +108,18 @@ fn bad_params_and_bad_input_name_what_is_wrong() {
     let err = run("export", "formats = [\"parquet\"]", &[], dir.path()).err().unwrap().to_string();
     assert!(err.contains("formats"), "{err}");
 
-    // A broken line in messages.jsonl is reported by file and line, without its content.
-    let messages = dir.path().join("messages.jsonl");
-    let mut text = serde_json::to_string(&corpus(1, 1, 0)[0]).unwrap();
-    text.push_str("\n{\"id\": \"secret chat text\"}\n");
-    std::fs::write(&messages, text).unwrap();
+    // A bad row in messages.db is reported by file, message and column, without its content.
+    let messages = dir.path().join("messages.db");
+    message_table::write(&messages, &corpus(3, 3, 0)).unwrap();
+    rusqlite::Connection::open(&messages)
+        .unwrap()
+        .execute("UPDATE messages SET timestamp = 'secret chat text' WHERE seq = 1", [])
+        .unwrap_err(); // STRICT: the table itself refuses a wrong type
+    rusqlite::Connection::open(&messages)
+        .unwrap()
+        .execute("UPDATE messages SET kind = 'secret chat text' WHERE seq = 1", [])
+        .unwrap();
     let err = format!("{:#}", run("window", "", &[("messages", messages)], &dir.path().join("w")).err().unwrap());
-    assert!(err.contains("messages.jsonl:2"), "{err}");
+    assert!(err.contains("messages.db: message 1: column `kind`"), "{err}");
     assert!(!err.contains("secret chat text"), "{err}");
 }
