@@ -168,6 +168,18 @@ mod tests {
         assert!(read(&path).unwrap().is_empty());
     }
 
+    /// The same messages make the same bytes, so the artifact's hash (and what downstream
+    /// stages key on) does not change when normalise runs again.
+    #[test]
+    fn same_messages_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let messages: Vec<Message> = (0..3000).map(message).collect();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        write(&a, &messages).unwrap();
+        write(&b, &messages).unwrap();
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    }
+
     /// Table names are the names manifests and stats use (serde's).
     #[test]
     fn kind_names_are_the_serde_names() {
