@@ -1,6 +1,7 @@
-//! Property tests (proptest) of the parsers: XML payloads, CSV exports, protobuf, PII masking.
-//! Case counts are fixed so the run count is known: XML 3000 + 2000 mutated payloads,
-//! render 2000, PII 2000, CSV 300 files.
+//! Property tests (proptest) of the parsers: XML payloads, CSV exports, protobuf, PII masking,
+//! and the two tables the data path stores (raw parts, messages.db). Case counts are fixed so
+//! the run count is known: XML 3000 + 2000 mutated payloads, render 2000, PII 2000, CSV 300
+//! files, raw table 500 damaged parts, message table 200 damaged files.
 
 use avatar::stages::decrypt_read::raw::RawMessage;
 use avatar::stages::decrypt_read::{DecryptReadParams, SourceFormat, read_source};
@@ -76,5 +77,88 @@ proptest! {
         std::fs::write(dir.path().join("chat.txt"), &body).unwrap();
         let p = DecryptReadParams { format: SourceFormat::WechatmsgTxt, self_name: Some("我".into()), ..Default::default() };
         let _ = read_source(dir.path(), &p);
+    }
+}
+
+/// A small raw table (every field set on some messages) and its part's bytes.
+fn raw_table(dir: &std::path::Path) -> Vec<u8> {
+    use avatar::stages::decrypt_read::raw::{self, ExportedFields, RawMeta};
+    let messages: Vec<RawMessage> = (0..40)
+        .map(|i| RawMessage {
+            id: format!("{i}").into(),
+            conversation: "c@chatroom".into(),
+            sender_id: (i % 2 == 0).then(|| "wxid_a".into()),
+            sender_name: (i % 3 == 0).then(|| "名".into()),
+            timestamp: 1_700_000_000 + i,
+            msg_type: 49,
+            content: format!("<msg>{i}</msg>"),
+            exported: (i % 5 == 0).then(|| Box::new(ExportedFields { title: Some("t".into()), quote: None })),
+            ..Default::default()
+        })
+        .collect();
+    let meta = RawMeta { format: "android".into(), ..Default::default() };
+    // One part: a single-threaded pool would write one anyway.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| raw::write_raw(dir, &meta, &messages)).unwrap();
+    std::fs::read(dir.join("messages-0000.bin")).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    /// A damaged part (bytes changed, cut or added anywhere) reads as an error or as a table,
+    /// never a panic or an allocation sized by a damaged length.
+    #[test]
+    fn damaged_raw_parts_never_panic(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = raw_table(dir.path());
+        for (at, byte, how) in edits {
+            if bytes.is_empty() { break; }
+            let i = at.index(bytes.len());
+            match how {
+                0 => bytes[i] = byte,
+                1 => bytes.truncate(i),
+                _ => bytes.insert(i, byte),
+            }
+        }
+        std::fs::write(dir.path().join("messages-0000.bin"), &bytes).unwrap();
+        let _ = avatar::stages::decrypt_read::raw::read_raw(dir.path());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// A damaged messages.db (any page bytes changed) is an error naming the file, or a table;
+    /// never a panic.
+    #[test]
+    fn damaged_message_tables_never_panic(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..20)) {
+        use avatar::stages::common::message::{Message, MessageKind};
+        use avatar::stages::common::message_table;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        let messages: Vec<Message> = (0..200)
+            .map(|i| Message {
+                id: i.to_string(),
+                conversation: "wxid_a".into(),
+                conversation_name: "阿明".into(),
+                is_group: false,
+                sender_id: "wxid_a".into(),
+                sender_name: "阿明".into(),
+                is_self: i % 2 == 0,
+                timestamp: 1_700_000_000 + i,
+                kind: MessageKind::Text,
+                text: format!("第{i}条"),
+                quoted: None,
+            })
+            .collect();
+        message_table::write(&path, &messages).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Err(e) = message_table::read(&path) {
+            prop_assert!(format!("{e:#}").contains("messages.db"), "{e:#}");
+        }
     }
 }

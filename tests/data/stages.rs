@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use avatar::engine::progress::Progress;
 use avatar::engine::stage::{Globals, ResolvedInput, Stage, StageContext};
-use avatar::stages::common::message_table;
 use avatar::stages::common::message::Message;
+use avatar::stages::common::message_table;
 use avatar::stages::decrypt_read::DecryptReadStage;
 use avatar::stages::normalise::{NormaliseStage, Stats};
 
