@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use compact_str::CompactString;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -321,43 +321,71 @@ pub fn read_raw(dir: &Path) -> anyhow::Result<(RawMeta, Vec<RawMessage>)> {
 
 /// The messages of `parts`, in order; parts and their records are decoded in parallel.
 pub fn read_parts(dir: &Path, parts: &[PartInfo]) -> anyhow::Result<Vec<RawMessage>> {
-    let parts = parts.par_iter().map(|p| read_part(dir, p)).collect::<anyhow::Result<Vec<Vec<RawMessage>>>>()?;
-    let mut messages = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        messages.extend(part);
+    let files = parts.par_iter().map(|p| read_part_file(dir, p)).collect::<anyhow::Result<Vec<_>>>()?;
+    // Every record of every part, in order: the messages are decoded in parallel straight into
+    // their places in one vector (no per-part vectors to concatenate).
+    let mut records = Vec::with_capacity(files.iter().map(|(_, _, n)| *n).sum());
+    for (path, bytes, expected) in &files {
+        index_records(path, bytes, *expected, &mut records)?;
     }
-    Ok(messages)
+    let first_error = std::sync::Mutex::new(None);
+    let mut messages = Vec::new();
+    records
+        .par_iter()
+        .map(|&(path, n, at, record)| {
+            postcard::take_from_bytes::<RawMessage>(record)
+                .map_err(|e| format!("is not a raw message ({e})"))
+                .and_then(|(m, rest)| if rest.is_empty() { Ok(m) } else { Err("has trailing bytes".to_string()) })
+                .unwrap_or_else(|why| {
+                    let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert_with(|| anyhow!("{}: record {n} at byte {at} {why}", path.display()));
+                    RawMessage::default()
+                })
+        })
+        .collect_into_vec(&mut messages);
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(messages),
+    }
 }
 
-fn read_part(dir: &Path, part: &PartInfo) -> anyhow::Result<Vec<RawMessage>> {
+/// A part's file, read whole, with the number of records the header promises.
+fn read_part_file(dir: &Path, part: &PartInfo) -> anyhow::Result<(PathBuf, Vec<u8>, usize)> {
     // The header names files inside the table, nothing else.
     if part.file.contains(['/', '\\']) || part.file.starts_with('.') {
         bail!("{}: part `{}` is not a file name", dir.join(META_FILE).display(), part.file);
     }
     let path = dir.join(&part.file);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut records = Vec::with_capacity(usize::try_from(part.messages).unwrap_or(0).min(bytes.len() / 4));
-    let mut at = 0;
+    // A damaged header cannot make this allocate more than the file could hold.
+    let expected = usize::try_from(part.messages).unwrap_or(usize::MAX).min(bytes.len() / 4);
+    if expected as u64 != part.messages {
+        bail!("{}: too short for the {} records the header says", path.display(), part.messages);
+    }
+    Ok((path, bytes, expected))
+}
+
+/// Append `(path, record number, byte offset, record)` for each record of one part.
+fn index_records<'a>(
+    path: &'a Path,
+    bytes: &'a [u8],
+    expected: usize,
+    records: &mut Vec<(&'a Path, usize, usize, &'a [u8])>,
+) -> anyhow::Result<()> {
+    let (mut at, mut n) = (0, 0);
     while at < bytes.len() {
+        n += 1;
         let len = bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
-        match len.and_then(|len| bytes.get(at + 4..at + 4 + len)) {
-            Some(record) => records.push((at, record)),
-            None => bail!("{}: record {} at byte {at} is cut short", path.display(), records.len() + 1),
-        }
-        at += 4 + records.last().map_or(0, |(_, r)| r.len());
+        let Some(record) = len.and_then(|len| bytes.get(at + 4..at + 4 + len)) else {
+            bail!("{}: record {n} at byte {at} is cut short", path.display());
+        };
+        records.push((path, n, at, record));
+        at += 4 + record.len();
     }
-    if records.len() as u64 != part.messages {
-        bail!("{}: {} records, the header says {}", path.display(), records.len(), part.messages);
+    if n != expected {
+        bail!("{}: {n} records, the header says {expected}", path.display());
     }
-    records
-        .par_iter()
-        .enumerate()
-        .map(|(i, &(at, record))| match postcard::take_from_bytes::<RawMessage>(record) {
-            Ok((m, [])) => Ok(m),
-            Ok(_) => bail!("{}: record {} at byte {at} has trailing bytes", path.display(), i + 1),
-            Err(e) => bail!("{}: record {} at byte {at} is not a raw message ({e})", path.display(), i + 1),
-        })
-        .collect()
+    Ok(())
 }
 
 #[cfg(test)]
