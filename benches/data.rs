@@ -12,7 +12,7 @@ use avatar::stages::decrypt_read::android::{AndroidRow, convert_row};
 use avatar::stages::decrypt_read::raw::{self, RawMessage, RawMeta};
 use avatar::stages::decrypt_read::{DecryptReadParams, read_source_to, sqlcipher};
 use avatar::stages::normalise::blocked::Blocked;
-use avatar::stages::normalise::{NormaliseParams, normalise};
+use avatar::stages::normalise::{NormaliseParams, normalise, normalise_each};
 use avatar::synth::{self, History};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -138,33 +138,33 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     raw::write_raw(&dir.path().join("raw"), &meta, &raw_msgs)?;
     let write_raw_s = t.elapsed().as_secs_f64();
-    // The stage as the engine runs it: raw table in, message table out. Best of 3 by total.
-    let mut best: Option<[f64; 4]> = None;
+    // The stage as the engine runs it: raw table in, message table out, written while the next
+    // chunk renders. Best of 3 by total.
+    let mut best: Option<[f64; 3]> = None;
     let mut kept = 0;
     for _ in 0..3 {
         let t = Instant::now();
         let (meta2, raw2) = raw::read_raw(&dir.path().join("raw"))?;
         let read_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let (messages2, _) = normalise(&meta2, &raw2, &params, &blocked);
-        let norm_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        message_table::write(&dir.path().join("messages.db"), &messages2)?;
-        let write_s = t.elapsed().as_secs_f64();
-        let total = read_s + norm_s + write_s;
+        let mut table = message_table::Writer::create(&dir.path().join("messages.db"))?;
+        let stats = normalise_each(&meta2, &raw2, &params, &blocked, |chunk| table.append(&chunk))?;
+        table.finish()?;
+        let run_s = t.elapsed().as_secs_f64();
+        let total = read_s + run_s;
         if best.is_none_or(|b| total < b[0]) {
-            best = Some([total, read_s, norm_s, write_s]);
+            best = Some([total, read_s, run_s]);
         }
-        kept = messages2.len();
+        kept = stats.messages as usize;
     }
-    let [total, read_s, norm_s, write_s] = best.expect("three rounds ran");
+    let [total, read_s, run_s] = best.expect("three rounds ran");
     let raw_mb = dir_bytes(&dir.path().join("raw"))? as f64 / 1e6;
     let table_mb = std::fs::metadata(dir.path().join("messages.db"))?.len() as f64 / 1e6;
     row(
         "normalise stage end to end (read+run+write)",
         format!("{total:.3} s"),
         &format!(
-            "read raw {read_s:.2} s ({raw_mb:.0} MB) + normalise {norm_s:.2} s + write messages.db {write_s:.2} s ({table_mb:.0} MB); best of 3"
+            "read raw {read_s:.2} s ({raw_mb:.0} MB) + normalise writing messages.db {run_s:.2} s ({table_mb:.0} MB); best of 3"
         ),
     );
     let t = Instant::now();

@@ -3,7 +3,7 @@
 //! writes it, `window` reads it, and a user can query it with any SQLite tool:
 //! `sqlite3 messages.db "SELECT sender_name, text FROM messages WHERE kind = 'quote'"`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use rusqlite::Connection;
@@ -33,27 +33,53 @@ const COLUMNS: &str = "id, conversation, conversation_name, is_group, sender_id,
 
 /// Write `messages` as a new table file at `path` (replacing one that is there).
 pub fn write(path: &Path, messages: &[Message]) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("replacing {}", path.display()));
+    let mut table = Writer::create(path)?;
+    table.append(messages)?;
+    table.finish()
+}
+
+/// A new table file, written a chunk of messages at a time in table order (normalise writes
+/// while it renders).
+pub struct Writer {
+    path: PathBuf,
+    conn: Connection,
+    next_seq: i64,
+}
+
+const INSERT: &str = "INSERT INTO messages (seq, id, conversation, conversation_name, is_group, sender_id, \
+                      sender_name, is_self, timestamp, kind, text, quoted_ref, quoted_sender_name, quoted_text) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+impl Writer {
+    /// Start the table at `path`, replacing a file that is there.
+    pub fn create(path: &Path) -> anyhow::Result<Writer> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("replacing {}", path.display()));
+            }
+            _ => {}
         }
-        _ => {}
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
+            // A new file written once, inside the engine's temporary artifact directory (a failed
+            // stage leaves nothing behind): no journal, no syncs, one transaction.
+            conn.execute_batch("PRAGMA page_size = 65536; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch("BEGIN")?;
+            Ok(conn)
+        };
+        let conn = open().with_context(|| format!("creating {}", path.display()))?;
+        Ok(Writer { path: path.to_path_buf(), conn, next_seq: 0 })
     }
-    let write = || -> rusqlite::Result<()> {
-        let mut conn = Connection::open(path)?;
-        // A new file written once, inside the engine's temporary artifact directory (a failed
-        // stage leaves nothing behind): no journal, no syncs.
-        conn.execute_batch("PRAGMA page_size = 65536; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
-        conn.execute_batch(SCHEMA)?;
-        let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare(&format!(
-                "INSERT INTO messages (seq, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-            ))?;
-            for (seq, m) in messages.iter().enumerate() {
+
+    /// Append messages after those already written.
+    pub fn append(&mut self, messages: &[Message]) -> anyhow::Result<()> {
+        let mut insert = || -> rusqlite::Result<()> {
+            let mut insert = self.conn.prepare_cached(INSERT)?;
+            for m in messages {
                 let q = m.quoted.as_ref();
                 // Bound one by one rather than through `params!`: no boxed values per row.
-                insert.raw_bind_parameter(1, seq as i64)?;
+                insert.raw_bind_parameter(1, self.next_seq)?;
                 insert.raw_bind_parameter(2, &m.id)?;
                 insert.raw_bind_parameter(3, &m.conversation)?;
                 insert.raw_bind_parameter(4, &m.conversation_name)?;
@@ -68,11 +94,18 @@ pub fn write(path: &Path, messages: &[Message]) -> anyhow::Result<()> {
                 insert.raw_bind_parameter(13, q.map(|q| q.sender_name.as_str()))?;
                 insert.raw_bind_parameter(14, q.map(|q| q.text.as_str()))?;
                 insert.raw_execute()?;
+                self.next_seq += 1;
             }
-        }
-        tx.commit()
-    };
-    write().with_context(|| format!("writing {}", path.display()))
+            Ok(())
+        };
+        insert().with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Commit the table; until then the file is not a finished table.
+    pub fn finish(self) -> anyhow::Result<()> {
+        self.conn.execute_batch("COMMIT").with_context(|| format!("writing {}", self.path.display()))?;
+        self.conn.close().map_err(|(_, e)| e).with_context(|| format!("closing {}", self.path.display()))
+    }
 }
 
 /// Read a table written by [`write`], in table order, over rowid ranges on one connection

@@ -58,13 +58,47 @@ pub struct Stats {
     pub kind_dropped: u64,
 }
 
-/// The pure transformation (stage, tests and benches share it).
+/// Messages rendered and handed on at a time by [`normalise_each`].
+const CHUNK: usize = 1 << 16;
+
+/// The pure transformation, collected in memory (tests and benches).
 pub fn normalise(
     meta: &RawMeta,
     raw: &[RawMessage],
     params: &NormaliseParams,
     blocked: &Blocked,
 ) -> (Vec<Message>, Stats) {
+    let mut messages = Vec::with_capacity(raw.len());
+    let stats = normalise_each(meta, raw, params, blocked, |chunk| {
+        messages.extend(chunk);
+        Ok(())
+    })
+    .expect("collecting in memory cannot fail");
+    (messages, stats)
+}
+
+/// The transformation, streamed: the table goes to `emit` in table order (conversation, then
+/// time, then source order), a chunk at a time. The next chunk is rendered, in parallel,
+/// while `emit` stores the last, so the stage writes its table while it renders instead of
+/// after.
+pub fn normalise_each(
+    meta: &RawMeta,
+    raw: &[RawMessage],
+    params: &NormaliseParams,
+    blocked: &Blocked,
+    emit: impl FnMut(Vec<Message>) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<Stats> {
+    normalise_in_chunks(meta, raw, params, blocked, CHUNK, emit)
+}
+
+fn normalise_in_chunks(
+    meta: &RawMeta,
+    raw: &[RawMessage],
+    params: &NormaliseParams,
+    blocked: &Blocked,
+    chunk_len: usize,
+    mut emit: impl FnMut(Vec<Message>) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<Stats> {
     let contacts: HashMap<&str, &RawContact> = meta.contacts.iter().map(|c| (c.id.as_str(), c)).collect();
     // Conversations are few: rank them once (sort key) and resolve their names once.
     let mut convs: Vec<&str> =
@@ -79,155 +113,201 @@ pub fn normalise(
             (name, c.ends_with("@chatroom") || entry.is_some_and(|e| e.is_group))
         })
         .collect();
-    struct Row {
-        msg: Option<Message>,
-        rank: u32,
-        malformed: bool,
-        pii: PiiCounts,
-        masked: bool,
-        dropped_blocked: bool,
-        dropped_kind: bool,
-    }
-    let rows: Vec<Row> = raw
+    // Table order as small keys; dropped messages later leave gaps in it, nothing more.
+    let mut order: Vec<(u32, i64, u32)> = raw
         .par_iter()
-        .map(|m| {
-            let rendered = render::render(m);
-            let rank = conv_rank.get(m.conversation.as_str()).copied().unwrap_or(0);
-            let mut row = Row {
-                msg: None,
-                rank,
-                malformed: rendered.malformed,
-                pii: PiiCounts::default(),
-                masked: false,
-                dropped_blocked: false,
-                dropped_kind: false,
-            };
-            if params.drop_kinds.contains(&rendered.kind) {
-                row.dropped_kind = true;
-                return row;
-            }
-            let mut text = rendered.text;
-            let mut quoted = rendered.quoted;
-            if let Some(t) = pii::mask(&text, &params.pii, &mut row.pii) {
-                text = t;
-            }
-            if let Some(q) = quoted.as_mut() {
-                if let Some(t) = pii::mask(&q.text, &params.pii, &mut row.pii) {
-                    q.text = t;
-                }
-            }
-            if blocked.is_match(&text) {
-                match params.blocked_mode {
-                    BlockedMode::Drop => {
-                        row.dropped_blocked = true;
-                        return row;
-                    }
-                    BlockedMode::Mask => {
-                        text = blocked.mask(&text).unwrap_or(text);
-                        row.masked = true;
-                    }
-                }
-            }
-            if let Some(q) = quoted.as_mut() {
-                if let Some(t) = blocked.mask(&q.text) {
-                    q.text = t;
-                }
-            }
-            let (conversation_name, is_group) = &conv_info[rank as usize];
-            let is_group = *is_group;
-            // System notices (revoke, pat, red packet opened, grey lines) have no human speaker.
-            let notice = matches!(rendered.kind, MessageKind::System | MessageKind::Revoke | MessageKind::Pat)
-                || m.msg_type == 10000
-                || m.msg_type == 10002;
-            let (sender_id, sender_name) = if m.is_self {
-                (meta.self_id.clone(), meta.self_name.clone())
-            } else if notice {
-                ("system".to_string(), "系统".to_string())
-            } else {
-                let id = m.sender_id.as_deref().or_else(|| (!is_group).then_some(m.conversation.as_str()));
-                let name = id
-                    .as_deref()
-                    .and_then(|i| contacts.get(i))
-                    .map(|c| c.display_name().to_string())
-                    .or_else(|| m.sender_name.clone())
-                    .or_else(|| id.map(str::to_string))
-                    .unwrap_or_else(|| "unknown".to_string());
-                (
-                    id.map(str::to_string).or_else(|| m.sender_name.clone()).unwrap_or_else(|| "unknown".to_string()),
-                    name,
-                )
-            };
-            row.msg = Some(Message {
-                id: m.id.to_string(),
-                conversation: m.conversation.to_string(),
-                conversation_name: conversation_name.clone(),
-                is_group,
-                sender_id,
-                sender_name,
-                is_self: m.is_self,
-                timestamp: m.timestamp,
-                kind: rendered.kind,
-                text,
-                quoted,
-            });
-            row
-        })
+        .enumerate()
+        .map(|(i, m)| (conv_rank.get(m.conversation.as_str()).copied().unwrap_or(0), m.timestamp, i as u32))
         .collect();
+    order.par_sort_unstable();
+    let ctx = RenderContext { meta, contacts, conv_info: &conv_info, params, blocked };
+    let mut tally = Tally { stats: Stats { format: meta.format.clone(), ..Default::default() }, ..Default::default() };
+    tally.by_rank = vec![0; convs.len()];
+    let mut pending: Option<Vec<Message>> = None;
+    for chunk in order.chunks(chunk_len.max(1)) {
+        let (stored, rendered) = rayon::join(
+            || pending.take().map_or(Ok(()), &mut emit),
+            || {
+                let rows: Vec<Row> = chunk.par_iter().map(|&(rank, _, i)| ctx.render(&raw[i as usize], rank)).collect();
+                tally.take(rows)
+            },
+        );
+        stored?;
+        pending = Some(rendered);
+    }
+    if let Some(last) = pending {
+        emit(last)?;
+    }
+    Ok(tally.finish(&conv_info))
+}
 
-    let mut stats = Stats { format: meta.format.clone(), ..Default::default() };
-    // Sort small keys (conversation rank, time, source order), then move messages once.
-    let mut keys: Vec<(u32, i64, u32)> = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        stats.malformed_xml += u64::from(row.malformed);
-        stats.pii_masked.add(&row.pii);
-        stats.blocked_masked += u64::from(row.masked);
-        stats.blocked_dropped += u64::from(row.dropped_blocked);
-        stats.kind_dropped += u64::from(row.dropped_kind);
-        if let Some(m) = &row.msg {
-            keys.push((row.rank, m.timestamp, i as u32));
-        }
-    }
-    keys.par_sort_unstable();
-    let mut rows = rows;
-    let mut messages: Vec<Message> = Vec::with_capacity(keys.len());
-    let mut by_kind = [0u64; MessageKind::ALL.len()];
-    let mut by_rank = vec![0u64; convs.len()];
-    let mut by_year: BTreeMap<i32, u64> = BTreeMap::new();
-    let mut year_cache: Option<(i64, i64, i32)> = None;
-    for (rank, ts, i) in keys {
-        let Some(m) = rows[i as usize].msg.take() else { continue };
-        by_kind[MessageKind::ALL.iter().position(|k| *k == m.kind).unwrap_or(0)] += 1;
-        by_rank[rank as usize] += 1;
-        stats.self_messages += u64::from(m.is_self);
-        // Years change rarely along one conversation: cache the current year's bounds.
-        let year = match &year_cache {
-            Some((lo, hi, y)) if ts >= *lo && ts < *hi => *y,
-            _ => {
-                let y = chrono::DateTime::from_timestamp(ts, 0).map(|t| chrono::Datelike::year(&t)).unwrap_or(1970);
-                let bound = |y: i32| {
-                    chrono::NaiveDate::from_ymd_opt(y, 1, 1)
-                        .and_then(|d| d.and_hms_opt(0, 0, 0))
-                        .map(|d| d.and_utc().timestamp())
-                };
-                let (lo, hi) = (bound(y).unwrap_or(ts), bound(y + 1).unwrap_or(ts + 1));
-                year_cache = Some((lo, hi, y));
-                y
-            }
+/// One raw message, rendered (or dropped), with what it adds to the stats.
+struct Row {
+    msg: Option<Message>,
+    rank: u32,
+    malformed: bool,
+    pii: PiiCounts,
+    masked: bool,
+    dropped_blocked: bool,
+    dropped_kind: bool,
+}
+
+/// What every message's rendering needs, resolved once.
+struct RenderContext<'a> {
+    meta: &'a RawMeta,
+    contacts: HashMap<&'a str, &'a RawContact>,
+    conv_info: &'a [(String, bool)],
+    params: &'a NormaliseParams,
+    blocked: &'a Blocked,
+}
+
+impl RenderContext<'_> {
+    fn render(&self, m: &RawMessage, rank: u32) -> Row {
+        let (meta, contacts, params, blocked) = (self.meta, &self.contacts, self.params, self.blocked);
+        let rendered = render::render(m);
+        let mut row = Row {
+            msg: None,
+            rank,
+            malformed: rendered.malformed,
+            pii: PiiCounts::default(),
+            masked: false,
+            dropped_blocked: false,
+            dropped_kind: false,
         };
-        *by_year.entry(year).or_default() += 1;
-        messages.push(m);
-    }
-    stats.messages = messages.len() as u64;
-    stats.conversations = by_rank.iter().filter(|c| **c > 0).count() as u64;
-    stats.by_kind =
-        MessageKind::ALL.iter().zip(by_kind).filter(|(_, n)| *n > 0).map(|(k, n)| (k.name().to_string(), n)).collect();
-    for (rank, n) in by_rank.into_iter().enumerate() {
-        if n > 0 {
-            *stats.by_contact.entry(conv_info[rank].0.clone()).or_default() += n;
+        if params.drop_kinds.contains(&rendered.kind) {
+            row.dropped_kind = true;
+            return row;
         }
+        let mut text = rendered.text;
+        let mut quoted = rendered.quoted;
+        if let Some(t) = pii::mask(&text, &params.pii, &mut row.pii) {
+            text = t;
+        }
+        if let Some(q) = quoted.as_mut() {
+            if let Some(t) = pii::mask(&q.text, &params.pii, &mut row.pii) {
+                q.text = t;
+            }
+        }
+        if blocked.is_match(&text) {
+            match params.blocked_mode {
+                BlockedMode::Drop => {
+                    row.dropped_blocked = true;
+                    return row;
+                }
+                BlockedMode::Mask => {
+                    text = blocked.mask(&text).unwrap_or(text);
+                    row.masked = true;
+                }
+            }
+        }
+        if let Some(q) = quoted.as_mut() {
+            if let Some(t) = blocked.mask(&q.text) {
+                q.text = t;
+            }
+        }
+        let (conversation_name, is_group) = &self.conv_info[rank as usize];
+        let is_group = *is_group;
+        // System notices (revoke, pat, red packet opened, grey lines) have no human speaker.
+        let notice = matches!(rendered.kind, MessageKind::System | MessageKind::Revoke | MessageKind::Pat)
+            || m.msg_type == 10000
+            || m.msg_type == 10002;
+        let (sender_id, sender_name) = if m.is_self {
+            (meta.self_id.clone(), meta.self_name.clone())
+        } else if notice {
+            ("system".to_string(), "系统".to_string())
+        } else {
+            let id = m.sender_id.as_deref().or_else(|| (!is_group).then_some(m.conversation.as_str()));
+            let name = id
+                .as_deref()
+                .and_then(|i| contacts.get(i))
+                .map(|c| c.display_name().to_string())
+                .or_else(|| m.sender_name.clone())
+                .or_else(|| id.map(str::to_string))
+                .unwrap_or_else(|| "unknown".to_string());
+            (id.map(str::to_string).or_else(|| m.sender_name.clone()).unwrap_or_else(|| "unknown".to_string()), name)
+        };
+        row.msg = Some(Message {
+            id: m.id.to_string(),
+            conversation: m.conversation.to_string(),
+            conversation_name: conversation_name.clone(),
+            is_group,
+            sender_id,
+            sender_name,
+            is_self: m.is_self,
+            timestamp: m.timestamp,
+            kind: rendered.kind,
+            text,
+            quoted,
+        });
+        row
     }
-    stats.by_year = by_year.into_iter().map(|(y, n)| (y.to_string(), n)).collect();
-    (messages, stats)
+}
+
+/// The stats, counted chunk by chunk in table order.
+#[derive(Default)]
+struct Tally {
+    stats: Stats,
+    by_kind: [u64; MessageKind::ALL.len()],
+    by_rank: Vec<u64>,
+    by_year: BTreeMap<i32, u64>,
+    /// The current year's bounds: years change rarely along one conversation.
+    year_cache: Option<(i64, i64, i32)>,
+}
+
+impl Tally {
+    /// Count a chunk of rows and keep the messages.
+    fn take(&mut self, rows: Vec<Row>) -> Vec<Message> {
+        let stats = &mut self.stats;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in rows {
+            stats.malformed_xml += u64::from(row.malformed);
+            stats.pii_masked.add(&row.pii);
+            stats.blocked_masked += u64::from(row.masked);
+            stats.blocked_dropped += u64::from(row.dropped_blocked);
+            stats.kind_dropped += u64::from(row.dropped_kind);
+            let Some(m) = row.msg else { continue };
+            self.by_kind[MessageKind::ALL.iter().position(|k| *k == m.kind).unwrap_or(0)] += 1;
+            self.by_rank[row.rank as usize] += 1;
+            stats.self_messages += u64::from(m.is_self);
+            let ts = m.timestamp;
+            let year = match &self.year_cache {
+                Some((lo, hi, y)) if ts >= *lo && ts < *hi => *y,
+                _ => {
+                    let y = chrono::DateTime::from_timestamp(ts, 0).map(|t| chrono::Datelike::year(&t)).unwrap_or(1970);
+                    let bound = |y: i32| {
+                        chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+                            .and_then(|d| d.and_hms_opt(0, 0, 0))
+                            .map(|d| d.and_utc().timestamp())
+                    };
+                    let (lo, hi) = (bound(y).unwrap_or(ts), bound(y + 1).unwrap_or(ts + 1));
+                    self.year_cache = Some((lo, hi, y));
+                    y
+                }
+            };
+            *self.by_year.entry(year).or_default() += 1;
+            messages.push(m);
+        }
+        stats.messages += messages.len() as u64;
+        messages
+    }
+
+    fn finish(self, conv_info: &[(String, bool)]) -> Stats {
+        let mut stats = self.stats;
+        stats.conversations = self.by_rank.iter().filter(|c| **c > 0).count() as u64;
+        stats.by_kind = MessageKind::ALL
+            .iter()
+            .zip(self.by_kind)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.name().to_string(), n))
+            .collect();
+        for (rank, n) in self.by_rank.into_iter().enumerate() {
+            if n > 0 {
+                *stats.by_contact.entry(conv_info[rank].0.clone()).or_default() += n;
+            }
+        }
+        stats.by_year = self.by_year.into_iter().map(|(y, n)| (y.to_string(), n)).collect();
+        stats
+    }
 }
 
 pub struct NormaliseStage;
@@ -267,8 +347,9 @@ impl TypedStage for NormaliseStage {
             Some(p) => Blocked::from_file(p)?,
             None => Blocked::none(),
         };
-        let (messages, stats) = normalise(&meta, &raw, params, &blocked);
-        message_table::write(&ctx.output("messages", &Self::INFO)?, &messages)?;
+        let mut table = message_table::Writer::create(&ctx.output("messages", &Self::INFO)?)?;
+        let stats = normalise_each(&meta, &raw, params, &blocked, |chunk| table.append(&chunk))?;
+        table.finish()?;
         let stats_path = ctx.output("stats", &Self::INFO)?;
         std::fs::write(&stats_path, serde_json::to_vec_pretty(&stats)?)?;
         let mut m = Metrics::new();
@@ -282,5 +363,41 @@ impl TypedStage for NormaliseStage {
         m.insert("pii_masked".into(), (pii.phone + pii.id_card + pii.bank_card + pii.email + pii.url).into());
         m.insert("seconds".into(), serde_json::json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0));
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunking changes nothing: any chunk length gives the same table and the same stats,
+    /// and `emit` sees the chunks in table order.
+    #[test]
+    fn chunks_make_the_same_table() {
+        let h = crate::synth::generate(3000, 5, 60);
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::synth::write_formats(
+            dir.path(),
+            &h,
+            &["android".to_string()],
+            5,
+            "1234567890ABCDEF",
+            "1583567084",
+            1,
+        )
+        .unwrap();
+        let p = crate::stages::decrypt_read::DecryptReadParams { key: Some(keys.android_key), ..Default::default() };
+        let (meta, raw) = crate::stages::decrypt_read::read_source(&dir.path().join("android"), &p).unwrap();
+        let blocked = Blocked::from_words(crate::synth::lines::BLOCKED_WORDS).unwrap();
+        let params = NormaliseParams { blocked_mode: BlockedMode::Drop, ..Default::default() };
+        let (whole, whole_stats) = normalise(&meta, &raw, &params, &blocked);
+        assert!(whole_stats.blocked_dropped > 0 && whole.len() > 2000);
+        for chunk_len in [1, 7, 1000] {
+            let mut chunks = Vec::new();
+            let stats = normalise_in_chunks(&meta, &raw, &params, &blocked, chunk_len, |c| Ok(chunks.push(c))).unwrap();
+            assert!(chunks.iter().all(|c| c.len() <= chunk_len));
+            assert!(chunks.concat() == whole, "chunk length {chunk_len}");
+            assert_eq!(stats, whole_stats);
+        }
     }
 }
