@@ -1,9 +1,10 @@
-//! Reading one large table on several connections at once.
+//! Reading one large table on several connections at once (decrypt-read's message table,
+//! window's messages.db).
 //!
-//! SQLCipher decrypts every page on the thread that steps the query, so one connection reads
-//! a database at the speed of one core however many there are. A rowid table's B-tree keeps
-//! each rowid range on its own pages, so connections that each read one range decrypt disjoint
-//! pages and together read the file at the speed of all cores.
+//! SQLite decodes, and SQLCipher decrypts, every page on the thread that steps the query, so
+//! one connection reads a database at the speed of one core however many there are. A rowid
+//! table's B-tree keeps each rowid range on its own pages, so connections that each read one
+//! range touch disjoint pages and together read the file at the speed of all cores.
 
 use anyhow::Context;
 use rayon::prelude::*;
