@@ -1,14 +1,13 @@
 //! Android EnMicroMsg.db (decrypted connection or the seed's CSV export of its tables) → raw.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::Context;
 use compact_str::CompactString;
 use rusqlite::Connection;
 
-use super::raw::{self, PartInfo, PartWriter, RawContact, RawMessageRef};
+use super::raw::{RawContact, RawMessageRef};
+use super::stream::{self, PartStream, Streamed};
 use crate::stages::common::parallel_scan;
 
 /// One `message` row, by column name (schemas differ across versions; never positional),
@@ -127,35 +126,46 @@ pub fn read_self(conn: &Connection) -> anyhow::Result<(Option<String>, Option<St
     Ok((get(2), get(4)))
 }
 
-/// What [`write_messages`] wrote: the parts, in order, and how many conversations they hold.
-pub struct Written {
-    pub parts: Vec<PartInfo>,
-    pub conversations: usize,
+/// Android's table order: createTime (seconds first: a hand-made copy may mix second and
+/// millisecond values), then msgId.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AndroidOrder {
+    create_time: i64,
+    msg_id: i64,
 }
 
-/// Every `message` row into the raw table in `dir`, oldest first (by createTime, then msgId).
-/// Each of `ranges` is read on its own connection from `open` (see [`parallel_scan`]) and
-/// streamed into its own part as it is decrypted, so the table never sits in memory: a row
-/// leaves behind only its 16-byte sort key. Rowid order is time order unless the history was
-/// inserted out of order (a migration, a restore); then the parts are read back and rewritten
-/// in order.
+impl Ord for AndroidOrder {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |o: &Self| (to_seconds(o.create_time), o.create_time, o.msg_id);
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for AndroidOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Every `message` row into the raw table in `dir`, oldest first. Each of `ranges` is read on
+/// its own connection from `open` (see [`parallel_scan`]) and streamed into its own part as it
+/// is decrypted (see [`stream`]), so the table never sits in memory: a row leaves behind only
+/// its 16-byte sort key.
 pub fn write_messages(
     ranges: &[(i64, i64)],
     open: impl Fn() -> anyhow::Result<Connection> + Sync,
     self_id: &str,
     dir: &Path,
-) -> anyhow::Result<Written> {
-    let per_range = parallel_scan::scan(ranges, open, |conn, index, lo, hi| {
-        let mut part = PartWriter::create(dir, index)?;
+) -> anyhow::Result<Streamed> {
+    let written = parallel_scan::scan(ranges, open, |conn, index, lo, hi| {
+        // Rowids of a message table are dense: the range's width is a good size guess.
+        let expected = usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0);
+        let mut part = PartStream::create(dir, index, expected)?;
         let mut stmt = conn.prepare(&format!(
             "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message WHERE {}",
             parallel_scan::range_condition(lo, hi)
         ))?;
         let mut rows = stmt.query([])?;
-        // Rowids of a message table are dense: the range's width is a good size guess.
-        let mut keys = Vec::with_capacity(usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0).min(1 << 22));
-        let mut conversations = HashSet::new();
-        let mut last_talker = CompactString::default();
         while let Some(r) = rows.next()? {
             let row = AndroidRow {
                 msg_id: r.get(0)?,
@@ -166,39 +176,12 @@ pub fn write_messages(
                 talker: r.get_ref(5)?.as_str_or_null()?.unwrap_or_default(),
                 content: column_bytes(r.get_ref(6)?),
             };
-            keys.push((row.create_time, row.msg_id));
-            // A conversation's messages come in runs: hash only where the talker changes.
-            if row.talker != last_talker.as_str() {
-                last_talker = CompactString::from(row.talker);
-                if !conversations.contains(&last_talker) {
-                    conversations.insert(last_talker.clone());
-                }
-            }
-            part.push(&convert_row(&row, self_id))?;
+            let order = AndroidOrder { create_time: row.create_time, msg_id: row.msg_id };
+            part.push(&convert_row(&row, self_id), order)?;
         }
-        Ok((part.finish()?, keys, conversations))
+        part.finish()
     })?;
-    let mut parts = Vec::with_capacity(per_range.len());
-    let mut keys = Vec::with_capacity(per_range.len());
-    let mut conversations = HashSet::new();
-    for (part, k, c) in per_range {
-        parts.push(part);
-        keys.push(k);
-        conversations.extend(c);
-    }
-    // Seconds first: a hand-made copy may mix second and millisecond createTimes.
-    let order = |&(t, id): &(i64, i64)| (to_seconds(t), t, id);
-    if !keys.iter().flatten().map(order).is_sorted() {
-        let mut messages = raw::read_parts(dir, &parts)?;
-        let keys: Vec<_> = keys.iter().flatten().map(order).collect();
-        parallel_scan::order_by(&mut messages, &keys);
-        for part in &parts {
-            let path = dir.join(&part.file);
-            std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
-        }
-        parts = raw::write_parts(dir, &messages)?;
-    }
-    Ok(Written { parts, conversations: conversations.len() })
+    stream::in_order(dir, written)
 }
 
 /// A TEXT column's bytes as stored (some rows store a BLOB), not checked as UTF-8: the raw

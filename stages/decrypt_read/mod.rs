@@ -12,6 +12,7 @@ pub mod protobuf;
 pub mod raw;
 pub mod secrets;
 pub mod sqlcipher;
+pub mod stream;
 
 use std::path::Path;
 
@@ -249,10 +250,10 @@ pub fn read_source_to(input: &Path, p: &DecryptReadParams, out: &Path) -> anyhow
             // A directory of decrypted PC files.
             match detect::detect(input)? {
                 SourceFormat::Pc4 => in_memory("pc4", pc4::read(input, &keys, self_id)?),
-                _ => in_memory("pc3", pc3::read(input, &keys, self_id)?),
+                _ => streamed("pc3", pc3::read(input, &keys, self_id, out)?),
             }
         }
-        SourceFormat::Pc3 => in_memory("pc3", pc3::read(input, &keys, self_id)?),
+        SourceFormat::Pc3 => streamed("pc3", pc3::read(input, &keys, self_id, out)?),
         SourceFormat::Pc4 => in_memory("pc4", pc4::read(input, &keys, self_id)?),
         SourceFormat::SeedCsv => in_memory("seed-csv", exports::seed_csv::read(input, p)?),
         SourceFormat::WechatmsgCsv => in_memory("wechatmsg-csv", exports::wechatmsg::read_csv(input, p)?),
@@ -285,13 +286,21 @@ pub fn read_source(input: &Path, p: &DecryptReadParams) -> anyhow::Result<(RawMe
 }
 
 /// A reader's messages: in memory (sorted and written by [`read_source_to`]), or streamed
-/// into the table's parts already, in order.
+/// into the table's parts already, in order (Android, PC 3.x). PC 4.x keeps one table per
+/// conversation, so its rows arrive grouped by conversation and are ordered in memory.
 enum Messages {
     InMemory(Vec<RawMessage>),
-    Written(android::Written),
+    Written(stream::Streamed),
 }
 
 type Read = (String, String, String, Vec<RawContact>, Messages);
+
+fn streamed(
+    format: &str,
+    (self_id, self_name, contacts, streamed): (String, String, Vec<RawContact>, stream::Streamed),
+) -> Read {
+    (format.to_string(), self_id, self_name, contacts, Messages::Written(streamed))
+}
 
 fn in_memory(
     format: &str,
@@ -321,7 +330,7 @@ fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams, out: &
     if sqlcipher::is_plain_sqlite(path)? {
         let conn = sqlcipher::open_plain(path)?;
         if pc3::looks_like(&conn) {
-            return Ok(in_memory("pc3", pc3::read(path, keys, p.self_id.as_deref())?));
+            return Ok(streamed("pc3", pc3::read(path, keys, p.self_id.as_deref(), out)?));
         }
         if pc4::looks_like(&conn) {
             return Ok(in_memory("pc4", pc4::read(path, keys, p.self_id.as_deref())?));

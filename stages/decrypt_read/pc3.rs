@@ -13,6 +13,7 @@ use super::keys::{self, Flavour, KeyMaterial};
 use super::locate;
 use super::protobuf;
 use super::raw::{RawContact, RawMessage};
+use super::stream::{self, PartStream, Streamed};
 
 /// The files of one account.
 pub struct Pc3Files {
@@ -83,8 +84,13 @@ pub fn decompress_lz4(src: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Messages of one shard.
-pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::Result<Vec<RawMessage>> {
+/// Messages of one shard, in (CreateTime, localId) order, each handed to `emit` as it is read.
+pub fn read_messages(
+    conn: &Connection,
+    path: &Path,
+    self_id: &str,
+    mut emit: impl FnMut(RawMessage) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut stmt = conn
         .prepare(
             "SELECT localId, MsgSvrID, Type, SubType, IsSender, CreateTime, StrTalker, StrContent, DisplayContent, CompressContent, BytesExtra
@@ -92,7 +98,6 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
         )
         .with_context(|| format!("{}: not a PC WeChat MSG table", path.display()))?;
     let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let local_id: i64 = r.get(0)?;
         let svr: Option<i64> = r.get(1)?;
@@ -133,7 +138,7 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
                 }
             }
         }
-        out.push(RawMessage {
+        emit(RawMessage {
             id: match svr {
                 Some(v) if v != 0 => v.to_compact_string(),
                 _ => format_compact!("{}#{local_id}", locate::file_name(path)),
@@ -149,17 +154,18 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             content,
             display_content: display,
             exported: None,
-        });
+        })?;
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Read a whole account.
+/// Read a whole account into the raw table in `out`: each shard streams into its own part.
 pub fn read(
     input: &Path,
     keys: &KeyMaterial,
     self_id: Option<&str>,
-) -> anyhow::Result<(String, String, Vec<RawContact>, Vec<RawMessage>)> {
+    out: &Path,
+) -> anyhow::Result<(String, String, Vec<RawContact>, Streamed)> {
     let files = locate(input)?;
     let mut contacts = Vec::new();
     if let Some(mm) = &files.micromsg {
@@ -177,11 +183,19 @@ pub fn read(
         .map(|c| c.nickname.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| self_id.clone());
-    // Shards are independent files: decrypt them on all cores.
-    let shards: Vec<Vec<RawMessage>> = files
+    // Shards are independent files: decrypt them on all cores. The table is ordered by time,
+    // ties in shard order (MSG0 holds the oldest messages).
+    let written = files
         .shards
         .par_iter()
-        .map(|shard| read_messages(&keys::open(shard, Flavour::Pc3, keys)?, shard, &self_id))
+        .enumerate()
+        .map(|(index, shard)| {
+            let mut part = PartStream::create(out, index, 0)?;
+            let conn = keys::open(shard, Flavour::Pc3, keys)?;
+            read_messages(&conn, shard, &self_id, |m| part.push(&m.view(), m.timestamp))?;
+            part.finish()
+        })
         .collect::<anyhow::Result<_>>()?;
-    Ok((self_id, self_name, contacts, shards.into_iter().flatten().collect()))
+    let streamed = stream::in_order(out, written)?;
+    Ok((self_id, self_name, contacts, streamed))
 }
