@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use avatar::stages::common::jsonl::{read_jsonl, write_jsonl};
 use avatar::stages::common::message::Message;
+use avatar::stages::common::message_table;
 use avatar::stages::common::sample::Sample;
 use avatar::stages::split::{SplitParams, split_samples};
 use avatar::stages::window::{WindowParams, build_samples};
@@ -69,11 +70,11 @@ fn main() {
 
     // File I/O as the stages do it, for context (not part of the 2 s target).
     let dir = tempfile::tempdir().expect("temp dir");
-    let msg_path = dir.path().join("messages.jsonl");
-    let (wrb, wrm, _) = time(3, || write_jsonl(&msg_path, &messages).expect("write"));
-    row("write messages.jsonl", wrb, wrm, n, "msg/s");
-    let (rb, rm, _) = time(3, || read_jsonl::<Message>(&msg_path).expect("read"));
-    row("read messages.jsonl", rb, rm, n, "msg/s");
+    let msg_path = dir.path().join("messages.db");
+    let (wrb, wrm, _) = time(3, || message_table::write(&msg_path, &messages).expect("write"));
+    row("write messages.db (normalise)", wrb, wrm, n, "msg/s");
+    let (rb, rm, _) = time(3, || message_table::read(&msg_path).expect("read"));
+    row("read messages.db (window)", rb, rm, n, "msg/s");
     let sample_path = dir.path().join("samples.jsonl");
     let (swb, swm, _) = time(3, || write_jsonl(&sample_path, &samples).expect("write"));
     row("write samples.jsonl", swb, swm, samples.len(), "sample/s");
