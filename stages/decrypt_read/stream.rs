@@ -99,7 +99,11 @@ mod tests {
             .map(|(i, msgs)| {
                 let mut part = PartStream::create(dir, i, msgs.len()).unwrap();
                 for (key, label) in msgs.iter() {
-                    let m = RawMessage { conversation: label[..1].into(), content: label.to_string(), ..Default::default() };
+                    let m = RawMessage {
+                        conversation: label[..1].into(),
+                        content: label.to_string(),
+                        ..Default::default()
+                    };
                     part.push(&m.view(), *key).unwrap();
                 }
                 part.finish().unwrap()
@@ -116,7 +120,8 @@ mod tests {
     #[test]
     fn parts_come_out_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
-        let sorted = in_order(dir.path(), write(dir.path(), &[&[(1, "a1"), (2, "b1")], &[(2, "a2"), (3, "c1")]])).unwrap();
+        let sorted =
+            in_order(dir.path(), write(dir.path(), &[&[(1, "a1"), (2, "b1")], &[(2, "a2"), (3, "c1")]])).unwrap();
         assert_eq!(labels(dir.path(), &sorted), ["a1", "b1", "a2", "c1"]);
         assert_eq!(sorted.conversations, 3);
         assert_eq!(sorted.parts.iter().map(|p| p.messages).collect::<Vec<_>>(), [2, 2]);
