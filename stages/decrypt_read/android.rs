@@ -6,7 +6,7 @@ use std::path::Path;
 use compact_str::CompactString;
 use rusqlite::Connection;
 
-use super::raw::{RawContact, RawMessageRef};
+use super::raw::{self, RawContact, RawMessageRef};
 use super::stream::{self, PartStream, Streamed};
 use crate::stages::common::parallel_scan;
 
@@ -198,13 +198,7 @@ pub fn column_bytes(v: rusqlite::types::ValueRef<'_>) -> Cow<'_, [u8]> {
 
 /// A TEXT column that some rows store as a BLOB, as text (invalid UTF-8 repaired).
 pub fn text_or_blob(v: rusqlite::types::ValueRef<'_>) -> String {
-    // Valid UTF-8 is the rule: checked (faster than the lossy scan) and copied; only what is
-    // not valid is repaired.
-    let bytes = column_bytes(v);
-    match std::str::from_utf8(&bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    raw::text_from_utf8(&column_bytes(v))
 }
 
 /// True when the connection holds Android's tables.

@@ -159,10 +159,19 @@ impl RawMessageRef<'_> {
             msg_type: self.msg_type,
             sub_type: self.sub_type,
             source_type: self.source_type,
-            content: String::from_utf8_lossy(self.content).into_owned(),
+            content: text_from_utf8(self.content),
             display_content: self.display_content.map(Into::into),
             exported: self.exported.map(|e| Box::new(e.clone())),
         }
+    }
+}
+
+/// Stored text as a `String`: valid UTF-8 (the rule) is checked and copied, which is faster
+/// than the lossy scan; only invalid bytes are repaired (U+FFFD).
+pub fn text_from_utf8(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -182,7 +191,7 @@ fn text_repaired<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Er
             Ok(v.to_owned())
         }
         fn visit_bytes<E>(self, v: &[u8]) -> Result<String, E> {
-            Ok(String::from_utf8_lossy(v).into_owned())
+            Ok(text_from_utf8(v))
         }
     }
     d.deserialize_bytes(Text)
