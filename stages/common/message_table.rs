@@ -28,6 +28,7 @@ const SCHEMA: &str = "CREATE TABLE messages (
     quoted_text TEXT
 ) STRICT";
 
+/// Every column but `seq`, in the order both the insert and the select use.
 const COLUMNS: &str = "id, conversation, conversation_name, is_group, sender_id, sender_name, is_self, timestamp, \
                        kind, text, quoted_ref, quoted_sender_name, quoted_text";
 
@@ -45,10 +46,6 @@ pub struct Writer {
     conn: Connection,
     next_seq: i64,
 }
-
-const INSERT: &str = "INSERT INTO messages (seq, id, conversation, conversation_name, is_group, sender_id, \
-                      sender_name, is_self, timestamp, kind, text, quoted_ref, quoted_sender_name, quoted_text) \
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 impl Writer {
     /// Start the table at `path`, replacing a file that is there.
@@ -75,7 +72,10 @@ impl Writer {
     /// Append messages after those already written.
     pub fn append(&mut self, messages: &[Message]) -> anyhow::Result<()> {
         let mut insert = || -> rusqlite::Result<()> {
-            let mut insert = self.conn.prepare_cached(INSERT)?;
+            let sql = format!(
+                "INSERT INTO messages (seq, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            );
+            let mut insert = self.conn.prepare_cached(&sql)?;
             for m in messages {
                 let q = m.quoted.as_ref();
                 // Bound one by one rather than through `params!`: no boxed values per row.
@@ -115,7 +115,7 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Message>> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
-    let not_table = || format!("{}: not a message table (normalise's messages.db)", path.display());
+    let not_table = || not_table(path);
     let open = || Ok(Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?);
     let ranges = parallel_scan::rowid_ranges(&open()?, "messages", None).with_context(not_table)?;
     let parts = parallel_scan::scan(&ranges, open, |conn, _, lo, hi| read_range(path, conn, lo, hi))?;
@@ -126,8 +126,12 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Message>> {
     Ok(messages)
 }
 
+fn not_table(path: &Path) -> String {
+    format!("{}: not a message table (normalise's messages.db)", path.display())
+}
+
 fn read_range(path: &Path, conn: &Connection, lo: i64, hi: i64) -> anyhow::Result<Vec<Message>> {
-    let not_table = || format!("{}: not a message table (normalise's messages.db)", path.display());
+    let not_table = || not_table(path);
     let sql =
         format!("SELECT seq, {COLUMNS} FROM messages WHERE {} ORDER BY seq", parallel_scan::range_condition(lo, hi));
     let mut stmt = conn.prepare(&sql).with_context(not_table)?;
