@@ -5,7 +5,7 @@
 //!
 //! The binary doubles as an `avatar` CLI with test stage kinds when AVATAR_BENCH_CLI=1.
 
-#[path = "../tests/engine/stages.rs"]
+#[path = "../crates/engine/tests/engine/stages.rs"]
 #[allow(dead_code)]
 mod stages;
 

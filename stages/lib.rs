@@ -17,7 +17,7 @@ pub mod sft;
 pub mod split;
 pub mod window;
 
-use crate::engine::Registry;
+use avatar_engine::Registry;
 
 /// Every product stage kind.
 pub fn registry() -> Registry {
@@ -37,5 +37,6 @@ pub fn registry() -> Registry {
     registry.add(reward_train::RewardTrainStage);
     registry.add(ppo::PpoStage);
     registry.add(dpo::DpoStage);
+    registry.set_cuda_probe(avatar_runtime::device::cuda_available);
     registry
 }

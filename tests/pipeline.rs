@@ -149,7 +149,7 @@ fn reduced_demo_end_to_end() {
 
 /// Start the server from the pipeline's serve stage on a free port and ask it one question.
 fn chat_once(manifest: &Path, text: &str) -> serde_json::Value {
-    let cfg = avatar::serve::ServeConfig::resolve(manifest, &["q4_0", "q8_0", "f16"]).unwrap();
+    let cfg = avatar::serve_target::resolve(manifest, &["q4_0", "q8_0", "f16"], &avatar::stages::registry()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();

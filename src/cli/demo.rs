@@ -76,6 +76,6 @@ pub fn demo(registry: &Registry, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     ])?;
     let serve_args = <crate::serve::ServeArgs as clap::FromArgMatches>::from_arg_matches(&matches)?;
     println!("\nChat with the clone at http://{}:{}/ (Ctrl-C to stop)", args.host, args.port);
-    crate::serve::run(&serve_args)?;
+    crate::serve_target::run(&serve_args, registry)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -81,7 +81,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Gc(args) => inspect::gc(&registry, &args),
         Command::Report(args) => report(&registry, &args),
         Command::Label(args) => label::label(&registry, &args),
-        Command::Serve(args) => crate::serve::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => crate::serve_target::run(&args, &registry).map(|()| ExitCode::SUCCESS),
         Command::Synth(args) => crate::synth::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Kinds => inspect::kinds(&registry),
     };

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::engine::dag::Dag;
-use crate::stages::common::plot::escape;
+use avatar_core::escape::escape;
 
 const BOX_W: f64 = 150.0;
 const BOX_H: f64 = 44.0;

@@ -18,8 +18,8 @@ use crate::engine::hashing::list_files;
 use crate::engine::history::RunRecord;
 use crate::engine::status::status;
 use crate::engine::store::Store;
-use crate::stages::common::plot::escape;
 use crate::stages::eval::EvalReport;
+use avatar_core::escape::escape;
 
 pub struct ReportOptions {
     /// Include example conversations (chat text: only for data you may show).
@@ -223,10 +223,7 @@ fn examples(e: &EvalReport) -> String {
 }
 
 fn bubbles(reply: &str) -> String {
-    crate::stages::eval::style::bubbles(reply)
-        .iter()
-        .map(|b| format!("<span class=\"bubble\">{}</span>", escape(b)))
-        .collect()
+    avatar_core::sample::bubbles(reply).iter().map(|b| format!("<span class=\"bubble\">{}</span>", escape(b))).collect()
 }
 
 const CSS: &str = "body{font-family:-apple-system,'PingFang SC','Noto Sans CJK SC',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\

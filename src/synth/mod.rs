@@ -2,6 +2,8 @@
 //! written in every source format decrypt-read supports (encrypted with WeChat's real SQLCipher
 //! parameters). Used by tests, the demo data and benches; mounted as `avatar synth`.
 
+pub mod bytes_extra;
+pub mod encrypted;
 pub mod history;
 pub mod lines;
 pub mod payloads;

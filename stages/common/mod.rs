@@ -8,4 +8,4 @@ pub mod parallel_scan;
 pub mod plot;
 pub mod preference;
 pub mod ranked;
-pub mod sample;
+pub use avatar_core::sample;

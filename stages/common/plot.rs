@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+pub use avatar_core::escape::escape;
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 440.0;
@@ -378,23 +379,6 @@ fn truncate_label(s: &str, max_chars: usize) -> String {
 /// Approximate width in Latin-character units: wide (CJK) characters count twice.
 fn display_width(s: &str) -> usize {
     s.chars().map(|c| if (c as u32) >= 0x1100 { 2 } else { 1 }).sum()
-}
-
-/// XML text/attribute escaping; control characters (invalid in XML 1.0) are dropped.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\t' && c != '\n' && c != '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::bail;
 
 use super::ranked::{Ranked, preference_pairs, read_ranked};
-use crate::runtime::chat::{ChatTemplate, EncodedSample};
-use crate::runtime::reward::encode_reply;
-use crate::runtime::token_logprobs::log_sigmoid;
-use crate::runtime::tokenizer::Tokenizer;
+use avatar_runtime::chat::{ChatTemplate, EncodedSample};
+use avatar_runtime::reward::encode_reply;
+use avatar_runtime::token_logprobs::log_sigmoid;
+use avatar_runtime::tokenizer::Tokenizer;
 
 pub struct EncodedPair {
     pub chosen: EncodedSample,

@@ -180,7 +180,7 @@ pub fn preference_pairs(records: &[Ranked], min_margin: f64) -> anyhow::Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::common::sample::Turn;
+    use crate::common::sample::Turn;
 
     fn sample() -> Sample {
         Sample {

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use super::raw::{self, RawContact, RawMessageRef};
 use super::stream::{self, PartStream, Streamed};
-use crate::stages::common::parallel_scan;
+use crate::common::parallel_scan;
 
 /// One `message` row, by column name (schemas differ across versions; never positional),
 /// borrowing its text from the query or the CSV record.

@@ -20,8 +20,8 @@ use anyhow::Context;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::stage::{InputSpec, Metrics, OutputSpec, ParamError, Stage, StageContext, StageInfo, parse_params};
-use crate::stages::common::parallel_scan;
+use crate::common::parallel_scan;
+use avatar_engine::stage::{InputSpec, Metrics, OutputSpec, ParamError, Stage, StageContext, StageInfo, parse_params};
 use keys::{Flavour, KeyMaterial};
 use raw::{RawContact, RawMessage, RawMeta};
 

@@ -84,39 +84,6 @@ pub fn group_sender(buf: &[u8]) -> Option<String> {
         .map(|(_, v)| v.split(':').next().unwrap_or("").to_string())
 }
 
-/// Encoding, for fixtures: a length-delimited field.
-pub fn put_bytes(out: &mut Vec<u8>, num: u64, bytes: &[u8]) {
-    put_varint(out, (num << 3) | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// A `BytesExtra` blob with the given (type, value) items.
-pub fn encode_bytes_extra(items: &[(u64, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_bytes(&mut out, 1, &[0x08, 0x10, 0x10, 0x00]);
-    for (t, v) in items {
-        let mut item = Vec::new();
-        put_varint(&mut item, 1 << 3);
-        put_varint(&mut item, *t);
-        put_bytes(&mut item, 2, v.as_bytes());
-        put_bytes(&mut out, 3, &item);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,9 +96,6 @@ mod tests {
         let items = bytes_extra_items(&buf);
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].0, 7);
-        let ours =
-            encode_bytes_extra(&[(1, "wxid_sender01"), (7, "<msgsource><membercount>3</membercount></msgsource>")]);
-        assert_eq!(hex::encode(ours), hex);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use compact_str::CompactString;
 
 use super::raw::{self, PartInfo, PartWriter, RawMessageRef};
-use crate::stages::common::parallel_scan;
+use crate::common::parallel_scan;
 
 /// One part being written, with each message's sort key and the conversations seen.
 pub struct PartStream<K> {
@@ -89,7 +89,7 @@ pub fn in_order<K: Ord + Sync>(dir: &Path, written: Vec<PartWritten<K>>) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::decrypt_read::raw::RawMessage;
+    use crate::decrypt_read::raw::RawMessage;
 
     /// Parts written with keys: `(key, label)` per message, one list per part.
     fn write(dir: &Path, parts: &[&[(i64, &str)]]) -> Vec<PartWritten<i64>> {

@@ -18,19 +18,17 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::batch::one_per_row;
-use crate::runtime::chat::EncodedSample;
-use crate::runtime::device::select_device;
-use crate::runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
-use crate::runtime::lora::LoraConfig;
-use crate::runtime::model::{Model, Pass, TrainMode};
-use crate::runtime::optim::{AdamW, AdamWConfig, lr_at};
-use crate::runtime::token_logprobs::{logp_surrogate, policy_forward, sigmoid};
-use crate::stages::common::curves::write_curves;
-use crate::stages::common::preference::{
-    EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training,
-};
+use crate::common::curves::write_curves;
+use crate::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training};
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::batch::one_per_row;
+use avatar_runtime::chat::EncodedSample;
+use avatar_runtime::device::select_device;
+use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use avatar_runtime::lora::LoraConfig;
+use avatar_runtime::model::{Model, Pass, TrainMode};
+use avatar_runtime::optim::{AdamW, AdamWConfig, lr_at};
+use avatar_runtime::token_logprobs::{logp_surrogate, policy_forward, sigmoid};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,7 +89,7 @@ fn sequence_logps(
     seqs: &[&EncodedSample],
     pad: u32,
     pass: &mut Pass,
-) -> anyhow::Result<(Vec<f64>, crate::runtime::token_logprobs::PolicyForward, Vec<usize>)> {
+) -> anyhow::Result<(Vec<f64>, avatar_runtime::token_logprobs::PolicyForward, Vec<usize>)> {
     let batch = one_per_row(seqs, pad);
     let fwd = policy_forward(model, &batch, pass)?;
     let row_of: Vec<usize> = batch.targets.iter().map(|(i, _)| *i as usize / batch.t).collect();

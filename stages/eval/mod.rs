@@ -12,11 +12,11 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::GenerationParams;
-use crate::runtime::reward::RewardModel;
-use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::sample::Sample;
+use crate::common::jsonl::read_jsonl;
+use crate::common::sample::Sample;
+use avatar_engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::GenerationParams;
+use avatar_runtime::reward::RewardModel;
 use models::EvalModel;
 use style::{StyleStats, mine_catchphrases, style_distance, style_stats};
 
@@ -144,7 +144,7 @@ impl TypedStage for Eval {
         let person_replies: Vec<String> = prompts.iter().map(|s| s.reply.clone()).collect();
         let person = style_stats(&person_replies, &catchphrases, &blocked);
         let reward = match ctx.optional_input("reward") {
-            Some(dir) => Some(RewardModel::load(dir, &crate::runtime::select_device(&ctx.globals.device)?)?),
+            Some(dir) => Some(RewardModel::load(dir, &avatar_runtime::select_device(&ctx.globals.device)?)?),
             None => None,
         };
         let k = p.samples_per_prompt.max(1);
@@ -214,7 +214,7 @@ impl TypedStage for Eval {
         std::fs::write(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
         let bars: Vec<(String, f64)> =
             report.order.iter().map(|m| (m.clone(), report.models[m].style_distance)).collect();
-        crate::stages::common::plot::bar_chart(
+        crate::common::plot::bar_chart(
             &ctx.output("chart", &Self::INFO)?,
             "style distance to the person (lower is closer)",
             &bars,

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::runtime::batch::{build_batch, target_count};
-use crate::runtime::model::Pass;
-use crate::runtime::{ChatTemplate, GenerationParams, Generator, LoadedModel, TrainMode, load_hf_dir, select_device};
-use crate::stages::common::sample::Sample;
+use crate::common::sample::Sample;
+use avatar_runtime::batch::{build_batch, target_count};
+use avatar_runtime::model::Pass;
+use avatar_runtime::{ChatTemplate, GenerationParams, Generator, LoadedModel, TrainMode, load_hf_dir, select_device};
 
 pub struct FloatModel {
     loaded: LoadedModel,
@@ -63,21 +63,21 @@ impl FloatModel {
 
 /// A GGUF model (the quantize stage's output, or a .gguf file) through the serving decoder.
 pub struct QuantModel {
-    loaded: crate::serve::engine::Loaded,
+    loaded: avatar_serve::engine::Loaded,
 }
 
 impl QuantModel {
     pub fn load(path: &Path) -> anyhow::Result<QuantModel> {
-        let cfg = crate::serve::config::ServeConfig::resolve(path, &[])?;
+        let cfg = avatar_serve::config::ServeConfig::resolve(path, &[])?;
         Ok(QuantModel { loaded: cfg.load().with_context(|| format!("loading quantized model {}", path.display()))? })
     }
 
     pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
-        use crate::quant::SeqStep;
+        use avatar_quant::SeqStep;
         let l = &self.loaded;
         let ids = l.template.encode_prompt(&l.tokenizer, sample, max_prompt)?;
         let mut cache = l.model.new_cache();
-        let mut sampler = crate::runtime::Sampler::new(params.sampling.clone());
+        let mut sampler = avatar_runtime::Sampler::new(params.sampling.clone());
         let mut seen = ids.clone();
         let mut out = Vec::new();
         let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }])?.remove(0);
@@ -99,7 +99,7 @@ impl QuantModel {
 
     /// exp(mean NLL) of the real reply tokens, one token at a time through the KV cache.
     pub fn perplexity(&self, samples: &[Sample], max_len: usize) -> anyhow::Result<(f64, usize)> {
-        use crate::quant::SeqStep;
+        use avatar_quant::SeqStep;
         let l = &self.loaded;
         let (mut nll, mut tokens) = (0f64, 0usize);
         for s in samples {

@@ -8,8 +8,6 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::stages::common::sample::BUBBLE_SEPARATOR;
-
 /// Bracketed labels that normalise writes for non-text messages: not emoji.
 const PLACEHOLDERS: &[&str] = &[
     "手机图片",
@@ -53,9 +51,7 @@ pub fn has_emoji(text: &str) -> bool {
     })
 }
 
-pub fn bubbles(reply: &str) -> Vec<&str> {
-    reply.split(BUBBLE_SEPARATOR).map(str::trim).filter(|b| !b.is_empty()).collect()
-}
+pub use crate::common::sample::bubbles;
 
 /// Characters of the reply's text, bubble markers excluded.
 pub fn reply_chars(reply: &str) -> usize {

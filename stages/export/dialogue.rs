@@ -1,6 +1,6 @@
 //! A sample as alternating (human, assistant) exchanges: the shape every export format needs.
 
-use crate::stages::common::sample::{BUBBLE_SEPARATOR, Role, Sample};
+use crate::common::sample::{BUBBLE_SEPARATOR, Role, Sample};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialogue {

@@ -32,9 +32,9 @@ use std::path::Path;
 use anyhow::Context;
 use rayon::prelude::*;
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::sample::Sample;
+use crate::common::jsonl::read_jsonl;
+use crate::common::sample::Sample;
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 
 pub use dialogue::{Dialogue, dialogue};
 pub use params::{ExportParams, Format};

@@ -1,7 +1,7 @@
 //! Seed 002's rendering rules: one kind and one text per raw message.
 
-use crate::stages::common::message::{MessageKind, QuotedMessage};
-use crate::stages::decrypt_read::raw::{ExportedFields, RawMessage};
+use crate::common::message::{MessageKind, QuotedMessage};
+use crate::decrypt_read::raw::{ExportedFields, RawMessage};
 
 use super::xml::{self, Node};
 

@@ -24,16 +24,16 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::device::select_device;
-use crate::runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
-use crate::runtime::model::TrainMode;
-use crate::runtime::optim::{AdamW, AdamWConfig};
-use crate::runtime::reward::RewardModel;
-use crate::runtime::scalar_head::ScalarHead;
-use crate::stages::common::curves::write_curves;
-use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::sample::Sample;
+use crate::common::curves::write_curves;
+use crate::common::jsonl::read_jsonl;
+use crate::common::sample::Sample;
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::device::select_device;
+use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use avatar_runtime::model::TrainMode;
+use avatar_runtime::optim::{AdamW, AdamWConfig};
+use avatar_runtime::reward::RewardModel;
+use avatar_runtime::scalar_head::ScalarHead;
 
 pub use params::PpoParams;
 use rollout::{Experience, Models};

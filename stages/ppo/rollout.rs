@@ -2,16 +2,16 @@
 //! policy's and the reference's per-token log-probs, the critic's values, the reward model's
 //! score, and from those the KL-penalised advantages and returns.
 
-use crate::runtime::batch::one_per_row;
-use crate::runtime::chat::EncodedSample;
-use crate::runtime::generate::{FinishReason, GenerationParams, Generator};
-use crate::runtime::hf::SharedBase;
-use crate::runtime::model::{Batch, Model, Pass};
-use crate::runtime::reward::RewardModel;
-use crate::runtime::sampling::SamplingParams;
-use crate::runtime::scalar_head::ScalarHead;
-use crate::runtime::token_logprobs::policy_forward;
-use crate::stages::common::sample::Sample;
+use crate::common::sample::Sample;
+use avatar_runtime::batch::one_per_row;
+use avatar_runtime::chat::EncodedSample;
+use avatar_runtime::generate::{FinishReason, GenerationParams, Generator};
+use avatar_runtime::hf::SharedBase;
+use avatar_runtime::model::{Batch, Model, Pass};
+use avatar_runtime::reward::RewardModel;
+use avatar_runtime::sampling::SamplingParams;
+use avatar_runtime::scalar_head::ScalarHead;
+use avatar_runtime::token_logprobs::policy_forward;
 
 use super::gae::{gae, token_rewards};
 use super::params::PpoParams;

@@ -1,11 +1,11 @@
 //! One PPO gradient step on a minibatch of experiences: the clipped policy objective and the
 //! clipped value loss, each turned into per-token coefficients for a gradient surrogate.
 
-use crate::runtime::batch::one_per_row;
-use crate::runtime::chat::EncodedSample;
-use crate::runtime::model::Pass;
-use crate::runtime::optim::AdamW;
-use crate::runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward};
+use avatar_runtime::batch::one_per_row;
+use avatar_runtime::chat::EncodedSample;
+use avatar_runtime::model::Pass;
+use avatar_runtime::optim::AdamW;
+use avatar_runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward};
 
 use super::params::PpoParams;
 use super::rollout::{Experience, Models};

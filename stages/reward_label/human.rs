@@ -18,9 +18,9 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::ranked::{Label, Ranked, candidates_fingerprint, format_score};
-use crate::stages::common::sample::Role;
+use crate::common::jsonl::read_jsonl;
+use crate::common::ranked::{Label, Ranked, candidates_fingerprint, format_score};
+use crate::common::sample::Role;
 
 const PAGE: &str = include_str!("label.html");
 

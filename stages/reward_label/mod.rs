@@ -18,14 +18,14 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::{GenerationParams, SamplingParams};
-use crate::stages::common::jsonl::{read_jsonl, write_jsonl};
-use crate::stages::common::ranked::{Ranked, format_score};
-use crate::stages::common::sample::Sample;
-use crate::stages::eval::models::FloatModel;
-use crate::stages::eval::read_word_list;
-use crate::stages::eval::style::bubbles;
+use crate::common::jsonl::{read_jsonl, write_jsonl};
+use crate::common::ranked::{Ranked, format_score};
+use crate::common::sample::Sample;
+use crate::eval::models::FloatModel;
+use crate::eval::read_word_list;
+use crate::eval::style::bubbles;
+use avatar_engine::stage::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::{GenerationParams, SamplingParams};
 use openai::{OpenAiJudge, OpenAiParams};
 use rules::{RulesJudge, RulesParams};
 
@@ -276,7 +276,7 @@ fn fill_stats(stats: &mut LabelStats, records: &[Ranked], rules: &RulesJudge) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::common::sample::{Role, Turn};
+    use crate::common::sample::{Role, Turn};
 
     fn sample(id: &str) -> Sample {
         Sample {
@@ -294,24 +294,24 @@ mod tests {
 
     #[test]
     fn defaults_and_judge_names_parse() {
-        let p: RewardLabelParams = crate::engine::stage::parse_params(&toml::from_str("").unwrap()).unwrap();
+        let p: RewardLabelParams = avatar_engine::stage::parse_params(&toml::from_str("").unwrap()).unwrap();
         assert_eq!((p.n, p.prompts, p.max_prompt_tokens, p.judge), (3, 64, 256, Judge::Rules));
         assert_eq!(
             (p.generation.max_tokens, p.generation.sampling.temperature, p.generation.sampling.top_p),
             (48, 1.0, 0.95)
         );
         let p: RewardLabelParams =
-            crate::engine::stage::parse_params(&toml::from_str("judge = \"openai\"\n[openai]\nmodel = \"m\"").unwrap())
+            avatar_engine::stage::parse_params(&toml::from_str("judge = \"openai\"\n[openai]\nmodel = \"m\"").unwrap())
                 .unwrap();
         assert_eq!(p.judge, Judge::Openai);
         assert_eq!(p.openai.model, "m");
         assert_eq!(p.openai.api_key_env, "OPENAI_API_KEY");
         let err =
-            crate::engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("[rules]\nnope = 1").unwrap())
+            avatar_engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("[rules]\nnope = 1").unwrap())
                 .unwrap_err();
         assert!(err.path.starts_with("rules"), "{}", err.path);
         assert!(
-            crate::engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("judge = \"gpt\"").unwrap())
+            avatar_engine::stage::parse_params::<RewardLabelParams>(&toml::from_str("judge = \"gpt\"").unwrap())
                 .is_err()
         );
     }

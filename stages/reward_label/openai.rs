@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::engine::fsutil::{create_private_dir, write_atomic};
-use crate::stages::common::sample::BUBBLE_SEPARATOR;
+use crate::common::sample::BUBBLE_SEPARATOR;
+use avatar_engine::fsutil::{create_private_dir, write_atomic};
 
 /// Scores each candidate 1..10 for being civil and friendly while sounding like the person.
 pub const DEFAULT_TEMPLATE: &str = "你是一个聊天回复的评审。下面是一段微信聊天的上下文，以及“我”接下来可能发出的 {n} 条候选回复。\n\

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stages::eval::style::{bubbles, mine_catchphrases, reply_chars};
+use crate::eval::style::{bubbles, mine_catchphrases, reply_chars};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

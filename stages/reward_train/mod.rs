@@ -19,19 +19,17 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::device::select_device;
-use crate::runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
-use crate::runtime::lora::LoraConfig;
-use crate::runtime::model::{Model, Pass, TrainMode};
-use crate::runtime::optim::{AdamW, AdamWConfig, lr_at};
-use crate::runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch, score_batch};
-use crate::runtime::scalar_head::ScalarHead;
-use crate::runtime::token_logprobs::{linear_surrogate, sigmoid};
-use crate::stages::common::curves::write_curves;
-use crate::stages::common::preference::{
-    EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training,
-};
+use crate::common::curves::write_curves;
+use crate::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training};
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::device::select_device;
+use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use avatar_runtime::lora::LoraConfig;
+use avatar_runtime::model::{Model, Pass, TrainMode};
+use avatar_runtime::optim::{AdamW, AdamWConfig, lr_at};
+use avatar_runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch, score_batch};
+use avatar_runtime::scalar_head::ScalarHead;
+use avatar_runtime::token_logprobs::{linear_surrogate, sigmoid};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

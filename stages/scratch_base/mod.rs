@@ -7,12 +7,12 @@ pub mod tokenizer;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::chat::CHATML_TEMPLATE;
-use crate::runtime::config::ModelConfig;
-use crate::runtime::init::random_weights;
-use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::sample::{BUBBLE_SEPARATOR, Sample};
+use crate::common::jsonl::read_jsonl;
+use crate::common::sample::{BUBBLE_SEPARATOR, Sample};
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::chat::CHATML_TEMPLATE;
+use avatar_runtime::config::ModelConfig;
+use avatar_runtime::init::random_weights;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -10,7 +10,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, DecoderWrapper, TokenizerBuilder};
 
-use crate::stages::common::sample::BUBBLE_SEPARATOR;
+use crate::common::sample::BUBBLE_SEPARATOR;
 
 /// ChatML specials; ids 0, 1, 2 in this order.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];

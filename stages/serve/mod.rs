@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::quant::SeqStep;
-use crate::runtime::{ChatMessage, Sampler, SamplingParams};
-use crate::serve::config::{Defaults, Limits, ServeConfig};
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_quant::SeqStep;
+use avatar_runtime::{ChatMessage, Sampler, SamplingParams};
+use avatar_serve::config::{Defaults, Limits, ServeConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,7 +67,7 @@ impl TypedStage for ServeStage {
         let mut cfg = if input.is_dir() && !has_gguf(input) && input.join("config.json").is_file() {
             // An HF folder: quantize into the artifact so serve.json points at a stored file.
             let model = ctx.out_dir.join("model-q8_0.gguf");
-            crate::quant::convert(input, crate::quant::parse_type("q8_0")?, &model)?;
+            avatar_quant::convert(input, avatar_quant::parse_type("q8_0")?, &model)?;
             for f in ["tokenizer.json", "tokenizer_config.json"] {
                 if input.join(f).is_file() {
                     std::fs::copy(input.join(f), ctx.out_dir.join(f))?;

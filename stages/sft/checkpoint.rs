@@ -9,8 +9,8 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::model::Model;
-use crate::runtime::optim::AdamW;
+use avatar_runtime::model::Model;
+use avatar_runtime::optim::AdamW;
 
 /// Loss curves: (optimiser step, value).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

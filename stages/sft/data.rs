@@ -6,12 +6,12 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::runtime::batch::{build_batch, pack_rows, target_count};
-use crate::runtime::chat::{ChatTemplate, EncodedSample};
-use crate::runtime::model::Batch;
-use crate::runtime::tokenizer::Tokenizer;
-use crate::stages::common::jsonl::read_jsonl;
-use crate::stages::common::sample::Sample;
+use crate::common::jsonl::read_jsonl;
+use crate::common::sample::Sample;
+use avatar_runtime::batch::{build_batch, pack_rows, target_count};
+use avatar_runtime::chat::{ChatTemplate, EncodedSample};
+use avatar_runtime::model::Batch;
+use avatar_runtime::tokenizer::Tokenizer;
 
 pub struct Encoded {
     pub samples: Vec<EncodedSample>,

@@ -16,11 +16,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::runtime::device::select_device;
-use crate::runtime::hf::{load_hf_dir, save_hf_dir, save_model_adapter};
-use crate::runtime::model::TrainMode;
-use crate::stages::common::plot::line_chart;
+use crate::common::plot::line_chart;
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
+use avatar_runtime::device::select_device;
+use avatar_runtime::hf::{load_hf_dir, save_hf_dir, save_model_adapter};
+use avatar_runtime::model::TrainMode;
 
 pub use params::{Mode, SftParams};
 
@@ -109,7 +109,7 @@ impl TypedStage for SftStage {
             val.samples.len(),
             train.skipped + val.skipped,
             model.trainable_parameter_count(),
-            crate::runtime::device::device_class(&device),
+            avatar_runtime::device::device_class(&device),
         ));
 
         std::fs::create_dir_all(ctx.work_dir).with_context(|| format!("creating {}", ctx.work_dir.display()))?;

@@ -11,10 +11,10 @@ use rand_chacha::ChaCha8Rng;
 use super::checkpoint::{self, Curves, State};
 use super::data::{Plan, eval_batches, materialise};
 use super::params::SftParams;
-use crate::engine::progress::Progress;
-use crate::runtime::chat::EncodedSample;
-use crate::runtime::model::{Model, Pass};
-use crate::runtime::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm, lr_at};
+use avatar_engine::progress::Progress;
+use avatar_runtime::chat::EncodedSample;
+use avatar_runtime::model::{Model, Pass};
+use avatar_runtime::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm, lr_at};
 
 pub struct Job<'a> {
     pub model: &'a Model,

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::params::SplitParams;
-use crate::stages::common::sample::Sample;
+use crate::common::sample::Sample;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {

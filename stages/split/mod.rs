@@ -22,10 +22,10 @@ pub mod stats;
 
 use anyhow::Context;
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::stages::common::jsonl::{read_jsonl, write_jsonl};
-use crate::stages::common::sample::Sample;
-use crate::stages::window::WindowStats;
+use crate::common::jsonl::{read_jsonl, write_jsonl};
+use crate::common::sample::Sample;
+use crate::window::WindowStats;
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 
 pub use assign::{Part, Splits, split_samples};
 pub use params::SplitParams;

@@ -8,9 +8,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::assign::{Part, Splits};
-use crate::stages::common::plot;
-use crate::stages::common::sample::{BUBBLE_SEPARATOR, Sample};
-use crate::stages::window::WindowStats;
+use crate::common::plot;
+use crate::common::sample::{BUBBLE_SEPARATOR, Sample};
+use crate::window::WindowStats;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SplitStats {
@@ -131,7 +131,7 @@ pub fn compute(
             samples,
         })
         .collect();
-    let kinds = |m: &BTreeMap<crate::stages::common::message::MessageKind, u64>| {
+    let kinds = |m: &BTreeMap<crate::common::message::MessageKind, u64>| {
         m.iter()
             .map(|(k, v)| {
                 (serde_json::to_value(k).ok().and_then(|j| j.as_str().map(str::to_string)).unwrap_or_default(), *v)

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::params::WindowParams;
 use super::stats::WindowStats;
-use crate::stages::common::message::{Message, MessageKind};
-use crate::stages::common::sample::{BUBBLE_SEPARATOR, Role, Sample, Turn};
+use crate::common::message::{Message, MessageKind};
+use crate::common::sample::{BUBBLE_SEPARATOR, Role, Sample, Turn};
 
 /// Samples in conversation order, plus what was kept and dropped.
 pub struct Windowed {

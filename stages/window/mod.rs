@@ -29,10 +29,10 @@ pub mod stats;
 
 use anyhow::Context;
 
-use crate::engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use crate::stages::common::jsonl::write_jsonl;
-use crate::stages::common::message::Message;
-use crate::stages::common::message_table;
+use crate::common::jsonl::write_jsonl;
+use crate::common::message::Message;
+use crate::common::message_table;
+use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 
 pub use build::{Windowed, build_samples};
 pub use params::WindowParams;

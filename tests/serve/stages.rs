@@ -88,13 +88,13 @@ fn pipeline_manifest_resolves_to_its_serve_stage() {
     )
     .unwrap();
     // Before a run: a clear error, not a panic.
-    let err = ServeConfig::resolve(&manifest, &[]).unwrap_err().to_string();
-    assert!(err.contains("has not run yet"), "{err}");
     let registry = avatar::stages::registry();
+    let err = avatar::serve_target::resolve(&manifest, &[], &registry).unwrap_err().to_string();
+    assert!(err.contains("has not run yet"), "{err}");
     let m = avatar::engine::Manifest::load(&manifest, &registry).unwrap();
     avatar::engine::run(&m, &registry, &avatar::engine::RunOptions::default(), &avatar::engine::runner::Silent)
         .unwrap();
-    let cfg = ServeConfig::resolve(&manifest, &[]).unwrap();
+    let cfg = avatar::serve_target::resolve(&manifest, &[], &registry).unwrap();
     assert_eq!(cfg.name, "pipe-clone");
     assert!(cfg.model.to_string_lossy().ends_with("model-q4_0.gguf"));
     cfg.load().unwrap();

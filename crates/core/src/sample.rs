@@ -2,8 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Separator between consecutive bubbles of one reply (seed 002's convention).
+/// Separator between consecutive bubbles (chat messages sent in a row) of one reply: `window`
+/// joins with it, the model learns to emit it, and the server splits on it.
 pub const BUBBLE_SEPARATOR: &str = "<s>";
+
+/// A reply's bubbles: split on [`BUBBLE_SEPARATOR`], trimmed, empty ones dropped.
+pub fn bubbles(reply: &str) -> Vec<&str> {
+    reply.split(BUBBLE_SEPARATOR).map(str::trim).filter(|b| !b.is_empty()).collect()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,4 +48,16 @@ pub struct Sample {
     pub reply: String,
     /// "window" for ordinary pairs, "quote" for quote-reply pairs.
     pub source: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bubbles_are_trimmed_and_empty_ones_dropped() {
+        assert_eq!(bubbles("在吗<s>我到了<s><s>  快下来 "), vec!["在吗", "我到了", "快下来"]);
+        assert!(bubbles(" <s> ").is_empty());
+        assert_eq!(bubbles("一句"), vec!["一句"]);
+    }
 }

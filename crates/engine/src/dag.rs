@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::engine::manifest::{InputRef, Manifest, StageDecl};
+use crate::manifest::{InputRef, Manifest, StageDecl};
 
 /// Dependency graph over a manifest's stages (names in file order).
 pub struct Dag {

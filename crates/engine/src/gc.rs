@@ -2,11 +2,11 @@
 
 use std::collections::BTreeSet;
 
-use crate::engine::fsutil::tree_size;
-use crate::engine::history::RunRecord;
-use crate::engine::lockfile::LockFile;
-use crate::engine::manifest::Manifest;
-use crate::engine::store::Store;
+use crate::fsutil::tree_size;
+use crate::history::RunRecord;
+use crate::lockfile::LockFile;
+use crate::manifest::Manifest;
+use crate::store::Store;
 
 #[derive(Debug, Default)]
 pub struct GcReport {

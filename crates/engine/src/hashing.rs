@@ -51,7 +51,7 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 /// (a file, or a sub-directory), reading every file a single time.
 pub fn hash_artifact(
     dir: &Path,
-    outputs: &[crate::engine::stage::OutputSpec],
+    outputs: &[crate::stage::OutputSpec],
 ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
     let files = list_files(dir)?;
     let hashed: io::Result<Vec<(String, String)>> =
@@ -208,7 +208,7 @@ impl HashCache {
             return Ok(());
         }
         let bytes = serde_json::to_vec(&self.entries).map_err(io::Error::other)?;
-        crate::engine::fsutil::write_atomic(file, &bytes)?;
+        crate::fsutil::write_atomic(file, &bytes)?;
         self.dirty = false;
         Ok(())
     }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fsutil::write_atomic;
-use crate::engine::stage::Metrics;
+use crate::fsutil::write_atomic;
+use crate::stage::Metrics;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::stage::Globals;
+use crate::stage::Globals;
 
 /// Everything that enters a stage key, kept so `status` can say *why* a stage is stale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

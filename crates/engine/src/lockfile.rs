@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fsutil::write_atomic;
-use crate::engine::key::KeyParts;
-use crate::engine::stage::Metrics;
+use crate::fsutil::write_atomic;
+use crate::key::KeyParts;
+use crate::stage::Metrics;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockFile {

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
-use crate::engine::Registry;
-use crate::engine::dag;
-use crate::engine::diagnostics::{Diagnostic, ManifestError, SourceMap};
-use crate::engine::stage::parse_params;
+use crate::Registry;
+use crate::dag;
+use crate::diagnostics::{Diagnostic, ManifestError, SourceMap};
+use crate::stage::parse_params;
 
 /// The `[pipeline]` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +70,8 @@ pub struct Manifest {
     pub path: PathBuf,
     pub dir: PathBuf,
     pub settings: PipelineSettings,
+    /// "cpu" or "cuda": `settings.device` with "auto" resolved by the registry; enters stage keys.
+    pub device_class: &'static str,
     /// In file order.
     pub stages: Vec<StageDecl>,
 }
@@ -181,7 +183,8 @@ impl Manifest {
         if !diags.is_empty() {
             return Err(ManifestError { diagnostics: diags });
         }
-        Ok(Manifest { path: abs, dir, settings, stages })
+        let device_class = registry.device_class(&settings.device);
+        Ok(Manifest { path: abs, dir, settings, device_class, stages })
     }
 }
 

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::engine::Registry;
-use crate::engine::hashing::HashCache;
-use crate::engine::key::KeyParts;
-use crate::engine::manifest::{InputRef, Manifest, StageDecl};
-use crate::engine::stage::{Globals, ResolvedInput};
-use crate::engine::store::{ActionRecord, Store};
+use crate::Registry;
+use crate::hashing::HashCache;
+use crate::key::KeyParts;
+use crate::manifest::{InputRef, Manifest, StageDecl};
+use crate::stage::{Globals, ResolvedInput};
+use crate::store::{ActionRecord, Store};
 
 /// A stage whose artifact exists in the store (ran now, or cached).
 #[derive(Debug, Clone)]
@@ -49,18 +49,8 @@ pub enum Unresolved {
 pub fn globals(manifest: &Manifest) -> Globals {
     Globals {
         seed: manifest.settings.seed,
-        device: device_class(&manifest.settings.device).to_string(),
+        device: manifest.device_class.to_string(),
         dtype: manifest.settings.dtype.clone(),
-    }
-}
-
-/// "cpu" or "cuda": the device class that enters stage keys.
-pub fn device_class(requested: &str) -> &'static str {
-    match requested {
-        "cuda" => "cuda",
-        "cpu" => "cpu",
-        _ if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => "cuda",
-        _ => "cpu",
     }
 }
 

@@ -9,16 +9,16 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::engine::Registry;
-use crate::engine::dag::Dag;
-use crate::engine::fsutil::create_private_dir;
-use crate::engine::history::{RunRecord, StageRecord};
-use crate::engine::lockfile::{LockEntry, LockFile};
-use crate::engine::manifest::{Manifest, StageDecl};
-use crate::engine::progress::Progress;
-use crate::engine::resolve::{self, DoneStage, Resolved, Unresolved};
-use crate::engine::stage::{Globals, Metrics, StageContext};
-use crate::engine::store::{ActionRecord, Store, now_rfc3339};
+use crate::Registry;
+use crate::dag::Dag;
+use crate::fsutil::create_private_dir;
+use crate::history::{RunRecord, StageRecord};
+use crate::lockfile::{LockEntry, LockFile};
+use crate::manifest::{Manifest, StageDecl};
+use crate::progress::Progress;
+use crate::resolve::{self, DoneStage, Resolved, Unresolved};
+use crate::stage::{Globals, Metrics, StageContext};
+use crate::store::{ActionRecord, Store, now_rfc3339};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -321,8 +321,8 @@ fn execute(
     store: &Store,
     decl: &StageDecl,
     key: &str,
-    parts: crate::engine::key::KeyParts,
-    inputs: &BTreeMap<String, crate::engine::stage::ResolvedInput>,
+    parts: crate::key::KeyParts,
+    inputs: &BTreeMap<String, crate::stage::ResolvedInput>,
     globals: &Globals,
     progress: &Progress,
 ) -> anyhow::Result<(DoneStage, Metrics, f64)> {
@@ -397,7 +397,7 @@ fn report(decl: &StageDecl, outcome: Outcome, key: Option<&str>, done: Option<&D
 fn stale_reason(lock: &LockFile, name: &str, resolved: &Resolved) -> String {
     match lock.stages.get(name) {
         None => "never run".into(),
-        Some(prev) => crate::engine::status::explain(&prev.parts, &resolved.parts).join("; "),
+        Some(prev) => crate::status::explain(&prev.parts, &resolved.parts).join("; "),
     }
 }
 

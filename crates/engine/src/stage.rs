@@ -2,7 +2,7 @@
 //!
 //! A stage sees the engine only through this file: it declares what it reads and writes,
 //! parses its own typed params, and runs against a [`StageContext`]. The engine never names
-//! a concrete stage except in the registry (`stages/mod.rs`).
+//! a concrete stage except in the registry (`stages/lib.rs`, in the avatar-stages crate).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::progress::Progress;
+use crate::progress::Progress;
 
 /// Metrics a stage reports; recorded in the store, the lock file and the run log.
 pub type Metrics = BTreeMap<String, serde_json::Value>;

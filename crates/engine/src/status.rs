@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use crate::engine::Registry;
-use crate::engine::dag::Dag;
-use crate::engine::key::{KeyParts, changed_paths};
-use crate::engine::lockfile::LockFile;
-use crate::engine::manifest::Manifest;
-use crate::engine::resolve::{self, DoneStage, Unresolved};
-use crate::engine::store::Store;
+use crate::Registry;
+use crate::dag::Dag;
+use crate::key::{KeyParts, changed_paths};
+use crate::lockfile::LockFile;
+use crate::manifest::Manifest;
+use crate::resolve::{self, DoneStage, Unresolved};
+use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageStatus {

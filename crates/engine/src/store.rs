@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fsutil::{create_private_dir, make_private_tree, write_atomic};
-use crate::engine::hashing::{HashCache, hash_artifact};
-use crate::engine::key::KeyParts;
-use crate::engine::stage::{Metrics, OutputSpec};
+use crate::fsutil::{create_private_dir, make_private_tree, write_atomic};
+use crate::hashing::{HashCache, hash_artifact};
+use crate::key::KeyParts;
+use crate::stage::{Metrics, OutputSpec};
 
 /// What one execution of a stage key produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]

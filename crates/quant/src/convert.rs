@@ -5,73 +5,26 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use avatar_runtime::ModelConfig;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
 
-/// The config.json keys the Qwen2/Llama families share.
-#[derive(Debug, Clone, Deserialize)]
-pub struct HfConfig {
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    #[serde(default)]
-    pub model_type: Option<String>,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    pub vocab_size: usize,
-    #[serde(default = "default_ctx")]
-    pub max_position_embeddings: usize,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default)]
-    pub bos_token_id: Option<serde_json::Value>,
-    #[serde(default)]
-    pub eos_token_id: Option<serde_json::Value>,
-}
-
-fn default_ctx() -> usize {
-    4096
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_theta() -> f64 {
-    10_000.0
-}
-
-impl HfConfig {
-    pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let de = &mut serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))
-    }
-
-    /// GGUF architecture name: "qwen2" or "llama".
-    pub fn arch(&self) -> Result<&'static str> {
-        let mt = self.model_type.as_deref().unwrap_or("");
-        let is = |s: &str| mt == s || self.architectures.iter().any(|a| a.to_lowercase().starts_with(s));
-        if is("qwen2") {
-            Ok("qwen2")
-        } else if is("llama") {
-            Ok("llama")
-        } else {
-            bail!("model_type `{mt}` is not supported (qwen2, llama)")
-        }
-    }
-
-    pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+/// GGUF architecture name, "qwen2" or "llama", from config.json's `model_type` and
+/// `architectures` (the latter is kept in the raw JSON, not in [`ModelConfig`]).
+pub fn gguf_arch(cfg: &ModelConfig, raw: &serde_json::Value) -> Result<&'static str> {
+    let mt = cfg.model_type.as_str();
+    let architectures: Vec<String> = raw["architectures"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_lowercase).collect())
+        .unwrap_or_default();
+    let is = |s: &str| mt == s || architectures.iter().any(|a| a.starts_with(s));
+    if is("qwen2") {
+        Ok("qwen2")
+    } else if is("llama") {
+        Ok("llama")
+    } else {
+        bail!("model_type `{mt}` is not supported (qwen2, llama)")
     }
 }
 
@@ -140,8 +93,8 @@ pub struct ConvertReport {
 
 /// Convert the HF folder `model_dir` into one GGUF file of type `ty` at `out`.
 pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertReport> {
-    let cfg = HfConfig::read(model_dir)?;
-    let arch = cfg.arch()?;
+    let (cfg, raw) = ModelConfig::from_file(&model_dir.join("config.json"))?;
+    let arch = gguf_arch(&cfg, &raw)?;
     let weights = load_safetensors(model_dir)?;
     let tok = super::tokenizer_meta::TokenizerMeta::read(model_dir, &cfg)?;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -167,7 +120,7 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
         bail!("embed_tokens is {vocab}x{hidden} but config hidden_size is {}", cfg.hidden_size);
     }
     push_matrix("token_embd.weight".into(), embed, &mut tensors)?;
-    let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+    let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads());
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let b = format!("blk.{i}");
@@ -218,9 +171,15 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
         (k("attention.head_count_kv"), Value::U32(kv_heads as u32)),
         (k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
         (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (k("rope.dimension_count"), Value::U32((cfg.hidden_size / heads) as u32)),
+        (k("rope.dimension_count"), Value::U32(cfg.head_dim() as u32)),
         (k("vocab_size"), Value::U32(vocab as u32)),
     ];
+    // An explicit head_dim (Qwen3 has 128 with hidden/heads = 64): llama.cpp reads it from the key
+    // and value lengths, which default to hidden/heads and are written only when they differ.
+    if cfg.head_dim() != cfg.hidden_size / heads {
+        meta.push((k("attention.key_length"), Value::U32(cfg.head_dim() as u32)));
+        meta.push((k("attention.value_length"), Value::U32(cfg.head_dim() as u32)));
+    }
     meta.extend(tok.gguf_metadata(vocab)?);
     write_gguf(out, &meta, &tensors)?;
     let bytes = std::fs::metadata(out)?.len();

@@ -8,5 +8,5 @@ pub mod kernels;
 pub mod model;
 pub mod tokenizer_meta;
 
-pub use convert::{HfConfig, convert, parse_type};
+pub use convert::{convert, gguf_arch, parse_type};
 pub use model::{KvCache, QConfig, QModel, SeqStep};

@@ -203,6 +203,7 @@ impl QModel {
         let hidden = f.meta_u32(&key("embedding_length"))? as usize;
         let heads = f.meta_u32(&key("attention.head_count"))? as usize;
         let (_, embd_dims) = f.tensor_meta("token_embd.weight")?;
+        let key_length = f.meta_u32(&key("attention.key_length")).ok();
         let cfg = QConfig {
             hidden,
             layers: f.meta_u32(&key("block_count"))? as usize,
@@ -223,6 +224,17 @@ impl QModel {
                 path.display(),
                 cfg.kv_heads
             );
+        }
+        // The decoder assumes head_dim = hidden/heads; a model with its own head_dim is refused
+        // rather than computed wrong.
+        if let Some(head_dim) = key_length {
+            if head_dim as usize != cfg.head_dim {
+                bail!(
+                    "{}: head_dim {head_dim} differs from hidden/heads ({}): not supported by the quantized decoder",
+                    path.display(),
+                    cfg.head_dim
+                );
+            }
         }
         let embed = Weight::load(&mut f, "token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.layers);

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::quantized::gguf_file::Value;
 
-use super::convert::HfConfig;
+use avatar_runtime::ModelConfig;
 
 // llama.cpp token types.
 const NORMAL: i32 = 1;
@@ -29,7 +29,7 @@ pub struct TokenizerMeta {
 }
 
 impl TokenizerMeta {
-    pub fn read(dir: &Path, cfg: &HfConfig) -> Result<Self> {
+    pub fn read(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
         let tpath = dir.join("tokenizer.json");
         let text = std::fs::read_to_string(&tpath).with_context(|| format!("cannot read {}", tpath.display()))?;
         let tj: serde_json::Value =

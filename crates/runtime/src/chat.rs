@@ -9,7 +9,7 @@ use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::Tokenizer;
-use crate::stages::common::sample::{Role, Sample};
+use avatar_core::sample::{Role, Sample};
 
 /// ChatML, the template of Qwen and of the scratch base.
 pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";

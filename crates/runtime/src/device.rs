@@ -50,6 +50,11 @@ pub unsafe fn configure_cpu_threads() {
     }
 }
 
+/// Whether `device = "auto"` picks CUDA: built with `--features cuda` and a GPU answers.
+pub fn cuda_available() -> bool {
+    cfg!(feature = "cuda") && candle_core::utils::cuda_is_available()
+}
+
 /// "cpu" or "cuda": the device class that enters stage keys.
 pub fn device_class(device: &Device) -> &'static str {
     if device.is_cuda() { "cuda" } else { "cpu" }

@@ -15,7 +15,7 @@ use super::hf::{LoadedModel, load_hf_dir};
 use super::model::{Batch, Model, Pass, TrainMode};
 use super::scalar_head::ScalarHead;
 use super::tokenizer::Tokenizer;
-use crate::stages::common::sample::Sample;
+use avatar_core::sample::Sample;
 
 pub const HEAD_FILE: &str = "reward_head.safetensors";
 pub const INFO_FILE: &str = "reward.json";

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::config::{Defaults, Limits};
-use crate::runtime::ChatMessage;
+use avatar_runtime::ChatMessage;
 
 /// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
 #[derive(Debug, Clone)]
@@ -272,12 +272,8 @@ impl ChatRequest {
 }
 
 /// The bubble marker the model emits between consecutive messages of one reply.
-pub const BUBBLE_MARK: &str = "<s>";
-
-/// Split a reply into its bubbles (trimmed, empty ones dropped).
-pub fn bubbles(text: &str) -> Vec<String> {
-    text.split(BUBBLE_MARK).map(str::trim).filter(|b| !b.is_empty()).map(String::from).collect()
-}
+pub use avatar_core::sample::BUBBLE_SEPARATOR as BUBBLE_MARK;
+pub use avatar_core::sample::bubbles;
 
 /// Replaces bubble markers in streamed text, holding back a possible partial marker.
 pub struct BubbleStream {

@@ -1,5 +1,6 @@
-//! What `avatar serve` serves: serve.json (written by the `serve` stage), a pipeline manifest
-//! (its newest `serve` stage output), a quantize output directory, an HF folder, or a .gguf file.
+//! What `avatar serve` serves: serve.json (written by the `serve` stage), a quantize output
+//! directory, an HF folder, or a .gguf file. A pipeline manifest is resolved to its newest
+//! `serve` stage's serve.json by the caller (the `avatar` crate), which knows the stage kinds.
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +8,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::engine::Loaded;
-use crate::quant::QModel;
-use crate::quant::gguf::GgufFile;
-use crate::runtime::{ChatTemplate, Tokenizer};
+use avatar_quant::QModel;
+use avatar_quant::gguf::GgufFile;
+use avatar_runtime::{ChatTemplate, Tokenizer};
 
 /// serve.json: everything the server needs besides the listening address.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,14 +115,18 @@ impl ServeConfig {
         Ok(cfg)
     }
 
-    /// A config for `target`: serve.json, a pipeline .toml, a directory (quantize output or HF
+    /// A config for `target`: serve.json, a directory (quantize output or HF
     /// folder, converted to Q8_0 on the fly) or a .gguf file. `prefer` orders GGUF types.
     pub fn resolve(target: &Path, prefer: &[&str]) -> Result<Self> {
         if target.is_file() {
             let ext = target.extension().and_then(|e| e.to_str()).unwrap_or("");
             return match ext {
                 "json" => Self::read(target),
-                "toml" => Self::read(&pipeline_serve_json(target)?),
+                // Which serve.json a manifest means is the stage registry's business, not the server's.
+                "toml" => bail!(
+                    "{}: a pipeline manifest; resolve it to its serve stage's serve.json first (`avatar serve` does)",
+                    target.display()
+                ),
                 "gguf" => Ok(Self { model: target.to_path_buf(), ..Self::default() }),
                 _ => bail!(
                     "{}: expected a pipeline .toml, serve.json, .gguf file or a model directory",
@@ -142,7 +147,7 @@ impl ServeConfig {
             // An HF folder: quantize to Q8_0 once into the temp dir (keyed by the folder's path).
             let key = blake3::hash(target.canonicalize()?.to_string_lossy().as_bytes()).to_hex();
             let out = std::env::temp_dir().join(format!("avatar-serve-{}.gguf", &key[..16]));
-            crate::quant::convert(target, crate::quant::parse_type("q8_0")?, &out)?;
+            avatar_quant::convert(target, avatar_quant::parse_type("q8_0")?, &out)?;
             return Ok(Self { model: out, tokenizer_dir: Some(target.to_path_buf()), ..Self::default() });
         }
         bail!("{}: no serve.json, .gguf file or HF model (config.json) in this directory", target.display())
@@ -211,32 +216,4 @@ fn pick_gguf(dir: &Path, prefer: &[&str]) -> Result<Option<PathBuf>> {
         prefer.iter().position(|t| name.contains(&t.to_lowercase())).unwrap_or(prefer.len())
     };
     Ok(found.into_iter().min_by_key(rank))
-}
-
-/// serve.json of the newest `serve` stage run recorded in a pipeline's lock file.
-fn pipeline_serve_json(manifest_path: &Path) -> Result<PathBuf> {
-    use crate::engine::lockfile::LockFile;
-    use crate::engine::store::Store;
-    let registry = crate::stages::registry();
-    let manifest = crate::engine::Manifest::load(manifest_path, &registry).map_err(|e| anyhow!("{e}"))?;
-    let lock = LockFile::read(&manifest.lock_path())?;
-    let store = Store::existing(&manifest.store_dir());
-    let stage = manifest
-        .stages
-        .iter()
-        .rev()
-        .find(|s| s.kind == "serve")
-        .ok_or_else(|| anyhow!("{}: no stage of kind \"serve\"", manifest_path.display()))?;
-    let entry = lock.stages.get(&stage.name).ok_or_else(|| {
-        anyhow!("stage `{}` has not run yet: run `avatar run {}` first", stage.name, manifest_path.display())
-    })?;
-    let path = store.object_dir(&entry.output).join("serve.json");
-    if !path.is_file() {
-        bail!(
-            "the output of stage `{}` is missing from the store ({}): run the pipeline again",
-            stage.name,
-            path.display()
-        );
-    }
-    Ok(path)
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::quant::{KvCache, QModel, SeqStep};
-use crate::runtime::{ChatTemplate, Sampler, SamplingParams, Tokenizer};
+use avatar_quant::{KvCache, QModel, SeqStep};
+use avatar_runtime::{ChatTemplate, Sampler, SamplingParams, Tokenizer};
 
 /// A loaded model ready to serve.
 pub struct Loaded {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use super::api::{ApiError, BubbleStream, ChatRequest, bubbles};
 use super::config::ServeConfig;
 use super::engine::{Engine, Event, GenParams, Job};
-use crate::runtime::SamplingParams;
+use avatar_runtime::SamplingParams;
 
 const PAGE: &str = include_str!("page.html");
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, params};
 
-use crate::stages::decrypt_read::sqlcipher::{self, Cipher};
+use crate::synth::encrypted::{self, Cipher};
 use crate::synth::history::History;
 use crate::synth::payloads::encode;
 
@@ -78,7 +78,7 @@ pub fn fill(conn: &Connection, h: &History) -> anyhow::Result<()> {
 
 /// Write the encrypted `EnMicroMsg.db`.
 pub fn write_encrypted(path: &Path, h: &History, key7: &str, salt: [u8; 16]) -> anyhow::Result<()> {
-    sqlcipher::create_encrypted(path, Cipher::Android, key7.as_bytes(), salt, |c| fill(c, h))
+    encrypted::create_encrypted(path, Cipher::Android, key7.as_bytes(), salt, |c| fill(c, h))
 }
 
 /// Write an already decrypted copy (plain SQLite, format "sqlite").

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
-use crate::stages::decrypt_read::protobuf::encode_bytes_extra;
-use crate::stages::decrypt_read::sqlcipher::{self, Cipher};
+use crate::synth::bytes_extra::encode_bytes_extra;
+use crate::synth::encrypted::{self, Cipher};
 use crate::synth::history::History;
 use crate::synth::payloads::encode;
 
@@ -122,7 +122,7 @@ pub fn write(
     std::fs::create_dir_all(msg_dir.join("Multi"))?;
     let create = |path: &Path, salt: u8, f: &dyn Fn(&Connection) -> anyhow::Result<()>| -> anyhow::Result<()> {
         match key {
-            Some(k) => sqlcipher::create_encrypted(path, Cipher::Pc3, k, [salt; 16], |c| f(c)),
+            Some(k) => encrypted::create_encrypted(path, Cipher::Pc3, k, [salt; 16], |c| f(c)),
             None => {
                 if path.exists() {
                     std::fs::remove_file(path)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 
 use crate::stages::decrypt_read::pc4::table_for;
-use crate::stages::decrypt_read::sqlcipher::{self, Cipher};
+use crate::synth::encrypted::{self, Cipher};
 use crate::synth::history::History;
 use crate::synth::payloads::encode;
 
@@ -97,7 +97,7 @@ pub fn write(
     std::fs::create_dir_all(storage.join("contact"))?;
     let create = |path: &Path, salt: u8, f: &dyn Fn(&Connection) -> anyhow::Result<()>| -> anyhow::Result<()> {
         match key {
-            Some(k) => sqlcipher::create_encrypted(path, Cipher::Pc4, k, [salt; 16], |c| f(c)),
+            Some(k) => encrypted::create_encrypted(path, Cipher::Pc4, k, [salt; 16], |c| f(c)),
             None => {
                 if path.exists() {
                     std::fs::remove_file(path)?;

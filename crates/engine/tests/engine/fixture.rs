@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use avatar::engine::runner::{RunOptions, RunReport, Silent};
-use avatar::engine::{Manifest, Registry, run};
+use avatar_engine::runner::{RunOptions, RunReport, Silent};
+use avatar_engine::{Manifest, Registry, run};
 
 use crate::stages::{Ran, registry};
 

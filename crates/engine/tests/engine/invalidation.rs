@@ -1,7 +1,7 @@
 //! Exactly what re-runs after each kind of change.
 
-use avatar::engine::runner::{Outcome, RunOptions};
-use avatar::engine::status::status;
+use avatar_engine::runner::{Outcome, RunOptions};
+use avatar_engine::status::status;
 
 use crate::fixture::{DIAMOND, Fixture};
 
@@ -68,7 +68,7 @@ fn stage_version_change_reruns_that_kind_and_descendants() {
     g.run();
     // d (`transform2`) stays cached: its inputs came out byte-identical.
     assert_eq!(g.ran(), strs(&["a", "b", "c", "e"]));
-    let st = avatar::engine::status::status(&g.load(), &g.registry).unwrap();
+    let st = avatar_engine::status::status(&g.load(), &g.registry).unwrap();
     assert!(st.iter().all(|s| s.up_to_date));
 }
 

@@ -1,6 +1,6 @@
 //! Every manifest error class is reported with file:line:column before anything runs.
 
-use avatar::engine::Manifest;
+use avatar_engine::Manifest;
 
 use crate::fixture::Fixture;
 
@@ -130,7 +130,7 @@ mod fuzz {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.toml");
         // Must return Ok or diagnostics; a panic fails the property.
-        let _ = avatar::engine::Manifest::parse(&path, text, &registry);
+        let _ = avatar_engine::Manifest::parse(&path, text, &registry);
     }
 
     proptest! {

@@ -4,9 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use avatar::engine::lockfile::LockFile;
-use avatar::engine::run;
-use avatar::engine::runner::{Outcome, RunOptions, Silent};
+use avatar_engine::lockfile::LockFile;
+use avatar_engine::run;
+use avatar_engine::runner::{Outcome, RunOptions, Silent};
 
 use crate::fixture::{DIAMOND, Fixture, list_dir};
 
@@ -39,8 +39,7 @@ fn a_failing_stage_keeps_other_artifacts_and_is_reported() {
 fn child_process_entry() {
     let Ok(dir) = std::env::var("AVATAR_TEST_CHILD") else { return };
     let (registry, _) = crate::stages::registry(1);
-    let manifest =
-        avatar::engine::Manifest::load(&std::path::Path::new(&dir).join("pipeline.toml"), &registry).unwrap();
+    let manifest = avatar_engine::Manifest::load(&std::path::Path::new(&dir).join("pipeline.toml"), &registry).unwrap();
     let _ = run(&manifest, &registry, &RunOptions { jobs: 1, ..Default::default() }, &Silent);
 }
 
@@ -82,7 +81,7 @@ fn kill_9_mid_write_leaves_a_usable_store() {
     assert!(!f.ran().contains(&"a".to_string()), "a re-ran: {:?}", f.ran());
     // Every artifact in the store is complete: each one's hash matches its content.
     for name in list_dir(&f.store().join("objects")) {
-        let h = avatar::engine::hashing::hash_path_uncached(&f.store().join("objects").join(&name)).unwrap();
+        let h = avatar_engine::hashing::hash_path_uncached(&f.store().join("objects").join(&name)).unwrap();
         assert_eq!(h, name);
     }
 }
@@ -165,9 +164,9 @@ fn gc_keeps_history_by_default_and_prunes_with_workspace() {
     f.run();
     let before = list_dir(&f.store().join("objects")).len();
     let m = f.load();
-    let r = avatar::engine::gc::gc(&m, false, false, false).unwrap();
+    let r = avatar_engine::gc::gc(&m, false, false, false).unwrap();
     assert_eq!(r.removed_objects, 0);
-    let r = avatar::engine::gc::gc(&m, true, false, false).unwrap();
+    let r = avatar_engine::gc::gc(&m, true, false, false).unwrap();
     assert_eq!(r.removed_objects, 2, "old b and d artifacts");
     assert_eq!(list_dir(&f.store().join("objects")).len(), before - 2);
     // The pipeline is still up to date after gc, and the old params now re-run.

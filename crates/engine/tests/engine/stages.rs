@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use avatar::engine::stage::{ParamError, parse_params};
-use avatar::engine::{InputSpec, Metrics, OutputSpec, Registry, Stage, StageContext, StageInfo};
+use avatar_engine::stage::{ParamError, parse_params};
+use avatar_engine::{InputSpec, Metrics, OutputSpec, Registry, Stage, StageContext, StageInfo};
 use serde::{Deserialize, Serialize};
 
 /// Names of the stages that actually ran, in completion order.
