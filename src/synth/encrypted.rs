@@ -71,7 +71,8 @@ pub enum Cipher {
 }
 
 /// Create an encrypted database at `path` with a fixed salt and run `fill` on it.
-/// The file is byte-for-byte what WeChat's parameters give (reference 7.3).
+/// The file is byte-for-byte what WeChat's parameters give: the 16-byte salt first, then pages
+/// of the cipher's size.
 pub fn create_encrypted(
     path: &Path,
     cipher: Cipher,

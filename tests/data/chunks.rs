@@ -20,7 +20,11 @@ fn chunks_make_the_same_table() {
     assert!(whole_stats.blocked_dropped > 0 && whole.len() > 2000);
     for chunk_len in [1, 7, 1000] {
         let mut chunks = Vec::new();
-        let stats = normalise_in_chunks(&meta, &raw, &params, &blocked, chunk_len, |c| Ok(chunks.push(c))).unwrap();
+        let stats = normalise_in_chunks(&meta, &raw, &params, &blocked, chunk_len, |c| {
+            chunks.push(c);
+            Ok(())
+        })
+        .unwrap();
         assert!(chunks.iter().all(|c| c.len() <= chunk_len));
         assert!(chunks.concat() == whole, "chunk length {chunk_len}");
         assert_eq!(stats, whole_stats);

@@ -227,14 +227,14 @@ impl QModel {
         }
         // The decoder assumes head_dim = hidden/heads; a model with its own head_dim is refused
         // rather than computed wrong.
-        if let Some(head_dim) = key_length {
-            if head_dim as usize != cfg.head_dim {
-                bail!(
-                    "{}: head_dim {head_dim} differs from hidden/heads ({}): not supported by the quantized decoder",
-                    path.display(),
-                    cfg.head_dim
-                );
-            }
+        if let Some(head_dim) = key_length
+            && head_dim as usize != cfg.head_dim
+        {
+            bail!(
+                "{}: head_dim {head_dim} differs from hidden/heads ({}): not supported by the quantized decoder",
+                path.display(),
+                cfg.head_dim
+            );
         }
         let embed = Weight::load(&mut f, "token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.layers);
