@@ -1,6 +1,7 @@
 //! Stage implementations. Each module implements `engine::Stage` for one kind; `registry()` is
 //! the only place the engine learns their names.
 
+pub mod command;
 pub mod common;
 pub mod decrypt_read;
 pub mod dpo;
@@ -37,6 +38,7 @@ pub fn registry() -> Registry {
     registry.add(reward_train::RewardTrainStage);
     registry.add(ppo::PpoStage);
     registry.add(dpo::DpoStage);
+    registry.add(command::CommandStage);
     registry.set_cuda_probe(avatar_runtime::device::cuda_available);
     registry
 }

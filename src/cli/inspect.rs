@@ -208,12 +208,8 @@ pub fn show(registry: &Registry, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let artifact = record.as_ref().map(|r| store.object_dir(&r.output));
     let metrics =
         record.as_ref().map(|r| r.metrics.clone()).or_else(|| last.map(|l| l.metrics.clone())).unwrap_or_default();
-    let outputs: Vec<(String, Option<PathBuf>)> = registry
-        .get(&decl.kind)
-        .map(|k| {
-            k.info().outputs.iter().map(|o| (o.name.to_string(), artifact.as_ref().map(|a| a.join(o.path)))).collect()
-        })
-        .unwrap_or_default();
+    let outputs: Vec<(String, Option<PathBuf>)> =
+        decl.outputs.iter().map(|o| (o.name.clone(), artifact.as_ref().map(|a| a.join(&o.path)))).collect();
     if args.json {
         println!(
             "{}",

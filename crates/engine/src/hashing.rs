@@ -51,7 +51,7 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 /// (a file, or a sub-directory), reading every file a single time.
 pub fn hash_artifact(
     dir: &Path,
-    outputs: &[crate::stage::OutputSpec],
+    outputs: &[crate::stage::DeclaredOutput],
 ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
     let files = list_files(dir)?;
     let hashed: io::Result<Vec<(String, String)>> =
@@ -73,7 +73,7 @@ pub fn hash_artifact(
             }
             tree_hash(&inside)
         };
-        per_output.insert(out.name.to_string(), hash);
+        per_output.insert(out.name.clone(), hash);
     }
     Ok((tree_hash(&hashed), per_output))
 }

@@ -20,4 +20,4 @@ pub mod store;
 pub use manifest::Manifest;
 pub use registry::Registry;
 pub use runner::{RunOptions, RunReport, run};
-pub use stage::{Globals, InputSpec, Metrics, OutputSpec, Stage, StageContext, StageInfo, TypedStage};
+pub use stage::{DeclaredOutput, Globals, InputSpec, Metrics, OutputSpec, Stage, StageContext, StageInfo, TypedStage};

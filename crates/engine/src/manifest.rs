@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 use crate::Registry;
 use crate::dag;
 use crate::diagnostics::{Diagnostic, ManifestError, SourceMap};
-use crate::stage::parse_params;
+use crate::stage::{DeclaredOutput, parse_params};
 
 /// The `[pipeline]` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +62,8 @@ pub struct StageDecl {
     pub params: toml::Table,
     /// Params parsed by the stage and re-serialised with defaults: what the key hashes.
     pub canonical_params: serde_json::Value,
+    /// What this stage writes; downstream inputs name these as `<stage>.<name>`.
+    pub outputs: Vec<DeclaredOutput>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +174,7 @@ impl Manifest {
         // toml::Table is sorted; keep the author's order.
         stages.sort_by_key(|s: &StageDecl| spans.key(&format!("stages.{}", s.name)).map(|r| r.start).unwrap_or(0));
 
-        check_references(&map, &spans, registry, &stages, &mut diags);
+        check_references(&map, &spans, &stages, &mut diags);
         if diags.is_empty() {
             if let Err(cycle) = dag::find_cycle(&stages) {
                 let path = cycle.join(" -> ");
@@ -247,7 +249,17 @@ fn parse_stage(
         Some(toml::Value::Table(t)) => {
             for (input, v) in t {
                 let at = format!("{here}.inputs.{input}");
-                if !info.inputs.iter().any(|i| i.name == input) {
+                if stage.open_inputs() {
+                    if input.is_empty() || !input.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        diags.push(map.at(
+                            spans.key(&at),
+                            format!(
+                                "stage `{name}` ({kind}): input name `{input}` may only use letters, digits and `_`"
+                            ),
+                        ));
+                        continue;
+                    }
+                } else if !info.inputs.iter().any(|i| i.name == input) {
                     let declared: Vec<_> = info.inputs.iter().map(|i| i.name).collect();
                     diags.push(map.at(
                         spans.key(&at),
@@ -287,18 +299,28 @@ fn parse_stage(
     let mut params = table.clone();
     params.remove("kind");
     params.remove("inputs");
-    let canonical_params = match stage.canonical_params(&params) {
-        Ok(v) => v,
+    let param_error = |e: crate::stage::ParamError, diags: &mut Vec<Diagnostic>| {
+        let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path) };
+        diags.push(map.at(
+            spans.for_error(&here, &e.path, &e.message),
+            format!("stage `{name}` ({kind}) param{shown}: {}", e.message),
+        ));
+    };
+    let (canonical_params, outputs) = match stage.canonical_params(&params) {
+        Ok(v) => {
+            let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
+            if let Err(e) = stage.check_inputs(&v, &names) {
+                param_error(e, diags);
+            }
+            let outputs = stage.outputs(&v);
+            (v, outputs)
+        }
         Err(e) => {
-            let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path) };
-            diags.push(map.at(
-                spans.for_error(&here, &e.path, &e.message),
-                format!("stage `{name}` ({kind}) param{shown}: {}", e.message),
-            ));
-            serde_json::Value::Null
+            param_error(e, diags);
+            (serde_json::Value::Null, info.outputs.iter().map(DeclaredOutput::from).collect())
         }
     };
-    Some(StageDecl { name: name.to_string(), kind, inputs, params, canonical_params })
+    Some(StageDecl { name: name.to_string(), kind, inputs, params, canonical_params, outputs })
 }
 
 /// `split.train` is a stage output; anything with a `/`, or starting with `.` or `~`, is a path.
@@ -322,13 +344,7 @@ fn parse_input_ref(s: &str, dir: &Path) -> Result<InputRef, String> {
     }
 }
 
-fn check_references(
-    map: &SourceMap,
-    spans: &SpanIndex,
-    registry: &Registry,
-    stages: &[StageDecl],
-    diags: &mut Vec<Diagnostic>,
-) {
+fn check_references(map: &SourceMap, spans: &SpanIndex, stages: &[StageDecl], diags: &mut Vec<Diagnostic>) {
     for decl in stages {
         for (input, r) in &decl.inputs {
             let InputRef::Stage { stage, output } = r else { continue };
@@ -342,9 +358,8 @@ fn check_references(
                 }
                 continue;
             };
-            let Some(kind) = registry.get(&up.kind) else { continue };
-            if !kind.info().outputs.iter().any(|o| o.name == output) {
-                let outs: Vec<_> = kind.info().outputs.iter().map(|o| o.name).collect();
+            if !up.outputs.iter().any(|o| &o.name == output) {
+                let outs: Vec<_> = up.outputs.iter().map(|o| o.name.as_str()).collect();
                 diags.push(map.at(
                     at,
                     format!(

@@ -77,14 +77,11 @@ pub fn resolve(
                     return Ok(Err(Unresolved::WaitingOn(name.clone(), up.clone())));
                 };
                 let up_decl = manifest.stage(up).expect("validated reference");
-                let spec = registry
-                    .get(&up_decl.kind)
-                    .and_then(|k| k.info().outputs.iter().find(|o| o.name == output))
-                    .expect("validated output");
+                let spec = up_decl.outputs.iter().find(|o| &o.name == output).expect("validated output");
                 let hash = d.outputs.get(output).cloned().with_context(|| {
                     format!("artifact of `{up}` has no recorded output `{output}`; run `avatar gc` and retry")
                 })?;
-                ResolvedInput { path: d.dir.join(spec.path), hash }
+                ResolvedInput { path: d.dir.join(&spec.path), hash }
             }
         };
         inputs.insert(name.clone(), resolved);

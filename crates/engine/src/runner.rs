@@ -358,7 +358,7 @@ fn execute(
             anyhow::bail!("stage crashed (a bug in avatar, please report it): {msg}");
         }
     };
-    let (output, outputs) = match store.commit(&tmp, stage.info().outputs) {
+    let (output, outputs) = match store.commit(&tmp, &decl.outputs) {
         Ok(x) => x,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -32,6 +32,21 @@ pub struct OutputSpec {
     pub help: &'static str,
 }
 
+/// One output of a stage instance. Most kinds have only their static [`OutputSpec`]s; a
+/// `command` stage names its own in the manifest, so the engine works with owned names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredOutput {
+    pub name: String,
+    /// Relative to the stage's artifact directory.
+    pub path: String,
+}
+
+impl From<&OutputSpec> for DeclaredOutput {
+    fn from(o: &OutputSpec) -> Self {
+        DeclaredOutput { name: o.name.to_string(), path: o.path.to_string() }
+    }
+}
+
 /// Static description of a stage kind.
 #[derive(Debug, Clone, Copy)]
 pub struct StageInfo {
@@ -112,6 +127,21 @@ pub trait Stage: Send + Sync {
     /// Parse and validate params; returns them canonicalised (defaults filled in), which is
     /// what enters the stage key, so adding a param at its default value is still a cache hit.
     fn canonical_params(&self, params: &toml::Table) -> Result<serde_json::Value, ParamError>;
+    /// This instance's outputs, from its canonical params: the kind's static list unless the
+    /// manifest declares them (the `command` kind).
+    fn outputs(&self, _params: &serde_json::Value) -> Vec<DeclaredOutput> {
+        self.info().outputs.iter().map(DeclaredOutput::from).collect()
+    }
+    /// Whether the manifest may give this kind inputs of any name (the `command` kind);
+    /// otherwise only the names in `info().inputs` are accepted.
+    fn open_inputs(&self) -> bool {
+        false
+    }
+    /// Check canonical params against the input names the manifest gave the stage, so a
+    /// reference to an input that does not exist fails at load time, not mid-run.
+    fn check_inputs(&self, _params: &serde_json::Value, _inputs: &[&str]) -> Result<(), ParamError> {
+        Ok(())
+    }
     fn run(&self, ctx: &StageContext, params: &serde_json::Value) -> anyhow::Result<Metrics>;
 }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::{create_private_dir, make_private_tree, write_atomic};
 use crate::hashing::{HashCache, hash_artifact};
 use crate::key::KeyParts;
-use crate::stage::{Metrics, OutputSpec};
+use crate::stage::{DeclaredOutput, Metrics};
 
 /// What one execution of a stage key produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ impl Store {
     /// Move a finished temp artifact into `objects/`, returning its content hash and the hash
     /// of each declared output. An identical artifact already present is kept and the temp
     /// copy dropped.
-    pub fn commit(&self, tmp: &Path, outputs: &[OutputSpec]) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    pub fn commit(&self, tmp: &Path, outputs: &[DeclaredOutput]) -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let (hash, per_output) = hash_artifact(tmp, outputs)?;
         let dest = self.object_dir(&hash);
         if dest.is_dir() {
