@@ -1,6 +1,7 @@
 //! Stage implementations. Each module implements `engine::Stage` for one kind; `registry()` is
 //! the only place the engine learns their names.
 
+pub mod adapter_import;
 pub mod command;
 pub mod common;
 pub mod decrypt_read;
@@ -39,6 +40,7 @@ pub fn registry() -> Registry {
     registry.add(ppo::PpoStage);
     registry.add(dpo::DpoStage);
     registry.add(command::CommandStage);
+    registry.add(adapter_import::AdapterImportStage);
     registry.set_cuda_probe(avatar_runtime::device::cuda_available);
     registry
 }

@@ -1,6 +1,7 @@
 //! The model runtime and the model stages: decoder parity with candle-transformers, gradients,
 //! LoRA/PEFT layout, generation, HF folders, scratch-base, sft, reward-train, ppo and dpo.
 
+mod adapter_import;
 mod alignment;
 mod common;
 mod generation;

@@ -37,6 +37,17 @@ impl Fixture {
     pub fn path(&self, p: &str) -> std::path::PathBuf {
         self.dir.path().join(p)
     }
+    /// A scratch base with other settings, written to `out` (its HF folder is `out/model`).
+    pub fn scratch_base(&self, params: &str, out: &Path) {
+        run_stage(
+            &avatar::stages::scratch_base::ScratchBaseStage,
+            params,
+            &[("corpus", &self.path("train.jsonl"))],
+            out,
+            &out.with_extension("work"),
+        )
+        .unwrap();
+    }
     pub fn sft(&self, params: &str, out: &str) -> anyhow::Result<Metrics> {
         let (base, train, val) = (self.path("base/model"), self.path("train.jsonl"), self.path("val.jsonl"));
         run_stage(
@@ -49,7 +60,7 @@ impl Fixture {
     }
 }
 
-fn file_hash(p: &Path) -> String {
+pub fn file_hash(p: &Path) -> String {
     blake3::hash(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).to_hex().to_string()
 }
 
@@ -83,7 +94,7 @@ fn scratch_base_writes_a_loadable_hf_folder() {
     }
 }
 
-const LORA: &str = "mode = \"lora\"\nlr = 5e-3\nwarmup_steps = 1\nbatch_size = 4\nmax_seq_len = 64\nmax_steps = 6\neval_every = 3\ncheckpoint_every = 0\n[lora]\nr = 4\nalpha = 8.0\ndropout = 0.1";
+pub const LORA: &str = "mode = \"lora\"\nlr = 5e-3\nwarmup_steps = 1\nbatch_size = 4\nmax_seq_len = 64\nmax_steps = 6\neval_every = 3\ncheckpoint_every = 0\n[lora]\nr = 4\nalpha = 8.0\ndropout = 0.1";
 
 #[test]
 fn sft_lora_trains_writes_peft_and_merged_model_and_is_reproducible() {

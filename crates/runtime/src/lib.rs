@@ -9,6 +9,7 @@
 //! - [`model`]: the decoder ([`Model`]), with LoRA or full trainable weights.
 //! - [`frozen`]: the frozen-weight matmul whose backward returns only the input gradient.
 //! - [`lora`]: LoRA settings and adapters, PEFT file layout.
+//! - [`peft_import`]: a PEFT adapter trained elsewhere, loaded onto its base for merging.
 //! - [`hf`]: load/save a local HF folder (config, safetensors single or sharded, tokenizer).
 //! - [`tokenizer`], [`chat`]: tokenizer wrapper, chat template (minijinja), sample encoding.
 //! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
@@ -27,6 +28,7 @@ pub mod init;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod peft_import;
 pub mod reward;
 pub mod sampling;
 pub mod scalar_head;
