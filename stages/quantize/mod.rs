@@ -1,11 +1,14 @@
 //! `quantize`: merged HF-layout weights → one GGUF file per requested type, loadable by
 //! llama.cpp, ollama and our own server. The tokenizer files are copied next to the GGUFs so
-//! the server tokenizes exactly as training did.
+//! the server tokenizes exactly as training did, and an ollama Modelfile beside each GGUF.
+
+pub mod modelfile;
 
 use serde::{Deserialize, Serialize};
 
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use avatar_quant as quant;
+use avatar_runtime::chat::ChatTemplate;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,8 +32,8 @@ impl TypedStage for QuantizeStage {
     type Params = QuantizeParams;
     const INFO: StageInfo = StageInfo {
         kind: "quantize",
-        version: 1,
-        summary: "merged weights → GGUF files (q8_0, q4_0, f16, K-quants) for llama.cpp/ollama and `avatar serve`",
+        version: 2,
+        summary: "merged weights → GGUF files (q8_0, q4_0, f16, K-quants) + ollama Modelfiles, for llama.cpp/ollama/`avatar serve`",
         inputs: &[InputSpec {
             name: "model",
             required: true,
@@ -39,7 +42,7 @@ impl TypedStage for QuantizeStage {
         outputs: &[OutputSpec {
             name: "gguf",
             path: "gguf",
-            help: "one <name>-<type>.gguf per type, plus tokenizer files",
+            help: "one <name>-<type>.gguf and <name>-<type>.Modelfile per type, plus tokenizer files",
         }],
     };
 
@@ -57,14 +60,20 @@ impl TypedStage for QuantizeStage {
             .map(|(i, t)| quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let model = ctx.input("model")?;
+        let tc = model.join("tokenizer_config.json");
+        let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
         let out = ctx.output("gguf", &Self::INFO)?;
         std::fs::create_dir_all(&out)?;
         let bar = ctx.progress.bar(types.len() as u64, "files");
         let mut m = Metrics::new();
         for (name, ty) in params.types.iter().zip(types) {
             let name = name.to_ascii_lowercase();
-            let path = out.join(format!("{}-{name}.gguf", params.name));
-            let report = quant::convert(model, ty, &path)?;
+            let file = format!("{}-{name}.gguf", params.name);
+            let report = quant::convert(model, ty, &out.join(&file))?;
+            let (text, recognised) = modelfile::modelfile(&file, &template)?;
+            std::fs::write(out.join(format!("{}-{name}.Modelfile", params.name)), text)?;
+            let format = recognised.map(|r| r.format.name()).unwrap_or("none");
+            m.insert("modelfile_template".into(), format.into());
             m.insert(format!("{name}_bytes"), report.bytes.into());
             m.insert(format!("{name}_fallback_tensors"), report.fallbacks.into());
             bar.inc(1);

@@ -6,5 +6,6 @@
 mod external;
 mod fixture;
 mod http;
+mod modelfile;
 mod quant;
 mod stages;

@@ -42,7 +42,10 @@ fn quantize_then_serve_stage() {
     for t in ["q8_0", "q4_0", "q4_k"] {
         assert!(q.join(format!("gguf/model-{t}.gguf")).is_file(), "{t} written");
         assert!(m[&format!("{t}_bytes")].as_u64().unwrap() > 0);
+        let modelfile = std::fs::read_to_string(q.join(format!("gguf/model-{t}.Modelfile"))).unwrap();
+        assert!(modelfile.contains(&format!("FROM ./model-{t}.gguf\n")), "{modelfile}");
     }
+    assert_eq!(m["modelfile_template"], "chatml");
     assert!(q.join("gguf/tokenizer.json").is_file());
     // Unknown types and unknown params are errors naming the field.
     let err = run_stage(&avatar::stages::quantize::QuantizeStage, "types = [\"q9\"]", &hf, &tmp.path().join("bad"))
