@@ -7,6 +7,7 @@ use std::process::Command;
 use avatar::engine::runner::{Outcome, RunOptions, RunReport, Silent};
 use avatar::engine::{Manifest, run};
 
+mod llamafactory;
 mod params;
 
 struct Pipeline {
