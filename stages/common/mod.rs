@@ -9,3 +9,4 @@ pub mod plot;
 pub mod preference;
 pub mod ranked;
 pub use avatar_core::sample;
+pub mod training;

@@ -6,7 +6,11 @@ use std::path::Path;
 use anyhow::bail;
 
 use super::ranked::{Ranked, preference_pairs, read_ranked};
+use super::training::Training;
+use avatar_engine::StageContext;
 use avatar_runtime::chat::{ChatTemplate, EncodedSample};
+use avatar_runtime::hf::SharedBase;
+use avatar_runtime::lora::LoraConfig;
 use avatar_runtime::reward::encode_reply;
 use avatar_runtime::token_logprobs::log_sigmoid;
 use avatar_runtime::tokenizer::Tokenizer;
@@ -34,23 +38,57 @@ pub fn is_held_out(id: &str, fraction: f64) -> bool {
     (u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) as f64) < fraction * u32::MAX as f64
 }
 
-/// The parameter checks every stage that trains on preference pairs shares (reward-train, dpo).
-pub fn validate_pair_training(
-    epochs: usize,
-    batch_size: usize,
-    val_fraction: f64,
-    max_seq_len: usize,
-) -> anyhow::Result<()> {
-    if epochs == 0 || batch_size == 0 {
-        bail!("epochs and batch_size must be at least 1");
+/// reward-train's and dpo's defaults for the shared training params: sft's, but LoRA without
+/// dropout, 5 warmup steps, 8 pairs per step and two epochs.
+pub fn pair_training_defaults() -> Training {
+    Training {
+        lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
+        warmup_steps: 5,
+        epochs: 2,
+        batch_size: 8,
+        ..Training::default()
+    }
+}
+
+/// The checks every stage that trains on preference pairs adds to the shared ones
+/// (reward-train, dpo).
+pub fn validate_pair_training(training: &Training, val_fraction: f64) -> anyhow::Result<()> {
+    if training.epochs == 0 {
+        bail!("epochs must be at least 1");
     }
     if !(0.0..1.0).contains(&val_fraction) {
         bail!("val_fraction must be in [0, 1)");
     }
-    if max_seq_len < 8 {
-        bail!("max_seq_len must be at least 8");
-    }
     Ok(())
+}
+
+/// A stage's `ranked` input (and its optional `labels`) as pairs for models over `base`, with
+/// a progress note of how many there are.
+pub fn load_stage_pairs(
+    ctx: &StageContext,
+    base: &SharedBase,
+    max_len: usize,
+    min_margin: f64,
+    val_fraction: f64,
+) -> anyhow::Result<PreferenceData> {
+    let data = load_pairs(
+        ctx.input("ranked")?,
+        ctx.optional_input("labels"),
+        &base.template,
+        &base.tokenizer,
+        max_len,
+        min_margin,
+        val_fraction,
+    )?;
+    ctx.progress.note(&format!(
+        "{} train / {} held-out pairs from {} prompts ({} unscored, {} too long)",
+        data.train.len(),
+        data.val.len(),
+        data.records.len(),
+        data.unscored,
+        data.skipped
+    ));
+    Ok(data)
 }
 
 pub fn load_pairs(

@@ -13,70 +13,54 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::common::curves::write_curves;
-use crate::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training};
+use crate::common::preference::{
+    EncodedPair, PairStats, chosen_then_rejected, load_stage_pairs, pair_training_defaults, validate_pair_training,
+};
+use crate::common::training::{OwnParams, Training, TrainingSetup, WithTraining};
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use avatar_runtime::batch::one_per_row;
 use avatar_runtime::chat::EncodedSample;
-use avatar_runtime::device::select_device;
 use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
-use avatar_runtime::lora::LoraConfig;
 use avatar_runtime::model::{Model, Pass, TrainMode};
-use avatar_runtime::optim::{AdamW, AdamWConfig, lr_at};
 use avatar_runtime::token_logprobs::{logp_surrogate, policy_forward, sigmoid};
+
+/// The shared training params (lr, schedule, batch size, lora, …) and dpo's own.
+pub type DpoParams = WithTraining<DpoOptions>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DpoParams {
-    pub lora: LoraConfig,
+pub struct DpoOptions {
     /// Strength of the implicit KL constraint to the reference.
     pub beta: f64,
-    pub lr: f64,
-    pub min_lr_ratio: f64,
-    pub warmup_steps: u64,
-    pub grad_clip: f64,
-    pub epochs: usize,
-    /// Preference pairs per optimiser step.
-    pub batch_size: usize,
-    pub max_seq_len: usize,
     pub min_margin: f64,
     /// Share of prompts held out for preference accuracy.
     pub val_fraction: f64,
-    pub seed: Option<u64>,
 }
 
-impl Default for DpoParams {
+impl Default for DpoOptions {
     fn default() -> Self {
-        DpoParams {
-            lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
-            beta: 0.1,
-            lr: 2e-4,
-            min_lr_ratio: 0.1,
-            warmup_steps: 5,
-            grad_clip: 1.0,
-            epochs: 2,
-            batch_size: 8,
-            max_seq_len: 256,
-            min_margin: 0.0,
-            val_fraction: 0.2,
-            seed: None,
-        }
+        DpoOptions { beta: 0.1, min_margin: 0.0, val_fraction: 0.2 }
     }
 }
 
-impl DpoParams {
-    fn validate(&self) -> anyhow::Result<()> {
-        self.lora.validate()?;
-        let positive = |v: f64| v > 0.0 && v.is_finite();
-        if !(positive(self.lr) && positive(self.beta)) {
-            bail!("lr and beta must be positive numbers");
+impl OwnParams for DpoOptions {
+    /// Every shared key but weight_decay: the policy's AdamW runs without decay.
+    const SHARED: &'static [&'static str] =
+        &["lora", "lr", "min_lr_ratio", "warmup_steps", "grad_clip", "batch_size", "max_seq_len", "epochs", "seed"];
+
+    fn training_defaults() -> Training {
+        pair_training_defaults()
+    }
+
+    fn validate(&self, training: &Training) -> anyhow::Result<()> {
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            bail!("beta must be a positive number");
         }
-        validate_pair_training(self.epochs, self.batch_size, self.val_fraction, self.max_seq_len)
+        validate_pair_training(training, self.val_fraction)
     }
 }
 
@@ -154,46 +138,31 @@ impl TypedStage for DpoStage {
         ],
     };
 
-    fn run(&self, ctx: &StageContext, p: &DpoParams) -> anyhow::Result<Metrics> {
+    fn run(&self, ctx: &StageContext, params: &DpoParams) -> anyhow::Result<Metrics> {
         let wall = Instant::now();
-        p.validate()?;
-        let seed = p.seed.unwrap_or(ctx.globals.seed);
-        let device = select_device(&ctx.globals.device)?;
+        let (t, p) = (&params.training, &params.own);
+        let setup = TrainingSetup::from_ctx(ctx, params)?;
         let policy_dir = ctx.input("policy")?;
-        let base = SharedBase::load(policy_dir, &device)?;
-        let policy = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
-        let reference = base.model(&TrainMode::Frozen, seed)?;
+        let base = SharedBase::load(policy_dir, &setup.device)?;
+        let policy = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
+        let reference = base.model(&TrainMode::Frozen, setup.seed)?;
         let pad = base.tokenizer.pad_id();
-        let max_len = p.max_seq_len.min(policy.cfg.max_position_embeddings);
-        let data = load_pairs(
-            ctx.input("ranked")?,
-            ctx.optional_input("labels"),
-            &base.template,
-            &base.tokenizer,
-            max_len,
-            p.min_margin,
-            p.val_fraction,
-        )?;
-        ctx.progress.note(&format!(
-            "{} train / {} held-out pairs from {} prompts",
-            data.train.len(),
-            data.val.len(),
-            data.records.len()
-        ));
-        let train_refs = reference_logps(&reference, &data.train, p.batch_size, pad)?;
-        let val_refs = reference_logps(&reference, &data.val, p.batch_size, pad)?;
+        let max_len = t.max_len(policy.cfg.max_position_embeddings);
+        let data = load_stage_pairs(ctx, &base, max_len, p.min_margin, p.val_fraction)?;
+        let train_refs = reference_logps(&reference, &data.train, t.batch_size, pad)?;
+        let val_refs = reference_logps(&reference, &data.val, t.batch_size, pad)?;
         drop(reference);
 
-        let mut opt = AdamW::new(policy.trainable().to_vec(), AdamWConfig::default())?;
-        let total = (data.train.len().div_ceil(p.batch_size) * p.epochs) as u64;
+        let mut opt = t.optimiser(policy.trainable().to_vec())?;
+        let total = (data.train.len().div_ceil(t.batch_size) * t.epochs) as u64;
         let bar = ctx.progress.bar(total, "steps");
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xD0_D0D0);
+        let mut rng = setup.rng(0xD0_D0D0);
         let (mut loss_curve, mut val_curve) = (Vec::new(), Vec::new());
         let mut step = 0u64;
-        for _ in 0..p.epochs {
+        for _ in 0..t.epochs {
             let mut order: Vec<usize> = (0..data.train.len()).collect();
             order.shuffle(&mut rng);
-            for chunk in order.chunks(p.batch_size) {
+            for chunk in order.chunks(t.batch_size) {
                 let n = chunk.len();
                 let seqs = chosen_then_rejected(chunk.iter().map(|&i| &data.train[i]));
                 let (sums, fwd, row_of) = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
@@ -214,23 +183,23 @@ impl TypedStage for DpoStage {
                 }
                 let coef: Vec<f32> = row_of.iter().map(|&r| row_coef[r]).collect();
                 let grads = logp_surrogate(&policy, &fwd, &coef)?.backward()?;
-                opt.step_from(&grads, p.grad_clip, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
+                opt.step_from(&grads, t.grad_clip, t.lr_at(step, total))?;
                 step += 1;
                 loss_curve.push((step, loss));
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.3}"));
             }
             if !data.val.is_empty() {
-                val_curve.push((step, evaluate(&policy, &data.val, &val_refs, p.beta, p.batch_size, pad)?.0));
+                val_curve.push((step, evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?.0));
             }
         }
         bar.finish_and_clear();
         let (train_acc, train_margin, train_loss) =
-            evaluate(&policy, &data.train, &train_refs, p.beta, p.batch_size, pad)?;
+            evaluate(&policy, &data.train, &train_refs, p.beta, t.batch_size, pad)?;
         let held_out = if data.val.is_empty() {
             None
         } else {
-            Some(evaluate(&policy, &data.val, &val_refs, p.beta, p.batch_size, pad)?)
+            Some(evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?)
         };
 
         save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;

@@ -20,22 +20,19 @@ pub mod update;
 
 use std::time::Instant;
 
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
 use crate::common::curves::write_curves;
 use crate::common::jsonl::read_jsonl;
 use crate::common::sample::Sample;
+use crate::common::training::TrainingSetup;
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::device::select_device;
 use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
 use avatar_runtime::model::TrainMode;
-use avatar_runtime::optim::{AdamW, AdamWConfig};
 use avatar_runtime::reward::RewardModel;
 use avatar_runtime::scalar_head::ScalarHead;
 
-pub use params::PpoParams;
+pub use params::{PpoOptions, PpoParams};
 use rollout::{Experience, Models};
 use update::{Optimisers, StepStats};
 
@@ -76,18 +73,18 @@ impl TypedStage for PpoStage {
         ],
     };
 
-    fn run(&self, ctx: &StageContext, p: &PpoParams) -> anyhow::Result<Metrics> {
+    fn run(&self, ctx: &StageContext, params: &PpoParams) -> anyhow::Result<Metrics> {
         let wall = Instant::now();
-        p.validate()?;
-        let seed = p.seed.unwrap_or(ctx.globals.seed);
-        let device = select_device(&ctx.globals.device)?;
+        let (t, p) = (&params.training, &params.own);
+        let setup = TrainingSetup::from_ctx(ctx, params)?;
+        let (seed, device) = (setup.seed, &setup.device);
         let policy_dir = ctx.input("policy")?;
-        let base = SharedBase::load(policy_dir, &device)?;
-        let policy = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
+        let base = SharedBase::load(policy_dir, device)?;
+        let policy = base.model(&TrainMode::Lora(t.lora.clone()), seed)?;
         let reference = base.model(&TrainMode::Frozen, seed)?;
-        let critic = base.model(&TrainMode::Lora(p.lora.clone()), seed ^ 0x00C4_171C)?;
-        let value_head = ScalarHead::zeros(critic.cfg.hidden_size, &device)?;
-        let reward = RewardModel::load(ctx.input("reward")?, &device)?;
+        let critic = base.model(&TrainMode::Lora(t.lora.clone()), seed ^ 0x00C4_171C)?;
+        let value_head = ScalarHead::zeros(critic.cfg.hidden_size, device)?;
+        let reward = RewardModel::load(ctx.input("reward")?, device)?;
         let prompts_path = ctx.input("prompts")?;
         let samples: Vec<Sample> = read_jsonl(prompts_path)?;
         anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());
@@ -102,11 +99,9 @@ impl TypedStage for PpoStage {
 
         let mut critic_vars = critic.trainable().to_vec();
         critic_vars.extend(value_head.vars());
-        let mut opt = Optimisers {
-            policy: AdamW::new(policy.trainable().to_vec(), AdamWConfig::default())?,
-            critic: AdamW::new(critic_vars, AdamWConfig::default())?,
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x990);
+        let mut opt =
+            Optimisers { policy: t.optimiser(policy.trainable().to_vec())?, critic: t.optimiser(critic_vars)? };
+        let mut rng = setup.rng(0x990);
         let mut order: Vec<usize> = Vec::new();
         let bar = ctx.progress.bar(p.iterations as u64, "iterations");
         let names = ["reward", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "response_tokens"];
@@ -140,7 +135,7 @@ impl TypedStage for PpoStage {
                 idx.shuffle(&mut rng);
                 for mb in idx.chunks(p.minibatch_size) {
                     let refs: Vec<&Experience> = mb.iter().map(|&i| &exps[i]).collect();
-                    let s = update::step(&m, &refs, p, &mut opt, (p.lr, p.critic_lr))?;
+                    let s = update::step(&m, &refs, params, &mut opt, (t.lr, p.critic_lr))?;
                     anyhow::ensure!(
                         s.policy_loss.is_finite() && s.value_loss.is_finite(),
                         "ppo losses became non-finite at iteration {}; try a lower lr",

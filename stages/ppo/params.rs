@@ -3,15 +3,16 @@
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+use crate::common::training::{OwnParams, Training, WithTraining};
 use avatar_runtime::lora::LoraConfig;
+
+/// The shared training params ppo reads (`lora`: the adapters of the policy and of the critic,
+/// each its own on the shared SFT weights; `lr`: the policy's; `grad_clip`; `seed`) and its own.
+pub type PpoParams = WithTraining<PpoOptions>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PpoParams {
-    /// Adapters of the policy and of the critic (each its own, on the shared SFT weights).
-    pub lora: LoraConfig,
-    /// Policy learning rate.
-    pub lr: f64,
+pub struct PpoOptions {
     /// Critic (LoRA + value head) learning rate.
     pub critic_lr: f64,
     /// Rollout / update iterations.
@@ -30,20 +31,16 @@ pub struct PpoParams {
     pub clip_range: f64,
     /// Value clip around the rollout's values; 0 disables.
     pub value_clip: f64,
-    pub grad_clip: f64,
     /// Normalised reward-model scores are clipped to ±this.
     pub reward_clip: f64,
     pub max_prompt_tokens: usize,
     pub max_new_tokens: usize,
     pub whiten_advantages: bool,
-    pub seed: Option<u64>,
 }
 
-impl Default for PpoParams {
+impl Default for PpoOptions {
     fn default() -> Self {
-        PpoParams {
-            lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
-            lr: 1e-4,
+        PpoOptions {
             critic_lr: 5e-4,
             iterations: 20,
             rollout_size: 16,
@@ -54,31 +51,31 @@ impl Default for PpoParams {
             lam: 0.95,
             clip_range: 0.2,
             value_clip: 0.2,
-            grad_clip: 1.0,
             reward_clip: 5.0,
             max_prompt_tokens: 192,
             max_new_tokens: 32,
             whiten_advantages: true,
-            seed: None,
         }
     }
 }
 
-impl PpoParams {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.lora.validate()?;
-        for (name, v) in [
-            ("lr", self.lr),
-            ("critic_lr", self.critic_lr),
-            ("clip_range", self.clip_range),
-            ("reward_clip", self.reward_clip),
-        ] {
+impl OwnParams for PpoOptions {
+    const SHARED: &'static [&'static str] = &["lora", "lr", "grad_clip", "seed"];
+
+    fn training_defaults() -> Training {
+        Training { lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() }, lr: 1e-4, ..Training::default() }
+    }
+
+    fn validate(&self, _: &Training) -> anyhow::Result<()> {
+        for (name, v) in
+            [("critic_lr", self.critic_lr), ("clip_range", self.clip_range), ("reward_clip", self.reward_clip)]
+        {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("{name} must be a positive number");
             }
         }
-        if self.kl_coef < 0.0 || self.value_clip < 0.0 || self.grad_clip < 0.0 {
-            bail!("kl_coef, value_clip and grad_clip must not be negative");
+        if self.kl_coef < 0.0 || self.value_clip < 0.0 {
+            bail!("kl_coef and value_clip must not be negative");
         }
         if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
             bail!("gamma and lam must be in [0, 1]");

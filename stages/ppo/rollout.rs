@@ -14,7 +14,7 @@ use avatar_runtime::scalar_head::ScalarHead;
 use avatar_runtime::token_logprobs::policy_forward;
 
 use super::gae::{gae, token_rewards};
-use super::params::PpoParams;
+use super::params::PpoOptions;
 
 /// One sampled response and everything the update needs about it.
 pub struct Experience {
@@ -51,7 +51,7 @@ fn per_row<T: Copy>(flat: &[T], batch: &Batch, rows: usize) -> Vec<Vec<T>> {
 
 /// Sample a response to each prompt (temperature 1, no truncation: the ratio in PPO's
 /// objective needs the policy's true distribution) and score it.
-pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoParams, seed: u64) -> anyhow::Result<Vec<Experience>> {
+pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoOptions, seed: u64) -> anyhow::Result<Vec<Experience>> {
     let tok = &m.base.tokenizer;
     let generator = Generator::new(m.policy, tok);
     let eos = tok

@@ -27,7 +27,7 @@ pub struct Optimisers {
 pub fn step(
     m: &Models,
     batch_exps: &[&Experience],
-    p: &PpoParams,
+    params: &PpoParams,
     opt: &mut Optimisers,
     lr: (f64, f64),
 ) -> anyhow::Result<StepStats> {
@@ -39,6 +39,7 @@ pub fn step(
     let v_old: Vec<f32> = batch_exps.iter().flat_map(|e| e.values.iter().copied()).collect();
     let n = adv.len();
     anyhow::ensure!(batch.targets.len() == n, "rollout and batch disagree on response tokens");
+    let (p, grad_clip) = (&params.own, params.training.grad_clip);
     let mut stats = StepStats::default();
 
     // Policy: L = -mean min(ρA, clip(ρ)A); where the unclipped term is the minimum,
@@ -60,7 +61,7 @@ pub fn step(
             coef[t] = (-ratio * adv[t] / n as f64) as f32;
         }
     }
-    opt.policy.step_from(&logp_surrogate(m.policy, &fwd, &coef)?.backward()?, p.grad_clip, lr.0)?;
+    opt.policy.step_from(&logp_surrogate(m.policy, &fwd, &coef)?.backward()?, grad_clip, lr.0)?;
 
     // Critic: L = 0.5 mean max((v-R)^2, (v_clip-R)^2).
     let values = m.value_head.forward(&m.critic.target_hidden(&batch, &mut Pass { grad: true, rng: None })?)?;
@@ -81,6 +82,6 @@ pub fn step(
             vcoef[t] = ((vn - r) / n as f64) as f32;
         }
     }
-    opt.critic.step_from(&linear_surrogate(&values, &vcoef)?.backward()?, p.grad_clip, lr.1)?;
+    opt.critic.step_from(&linear_surrogate(&values, &vcoef)?.backward()?, grad_clip, lr.1)?;
     Ok(stats)
 }

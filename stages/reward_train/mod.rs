@@ -14,70 +14,48 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::common::curves::write_curves;
-use crate::common::preference::{EncodedPair, PairStats, chosen_then_rejected, load_pairs, validate_pair_training};
+use crate::common::preference::{
+    EncodedPair, PairStats, chosen_then_rejected, load_stage_pairs, pair_training_defaults, validate_pair_training,
+};
+use crate::common::training::{OwnParams, TRAINING_KEYS, Training, TrainingSetup, WithTraining};
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::device::select_device;
 use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
-use avatar_runtime::lora::LoraConfig;
 use avatar_runtime::model::{Model, Pass, TrainMode};
-use avatar_runtime::optim::{AdamW, AdamWConfig, lr_at};
 use avatar_runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch, score_batch};
 use avatar_runtime::scalar_head::ScalarHead;
 use avatar_runtime::token_logprobs::{linear_surrogate, sigmoid};
 
+/// The shared training params (lr, schedule, batch size, lora, …) and reward-train's own.
+pub type RewardTrainParams = WithTraining<RewardTrainOptions>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RewardTrainParams {
-    pub lora: LoraConfig,
-    pub lr: f64,
-    pub min_lr_ratio: f64,
-    pub warmup_steps: u64,
-    pub weight_decay: f64,
-    pub grad_clip: f64,
-    pub epochs: usize,
-    /// Preference pairs per optimiser step.
-    pub batch_size: usize,
-    /// Tokens of prompt + reply; older context is dropped first.
-    pub max_seq_len: usize,
+pub struct RewardTrainOptions {
     /// Pairs whose score difference is at most this are not used.
     pub min_margin: f64,
     /// Share of prompts held out for accuracy.
     pub val_fraction: f64,
-    pub seed: Option<u64>,
 }
 
-impl Default for RewardTrainParams {
+impl Default for RewardTrainOptions {
     fn default() -> Self {
-        RewardTrainParams {
-            lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() },
-            lr: 2e-4,
-            min_lr_ratio: 0.1,
-            warmup_steps: 5,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-            epochs: 2,
-            batch_size: 8,
-            max_seq_len: 256,
-            min_margin: 0.0,
-            val_fraction: 0.2,
-            seed: None,
-        }
+        RewardTrainOptions { min_margin: 0.0, val_fraction: 0.2 }
     }
 }
 
-impl RewardTrainParams {
-    fn validate(&self) -> anyhow::Result<()> {
-        self.lora.validate()?;
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("lr must be a positive number");
-        }
-        validate_pair_training(self.epochs, self.batch_size, self.val_fraction, self.max_seq_len)
+impl OwnParams for RewardTrainOptions {
+    const SHARED: &'static [&'static str] = TRAINING_KEYS;
+
+    fn training_defaults() -> Training {
+        pair_training_defaults()
+    }
+
+    fn validate(&self, training: &Training) -> anyhow::Result<()> {
+        validate_pair_training(training, self.val_fraction)
     }
 }
 
@@ -141,48 +119,31 @@ impl TypedStage for RewardTrainStage {
         ],
     };
 
-    fn run(&self, ctx: &StageContext, p: &RewardTrainParams) -> anyhow::Result<Metrics> {
+    fn run(&self, ctx: &StageContext, params: &RewardTrainParams) -> anyhow::Result<Metrics> {
         let wall = Instant::now();
-        p.validate()?;
-        let seed = p.seed.unwrap_or(ctx.globals.seed);
-        let device = select_device(&ctx.globals.device)?;
+        let (t, p) = (&params.training, &params.own);
+        let setup = TrainingSetup::from_ctx(ctx, params)?;
         let base_dir = ctx.input("base")?;
-        let base = SharedBase::load(base_dir, &device)?;
-        let model = base.model(&TrainMode::Lora(p.lora.clone()), seed)?;
-        let head = ScalarHead::new(model.cfg.hidden_size, seed, &device)?;
+        let base = SharedBase::load(base_dir, &setup.device)?;
+        let model = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
+        let head = ScalarHead::new(model.cfg.hidden_size, setup.seed, &setup.device)?;
         let pad = base.tokenizer.pad_id();
-        let max_len = p.max_seq_len.min(model.cfg.max_position_embeddings);
-        let data = load_pairs(
-            ctx.input("ranked")?,
-            ctx.optional_input("labels"),
-            &base.template,
-            &base.tokenizer,
-            max_len,
-            p.min_margin,
-            p.val_fraction,
-        )?;
-        ctx.progress.note(&format!(
-            "{} train / {} held-out pairs from {} prompts ({} unscored, {} too long)",
-            data.train.len(),
-            data.val.len(),
-            data.records.len(),
-            data.unscored,
-            data.skipped
-        ));
+        let max_len = t.max_len(model.cfg.max_position_embeddings);
+        let data = load_stage_pairs(ctx, &base, max_len, p.min_margin, p.val_fraction)?;
 
         let mut vars = model.trainable().to_vec();
         vars.extend(head.vars());
-        let mut opt = AdamW::new(vars, AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() })?;
-        let steps_per_epoch = data.train.len().div_ceil(p.batch_size);
-        let total = (steps_per_epoch * p.epochs) as u64;
+        let mut opt = t.optimiser(vars)?;
+        let steps_per_epoch = data.train.len().div_ceil(t.batch_size);
+        let total = (steps_per_epoch * t.epochs) as u64;
         let bar = ctx.progress.bar(total, "steps");
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4E3A_12D0);
+        let mut rng = setup.rng(0x4E3A_12D0);
         let (mut loss_curve, mut acc_curve, mut val_curve) = (Vec::new(), Vec::new(), Vec::new());
         let mut step = 0u64;
-        for _ in 0..p.epochs {
+        for _ in 0..t.epochs {
             let mut order: Vec<usize> = (0..data.train.len()).collect();
             order.shuffle(&mut rng);
-            for chunk in order.chunks(p.batch_size) {
+            for chunk in order.chunks(t.batch_size) {
                 let pairs: Vec<&EncodedPair> = chunk.iter().map(|&i| &data.train[i]).collect();
                 let r = pair_scores(&model, &head, &pairs, pad, &mut Pass { grad: true, rng: None })?;
                 let rv = r.to_vec1::<f32>()?;
@@ -202,7 +163,7 @@ impl TypedStage for RewardTrainStage {
                     bail!("reward loss became {loss} at step {}; try a lower lr", step + 1);
                 }
                 let grads = linear_surrogate(&r, &coef)?.backward()?;
-                opt.step_from(&grads, p.grad_clip, lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio))?;
+                opt.step_from(&grads, t.grad_clip, t.lr_at(step, total))?;
                 step += 1;
                 loss_curve.push((step, loss));
                 acc_curve.push((step, accuracy));
@@ -210,19 +171,19 @@ impl TypedStage for RewardTrainStage {
                 bar.set_message(format!("loss {loss:.3}"));
             }
             if !data.val.is_empty() {
-                let (acc, _, _) = evaluate(&model, &head, &data.val, p.batch_size, pad)?;
+                let (acc, _, _) = evaluate(&model, &head, &data.val, t.batch_size, pad)?;
                 val_curve.push((step, acc));
             }
         }
         bar.finish_and_clear();
 
-        let (train_acc, train_margin, train_loss) = evaluate(&model, &head, &data.train, p.batch_size, pad)?;
+        let (train_acc, train_margin, train_loss) = evaluate(&model, &head, &data.train, t.batch_size, pad)?;
         let held_out =
-            if data.val.is_empty() { None } else { Some(evaluate(&model, &head, &data.val, p.batch_size, pad)?) };
+            if data.val.is_empty() { None } else { Some(evaluate(&model, &head, &data.val, t.batch_size, pad)?) };
         // Normalisation: the spread of raw scores over every training-side candidate.
         let mut raw: Vec<f64> = Vec::new();
         let all: Vec<&EncodedPair> = data.train.iter().collect();
-        for chunk in all.chunks(p.batch_size) {
+        for chunk in all.chunks(t.batch_size) {
             raw.extend(
                 pair_scores(&model, &head, chunk, pad, &mut Pass::inference())?
                     .to_vec1::<f32>()?

@@ -17,12 +17,12 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::common::plot::line_chart;
+use crate::common::training::TrainingSetup;
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::device::select_device;
 use avatar_runtime::hf::{load_hf_dir, save_hf_dir, save_model_adapter};
 use avatar_runtime::model::TrainMode;
 
-pub use params::{Mode, SftParams};
+pub use params::{Mode, SftOptions, SftParams};
 
 pub struct SftStage;
 
@@ -85,23 +85,21 @@ impl TypedStage for SftStage {
 
     fn run(&self, ctx: &StageContext, p: &SftParams) -> anyhow::Result<Metrics> {
         let wall = Instant::now();
-        p.validate()?;
-        let seed = p.seed.unwrap_or(ctx.globals.seed);
-        let device = select_device(&ctx.globals.device)?;
+        let TrainingSetup { seed, device } = TrainingSetup::from_ctx(ctx, p)?;
         let base = ctx.input("base")?;
-        let mode = match p.mode {
-            Mode::Lora => TrainMode::Lora(p.lora.clone()),
+        let mode = match p.own.mode {
+            Mode::Lora => TrainMode::Lora(p.training.lora.clone()),
             Mode::Full => TrainMode::Full,
         };
         let loaded = load_hf_dir(base, &device, &mode, seed)?;
         let (model, tokenizer, template) = (&loaded.model, &loaded.tokenizer, &loaded.template);
-        let max_len = p.max_seq_len.min(model.cfg.max_position_embeddings);
+        let max_len = p.training.max_len(model.cfg.max_position_embeddings);
 
         let train_path = ctx.input("train")?;
         let val_path = ctx.input("val")?;
         let train = data::encode_file(train_path, tokenizer, template, max_len, None)?;
         data::require_samples(&train, train_path)?;
-        let val = data::encode_file(val_path, tokenizer, template, max_len, Some(p.eval_samples.max(1)))?;
+        let val = data::encode_file(val_path, tokenizer, template, max_len, Some(p.own.eval_samples.max(1)))?;
         data::require_samples(&val, val_path)?;
         ctx.progress.note(&format!(
             "{} train / {} val samples ({} skipped), {} trainable parameters on {}",
@@ -114,7 +112,8 @@ impl TypedStage for SftStage {
 
         std::fs::create_dir_all(ctx.work_dir).with_context(|| format!("creating {}", ctx.work_dir.display()))?;
         let fp = fingerprint(ctx, p, seed)?;
-        let params = SftParams { max_seq_len: max_len, ..p.clone() };
+        let mut params = p.clone();
+        params.training.max_seq_len = max_len;
         let outcome = train::run(train::Job {
             model,
             train: &train.samples,
@@ -129,7 +128,7 @@ impl TypedStage for SftStage {
         })?;
 
         let adapter_dir = ctx.output("adapter", &Self::INFO)?;
-        match p.mode {
+        match p.own.mode {
             Mode::Lora => save_model_adapter(&adapter_dir, model, base)?,
             Mode::Full => {
                 std::fs::create_dir_all(&adapter_dir)?;

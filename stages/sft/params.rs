@@ -3,7 +3,7 @@
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-use avatar_runtime::lora::LoraConfig;
+use crate::common::training::{OwnParams, TRAINING_KEYS, Training, WithTraining};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -14,27 +14,15 @@ pub enum Mode {
     Full,
 }
 
+/// The shared training params (lr, schedule, batch size, lora, …) and sft's own.
+pub type SftParams = WithTraining<SftOptions>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SftParams {
+pub struct SftOptions {
     pub mode: Mode,
-    pub lora: LoraConfig,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Final learning rate as a fraction of `lr` at the end of the cosine.
-    pub min_lr_ratio: f64,
-    /// Optimiser steps of linear warmup.
-    pub warmup_steps: u64,
-    pub weight_decay: f64,
-    /// Max global gradient norm; 0 disables clipping.
-    pub grad_clip: f64,
     /// Micro-batches per optimiser step.
     pub grad_accum: usize,
-    /// Rows per micro-batch.
-    pub batch_size: usize,
-    /// Tokens per sample (and per packed row); longer samples lose their oldest context.
-    pub max_seq_len: usize,
-    pub epochs: usize,
     /// When > 0, train exactly this many optimiser steps (cycling through the data) instead of
     /// `epochs` epochs.
     pub max_steps: u64,
@@ -46,55 +34,38 @@ pub struct SftParams {
     pub checkpoint_every: u64,
     /// Pack several samples into each row (attention blocked between them) instead of padding.
     pub packing: bool,
-    /// Seed for shuffling, LoRA init and dropout; the pipeline seed when unset.
-    pub seed: Option<u64>,
 }
 
-impl Default for SftParams {
+impl Default for SftOptions {
     fn default() -> Self {
-        SftParams {
+        SftOptions {
             mode: Mode::Lora,
-            lora: LoraConfig::default(),
-            lr: 2e-4,
-            min_lr_ratio: 0.1,
-            warmup_steps: 10,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
             grad_accum: 1,
-            batch_size: 4,
-            max_seq_len: 256,
-            epochs: 1,
             max_steps: 0,
             eval_every: 50,
             eval_samples: 256,
             checkpoint_every: 50,
             packing: true,
-            seed: None,
         }
     }
 }
 
-impl SftParams {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.mode == Mode::Lora {
-            self.lora.validate()?;
+impl OwnParams for SftOptions {
+    const SHARED: &'static [&'static str] = TRAINING_KEYS;
+
+    fn training_defaults() -> Training {
+        Training::default()
+    }
+
+    fn uses_lora(&self) -> bool {
+        self.mode == Mode::Lora
+    }
+
+    fn validate(&self, training: &Training) -> anyhow::Result<()> {
+        if self.grad_accum == 0 {
+            bail!("grad_accum must be at least 1");
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("lr must be a positive number");
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            bail!("min_lr_ratio must be in [0, 1]");
-        }
-        if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
-            bail!("weight_decay and grad_clip must not be negative");
-        }
-        if self.grad_accum == 0 || self.batch_size == 0 {
-            bail!("grad_accum and batch_size must be at least 1");
-        }
-        if self.max_seq_len < 8 {
-            bail!("max_seq_len must be at least 8");
-        }
-        if self.epochs == 0 && self.max_steps == 0 {
+        if training.epochs == 0 && self.max_steps == 0 {
             bail!("epochs and max_steps are both 0: nothing to train");
         }
         Ok(())

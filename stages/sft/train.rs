@@ -14,7 +14,7 @@ use super::params::SftParams;
 use avatar_engine::progress::Progress;
 use avatar_runtime::chat::EncodedSample;
 use avatar_runtime::model::{Model, Pass};
-use avatar_runtime::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm, lr_at};
+use avatar_runtime::optim::{GradAccumulator, clip_grad_norm};
 
 pub struct Job<'a> {
     pub model: &'a Model,
@@ -43,7 +43,7 @@ pub struct Outcome {
 /// Mean loss per target token over the validation set.
 pub fn evaluate(model: &Model, val: &[EncodedSample], p: &SftParams, pad_id: u32) -> anyhow::Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
-    for batch in eval_batches(val, p.batch_size, p.max_seq_len, p.packing, pad_id) {
+    for batch in eval_batches(val, p.training.batch_size, p.training.max_seq_len, p.own.packing, pad_id) {
         if batch.targets.is_empty() {
             continue;
         }
@@ -59,28 +59,27 @@ pub fn evaluate(model: &Model, val: &[EncodedSample], p: &SftParams, pad_id: u32
 
 /// Optimiser steps the run will take.
 pub fn total_steps(plan_micro_batches: usize, p: &SftParams) -> u64 {
-    let by_epochs = plan_micro_batches.div_ceil(p.grad_accum) as u64;
-    if p.max_steps > 0 { p.max_steps } else { by_epochs.max(1) }
+    let by_epochs = plan_micro_batches.div_ceil(p.own.grad_accum) as u64;
+    if p.own.max_steps > 0 { p.own.max_steps } else { by_epochs.max(1) }
 }
 
 pub fn run(job: Job) -> anyhow::Result<Outcome> {
-    let p = job.params;
+    let (t, p) = (&job.params.training, &job.params.own);
     // Enough epochs of data for max_steps, when that is what decides the length.
-    let one_epoch = Plan::new(job.train, p.batch_size, p.max_seq_len, p.packing, 1, job.seed).micro_batches.len();
+    let one_epoch = Plan::new(job.train, t.batch_size, t.max_seq_len, p.packing, 1, job.seed).micro_batches.len();
     let epochs = if p.max_steps > 0 {
         (p.max_steps as usize * p.grad_accum).div_ceil(one_epoch.max(1)).max(1)
     } else {
-        p.epochs
+        t.epochs
     };
-    let plan = Plan::new(job.train, p.batch_size, p.max_seq_len, p.packing, epochs, job.seed);
-    let total = total_steps(plan.micro_batches.len(), p);
+    let plan = Plan::new(job.train, t.batch_size, t.max_seq_len, p.packing, epochs, job.seed);
+    let total = total_steps(plan.micro_batches.len(), job.params);
 
     let vars = job.model.trainable().to_vec();
     if vars.is_empty() {
         bail!("the model has no trainable tensors");
     }
-    let cfg = AdamWConfig { weight_decay: p.weight_decay, ..AdamWConfig::default() };
-    let mut opt = AdamW::new(vars.clone(), cfg)?;
+    let mut opt = t.optimiser(vars.clone())?;
     let restored = checkpoint::restore(job.work_dir, job.fingerprint, job.model, &mut opt);
     let resumed_from = restored.as_ref().map(|s| s.step);
     let mut state = restored.unwrap_or(State {
@@ -101,7 +100,7 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
     let mut last_eval_step = state.curves.val_loss.last().map(|(s, _)| *s);
     while state.step < total {
         let step = state.step;
-        let lr = lr_at(step, total, p.warmup_steps, p.lr, p.min_lr_ratio);
+        let lr = t.lr_at(step, total);
         let mut acc = GradAccumulator::new(vars.len());
         let mut loss_sum = 0f64;
         for (k, rows) in plan.step_batches(step, p.grad_accum).enumerate() {
@@ -120,7 +119,7 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
             bail!("training loss became {train_loss} at step {}; try a lower lr", step + 1);
         }
         let mut grads = acc.take(&vars)?;
-        clip_grad_norm(&mut grads, p.grad_clip)?;
+        clip_grad_norm(&mut grads, t.grad_clip)?;
         opt.step(&grads, lr)?;
         state.step += 1;
         state.curves.train_loss.push((state.step, train_loss));
@@ -128,7 +127,7 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
 
         let elapsed = started.elapsed().as_secs_f64();
         if p.eval_every > 0 && state.step % p.eval_every == 0 && state.step < total {
-            let v = evaluate(job.model, job.val, p, job.pad_id)?;
+            let v = evaluate(job.model, job.val, job.params, job.pad_id)?;
             state.curves.val_loss.push((state.step, v));
             last_eval_step = Some(state.step);
         }
@@ -149,7 +148,7 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
     let final_val_loss = match (last_eval_step, state.curves.val_loss.last()) {
         (Some(s), Some((_, v))) if s == total => *v,
         _ => {
-            let v = evaluate(job.model, job.val, p, job.pad_id)?;
+            let v = evaluate(job.model, job.val, job.params, job.pad_id)?;
             state.curves.val_loss.push((total, v));
             v
         }

@@ -169,7 +169,7 @@ fn killed_run_resumes_from_its_checkpoint_to_the_same_result() {
         &toml::from_str("lr = 5e-3\nbatch_size = 4\nmax_seq_len = 64\nmax_steps = 6\ncheckpoint_every = 2\neval_every = 2\n[lora]\nr = 4\ndropout = 0.1").unwrap(),
     )
     .unwrap();
-    let mode = TrainMode::Lora(params.lora.clone());
+    let mode = TrainMode::Lora(params.training.lora.clone());
     let run = |work: &Path, stop_after: Option<u64>| {
         let loaded = load_hf_dir(&f.path("base/model"), &Device::Cpu, &mode, 5).unwrap();
         let tpl: &ChatTemplate = &loaded.template;
