@@ -14,6 +14,8 @@ const DECODE: [u32; 3] = [12, 99, 200];
 /// Logits after the prompt and after each decode token, from candle-transformers in f32.
 fn reference_logits(dir: &Path) -> Vec<Vec<f32>> {
     let cfg: qwen2::Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // SAFETY: the mapped file is the test's own temporary model, which nothing changes while
+    // it is mapped.
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
             .unwrap()

@@ -13,8 +13,9 @@ pub struct HugeBuf {
     fallback: Vec<u8>,
 }
 
-// SAFETY: HugeBuf owns its memory exclusively, like a Vec<u8>.
+// SAFETY: HugeBuf owns its memory exclusively, like a Vec<u8>, so it may move to another thread.
 unsafe impl Send for HugeBuf {}
+// SAFETY: a shared `&HugeBuf` only reads the bytes (`as_slice`); writing needs `&mut`.
 unsafe impl Sync for HugeBuf {}
 
 const HUGE: usize = 2 << 20;

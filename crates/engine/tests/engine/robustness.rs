@@ -69,6 +69,7 @@ fn kill_9_mid_write_leaves_a_usable_store() {
     let (mut child, _) = spawn_hanging_child(&f);
     // The stage has written half its output into a temp dir.
     assert!(!list_dir(&f.store().join("tmp")).is_empty());
+    // SAFETY: kill(2) takes plain integers; the child is not reaped yet, so its pid is its own.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
 
@@ -98,6 +99,7 @@ fn a_second_run_fails_clearly_or_waits() {
     // With --wait it blocks until the holder goes away, then runs.
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill(2) takes plain integers; the child is not reaped yet, so its pid is its own.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
     });

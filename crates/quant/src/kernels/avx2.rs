@@ -7,8 +7,13 @@ use super::group::{self, bcast4};
 use super::layout::GROUP;
 use super::{BlockKind, QK};
 
+/// The horizontal sum of `v`'s 8 lanes.
+///
+/// # Safety
+/// The CPU supports AVX (every caller here is an AVX2 kernel it inlines into).
 #[inline(always)]
 pub(super) unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: the caller upholds the contract in `# Safety` above.
     unsafe {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
@@ -20,8 +25,12 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// The four horizontal sums of `a`, `b`, `c`, `d`, in that order.
+///
+/// # Safety
+/// The CPU supports AVX (every caller here is an AVX2 kernel it inlines into).
 #[inline(always)]
 pub(super) unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    // SAFETY: the caller upholds the contract in `# Safety` above.
     unsafe {
         let abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
         _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
@@ -47,11 +56,16 @@ impl Prefetch {
     }
 
     /// Prefetch the share of block `b`.
+    ///
+    /// # Safety
+    /// The CPU supports SSE (every x86-64 does). The addresses need not be valid memory: a
+    /// prefetch is a hint and never faults.
     #[inline(always)]
     pub(super) unsafe fn block(self, b: usize) {
         let mut o = b * self.step;
         let end = o + self.step;
         while o < end {
+            // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot fault.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(self.ahead.wrapping_add(o) as *const i8) };
             o += 64;
         }
@@ -60,6 +74,12 @@ impl Prefetch {
 
 /// Dot products of the 8 rows of one interleaved group (see `layout`) with 1 or 2
 /// activation rows: `o[j][r]` for row `r`, act `j`.
+///
+/// # Safety
+/// the CPU supports AVX2, FMA and F16C; `group` holds one whole interleaved group of `nb` blocks of `kind`
+/// (`nb * 18 * GROUP` bytes for Q4_0, `nb * 34 * GROUP` for Q8_0); every row of `acts` holds
+/// `nb` blocks (`qs` at least `nb * QK` bytes, `d` and `dsum` at least `nb` values). Act and
+/// output counts are checked by indexing (a wrong count panics).
 pub unsafe fn group_dots(
     kind: BlockKind,
     group: &[u8],
@@ -68,6 +88,7 @@ pub unsafe fn group_dots(
     o: &mut [[f32; GROUP]],
     prefetch: bool,
 ) {
+    // SAFETY: the caller upholds the contract in `# Safety` above, which is the callees'.
     unsafe {
         match (kind, acts.len()) {
             (BlockKind::Q4_0, 1) => q4x8::<1>(group, acts, nb, o, prefetch),
@@ -80,8 +101,12 @@ pub unsafe fn group_dots(
 
 /// Q8_0 group with `maddubs`: a pair of products can reach 2 x 127 x 128, so each step widens
 /// to i32 at once.
+///
+/// # Safety
+/// As [`group_dots`], for a Q8_0 group.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]], prefetch: bool) {
+    // SAFETY: the caller upholds the contract in `# Safety` above.
     unsafe {
         let ones = _mm256_set1_epi16(1);
         group::q8::<N>(group, acts, nb, o, prefetch, |acc, aw, a| {
@@ -92,8 +117,12 @@ unsafe fn q8x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut
 
 /// Q4_0 group with `maddubs`: the 8 steps of a block add up in i16 without overflow
 /// (8 x 2 x 15 x 127 < 32767), so one `madd` per block widens them.
+///
+/// # Safety
+/// As [`group_dots`], for a Q4_0 group.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut [[f32; GROUP]], prefetch: bool) {
+    // SAFETY: the caller upholds the contract in `# Safety` above.
     unsafe {
         let ones = _mm256_set1_epi16(1);
         group::q4::<N>(group, acts, nb, o, prefetch, |lo, hi, a| {
@@ -112,8 +141,12 @@ unsafe fn q4x8<const N: usize>(group: &[u8], acts: &[ActRow], nb: usize, o: &mut
 /// [`super::acts`]'s block quantization: the same scale, the same products `x * (1/scale)`,
 /// and rounding half away from zero done exactly (truncate, then step away from zero when the
 /// dropped fraction is at least one half), so the bytes equal the portable path's.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA. (The lengths are asserted: at least 32 values each.)
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn quantize_block(src: &[f32], q: &mut [i8]) -> (f32, i32) {
+    // SAFETY: the caller guarantees the features; the assert below bounds every load and store.
     unsafe {
         assert!(src.len() >= QK && q.len() >= QK);
         let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(8 * i)));

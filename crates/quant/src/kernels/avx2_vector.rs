@@ -4,8 +4,13 @@ use std::arch::x86_64::*;
 
 use super::avx2::{hsum, hsum4};
 
+/// `a · b` over the shorter length.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA (the loads stay within both slices).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: the caller guarantees the features; `i + 16 <= n` bounds every load.
     unsafe {
         let n = a.len().min(b.len());
         let mut acc0 = _mm256_setzero_ps();
@@ -29,8 +34,12 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `e^x` for 8 lanes: Cephes' single-precision method (`x = n ln2 + r`, a degree-5 polynomial in
 /// `r`, `2^n` built in the exponent bits), relative error about 1e-7. Inputs are clamped to
 /// `[-87.3, 88.3]`, so very negative ones give ~1e-38 rather than 0.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA (its callers' `target_feature`).
 #[inline(always)]
 unsafe fn exp8(x: __m256) -> __m256 {
+    // SAFETY: the caller guarantees the features; no memory is touched.
     unsafe {
         let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
         let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT);
@@ -49,6 +58,10 @@ unsafe fn exp8(x: __m256) -> __m256 {
 
 /// See [`super::vector::attention_scores`]; `hd % 8 == 0`. Four heads share each key load and
 /// one horizontal reduction.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `hd % 8 == 0`; `k.len() >= (n - 1) * stride + hd` (when
+/// `n > 0`) and `scores.len() >= heads * n`, with `heads = q.len() / hd`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn attention_scores(
     q: &[f32],
@@ -59,6 +72,8 @@ pub unsafe fn attention_scores(
     scale: f32,
     scores: &mut [f32],
 ) {
+    // SAFETY: the caller upholds the contract in `# Safety` above, which bounds every key
+    // load (`p < n`, `i < hd`), query load (`h < heads`) and score store.
     unsafe {
         let heads = q.len() / hd;
         let (qp, kp0, sp) = (q.as_ptr(), k.as_ptr(), scores.as_mut_ptr());
@@ -95,8 +110,14 @@ pub unsafe fn attention_scores(
 
 /// See [`super::vector::attention_values`]; `hd % 8 == 0`. Each head's output is summed 64
 /// dimensions at a time in eight registers, over all positions, then added to `out` once.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `hd % 8 == 0`; `w.len() >= heads * n` and
+/// `v.len() >= (n - 1) * stride + hd` (when `n > 0`), with `heads = out.len() / hd`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn attention_values(w: &[f32], n: usize, v: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+    // SAFETY: the caller upholds the contract in `# Safety` above, which bounds every weight
+    // and value load; stores stay within `out` (`h < heads`, `d < hd`).
     unsafe {
         let heads = out.len() / hd;
         let (wp, vp, op) = (w.as_ptr(), v.as_ptr(), out.as_mut_ptr());
@@ -129,8 +150,12 @@ pub unsafe fn attention_values(w: &[f32], n: usize, v: &[f32], stride: usize, hd
 }
 
 /// `x = e^(x - max) / Σ`, in place.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA (the loads and stores stay within `x`).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn softmax(x: &mut [f32], max: f32) {
+    // SAFETY: the caller guarantees the features; `i + 8 <= n` and `j < n` bound every access.
     unsafe {
         let (n, p) = (x.len(), x.as_mut_ptr());
         let m = _mm256_set1_ps(max);
@@ -161,8 +186,13 @@ pub unsafe fn softmax(x: &mut [f32], max: f32) {
 }
 
 /// `gate = gate / (1 + e^-gate) * up`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `up.len() >= gate.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: the caller upholds the contract in `# Safety` above; indices stay below
+    // `gate.len()`.
     unsafe {
         let (n, g, u) = (gate.len(), gate.as_mut_ptr(), up.as_ptr());
         let one = _mm256_set1_ps(1.0);

@@ -12,14 +12,24 @@ use super::avx2::Prefetch;
 use super::layout::GROUP;
 
 /// 4 activation bytes at `p`, in every i32 lane.
+///
+/// # Safety
+/// The CPU supports AVX; `p` is valid for reading 4 bytes (any alignment).
 #[inline(always)]
 pub(super) unsafe fn bcast4(p: *const i8) -> __m256i {
+    // SAFETY: the caller upholds the contract in `# Safety` above.
     unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
 }
 
 /// Q4_0 group x N acts. Each 32-byte step is 8 rows x 4 elements of low nibbles and, shifted,
 /// 8 rows x 4 of high nibbles; `block_sum(lo, hi, a)` dots them with the block's 32 activation
 /// bytes at `a` (low nibbles with `a[4s..]`, high with `a[16 + 4s..]`) into one i32 per row.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C (the caller's `target_feature`); `group` holds
+/// `nb * 18 * GROUP` bytes; the first `N` rows of `acts` hold `nb` blocks each (`qs` at least
+/// `nb * QK` bytes, `d` and `dsum` at least `nb` values); `block_sum` reads only the 32 bytes at
+/// its `a`. `acts` and `o` having fewer than `N` rows panics.
 #[inline(always)]
 pub(super) unsafe fn q4<const N: usize>(
     group: &[u8],
@@ -29,6 +39,8 @@ pub(super) unsafe fn q4<const N: usize>(
     prefetch: bool,
     block_sum: impl Fn(&[__m256i; 4], &[__m256i; 4], *const i8) -> __m256i,
 ) {
+    // SAFETY: the caller upholds the contract in `# Safety` above; every offset below stays
+    // inside the `nb` blocks it promises.
     unsafe {
         let q = group.as_ptr();
         let scales = q.add(nb * 16 * GROUP);
@@ -61,6 +73,11 @@ pub(super) unsafe fn q4<const N: usize>(
 /// Q8_0 group x N acts. Each 32-byte step is 8 rows x 4 signed weights; signed x signed is
 /// done as |w| (unsigned) x (the activations with w's sign), and `dot4(acc, |w|, a)` adds each
 /// lane's 4 products to `acc`. Steps alternate between two chains.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C (the caller's `target_feature`); `group` holds
+/// `nb * 34 * GROUP` bytes; the first `N` rows of `acts` hold `nb` blocks each (`qs` at least
+/// `nb * QK` bytes, `d` at least `nb` values). `acts` and `o` having fewer than `N` rows panics.
 #[inline(always)]
 pub(super) unsafe fn q8<const N: usize>(
     group: &[u8],
@@ -70,6 +87,8 @@ pub(super) unsafe fn q8<const N: usize>(
     prefetch: bool,
     dot4: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) {
+    // SAFETY: the caller upholds the contract in `# Safety` above; every offset below stays
+    // inside the `nb` blocks it promises.
     unsafe {
         let q = group.as_ptr();
         let scales = q.add(nb * 32 * GROUP);

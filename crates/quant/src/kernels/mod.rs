@@ -211,13 +211,14 @@ fn group_dots(
     o: &mut [[f32; GROUP]; 4],
     prefetch: bool,
 ) {
-    // SAFETY (both SIMD calls): features checked at run time; the group and act rows hold nb
-    // blocks each, and `o` has a row per act.
     #[cfg(target_arch = "x86_64")]
     match isa {
+        // SAFETY: `isa` comes from the run-time feature check; the group and act rows hold nb
+        // blocks each (the caller slices them so), and `o` has a row per act.
         Isa::Avx512Vnni => return unsafe { vnni::group_dots(kind, group, acts, nb, o, prefetch) },
         Isa::Avx2 => {
             for (i, (pair, o)) in acts.chunks(2).zip(o.chunks_mut(2)).enumerate() {
+                // SAFETY: as above, with 1 or 2 acts per call, as the AVX2 kernel takes them.
                 unsafe { avx2::group_dots(kind, group, pair, nb, o, prefetch && i == 0) };
             }
             return;
@@ -252,6 +253,8 @@ pub fn matmul_f32(w: &[f32], rows: usize, x: &[f32], k: usize, out: &mut [f32]) 
 }
 
 struct SyncPtr(*mut f32);
-// SAFETY: used only for writes to disjoint indices from parallel tasks.
+// SAFETY: used only for writes to disjoint indices from parallel tasks, while the buffer it
+// points into is borrowed by the call that spawned them.
 unsafe impl Sync for SyncPtr {}
+// SAFETY: as for Sync: the pointer is only carried into those tasks.
 unsafe impl Send for SyncPtr {}
