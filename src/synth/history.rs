@@ -101,7 +101,7 @@ pub enum Body {
 }
 
 impl Body {
-    /// The kind and rendered text normalise must produce (seed 002 rules), before PII masking.
+    /// The kind and rendered text normalise must produce (its rendering rules), before PII masking.
     pub fn expected(&self) -> (MessageKind, String) {
         use MessageKind as K;
         match self {

@@ -1,6 +1,7 @@
 //! Realistic stored payloads for each message body: type codes per format and the XML or text
 //! WeChat keeps in `content` / `StrContent` / `CompressContent` / `message_content`.
-//! Shapes follow ../shared/reference/wechat-formats.md sections 4 and 5.
+//! Shapes are those WeChat writes: the appmsg XML (`<msg><appmsg>…<type>N</type>…`) and the
+//! image, voice, video, sticker, location and contact-card XML of the base types.
 
 use super::history::{Body, SynthMessage};
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a message was in WeChat. Later stages filter on it; `text` holds its rendering
-/// (seed 002 rules: `[手机图片]`, `[表情包]`, `[外部链接]标题`, …).
+/// (`[手机图片]`, `[表情包]`, `[外部链接]标题`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {

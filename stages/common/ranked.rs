@@ -1,6 +1,6 @@
 //! Ranked candidates: what `reward-label` writes and `reward-train` / `dpo` read.
 //!
-//! One JSONL record per prompt, in seed 002's shape (`source`, `resp1..respN`, `scores` as
+//! One JSONL record per prompt, in the shape wechat-avatar's reward data uses (`source`, `resp1..respN`, `scores` as
 //! strings, higher is better) plus what our stages need to rebuild the prompt exactly: the
 //! sample id and its context. A person's corrections live in a separate labels file (JSONL of
 //! `{"id", "scores"}`) that the training stages take as an input, so editing it re-runs

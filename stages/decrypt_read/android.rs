@@ -25,12 +25,12 @@ pub struct AndroidRow<'a> {
 }
 
 /// Android stores extended codes; the low 16 bits are the base type for positive values, and
-/// every negative code in the decompiled `Kx()` table is an appmsg (reference 4.4).
+/// every negative code in the decompiled `Kx()` table is an appmsg.
 pub fn base_type(code: i64) -> i64 {
     if code >= 0 { code & 0xFFFF } else { 49 }
 }
 
-/// Received group messages carry `sender:\n` before the body (reference 1.4).
+/// Received group messages carry `sender:\n` before the body.
 pub fn split_sender_prefix(content: &str) -> Option<(&str, &str)> {
     let (sender, _) = split_sender_prefix_bytes(content.as_bytes())?;
     Some((sender, &content[sender.len() + 2..]))

@@ -1,4 +1,4 @@
-//! PC WeChat 3.x: `MicroMsg.db` (contacts) + `Multi/MSG*.db` shards (reference section 2).
+//! PC WeChat 3.x: `MicroMsg.db` (contacts) + `Multi/MSG*.db` shards.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,7 @@ pub fn read_contacts(conn: &Connection) -> anyhow::Result<Vec<RawContact>> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// LZ4 raw block without a size prefix: grow the output bound until it fits (reference 2.4).
+/// LZ4 raw block without a size prefix: grow the output bound until it fits (`CompressContent` does not store the size).
 pub fn decompress_lz4(src: &[u8]) -> Option<Vec<u8>> {
     let mut bound = src.len().saturating_mul(4).max(64);
     let max = src.len().saturating_mul(255).max(1024);

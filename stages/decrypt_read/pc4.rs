@@ -1,4 +1,4 @@
-//! WeChat 4.x: `db_storage/message/message_N.db` + `contact/contact.db` (reference section 3).
+//! WeChat 4.x: `db_storage/message/message_N.db` + `contact/contact.db`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

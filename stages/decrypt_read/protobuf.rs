@@ -1,4 +1,4 @@
-//! Just enough protobuf to read PC 3.x `BytesExtra` (reference 2.4); never panics on bad input.
+//! Just enough protobuf to read PC 3.x `BytesExtra`; never panics on bad input.
 
 /// A decoded field: number and either a varint or a byte slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,7 @@ pub fn bytes_extra_items(buf: &[u8]) -> Vec<(u64, String)> {
     items
 }
 
-/// The group sender wxid: item type 1, with any `:suffix` cut off (reference 2.4).
+/// The group sender wxid: item type 1, with any `:suffix` cut off.
 pub fn group_sender(buf: &[u8]) -> Option<String> {
     bytes_extra_items(buf)
         .into_iter()

@@ -1,6 +1,6 @@
 //! Opening WeChat's SQLCipher databases (creating them, for fixtures, is `avatar::synth`'s job).
 //!
-//! Parameters (reference section 1.2, 2.2, 3.2, 7):
+//! Parameters:
 //! - Android EnMicroMsg.db: SQLCipher 1 (PBKDF2-SHA1 4000, page 1024, no HMAC); the passphrase
 //!   is the first 7 hex chars of md5(IMEI + uin).
 //! - PC 3.x: SQLCipher 3 with 4096-byte pages; the 32 raw key bytes are a binary passphrase.
@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use md5::{Digest, Md5};
 use rusqlite::{Connection, OpenFlags};
 
-/// The fallback IMEI WeChat uses when it cannot read the device's (reference 1.1).
+/// The fallback IMEI WeChat uses when it cannot read the device's.
 pub const FALLBACK_IMEI: &str = "1234567890ABCDEF";
 
 /// First 7 lowercase hex chars of md5(IMEI ‖ uin).
@@ -83,7 +83,7 @@ pub fn open_pc3(path: &Path, key: &[u8]) -> anyhow::Result<Option<Connection>> {
 }
 
 /// Open a 4.x database: first as a 32-byte passphrase, then as an already derived raw key
-/// (reference 3.2: both forms are seen in the wild). None if neither works.
+/// (both forms are seen in the wild). None if neither works.
 pub fn open_pc4(path: &Path, key: &[u8]) -> anyhow::Result<Option<Connection>> {
     let conn = open_ro(path)?;
     key_binary(&conn, key)?;

@@ -1,4 +1,4 @@
-//! Atom / Llama-Chinese SFT CSV (seed 000): one `text` column, each row the whole dialogue as
+//! Atom / Llama-Chinese SFT CSV: one `text` column, each row the whole dialogue as
 //! `<s>Human: …</s><s>Assistant: …</s>` repeated per exchange.
 
 use super::dialogue::Dialogue;

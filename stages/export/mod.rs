@@ -1,8 +1,8 @@
 //! `export`: train/val/test samples → files other trainers read.
 //!
 //! Output `export` is a directory:
-//! - `wechat_avatar/{train,val,test}.jsonl` (seed 002's format),
-//! - `atom_csv/{train,dev,test}_sft.csv` (Atom / Llama-Chinese, seed 000),
+//! - `wechat_avatar/{train,val,test}.jsonl` (wechat-avatar / Firefly JSONL),
+//! - `atom_csv/{train,dev,test}_sft.csv` (Atom / Llama-Chinese),
 //! - `sharegpt/{train,val,test}.json` + `sharegpt/dataset_info.json` (LLaMA-Factory),
 //! - `export.json`: what was written, with counts.
 //!

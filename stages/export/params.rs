@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
-    /// wechat-avatar / Firefly JSONL: `{conversation_id, category, conversation:[{human, assistant}]}` (seed 002).
+    /// wechat-avatar / Firefly JSONL: `{conversation_id, category, conversation:[{human, assistant}]}`.
     WechatAvatar,
-    /// Atom / Llama-Chinese CSV, one `text` column: `<s>Human: …</s><s>Assistant: …</s>` (seed 000).
+    /// Atom / Llama-Chinese CSV, one `text` column: `<s>Human: …</s><s>Assistant: …</s>`.
     AtomCsv,
     /// ShareGPT JSON with a LLaMA-Factory `dataset_info.json`.
     Sharegpt,

@@ -1,4 +1,4 @@
-//! wechat-avatar (Firefly) JSONL, seed 002:
+//! wechat-avatar (Firefly) JSONL:
 //! `{"conversation_id": 1, "category": "Conversation", "conversation": [{"human": …, "assistant": …}]}`.
 
 use serde::Serialize;

@@ -5,7 +5,8 @@ use crate::decrypt_read::raw::{ExportedFields, RawMessage};
 
 use super::xml::{self, Node};
 
-/// Labels (exact strings; seed 002 where it names them, stable brackets otherwise).
+/// Labels (exact strings; the ones common WeChat-clone training sets use where there is one,
+/// stable brackets otherwise).
 pub const IMAGE: &str = "[手机图片]";
 pub const STICKER: &str = "[表情包]";
 pub const LINK_PREFIX: &str = "[外部链接]";

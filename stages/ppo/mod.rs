@@ -1,4 +1,4 @@
-//! `ppo`: RLHF as in seed 002 section 3. Four models: the policy (LoRA on the SFT model), the
+//! `ppo`: RLHF with PPO. Four models: the policy (LoRA on the SFT model), the
 //! frozen reference (the same SFT weights, no adapter), the critic (its own LoRA on the same
 //! weights plus a value head) and the frozen reward model. The three SFT-based models share one
 //! copy of the base weights in memory. Per iteration: sample responses to a batch of prompts,

@@ -1,5 +1,5 @@
 //! reward-label: the SFT model writes N candidate replies per prompt, and a judge ranks them.
-//! The output is seed 002's ranked format (`source, resp1..respN, scores`), one JSONL record
+//! The output is wechat-avatar's ranked format (`source, resp1..respN, scores`), one JSONL record
 //! per prompt, which reward-train and dpo read.
 //!
 //! - [`rules`]: the deterministic judge (the demo's default): the person's length range and

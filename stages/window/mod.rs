@@ -7,13 +7,13 @@
 //! [stages.window]
 //! kind = "window"
 //! inputs = { messages = "normalise.messages" }
-//! context_messages = 10          # prior messages a reply sees (seed 002)
+//! context_messages = 10          # prior messages a reply sees
 //! session_gap_minutes = 30       # context never crosses a longer gap
 //! bubble_gap_seconds = 300       # own bubbles closer than this form one reply, joined with <s>
 //! other_separator = "\n"         # joins another speaker's consecutive messages
 //! include_groups = false         # on: context turns carry `名字` and only own messages are targets
 //! quote_pairs = true             # own quote replies → (quoted text, reply), even across sessions
-//! quotes_only = false            # seed 000's set: quote pairs only
+//! quotes_only = false            # quote pairs only: the high-confidence set
 //! skip_kinds = ["system", "revoke"]
 //! placeholder_kinds = ["image", "sticker", "voice", ...]   # replies made only of these are dropped
 //! min_reply_chars = 1

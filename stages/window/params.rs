@@ -20,7 +20,7 @@ pub struct WindowParams {
     pub include_groups: bool,
     /// Own quote-replies become extra (quoted text → reply) samples, even across sessions.
     pub quote_pairs: bool,
-    /// Emit only quote pairs (seed 000's high-confidence set).
+    /// Emit only quote pairs: a reply that quotes a message surely answers it.
     pub quotes_only: bool,
     /// Message kinds removed before windowing (they are neither context nor reply).
     pub skip_kinds: Vec<MessageKind>,

@@ -63,7 +63,7 @@ fn every_format_is_written_in_its_expected_shape() {
     assert_eq!(summary.skipped_not_alternating, 1);
     assert_eq!(summary.written["train"], 2);
 
-    // wechat-avatar JSONL (seed 002).
+    // wechat-avatar JSONL.
     let text = std::fs::read_to_string(dir.path().join("wechat_avatar/train.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 2);
@@ -74,7 +74,7 @@ fn every_format_is_written_in_its_expected_shape() {
     );
     assert_eq!(rows[1]["conversation"].as_array().unwrap().len(), 2);
 
-    // Atom CSV (seed 000), read back with a CSV parser.
+    // Atom CSV, read back with a CSV parser.
     let mut r = csv::Reader::from_path(dir.path().join("atom_csv/train_sft.csv")).unwrap();
     assert_eq!(r.headers().unwrap(), vec!["text"]);
     let texts: Vec<String> = r.records().map(|x| x.unwrap()[0].to_string()).collect();

@@ -121,7 +121,7 @@ fn quote_replies_pair_across_sessions_and_link_them() {
     let s = window(&msgs, &WindowParams::default());
     assert!(s.iter().all(|x| x.session == msgs[0].timestamp.to_string()));
 
-    // quotes_only keeps only the quote pairs (seed 000's data set).
+    // quotes_only keeps only the quote pairs.
     let only = WindowParams { quotes_only: true, ..Default::default() };
     let s = window(&msgs, &only);
     assert_eq!(s.len(), 1);

@@ -1,7 +1,7 @@
 //! The model runtime shared by every model stage (sft, reward-*, ppo, quantize, serve).
 //!
 //! candle-transformers' models cannot be trained and several fused candle ops silently drop
-//! gradients (see DESIGN.md "The model runtime"), so this module owns a differentiable decoder
+//! gradients, so this module owns a differentiable decoder
 //! for the Qwen2/Llama family. The fused ops are used only on the no-grad (generation) path.
 //!
 //! - [`device`]: `"auto" | "cpu" | "cuda"` → a candle `Device`.

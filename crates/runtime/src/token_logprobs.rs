@@ -5,7 +5,7 @@
 //! ratios) and DPO (log-sigmoid of margins) have simple closed-form derivatives with respect to
 //! each token's log-probability, and `d log p_t / d z_t = onehot(y_t) - softmax(z_t)`. Computing
 //! that here keeps the `[n, vocab]` logits out of the autograd graph (as `Model::loss` does for
-//! SFT) and relies on no fused candle op's backward (DESIGN.md: several silently drop it).
+//! SFT) and relies on no fused candle op's backward (several of those silently drop the gradient).
 
 use candle_core::{D, Tensor};
 

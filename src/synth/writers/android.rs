@@ -1,4 +1,4 @@
-//! Android `EnMicroMsg.db`: tables message, rcontact, userinfo, chatroom (reference 1.3).
+//! Android `EnMicroMsg.db`: tables message, rcontact, userinfo, chatroom.
 
 use std::path::Path;
 

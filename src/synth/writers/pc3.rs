@@ -1,4 +1,4 @@
-//! PC WeChat 3.x: `<wxid>/Msg/MicroMsg.db` + `<wxid>/Msg/Multi/MSG0.db, MSG1.db` (reference 2).
+//! PC WeChat 3.x: `<wxid>/Msg/MicroMsg.db` + `<wxid>/Msg/Multi/MSG0.db, MSG1.db`.
 
 use std::path::{Path, PathBuf};
 

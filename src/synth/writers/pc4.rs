@@ -1,4 +1,4 @@
-//! WeChat 4.x: `<wxid>_<suffix>/db_storage/message/message_N.db` + `contact/contact.db` (reference 3).
+//! WeChat 4.x: `<wxid>_<suffix>/db_storage/message/message_N.db` + `contact/contact.db`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,7 +63,7 @@ fn fill_shard(conn: &Connection, h: &History, range: std::ops::Range<usize>) -> 
         ))?;
         let e = encode(m);
         let content = e.prefixed_content(m);
-        // Text stays plain; XML payloads are zstd frames (reference 3.4).
+        // Text stays plain; XML payloads are zstd frames, as WeChat 4.x stores them.
         let value: rusqlite::types::Value = if e.base == 1 {
             rusqlite::types::Value::Text(content)
         } else {

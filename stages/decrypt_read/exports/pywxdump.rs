@@ -1,4 +1,4 @@
-//! PyWxDump CSV export (reference 6.2), also WeClone's input:
+//! PyWxDump CSV export, also WeClone's input:
 //! `<root>/<self>/csv/<wxid>/<wxid>_<a>_<b>.csv` + an optional `users.json`.
 
 use std::collections::HashMap;

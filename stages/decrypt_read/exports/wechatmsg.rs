@@ -1,4 +1,4 @@
-//! WeChatMsg / 留痕 exports (reference 6.1): `聊天记录/<name>/<name>_utf8.csv` and `<name>.txt`,
+//! WeChatMsg / 留痕 exports: `聊天记录/<name>/<name>_utf8.csv` and `<name>.txt`,
 //! plus the optional `contacts.csv` that maps names back to wxids.
 
 use std::collections::{BTreeSet, HashMap};
