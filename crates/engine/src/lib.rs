@@ -2,6 +2,7 @@
 
 pub mod dag;
 pub mod diagnostics;
+pub mod execute;
 pub mod fsutil;
 pub mod gc;
 pub mod hashing;
@@ -9,10 +10,13 @@ pub mod history;
 pub mod key;
 pub mod lockfile;
 pub mod manifest;
+pub mod plan;
 pub mod progress;
+pub mod record;
 pub mod registry;
 pub mod resolve;
 pub mod runner;
+pub mod schedule;
 pub mod stage;
 pub mod status;
 pub mod store;
