@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use avatar_engine::runner::{RunOptions, RunReport, Silent};
 use avatar_engine::{Manifest, Registry, run};
 
-use crate::stages::{Ran, registry};
+use crate::stages::{Events, Ran, registry_with_events};
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub manifest: PathBuf,
     pub registry: Registry,
     pub ran: Ran,
+    /// Start and end of every stage run since the last `run_with`.
+    pub events: Events,
 }
 
 /// A 5-stage pipeline:  a ─┬─ b ─┐
@@ -55,8 +57,8 @@ impl Fixture {
         std::fs::write(dir.path().join("other.txt"), "other").unwrap();
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, manifest).unwrap();
-        let (registry, ran) = registry(version);
-        Fixture { dir, manifest: path, registry, ran }
+        let (registry, ran, events) = registry_with_events(version);
+        Fixture { dir, manifest: path, registry, ran, events }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -73,6 +75,7 @@ impl Fixture {
 
     pub fn run_with(&self, opts: &RunOptions) -> RunReport {
         self.ran.lock().unwrap().clear();
+        self.events.clear();
         run(&self.load(), &self.registry, opts, &Silent).unwrap()
     }
 

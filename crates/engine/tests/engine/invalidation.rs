@@ -4,6 +4,7 @@ use avatar_engine::runner::{Outcome, RunOptions};
 use avatar_engine::status::status;
 
 use crate::fixture::{DIAMOND, Fixture};
+use crate::stages::Event;
 
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -153,35 +154,39 @@ fn status_explains_staleness() {
 
 #[test]
 fn independent_branches_run_in_parallel() {
+    // Each branch waits for the other to start before it finishes: with two jobs both meet,
+    // which only happens if they ran at the same time. The limit only matters when they don't.
     let m = r#"
 [stages.a]
 kind = "transform"
 inputs = { a = "./input.txt" }
-sleep_ms = 600
+await_start = "b"
+await_ms = AWAIT
 [stages.b]
 kind = "transform"
 inputs = { a = "./other.txt" }
-sleep_ms = 600
+await_start = "a"
+await_ms = AWAIT
 "#;
-    let f = Fixture::new(m);
-    let started = std::time::Instant::now();
+    let f = Fixture::new(&m.replace("AWAIT", "60000"));
     let r = f.run_with(&RunOptions { jobs: 2, ..Default::default() });
-    let wall = started.elapsed().as_millis();
     assert!(r.ok());
-    let span = |s: &str| -> (u128, u128) {
+    let meeting = |r: &avatar_engine::RunReport, s: &str| -> serde_json::Value {
         let dir = r.stage(s).unwrap().artifact.clone().unwrap();
-        serde_json::from_slice(&std::fs::read(dir.join("timing.json")).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(dir.join("meeting.json")).unwrap()).unwrap()
     };
-    let (a0, a1) = span("a");
-    let (b0, b1) = span("b");
-    assert!(a0 < b1 && b0 < a1, "branches did not overlap: a={a0}..{a1} b={b0}..{b1}");
-    assert!(wall < 1150, "two 600 ms branches took {wall} ms");
+    assert_eq!(meeting(&r, "a")["met"], true, "a finished without b having started: {:?}", f.events.all());
+    assert_eq!(meeting(&r, "b")["met"], true, "b finished without a having started: {:?}", f.events.all());
+    assert_eq!(f.events.max_overlap(), 2, "{:?}", f.events.all());
 
-    // With one job they serialise.
-    let f = Fixture::new(m);
-    f.run_with(&RunOptions { jobs: 1, ..Default::default() });
-    let started = std::time::Instant::now();
-    let f2 = Fixture::new(&m.replace("600", "300"));
-    f2.run_with(&RunOptions { jobs: 1, ..Default::default() });
-    assert!(started.elapsed().as_millis() >= 600);
+    // With one job they serialise: the first to start gives up waiting for the other, which
+    // starts only after it ended.
+    let f = Fixture::new(&m.replace("AWAIT", "200"));
+    let r = f.run_with(&RunOptions { jobs: 1, ..Default::default() });
+    assert!(r.ok());
+    assert_eq!(f.events.max_overlap(), 1, "{:?}", f.events.all());
+    assert_eq!(meeting(&r, "a")["met"], false, "{:?}", f.events.all());
+    assert_eq!(meeting(&r, "b")["met"], true, "{:?}", f.events.all());
+    let started: Vec<Event> = f.events.all().into_iter().filter(|e| matches!(e, Event::Started(_))).collect();
+    assert_eq!(started, vec![Event::Started("a".into()), Event::Started("b".into())]);
 }

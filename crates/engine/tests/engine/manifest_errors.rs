@@ -97,7 +97,7 @@ fn input_naming_missing_stage_output_or_file() {
     let e = errors(
         "[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"a.dta\" }\n",
     );
-    assert!(e[0].starts_with("6:16: stage `a` (transform) has no output `dta` (its outputs: data, timing)"), "{e:?}");
+    assert!(e[0].starts_with("6:16: stage `a` (transform) has no output `dta` (its outputs: data, meeting)"), "{e:?}");
     let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"./missing.txt\" }\n");
     assert!(e.starts_with("3:16: input `a`: file `") && e.contains("missing.txt` does not exist"), "{e}");
     let e = one("[stages.a]\nkind = \"transform\"\ninputs = { a = \"input\" }\n");

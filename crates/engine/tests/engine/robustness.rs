@@ -1,6 +1,6 @@
 //! Failures, kill -9, concurrent runs, reproducibility checks, gc and file permissions.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use avatar_engine::run;
 use avatar_engine::runner::{Outcome, RunOptions, Silent};
 
 use crate::fixture::{DIAMOND, Fixture, list_dir};
+use crate::stages::Event;
 
 #[test]
 fn a_failing_stage_keeps_other_artifacts_and_is_reported() {
@@ -96,19 +97,25 @@ fn a_second_run_fails_clearly_or_waits() {
     assert!(err.contains("another avatar run (pid "), "{err}");
     assert!(err.contains("--wait"), "{err}");
 
-    // With --wait it blocks until the holder goes away, then runs.
+    // With --wait it blocks until the holder goes away, then runs. The holder is killed only
+    // after the note is logged, so a stage that starts before the note ran beside the holder.
+    f.set_manifest(DIAMOND);
+    let events = f.events.clone();
     let killer = std::thread::spawn(move || {
+        // Give the run below time to reach the lock (if it does not, it still must not overlap).
         std::thread::sleep(Duration::from_millis(500));
+        events.push(Event::Note("holder killed".into()));
         // SAFETY: kill(2) takes plain integers; the child is not reaped yet, so its pid is its own.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
     });
-    let started = Instant::now();
-    f.set_manifest(DIAMOND);
     let r = run(&f.load(), &f.registry, &RunOptions { wait: true, ..Default::default() }, &Silent).unwrap();
     killer.join().unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(r.ok());
+    let events = f.events.all();
+    let killed = events.iter().position(|e| *e == Event::Note("holder killed".into())).unwrap();
+    let first_start = events.iter().position(|e| matches!(e, Event::Started(_))).expect("c ran after the kill");
+    assert!(killed < first_start, "a stage started while another run held the store: {events:?}");
 }
 
 #[test]
@@ -141,10 +148,11 @@ fn lock_file_records_keys_outputs_and_metrics_and_noop_leaves_it_untouched() {
     let d = &lock.stages["d"];
     assert_eq!(Some(&d.output), r.stage("d").unwrap().output.as_ref());
     assert_eq!(d.metrics["chars"], serde_json::json!(12));
-    let before = std::fs::metadata(&lock_path).unwrap().modified().unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    // Every write replaces the file (a new inode), so the same inode means it was not written.
+    let before = std::fs::metadata(&lock_path).unwrap();
     f.run();
-    assert_eq!(std::fs::metadata(&lock_path).unwrap().modified().unwrap(), before);
+    let after = std::fs::metadata(&lock_path).unwrap();
+    assert_eq!((after.ino(), after.modified().unwrap()), (before.ino(), before.modified().unwrap()));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Test-only stage kinds: they exercise the engine and are never shipped as product stages.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use avatar_engine::stage::{ParamError, parse_params};
 use avatar_engine::{InputSpec, Metrics, OutputSpec, Registry, Stage, StageContext, StageInfo};
@@ -10,6 +10,60 @@ use serde::{Deserialize, Serialize};
 
 /// Names of the stages that actually ran, in completion order.
 pub type Ran = Arc<Mutex<Vec<String>>>;
+
+/// What happened, in the order it happened: stages starting and ending, and what tests note
+/// between them. Evidence of overlap (or of its absence) that does not depend on timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started(String),
+    Ended(String),
+    Note(String),
+}
+
+#[derive(Default)]
+pub struct EventLog {
+    events: Mutex<Vec<Event>>,
+    changed: Condvar,
+}
+
+pub type Events = Arc<EventLog>;
+
+impl EventLog {
+    pub fn push(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
+        self.changed.notify_all();
+    }
+
+    pub fn all(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.events.lock().unwrap().clear();
+    }
+
+    /// Block until `stage` has started, for at most `limit`; whether it did.
+    pub fn wait_started(&self, stage: &str, limit: Duration) -> bool {
+        let started = |events: &Vec<Event>| events.iter().any(|e| *e == Event::Started(stage.to_string()));
+        let events = self.events.lock().unwrap();
+        let (events, _) = self.changed.wait_timeout_while(events, limit, |e| !started(e)).unwrap();
+        started(&events)
+    }
+
+    /// The most stages that were running at the same time.
+    pub fn max_overlap(&self) -> usize {
+        let (mut now, mut most) = (0usize, 0usize);
+        for e in self.all() {
+            match e {
+                Event::Started(_) => now += 1,
+                Event::Ended(_) => now -= 1,
+                Event::Note(_) => {}
+            }
+            most = most.max(now);
+        }
+        most
+    }
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,12 +81,23 @@ pub struct TransformParams {
     pub count: u32,
     /// Track input `b` as a dependency without reading it (big-file benchmarks).
     pub skip_b: bool,
+    /// Before finishing, wait for this stage to start (at most `await_ms`): two stages that
+    /// await each other both finish having met only if the engine ran them at the same time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub await_start: Option<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub await_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Reads input `a` (and optional `b`), writes `out/data.txt`.
 pub struct Transform {
     pub info: &'static StageInfo,
     pub ran: Ran,
+    pub events: Events,
 }
 
 const INPUTS: &[InputSpec] = &[
@@ -41,11 +106,11 @@ const INPUTS: &[InputSpec] = &[
 ];
 const OUTPUTS: &[OutputSpec] = &[
     OutputSpec { name: "data", path: "data.txt", help: "the transformed text" },
-    OutputSpec { name: "timing", path: "timing.json", help: "when the stage ran" },
+    OutputSpec { name: "meeting", path: "meeting.json", help: "whether the awaited stage started meanwhile" },
 ];
 
 impl Transform {
-    pub fn new(kind: &'static str, version: u32, ran: Ran) -> Transform {
+    pub fn new(kind: &'static str, version: u32, ran: Ran, events: Events) -> Transform {
         let info = Box::leak(Box::new(StageInfo {
             kind,
             version,
@@ -53,7 +118,7 @@ impl Transform {
             inputs: INPUTS,
             outputs: OUTPUTS,
         }));
-        Transform { info, ran }
+        Transform { info, ran, events }
     }
 }
 
@@ -80,7 +145,15 @@ impl Stage for Transform {
 
     fn run(&self, ctx: &StageContext, params: &serde_json::Value) -> anyhow::Result<Metrics> {
         let p: TransformParams = serde_json::from_value(params.clone())?;
-        let start = now_ms();
+        self.events.push(Event::Started(ctx.stage_name.to_string()));
+        let result = self.transform(ctx, &p);
+        self.events.push(Event::Ended(ctx.stage_name.to_string()));
+        result
+    }
+}
+
+impl Transform {
+    fn transform(&self, ctx: &StageContext, p: &TransformParams) -> anyhow::Result<Metrics> {
         let mut text = read_text(ctx.input("a")?)?;
         if let Some(b) = ctx.optional_input("b").filter(|_| !p.skip_b) {
             text.push_str(&read_text(b)?);
@@ -102,11 +175,16 @@ impl Stage for Transform {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        let meeting = match &p.await_start {
+            Some(other) => {
+                let met = self.events.wait_started(other, Duration::from_millis(p.await_ms));
+                serde_json::json!({ "awaited": other, "met": met })
+            }
+            None => serde_json::json!({}),
+        };
         anyhow::ensure!(!p.fail, "asked to fail (test)");
         std::fs::write(&out, &text)?;
-        // Only timed stages record wall-clock times, so other outputs stay deterministic.
-        let timing = if p.sleep_ms > 0 { serde_json::to_vec(&(start, now_ms()))? } else { b"[]".to_vec() };
-        std::fs::write(ctx.output("timing", self.info)?, timing)?;
+        std::fs::write(ctx.output("meeting", self.info)?, serde_json::to_vec(&meeting)?)?;
         self.ran.lock().unwrap().push(ctx.stage_name.to_string());
         let mut m = BTreeMap::new();
         m.insert("chars".to_string(), serde_json::json!(text.chars().count()));
@@ -114,15 +192,18 @@ impl Stage for Transform {
     }
 }
 
-pub fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
-}
-
 /// A registry with the `transform` kind at `version`, and a `transform2` kind.
 pub fn registry(version: u32) -> (Registry, Ran) {
-    let ran: Ran = Arc::default();
-    let mut r = Registry::new();
-    r.add(Transform::new("transform", version, ran.clone()));
-    r.add(Transform::new("transform2", 1, ran.clone()));
+    let (r, ran, _) = registry_with_events(version);
     (r, ran)
+}
+
+/// [`registry`], and the log its stages write their start and end into.
+pub fn registry_with_events(version: u32) -> (Registry, Ran, Events) {
+    let ran: Ran = Arc::default();
+    let events: Events = Arc::default();
+    let mut r = Registry::new();
+    r.add(Transform::new("transform", version, ran.clone(), events.clone()));
+    r.add(Transform::new("transform2", 1, ran.clone(), events.clone()));
+    (r, ran, events)
 }
