@@ -1,6 +1,5 @@
 //! JSON Lines artifacts: greppable, streamable, and read in parallel.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -23,7 +22,8 @@ pub fn write_jsonl<T: Serialize + Sync>(path: &Path, rows: &[T]) -> anyhow::Resu
             buf
         })
         .collect();
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        avatar_engine::fsutil::create_private_file(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     for chunk in &chunks {
         out.write_all(chunk)?;

@@ -43,7 +43,7 @@ pub fn bar_chart<S: AsRef<str>>(path: &Path, title: &str, labels_and_values: &[(
 }
 
 fn write_svg(path: &Path, svg: &str) -> anyhow::Result<()> {
-    std::fs::write(path, svg).with_context(|| format!("writing plot {}", path.display()))
+    avatar_engine::fsutil::write_private(path, svg).with_context(|| format!("writing plot {}", path.display()))
 }
 
 /// Counts of `values` in `bins` equal-width bins: returns (lower edge, width, counts).

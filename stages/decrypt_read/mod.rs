@@ -238,7 +238,7 @@ pub fn read_source_to(input: &Path, p: &DecryptReadParams, out: &Path) -> anyhow
         SourceFormat::Auto => detect::detect(input)?,
         f => f,
     };
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    avatar_engine::fsutil::create_private_dir(out).with_context(|| format!("creating {}", out.display()))?;
     let self_id = p.self_id.as_deref();
     let (format_name, self_id, self_name, contacts, messages) = match format {
         SourceFormat::Auto => unreachable!("detect never returns auto"),

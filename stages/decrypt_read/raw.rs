@@ -257,7 +257,8 @@ impl PartWriter {
     pub fn create(dir: &Path, index: usize) -> anyhow::Result<Self> {
         let file_name = format!("messages-{index:04}.bin");
         let path = dir.join(&file_name);
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let file = avatar_engine::fsutil::create_private_file(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         Ok(PartWriter { path, file_name, file, buffer: Vec::with_capacity(BLOCK + (64 << 10)), messages: 0 })
     }
 
@@ -292,12 +293,12 @@ pub fn write_header(dir: &Path, meta: &RawMeta, parts: Vec<PartInfo>) -> anyhow:
     let path = dir.join(META_FILE);
     let header = Header { meta: meta.clone(), parts };
     let bytes = serde_json::to_vec(&header).context("encoding the raw table header")?;
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    avatar_engine::fsutil::write_private(&path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Write a raw table directory from memory.
 pub fn write_raw(dir: &Path, meta: &RawMeta, messages: &[RawMessage]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    avatar_engine::fsutil::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let parts = write_parts(dir, messages)?;
     write_header(dir, meta, parts)
 }

@@ -211,7 +211,7 @@ impl TypedStage for Eval {
             order: present.iter().map(|s| s.to_string()).collect(),
             examples,
         };
-        std::fs::write(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
+        avatar_engine::fsutil::write_private(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
         let bars: Vec<(String, f64)> =
             report.order.iter().map(|m| (m.clone(), report.models[m].style_distance)).collect();
         crate::common::plot::bar_chart(

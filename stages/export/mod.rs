@@ -129,7 +129,7 @@ pub fn export(dir: &Path, splits: &[(&str, Vec<Sample>)], params: &ExportParams)
 
 fn write(dir: &Path, sub: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     let folder = dir.join(sub);
-    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    avatar_engine::fsutil::create_private_dir(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let path = folder.join(name);
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    avatar_engine::fsutil::write_private(&path, bytes).with_context(|| format!("writing {}", path.display()))
 }

@@ -353,7 +353,7 @@ impl TypedStage for NormaliseStage {
         let stats = normalise_each(&meta, &raw, params, &blocked, |chunk| table.append(&chunk))?;
         table.finish()?;
         let stats_path = ctx.output("stats", &Self::INFO)?;
-        std::fs::write(&stats_path, serde_json::to_vec_pretty(&stats)?)?;
+        avatar_engine::fsutil::write_private(&stats_path, serde_json::to_vec_pretty(&stats)?)?;
         let mut m = Metrics::new();
         m.insert("messages".into(), stats.messages.into());
         m.insert("self_messages".into(), stats.self_messages.into());

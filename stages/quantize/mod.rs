@@ -63,7 +63,7 @@ impl TypedStage for QuantizeStage {
         let tc = model.join("tokenizer_config.json");
         let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
         let out = ctx.output("gguf", &Self::INFO)?;
-        std::fs::create_dir_all(&out)?;
+        avatar_engine::fsutil::create_private_dir(&out)?;
         let bar = ctx.progress.bar(types.len() as u64, "files");
         let mut m = Metrics::new();
         for (name, ty) in params.types.iter().zip(types) {

@@ -194,7 +194,7 @@ impl TypedStage for RewardLabelStage {
             Judge::Human => "human".into(),
         };
         write_jsonl(&ctx.output("ranked", &Self::INFO)?, &records)?;
-        std::fs::write(ctx.output("stats", &Self::INFO)?, serde_json::to_vec_pretty(&stats)?)?;
+        avatar_engine::fsutil::write_private(ctx.output("stats", &Self::INFO)?, serde_json::to_vec_pretty(&stats)?)?;
 
         let mut m = Metrics::new();
         m.insert("judge".into(), serde_json::json!(stats.judge));

@@ -197,7 +197,10 @@ impl TypedStage for RewardTrainStage {
         let model_dir = ctx.output("model", &Self::INFO)?;
         save_hf_dir(&model_dir, &model, &base.raw_config, base_dir)?;
         head.save(&model_dir.join(HEAD_FILE))?;
-        std::fs::write(model_dir.join(INFO_FILE), serde_json::to_vec_pretty(&RewardInfo { mean, std, max_len })?)?;
+        avatar_engine::fsutil::write_private(
+            model_dir.join(INFO_FILE),
+            serde_json::to_vec_pretty(&RewardInfo { mean, std, max_len })?,
+        )?;
         let adapter_dir = ctx.output("adapter", &Self::INFO)?;
         save_model_adapter(&adapter_dir, &model, base_dir)?;
         head.save(&adapter_dir.join(HEAD_FILE))?;

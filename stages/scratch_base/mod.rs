@@ -160,13 +160,13 @@ impl TypedStage for ScratchBaseStage {
         let cfg = p.model_config(vocab, eos);
         cfg.validate()?;
         let dir = ctx.output("model", &Self::INFO)?;
-        std::fs::create_dir_all(&dir)?;
+        avatar_engine::fsutil::create_private_dir(&dir)?;
         tk.save(dir.join("tokenizer.json"), false).map_err(|e| anyhow::anyhow!("saving tokenizer.json: {e}"))?;
-        std::fs::write(
+        avatar_engine::fsutil::write_private(
             dir.join("tokenizer_config.json"),
             serde_json::to_string_pretty(&tokenizer_config_json(p.max_position_embeddings))?,
         )?;
-        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_json())?)?;
+        avatar_engine::fsutil::write_private(dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_json())?)?;
         let weights = random_weights(&cfg, seed, p.init_std)?;
         candle_core::safetensors::save(&weights, dir.join("model.safetensors")).context("writing model.safetensors")?;
         let mut m = Metrics::new();

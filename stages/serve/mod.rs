@@ -115,7 +115,7 @@ impl TypedStage for ServeStage {
         loaded.tokenizer.decode(&generated, false)?;
 
         let out = ctx.output("config", &Self::INFO)?;
-        std::fs::write(&out, serde_json::to_string_pretty(&cfg)? + "\n")?;
+        avatar_engine::fsutil::write_private(&out, serde_json::to_string_pretty(&cfg)? + "\n")?;
         ctx.progress.note(&format!("model ok: {} tokens generated in {:.2}s", generated.len(), gen_s));
         let mut m = Metrics::new();
         m.insert("load_s".into(), load_s.into());

@@ -36,7 +36,7 @@ const DIR: &str = "checkpoint";
 pub fn save(work_dir: &Path, state: &State, model: &Model, opt: &AdamW) -> anyhow::Result<()> {
     let tmp = work_dir.join(format!("{DIR}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    avatar_engine::fsutil::create_private_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cpu = |m: HashMap<String, Tensor>| -> anyhow::Result<HashMap<String, Tensor>> {
         m.into_iter().map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?))).collect()
     };
@@ -44,7 +44,7 @@ pub fn save(work_dir: &Path, state: &State, model: &Model, opt: &AdamW) -> anyho
         model.trainable().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
     candle_core::safetensors::save(&cpu(trainable)?, tmp.join("trainable.safetensors"))?;
     candle_core::safetensors::save(&cpu(opt.state())?, tmp.join("optimizer.safetensors"))?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    avatar_engine::fsutil::write_private(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     let dest = work_dir.join(DIR);
     let old = work_dir.join(format!("{DIR}.old"));
     let _ = std::fs::remove_dir_all(&old);

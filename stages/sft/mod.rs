@@ -41,7 +41,7 @@ fn fingerprint(ctx: &StageContext, p: &SftParams, seed: u64) -> anyhow::Result<S
 }
 
 fn write_curves(dir: &std::path::Path, curves: &checkpoint::Curves) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    avatar_engine::fsutil::create_private_dir(dir)?;
     let rows = |v: &[(u64, f64)], key: &str| -> Vec<serde_json::Value> {
         v.iter().map(|(s, x)| serde_json::json!({"step": s, key: x})).collect()
     };
@@ -50,7 +50,7 @@ fn write_curves(dir: &std::path::Path, curves: &checkpoint::Curves) -> anyhow::R
         "val": rows(&curves.val_loss, "loss"),
         "learning_rate": rows(&curves.learning_rate, "lr"),
     });
-    std::fs::write(dir.join("loss.json"), serde_json::to_string_pretty(&json)?)?;
+    avatar_engine::fsutil::write_private(dir.join("loss.json"), serde_json::to_string_pretty(&json)?)?;
     let pts = |v: &[(u64, f64)]| v.iter().map(|(s, x)| (*s as f64, *x)).collect::<Vec<_>>();
     line_chart(
         &dir.join("loss.svg"),
@@ -110,7 +110,8 @@ impl TypedStage for SftStage {
             avatar_runtime::device::device_class(&device),
         ));
 
-        std::fs::create_dir_all(ctx.work_dir).with_context(|| format!("creating {}", ctx.work_dir.display()))?;
+        avatar_engine::fsutil::create_private_dir(ctx.work_dir)
+            .with_context(|| format!("creating {}", ctx.work_dir.display()))?;
         let fp = fingerprint(ctx, p, seed)?;
         let mut params = p.clone();
         params.training.max_seq_len = max_len;
@@ -131,8 +132,8 @@ impl TypedStage for SftStage {
         match p.own.mode {
             Mode::Lora => save_model_adapter(&adapter_dir, model, base)?,
             Mode::Full => {
-                std::fs::create_dir_all(&adapter_dir)?;
-                std::fs::write(
+                avatar_engine::fsutil::create_private_dir(&adapter_dir)?;
+                avatar_engine::fsutil::write_private(
                     adapter_dir.join("README.txt"),
                     "mode = \"full\": every weight was trained, so there is no adapter; use the `model` output.\n",
                 )?;

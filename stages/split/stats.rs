@@ -158,8 +158,8 @@ pub fn compute(
 
 /// Writes stats.json and the charts into `dir` (created).
 pub fn write(dir: &Path, stats: &SplitStats, reply: &[f64], context: &[f64], bins: usize) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("stats.json"), serde_json::to_vec_pretty(stats)?)
+    avatar_engine::fsutil::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    avatar_engine::fsutil::write_private(dir.join("stats.json"), serde_json::to_vec_pretty(stats)?)
         .with_context(|| format!("writing {}", dir.join("stats.json").display()))?;
     // Long tails flatten a histogram: clip at the 99th percentile and say so in the title.
     let clip = |v: &[f64], p99: f64| v.iter().map(|x| x.min(p99)).collect::<Vec<f64>>();

@@ -60,7 +60,7 @@ impl TypedStage for WindowStage {
             build_samples(&messages, params).with_context(|| format!("windowing {}", input.display()))?;
         write_jsonl(&ctx.output("samples", &Self::INFO)?, &samples)?;
         let stats_path = ctx.output("stats", &Self::INFO)?;
-        std::fs::write(&stats_path, serde_json::to_vec_pretty(&stats)?)
+        avatar_engine::fsutil::write_private(&stats_path, serde_json::to_vec_pretty(&stats)?)
             .with_context(|| format!("writing {}", stats_path.display()))?;
         ctx.progress.note(&format!("{} messages → {} samples", stats.messages, samples.len()));
 

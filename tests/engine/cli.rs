@@ -1,5 +1,7 @@
 //! The real `avatar` binary: exit codes and messages a user sees.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 fn avatar(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
@@ -52,4 +54,79 @@ fn kinds_lists_every_product_stage() {
     for kind in registry.kinds() {
         assert!(out.contains(&format!("{kind} (v")), "{kind} missing from:\n{out}");
     }
+}
+
+/// A pipeline of the real data stages over the shipped sample account (runs in seconds).
+fn data_pipeline(dir: &Path) {
+    let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/EnMicroMsg.db");
+    let manifest = format!(
+        r#"[pipeline]
+seed = 1
+
+[stages.read]
+kind = "decrypt-read"
+inputs = {{ db = "{}" }}
+format = "android"
+imei = "866123456789012"
+uin = "1583567084"
+
+[stages.clean]
+kind = "normalise"
+inputs = {{ raw = "read.raw" }}
+
+[stages.window]
+kind = "window"
+inputs = {{ messages = "clean.messages" }}
+
+[stages.split]
+kind = "split"
+inputs = {{ samples = "window.samples", window_stats = "window.stats" }}
+"#,
+        db.display()
+    );
+    std::fs::write(dir.join("pipeline.toml"), manifest).unwrap();
+}
+
+/// Every path under `root` (itself included) whose mode is not 0700 (directories) or 0600
+/// (files), and how many entries there were.
+fn not_private(root: &Path) -> (Vec<String>, usize) {
+    let (mut bad, mut seen) = (Vec::new(), 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        seen += 1;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if mode != want {
+            bad.push(format!("{} is {mode:o}", p.display()));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    (bad, seen)
+}
+
+#[test]
+fn store_and_lock_file_are_private_from_creation_under_a_permissive_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    data_pipeline(dir.path());
+    // A child shell with umask 000: whatever is created without an explicit mode is 0666/0777.
+    let out = Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" run", env!("CARGO_BIN_EXE_avatar")])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = dir.path().join(".avatar");
+    for made in ["lock", "hash-cache.json", "actions", "runs", "objects", "tmp", "work"] {
+        assert!(store.join(made).exists(), "{made} missing from the store");
+    }
+    assert_eq!(std::fs::read_dir(store.join("actions")).unwrap().count(), 4, "one action record per stage");
+    assert_eq!(std::fs::read_dir(store.join("runs")).unwrap().count(), 1);
+    let (bad, seen) = not_private(&store);
+    assert!(seen > 20, "walked only {seen} entries");
+    assert!(bad.is_empty(), "not owner-only: {bad:#?}");
+    let lock = dir.path().join("pipeline.lock");
+    assert_eq!(std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777, 0o600);
 }

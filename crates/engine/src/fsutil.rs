@@ -1,10 +1,14 @@
-//! Small filesystem helpers: atomic writes and owner-only permissions.
+//! Small filesystem helpers: atomic writes and owner-only permissions. Everything the engine
+//! and the stages create in the store goes through these, with the mode set when the file or
+//! directory is created: a permissive umask never exposes it, not even for a moment.
 
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Replace `path` with `bytes` atomically (temp file in the same directory + rename).
+/// Replace `path` with `bytes` atomically (temp file in the same directory + rename); the file
+/// is owner-only (0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -14,17 +18,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::thread::current().id()
     ));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }
 
-/// Create `dir` (and parents) readable only by its owner.
+/// Create (or truncate) `path` for writing. A new file is 0600 from creation; an existing one
+/// is replaced, so it cannot keep wider permissions from before.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// `std::fs::write`, owner-only.
+pub fn write_private(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> io::Result<()> {
+    create_private_file(path.as_ref())?.write_all(bytes.as_ref())
+}
+
+/// Open (creating if needed, 0600) a file to read and write without truncating it: lock files.
+pub fn open_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
+}
+
+/// Create `dir` (and missing parents) readable only by its owner: each one 0700 from creation.
+/// An existing `dir` is narrowed to 0700 too.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let perms = std::fs::metadata(dir)?.permissions();
+    if perms.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Make a finished artifact owner-only: directories 0700, files 0600.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{create_private_dir, make_private_tree, write_atomic};
+use crate::fsutil::{create_private_dir, make_private_tree, open_private, write_atomic};
 use crate::hashing::{HashCache, hash_artifact};
 use crate::key::KeyParts;
 use crate::stage::{DeclaredOutput, Metrics};
@@ -139,13 +139,7 @@ impl Store {
     /// Take the one-run-at-a-time lock. With `wait`, block (after saying who holds it).
     pub fn lock(&self, wait: bool) -> anyhow::Result<StoreLock> {
         let path = self.root.join("lock");
-        let mut file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut file = open_private(&path).with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
