@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::cli::output::outln;
 use crate::engine::Registry;
 use crate::engine::status::status;
 use crate::engine::store::Store;
@@ -50,16 +51,16 @@ pub fn demo(registry: &Registry, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let manifest = super::load_manifest(Some(&args.manifest), registry)?;
     let store = Store::existing(&manifest.store_dir());
-    println!("\nWhere everything is (`avatar show <stage>` for details):");
+    outln!("\nWhere everything is (`avatar show <stage>` for details):");
     for s in status(&manifest, registry)? {
         let Some(rec) = s.key.as_deref().and_then(|k| store.action(k)) else { continue };
-        println!("  {:<10} {:<14} {}", s.name, s.kind, store.object_dir(&rec.output).display());
+        outln!("  {:<10} {:<14} {}", s.name, s.kind, store.object_dir(&rec.output).display());
     }
     // The demo's data is synthetic, so the report may show example conversations.
     let report =
         crate::report::write_report(&manifest, registry, &crate::report::ReportOptions { examples: true, out: None })?;
-    println!("  report     {}", report.display());
-    println!("  lock file  {}", manifest.lock_path().display());
+    outln!("  report     {}", report.display());
+    outln!("  lock file  {}", manifest.lock_path().display());
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }
@@ -75,7 +76,7 @@ pub fn demo(registry: &Registry, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         port.as_str(),
     ])?;
     let serve_args = <crate::serve::ServeArgs as clap::FromArgMatches>::from_arg_matches(&matches)?;
-    println!("\nChat with the clone at http://{}:{}/ (Ctrl-C to stop)", args.host, args.port);
+    outln!("\nChat with the clone at http://{}:{}/ (Ctrl-C to stop)", args.host, args.port);
     crate::serve_target::run(&serve_args, registry)?;
     Ok(ExitCode::SUCCESS)
 }

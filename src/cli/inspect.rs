@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::cli::output::outln;
 use crate::engine::dag::Dag;
 use crate::engine::history::RunRecord;
 use crate::engine::lockfile::LockFile;
@@ -72,11 +73,11 @@ pub fn status(registry: &Registry, args: &StatusArgs) -> anyhow::Result<ExitCode
             .iter()
             .map(|s| serde_json::json!({"stage": s.name, "kind": s.kind, "up_to_date": s.up_to_date, "reasons": s.reasons, "key": s.key, "output": s.output}))
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
     } else {
         for s in &all {
             if s.up_to_date {
-                println!(
+                outln!(
                     "  {:<10} {:<16} {:<14} {}",
                     "up-to-date",
                     s.name,
@@ -84,11 +85,11 @@ pub fn status(registry: &Registry, args: &StatusArgs) -> anyhow::Result<ExitCode
                     s.output.as_deref().map(short).unwrap_or("")
                 );
             } else {
-                println!("  {:<10} {:<16} {:<14} {}", "stale", s.name, s.kind, s.reasons.join("; "));
+                outln!("  {:<10} {:<16} {:<14} {}", "stale", s.name, s.kind, s.reasons.join("; "));
             }
         }
         let stale = all.iter().filter(|s| !s.up_to_date).count();
-        println!("{} of {} stages up to date", all.len() - stale, all.len());
+        outln!("{} of {} stages up to date", all.len() - stale, all.len());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -99,27 +100,27 @@ pub fn dag(registry: &Registry, args: &DagArgs) -> anyhow::Result<ExitCode> {
     let order = dag.topo_order();
     let kind = |n: &str| manifest.stage(n).map(|s| s.kind.clone()).unwrap_or_default();
     if args.dot {
-        println!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];", manifest.display_name());
+        outln!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];", manifest.display_name());
         for n in &order {
-            println!("  \"{n}\" [label=\"{n}\\n({})\"];", kind(n));
+            outln!("  \"{n}\" [label=\"{n}\\n({})\"];", kind(n));
         }
         for (a, b, label) in dag.edges() {
-            println!("  \"{a}\" -> \"{b}\" [label=\"{label}\"];");
+            outln!("  \"{a}\" -> \"{b}\" [label=\"{label}\"];");
         }
-        println!("}}");
+        outln!("}}");
     } else if args.mermaid {
-        println!("flowchart LR");
+        outln!("flowchart LR");
         for n in &order {
-            println!("  {}[\"{n}<br/>({})\"]", mermaid_id(n), kind(n));
+            outln!("  {}[\"{n}<br/>({})\"]", mermaid_id(n), kind(n));
         }
         for (a, b, label) in dag.edges() {
-            println!("  {} -->|{label}| {}", mermaid_id(&a), mermaid_id(&b));
+            outln!("  {} -->|{label}| {}", mermaid_id(&a), mermaid_id(&b));
         }
     } else {
         for n in &order {
             let parents = dag.parents(n);
             let from = if parents.is_empty() { String::new() } else { format!("  <- {}", parents.join(", ")) };
-            println!("{n} ({}){from}", kind(n));
+            outln!("{n} ({}){from}", kind(n));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -134,11 +135,11 @@ pub fn log(registry: &Registry, args: &LogArgs) -> anyhow::Result<ExitCode> {
     let runs = RunRecord::for_manifest(&Store::existing(&manifest.store_dir()).runs_dir(), &manifest.path);
     let runs: Vec<&RunRecord> = runs.iter().rev().take(args.limit).collect::<Vec<_>>().into_iter().rev().collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("no runs recorded yet in {}", manifest.store_dir().display());
+        outln!("no runs recorded yet in {}", manifest.store_dir().display());
         return Ok(ExitCode::SUCCESS);
     }
     // Columns: params that differ between the shown runs, then every numeric metric.
@@ -190,7 +191,7 @@ fn print_table(rows: &[Vec<String>]) {
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     for r in rows {
         let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }
 
@@ -211,7 +212,7 @@ pub fn show(registry: &Registry, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let outputs: Vec<(String, Option<PathBuf>)> =
         decl.outputs.iter().map(|o| (o.name.clone(), artifact.as_ref().map(|a| a.join(&o.path)))).collect();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "stage": decl.name, "kind": decl.kind, "up_to_date": st.up_to_date, "reasons": st.reasons,
@@ -221,28 +222,28 @@ pub fn show(registry: &Registry, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("stage     {} ({})", decl.name, decl.kind);
-    println!(
+    outln!("stage     {} ({})", decl.name, decl.kind);
+    outln!(
         "state     {}",
         if st.up_to_date { "up to date".to_string() } else { format!("stale: {}", st.reasons.join("; ")) }
     );
     if let Some(k) = &st.key {
-        println!("key       {k}");
+        outln!("key       {k}");
     }
     match &artifact {
-        Some(a) => println!("artifact  {}", a.display()),
-        None => println!("artifact  (none for the current key; run `avatar run --until {}`)", decl.name),
+        Some(a) => outln!("artifact  {}", a.display()),
+        None => outln!("artifact  (none for the current key; run `avatar run --until {}`)", decl.name),
     }
     for (name, path) in &outputs {
         if let Some(p) = path {
-            println!("  {name:<12} {}", p.display());
+            outln!("  {name:<12} {}", p.display());
         }
     }
-    println!("params    {}", serde_json::to_string(&decl.canonical_params)?);
+    outln!("params    {}", serde_json::to_string(&decl.canonical_params)?);
     if !metrics.is_empty() {
-        println!("metrics");
+        outln!("metrics");
         for (k, v) in &metrics {
-            println!("  {k:<24} {v}");
+            outln!("  {k:<24} {v}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -251,7 +252,7 @@ pub fn show(registry: &Registry, args: &ShowArgs) -> anyhow::Result<ExitCode> {
 pub fn gc(registry: &Registry, args: &GcArgs) -> anyhow::Result<ExitCode> {
     let manifest = super::load_manifest(args.manifest.as_deref(), registry)?;
     let r = engine_gc::gc(&manifest, args.workspace, args.dry_run, args.wait)?;
-    println!(
+    outln!(
         "{} {} artifacts ({:.1} MB), {} action records, {} checkpoint dirs; kept {} artifacts",
         if args.dry_run { "would remove" } else { "removed" },
         r.removed_objects,
@@ -266,12 +267,12 @@ pub fn gc(registry: &Registry, args: &GcArgs) -> anyhow::Result<ExitCode> {
 pub fn kinds(registry: &Registry) -> anyhow::Result<ExitCode> {
     for kind in registry.kinds() {
         let info = registry.get(kind).expect("listed").info();
-        println!("{kind} (v{}): {}", info.version, info.summary);
+        outln!("{kind} (v{}): {}", info.version, info.summary);
         for i in info.inputs {
-            println!("  in  {:<14} {}{}", i.name, i.help, if i.required { "" } else { " (optional)" });
+            outln!("  in  {:<14} {}{}", i.name, i.help, if i.required { "" } else { " (optional)" });
         }
         for o in info.outputs {
-            println!("  out {:<14} {} [{}]", o.name, o.help, o.path);
+            outln!("  out {:<14} {} [{}]", o.name, o.help, o.path);
         }
     }
     Ok(ExitCode::SUCCESS)

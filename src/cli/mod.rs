@@ -3,6 +3,7 @@
 mod demo;
 mod inspect;
 pub mod label;
+pub(crate) mod output;
 mod run_cmd;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::cli::output::outln;
 use crate::engine::{Manifest, Registry};
 
 #[derive(Parser)]
@@ -98,7 +100,7 @@ fn report(registry: &Registry, args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let manifest = load_manifest(args.manifest.as_deref(), registry)?;
     let opts = crate::report::ReportOptions { examples: args.examples, out: args.out.clone() };
     let path = crate::report::write_report(&manifest, registry, &opts)?;
-    println!("report written to {}", path.display());
+    outln!("report written to {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 

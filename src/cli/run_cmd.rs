@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::MultiProgress;
 
+use crate::cli::output::outln;
 use crate::engine::runner::{Observer, Outcome, RunOptions, StageReport, short};
 use crate::engine::{Registry, run as run_pipeline};
 
@@ -57,7 +58,7 @@ impl Printer {
 impl Observer for Printer {
     fn started(&self, stage: &str, kind: &str) {
         if self.json {
-            println!("{}", serde_json::json!({"event": "started", "stage": stage, "kind": kind}));
+            outln!("{}", serde_json::json!({"event": "started", "stage": stage, "kind": kind}));
         } else {
             self.line(format!("  {:<9} {stage:<16} {kind}", "running"));
         }
@@ -69,7 +70,7 @@ impl Observer for Printer {
                 Outcome::Failed(e) | Outcome::Skipped(e) | Outcome::WouldRun(e) => (r.outcome.label(), Some(e.clone())),
                 _ => (r.outcome.label(), None),
             };
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"event": "stage", "stage": r.name, "kind": r.kind, "status": status, "detail": detail,
                     "key": r.key, "output": r.output, "artifact": r.artifact, "metrics": r.metrics, "duration_s": r.duration_s})
@@ -129,7 +130,7 @@ pub fn run(registry: &Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let report = run_pipeline(&manifest, registry, &opts, &printer)?;
     let count = |label: &str| report.stages.iter().filter(|s| s.outcome.label() == label).count();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"event": "done", "ok": report.ok(), "ran": count("ran"), "cached": count("cached"),
                 "failed": count("failed"), "skipped": count("skipped"), "check_failures": report.check_failures,
@@ -144,12 +145,18 @@ pub fn run(registry: &Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
         if args.dry_run {
             eprintln!("dry run: {} would run, {} cached", count("would-run"), count("cached"));
         } else if failed.is_empty() {
+            // --check compares with the lock file and writes none.
+            let lock = if args.check {
+                let verdict = if report.check_failures.is_empty() { "reproduces" } else { "does not reproduce" };
+                format!("{verdict} {}", manifest.lock_path().display())
+            } else {
+                format!("lock file {}", manifest.lock_path().display())
+            };
             eprintln!(
-                "done: {} ran, {} cached in {:.1}s; lock file {}",
+                "done: {} ran, {} cached in {:.1}s; {lock}",
                 count("ran"),
                 count("cached"),
                 started.elapsed().as_secs_f64(),
-                manifest.lock_path().display()
             );
         } else {
             eprintln!("failed: stage {} (the artifacts of the other stages are kept)", failed.join(", "));

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use crate::cli::output::outln;
 use crate::stages::decrypt_read::sqlcipher;
 pub use history::{History, generate};
 
@@ -157,7 +158,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     let h = generate(args.messages, args.seed, args.days);
     let keys = write_formats(&args.out, &h, &args.formats, args.seed, &args.imei, &args.uin, args.shards)?;
     let self_count = h.messages.iter().filter(|m| m.is_self).count();
-    println!(
+    outln!(
         "wrote {} messages ({} by {}) in {} to {}; Android key {} (imei {}, uin {}); keys in keys.json",
         h.messages.len(),
         self_count,

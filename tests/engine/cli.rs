@@ -130,3 +130,47 @@ fn store_and_lock_file_are_private_from_creation_under_a_permissive_umask() {
     let lock = dir.path().join("pipeline.lock");
     assert_eq!(std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn dry_run_creates_no_store_and_check_claims_no_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    data_pipeline(dir.path());
+    let (code, _, err) = avatar(dir.path(), &["run", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("dry run: 4 would run, 0 cached"), "{err}");
+    assert!(!dir.path().join(".avatar").exists(), "--dry-run created the store");
+    assert!(!dir.path().join("pipeline.lock").exists(), "--dry-run wrote a lock file");
+
+    let (code, _, err) = avatar(dir.path(), &["run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("; lock file "), "{err}");
+    let lock = std::fs::read(dir.path().join("pipeline.lock")).unwrap();
+    // --check on a clean store compares with the lock file and writes none, so says none.
+    std::fs::remove_dir_all(dir.path().join(".avatar")).unwrap();
+    let (code, _, err) = avatar(dir.path(), &["run", "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("lock file"), "{err}");
+    assert!(err.contains("4 ran, 0 cached") && err.contains("; reproduces "), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("pipeline.lock")).unwrap(), lock);
+}
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    data_pipeline(dir.path());
+    for args in [&["kinds"][..], &["dag"], &["status", "--json"]] {
+        // The reader is gone before the command writes its first line (`avatar kinds | head -0`).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_avatar"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "avatar {args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "avatar {args:?}: {err}");
+    }
+}

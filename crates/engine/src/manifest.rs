@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 use crate::Registry;
 use crate::dag;
 use crate::diagnostics::{Diagnostic, ManifestError, SourceMap};
-use crate::stage::{DeclaredOutput, parse_params};
+use crate::stage::{DeclaredOutput, ParamError, parse_params};
 
 /// The `[pipeline]` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,20 +137,19 @@ impl Manifest {
 
         let settings = match table.get("pipeline") {
             None => PipelineSettings::default(),
-            Some(toml::Value::Table(t)) => match parse_params::<PipelineSettings>(t) {
-                Ok(s) => {
-                    check_choice(&map, &spans, "pipeline.device", &s.device, &["auto", "cpu", "cuda"], &mut diags);
-                    // The model runtime computes in f32 only, for now; say so instead of ignoring it.
-                    check_choice(&map, &spans, "pipeline.dtype", &s.dtype, &["f32"], &mut diags);
-                    s
-                }
-                Err(e) => {
+            Some(toml::Value::Table(t)) => {
+                let (settings, errors) = every_param_error(t, parse_params::<PipelineSettings>);
+                for e in errors {
                     diags.push(
                         map.at(spans.for_error("pipeline", &e.path, &e.message), format!("[pipeline]: {}", e.message)),
                     );
-                    PipelineSettings::default()
                 }
-            },
+                let s = settings.unwrap_or_default();
+                check_choice(&map, &spans, "pipeline.device", &s.device, &["auto", "cpu", "cuda"], &mut diags);
+                // The model runtime computes in f32 only, for now; say so instead of ignoring it.
+                check_choice(&map, &spans, "pipeline.dtype", &s.dtype, &["f32"], &mut diags);
+                s
+            }
             Some(_) => {
                 diags.push(map.at(spans.value("pipeline"), "`pipeline` must be a table"));
                 PipelineSettings::default()
@@ -183,6 +182,8 @@ impl Manifest {
             }
         }
         if !diags.is_empty() {
+            // Checks run table by table; the reader wants them top to bottom.
+            diags.sort_by_key(|d| (d.line, d.column));
             return Err(ManifestError { diagnostics: diags });
         }
         let device_class = registry.device_class(&settings.device);
@@ -299,15 +300,20 @@ fn parse_stage(
     let mut params = table.clone();
     params.remove("kind");
     params.remove("inputs");
-    let param_error = |e: crate::stage::ParamError, diags: &mut Vec<Diagnostic>| {
+    let (canonical, errors) = every_param_error(&params, |t| stage.canonical_params(t));
+    let errors_empty = errors.is_empty();
+    let param_error = |e: ParamError, diags: &mut Vec<Diagnostic>| {
         let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path) };
         diags.push(map.at(
             spans.for_error(&here, &e.path, &e.message),
             format!("stage `{name}` ({kind}) param{shown}: {}", e.message),
         ));
     };
-    let (canonical_params, outputs) = match stage.canonical_params(&params) {
-        Ok(v) => {
+    for e in errors {
+        param_error(e, diags);
+    }
+    let (canonical_params, outputs) = match canonical {
+        Some(v) if errors_empty => {
             let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
             if let Err(e) = stage.check_inputs(&v, &names) {
                 param_error(e, diags);
@@ -315,12 +321,58 @@ fn parse_stage(
             let outputs = stage.outputs(&v);
             (v, outputs)
         }
-        Err(e) => {
-            param_error(e, diags);
-            (serde_json::Value::Null, info.outputs.iter().map(DeclaredOutput::from).collect())
-        }
+        _ => (serde_json::Value::Null, info.outputs.iter().map(DeclaredOutput::from).collect()),
     };
     Some(StageDecl { name: name.to_string(), kind, inputs, params, canonical_params, outputs })
+}
+
+/// Parse a params table, collecting every bad field rather than only the first: serde stops at
+/// the first error, so each failing field is set aside and the rest parsed again, until the
+/// rest parses or an error names no field that can be set aside. The value is what the fields
+/// without errors parse to (None if they do not).
+fn every_param_error<T>(
+    table: &toml::Table,
+    parse: impl Fn(&toml::Table) -> Result<T, ParamError>,
+) -> (Option<T>, Vec<ParamError>) {
+    let mut rest = table.clone();
+    let mut errors: Vec<ParamError> = Vec::new();
+    loop {
+        match parse(&rest) {
+            Ok(v) => return (Some(v), errors),
+            Err(e) => {
+                let set_aside = remove_field(&mut rest, &e);
+                errors.push(e);
+                if !set_aside {
+                    return (None, errors);
+                }
+            }
+        }
+    }
+}
+
+/// Remove the field an error is about (`a.b`, or the unknown field it names) from `table`;
+/// whether there was one.
+fn remove_field(table: &mut toml::Table, e: &ParamError) -> bool {
+    let mut path: Vec<&str> = e.path.split('.').filter(|s| !s.is_empty()).collect();
+    if let Some(field) = unknown_field(&e.message) {
+        if path.last() != Some(&field) {
+            path.push(field);
+        }
+    }
+    let Some((last, parents)) = path.split_last() else { return false };
+    let mut t = table;
+    for p in parents {
+        match t.get_mut(*p) {
+            Some(toml::Value::Table(inner)) => t = inner,
+            _ => return false,
+        }
+    }
+    t.remove(*last).is_some()
+}
+
+/// The field named by serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `").and_then(|m| m.split('`').next())
 }
 
 /// `split.train` is a stage output; anything with a `/`, or starting with `.` or `~`, is a path.
@@ -407,7 +459,7 @@ impl SpanIndex {
     /// Best span for a serde error at `inner` (dotted, relative to `base`).
     fn for_error(&self, base: &str, inner: &str, message: &str) -> Option<Range<usize>> {
         let full = if inner.is_empty() { base.to_string() } else { format!("{base}.{inner}") };
-        if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        if let Some(field) = unknown_field(message) {
             // The path may or may not already end in the unknown field; point at its key.
             if full.ends_with(&format!(".{field}")) {
                 if let Some(s) = self.key(&full) {

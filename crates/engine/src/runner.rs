@@ -104,7 +104,8 @@ pub fn run(
     let dag = Dag::new(manifest);
     let plan = Plan::new(manifest, &dag, opts.until.as_deref(), &opts.force)?;
 
-    let store = Store::open(&manifest.store_dir())?;
+    // A dry run reads the store if there is one and creates nothing.
+    let store = if opts.dry_run { Store::existing(&manifest.store_dir()) } else { Store::open(&manifest.store_dir())? };
     let _lock = if opts.dry_run { None } else { Some(store.lock(opts.wait)?) };
     if !opts.dry_run {
         store.clean_tmp();
@@ -125,7 +126,9 @@ pub fn run(
         observer,
     };
     let scheduled = scheduler.run(&mut cache)?;
-    cache.save().ok();
+    if !opts.dry_run {
+        cache.save().ok();
+    }
 
     let check_failures =
         if opts.check { record::check_failures(&previous_lock, &scheduled.reports) } else { Vec::new() };

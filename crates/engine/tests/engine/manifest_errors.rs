@@ -42,9 +42,10 @@ fn unknown_pipeline_setting_and_bad_choice() {
     let e = errors(
         "[pipeline]\nseed = 1\nsede = 2\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n",
     );
-    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].starts_with("3:1: [pipeline]: unknown field `sede`"), "{e:?}");
     assert!(!e[0].ends_with('\n'));
+    assert!(e[1].starts_with("4:10: `pipeline.device` is `tpu`"), "{e:?}");
     let e = one("[pipeline]\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
     assert!(e.starts_with("2:10: `pipeline.device` is `tpu`"), "{e}");
 }
@@ -108,8 +109,8 @@ fn input_naming_missing_stage_output_or_file() {
 fn unknown_and_missing_inputs() {
     let e = errors("[stages.a]\nkind = \"transform\"\ninputs = { z = \"./input.txt\" }\n");
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("3:12: stage `a` (transform) has no input `z` (its inputs: a, b)"), "{e:?}");
-    assert!(e[1].starts_with("1:9: stage `a` (transform) needs input `a`"), "{e:?}");
+    assert!(e[0].starts_with("1:9: stage `a` (transform) needs input `a`"), "{e:?}");
+    assert!(e[1].starts_with("3:12: stage `a` (transform) has no input `z` (its inputs: a, b)"), "{e:?}");
 }
 
 #[test]
@@ -118,6 +119,36 @@ fn several_errors_are_all_reported() {
         "[stages.a]\nkind = \"nope\"\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nbogus = 1\n",
     );
     assert_eq!(e.len(), 2, "{e:?}");
+}
+
+#[test]
+fn every_bad_field_is_reported_also_inside_an_inline_table() {
+    let e = errors(
+        "[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nnested = { level = \"high\", tga = \"x\" }\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("4:20: stage `a` (transform) param `nested.level`: invalid type"), "{e:?}");
+    assert!(
+        e[1].starts_with("4:28: stage `a` (transform) param `nested") && e[1].contains("unknown field `tga`"),
+        "{e:?}"
+    );
+    let e = errors(
+        "[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nsufix = \"x\"\nsleep_ms = \"long\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("4:1: stage `a` (transform) param `sufix`: unknown field"), "{e:?}");
+    assert!(e[1].starts_with("5:12: stage `a` (transform) param `sleep_ms`: invalid type"), "{e:?}");
+}
+
+#[test]
+fn errors_are_listed_in_line_order() {
+    // `a`'s reference is checked once every stage has parsed; `b`'s param and `c`'s kind while
+    // parsing: the list still reads top to bottom.
+    let e = errors(
+        "[stages.a]\nkind = \"transform\"\ninputs = { a = \"nope.data\" }\n[stages.b]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\nop = \"sideways\"\n[stages.c]\nkind = \"nope\"\n",
+    );
+    let lines: Vec<usize> = e.iter().map(|d| d.split(':').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(lines, vec![3, 7, 9], "{e:#?}");
 }
 
 mod fuzz {

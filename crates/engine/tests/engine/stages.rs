@@ -87,6 +87,16 @@ pub struct TransformParams {
     pub await_start: Option<String>,
     #[serde(skip_serializing_if = "is_zero")]
     pub await_ms: u64,
+    /// An inline table (manifest errors inside one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested: Option<Nested>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nested {
+    pub level: u32,
+    pub tag: String,
 }
 
 fn is_zero(n: &u64) -> bool {
