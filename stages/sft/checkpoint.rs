@@ -15,9 +15,30 @@ use avatar_runtime::optim::AdamW;
 /// Loss curves: (optimiser step, value).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Curves {
+    #[serde(with = "exact")]
     pub train_loss: Vec<(u64, f64)>,
+    #[serde(with = "exact")]
     pub learning_rate: Vec<(u64, f64)>,
+    #[serde(with = "exact")]
     pub val_loss: Vec<(u64, f64)>,
+}
+
+/// Curve values kept as text in Rust's shortest round-trip form. serde_json's default float
+/// parser can land one ulp off (1.9739489555358887 came back as 1.973948955535889), and a run
+/// resumed from a checkpoint must write its curves byte for byte as an uninterrupted run does.
+mod exact {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(points: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
+        points.iter().map(|(step, v)| (*step, format!("{v:?}"))).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, f64)>, D::Error> {
+        let text: Vec<(u64, String)> = Vec::deserialize(d)?;
+        text.into_iter()
+            .map(|(step, v)| v.parse::<f64>().map(|v| (step, v)).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +53,7 @@ pub struct State {
 }
 
 const DIR: &str = "checkpoint";
+const STATE_FILE: &str = "state.json";
 
 pub fn save(work_dir: &Path, state: &State, model: &Model, opt: &AdamW) -> anyhow::Result<()> {
     let tmp = work_dir.join(format!("{DIR}.tmp"));
@@ -44,7 +66,7 @@ pub fn save(work_dir: &Path, state: &State, model: &Model, opt: &AdamW) -> anyho
         model.trainable().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
     candle_core::safetensors::save(&cpu(trainable)?, tmp.join("trainable.safetensors"))?;
     candle_core::safetensors::save(&cpu(opt.state())?, tmp.join("optimizer.safetensors"))?;
-    avatar_engine::fsutil::write_private(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    write_state(&tmp, state)?;
     let dest = work_dir.join(DIR);
     let old = work_dir.join(format!("{DIR}.old"));
     let _ = std::fs::remove_dir_all(&old);
@@ -60,7 +82,7 @@ pub fn save(work_dir: &Path, state: &State, model: &Model, opt: &AdamW) -> anyho
 /// for other settings, or unreadable (then training starts over rather than failing).
 pub fn restore(work_dir: &Path, fingerprint: &str, model: &Model, opt: &mut AdamW) -> Option<State> {
     let dir = work_dir.join(DIR);
-    let state: State = serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
+    let state = read_state(&dir)?;
     if state.fingerprint != fingerprint {
         return None;
     }
@@ -71,6 +93,18 @@ pub fn restore(work_dir: &Path, fingerprint: &str, model: &Model, opt: &mut Adam
     opt.load_state(&optim, state.step).ok()?;
     model.load_trainable(&trainable).ok()?;
     Some(state)
+}
+
+/// Write the checkpoint's `state.json` into `dir`.
+pub fn write_state(dir: &Path, state: &State) -> anyhow::Result<()> {
+    let path = dir.join(STATE_FILE);
+    avatar_engine::fsutil::write_private(&path, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The `state.json` in `dir`; None when absent or unreadable.
+pub fn read_state(dir: &Path) -> Option<State> {
+    serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).ok()?).ok()
 }
 
 /// Remove checkpoints once the stage's outputs are complete.

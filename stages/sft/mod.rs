@@ -40,7 +40,8 @@ fn fingerprint(ctx: &StageContext, p: &SftParams, seed: u64) -> anyhow::Result<S
     Ok(h.finalize().to_hex().to_string())
 }
 
-fn write_curves(dir: &std::path::Path, curves: &checkpoint::Curves) -> anyhow::Result<()> {
+/// The `curves` output: loss.json and loss.svg.
+pub fn write_curves(dir: &std::path::Path, curves: &checkpoint::Curves) -> anyhow::Result<()> {
     avatar_engine::fsutil::create_private_dir(dir)?;
     let rows = |v: &[(u64, f64)], key: &str| -> Vec<serde_json::Value> {
         v.iter().map(|(s, x)| serde_json::json!({"step": s, key: x})).collect()

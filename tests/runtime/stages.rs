@@ -204,7 +204,43 @@ fn killed_run_resumes_from_its_checkpoint_to_the_same_result() {
     assert_eq!(resumed.resumed_from, Some(4));
     assert_eq!(resumed.steps, 6);
     assert_eq!(resumed.curves, reference.curves, "resume continues the same trajectory");
+    let curves_bytes = |curves: &avatar::stages::sft::checkpoint::Curves| {
+        let dir = tempfile::tempdir().unwrap();
+        avatar::stages::sft::write_curves(dir.path(), curves).unwrap();
+        std::fs::read(dir.path().join("loss.json")).unwrap()
+    };
+    assert_eq!(curves_bytes(&resumed.curves), curves_bytes(&reference.curves), "curves output differs after resume");
     for (k, t) in &ref_tensors {
         assert_eq!(super::common::max_abs_diff(t, &tensors[k]), 0.0, "{k}");
     }
+}
+
+#[test]
+fn a_checkpoint_keeps_every_curve_value_exactly() {
+    use avatar::stages::sft::checkpoint::{Curves, State, read_state, write_state};
+    use rand::{Rng, SeedableRng};
+    // The value the issue saw change, then values across many magnitudes.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let values: Vec<f64> = std::iter::once(1.9739489555358887)
+        .chain((0..3000).map(|i| rng.random::<f64>() * 10f64.powi(i % 17 - 8)))
+        .collect();
+    let points = |k: usize| values.iter().skip(k).enumerate().map(|(i, v)| (i as u64, *v)).collect::<Vec<_>>();
+    let state = State {
+        step: 7,
+        fingerprint: "fp".into(),
+        curves: Curves { train_loss: points(0), learning_rate: points(1), val_loss: points(2) },
+        tokens_seen: 100,
+        train_seconds: 1.5,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_state(dir.path(), &state).unwrap();
+    let back = read_state(dir.path()).expect("state reads back");
+    assert_eq!(back.curves, state.curves);
+    // The curves output from the reloaded state is the same file, byte for byte.
+    let write = |curves: &Curves| {
+        let out = tempfile::tempdir().unwrap();
+        avatar::stages::sft::write_curves(out.path(), curves).unwrap();
+        (std::fs::read(out.path().join("loss.json")).unwrap(), std::fs::read(out.path().join("loss.svg")).unwrap())
+    };
+    assert!(write(&back.curves) == write(&state.curves), "curves output changed through the checkpoint");
 }
