@@ -210,6 +210,25 @@ fn completions_streaming_errors_and_shutdown() {
         413,
         None,
     );
+    // Typed requests: `param` is the path of the failing field, however deep.
+    let bad_content = json!({"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": 5}]});
+    assert_openai_error(&post(a, "/v1/chat/completions", &bad_content), 400, Some("messages[1].content"));
+    assert_openai_error(&post(a, "/v1/chat/completions", &json!({"messages": msgs, "stop": [1]})), 400, Some("stop"));
+    assert_openai_error(
+        &post(a, "/v1/chat/completions", &json!({"messages": msgs, "stream": "yes"})),
+        400,
+        Some("stream"),
+    );
+    assert_openai_error(
+        &post(a, "/v1/chat/completions", &json!({"messages": msgs, "max_tokens": -1})),
+        400,
+        Some("max_tokens"),
+    );
+    let r = post(a, "/v1/chat/completions", &json!({"messages": "a secret sentence"}));
+    assert!(!r.body.contains("secret"), "the rejected value is not echoed: {}", r.body);
+    assert_eq!(request(a, "GET", "//v1/models/avatar-test/", &[], b"").json()["id"], "avatar-test");
+    assert_openai_error(&request(a, "GET", "/v1/models/other", &[], b""), 404, None);
+    assert_openai_error(&request(a, "POST", "/v1/models", &[], b""), 405, None);
     assert_openai_error(&request(a, "GET", "/v1/nope", &[], b""), 404, None);
     assert_openai_error(&request(a, "GET", "/v1/chat/completions", &[], b""), 405, None);
     // A prompt longer than the context.
@@ -246,6 +265,9 @@ fn auth_overload_and_concurrency() {
     assert_openai_error(&r, 401, None);
     let r = request(srv.addr, "POST", "/v1/chat/completions", &[("Authorization", "Bearer sekrit")], body.as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_openai_error(&request(srv.addr, "GET", "/v1/models", &[], b""), 401, None);
+    assert_eq!(request(srv.addr, "GET", "/health", &[], b"").status, 200, "health needs no key");
+    assert_eq!(request(srv.addr, "GET", "/", &[], b"").status, 200, "the page needs no key");
 
     // 100 parallel requests: all answered (queue 256, batch 8), no deadlock.
     let addr = srv.addr;

@@ -1,60 +1,86 @@
-//! OpenAI chat-completions request parsing and the OpenAI error shape. Requests are parsed from
-//! a `serde_json::Value` by hand so every rejection names its `param`, unknown fields are
-//! ignored, and content may be a string or a list of text parts.
+//! OpenAI chat-completions requests: the wire shape as serde types (unknown fields ignored,
+//! content a string or a list of text parts), then validation into a [`ChatRequest`] whose
+//! every rejection names its `param`.
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Deserialize;
 
 use super::config::{Defaults, Limits};
+use super::error::{ApiError, parse_json};
 use avatar_runtime::ChatMessage;
 
-/// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    pub kind: &'static str,
-    pub param: Option<String>,
-    pub code: Option<&'static str>,
+/// The request body as clients send it.
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    #[serde(default)]
+    pub messages: Vec<MessageBody>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u64>,
+    pub repetition_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub stop: Option<Stop>,
+    /// Any integer; negative seeds wrap (some clients send -1).
+    pub seed: Option<i128>,
+    pub n: Option<u64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub bubble_separator: Option<String>,
 }
 
-impl ApiError {
-    pub fn bad(param: &str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param: Some(param.into()),
-            code: Some("invalid_value"),
+#[derive(Debug, Deserialize)]
+pub struct MessageBody {
+    pub role: Role,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[serde(alias = "developer")]
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
         }
-    }
-    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: Some(code) }
-    }
-    pub fn overloaded() -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "rate_limit_exceeded",
-            "the server is busy; retry shortly",
-        )
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message)
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
-        }
-        resp
-    }
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
 }
 
 /// A validated chat-completions request.
@@ -77,108 +103,63 @@ pub struct ChatRequest {
     pub bubble_separator: String,
 }
 
-fn number(v: &Value, param: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => {
-            let x = n.as_f64().unwrap_or(f64::NAN);
-            if x >= lo && x <= hi {
-                Ok(Some(x))
-            } else {
-                Err(ApiError::bad(param, format!("`{param}` must be between {lo} and {hi}")))
-            }
+fn in_range(x: Option<f64>, param: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+    match x {
+        Some(v) if !(v >= lo && v <= hi) => {
+            Err(ApiError::bad(param, format!("`{param}` must be between {lo} and {hi}")))
         }
-        _ => Err(ApiError::bad(param, format!("`{param}` must be a number"))),
+        _ => Ok(x),
     }
 }
 
-fn integer(v: &Value, param: &str, lo: u64) -> Result<Option<u64>, ApiError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => match n.as_u64() {
-            Some(x) if x >= lo => Ok(Some(x)),
-            _ => Err(ApiError::bad(param, format!("`{param}` must be an integer >= {lo}"))),
-        },
-        _ => Err(ApiError::bad(param, format!("`{param}` must be an integer"))),
+fn at_least(x: Option<u64>, param: &str, lo: u64) -> Result<Option<u64>, ApiError> {
+    match x {
+        Some(v) if v < lo => Err(ApiError::bad(param, format!("`{param}` must be an integer >= {lo}"))),
+        _ => Ok(x),
     }
 }
 
-/// Text of a message's `content`: a string, null, or a list of `{"type":"text","text":...}` parts.
-fn content_text(v: &Value, param: &str) -> Result<String, ApiError> {
-    match v {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
+fn content_text(content: Option<Content>, param: &str) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(s)) => Ok(s),
+        Some(Content::Parts(parts)) => {
             let mut out = String::new();
-            for (i, p) in parts.iter().enumerate() {
+            for (i, p) in parts.into_iter().enumerate() {
                 let p_param = format!("{param}[{i}]");
-                match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text") | None, Some(Value::String(t))) => out.push_str(t),
+                match (p.kind.as_deref(), p.text) {
+                    (Some("text") | None, Some(t)) => out.push_str(&t),
                     (Some(other), _) if other != "text" => {
                         return Err(ApiError::bad(
                             &p_param,
                             format!("content part type `{other}` is not supported (text only)"),
                         ));
                     }
-                    _ => {
-                        return Err(ApiError::bad(&p_param, "a text content part needs a string `text`"));
-                    }
+                    _ => return Err(ApiError::bad(&p_param, "a text content part needs a string `text`")),
                 }
             }
             Ok(out)
         }
-        _ => Err(ApiError::bad(param, "`content` must be a string or a list of text parts")),
     }
 }
 
 impl ChatRequest {
     pub fn parse(body: &[u8], defaults: &Defaults, limits: &Limits) -> Result<Self, ApiError> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        if !v.is_object() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-                "request body must be a JSON object",
-            ));
-        }
-        let msgs = v
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ApiError::bad("messages", "`messages` must be a non-empty array"))?;
-        if msgs.is_empty() {
+        Self::validate(parse_json(body)?, defaults, limits)
+    }
+
+    pub fn validate(body: ChatBody, defaults: &Defaults, limits: &Limits) -> Result<Self, ApiError> {
+        if body.messages.is_empty() {
             return Err(ApiError::bad("messages", "`messages` must be a non-empty array"));
         }
-        let mut messages = Vec::with_capacity(msgs.len() + 1);
-        for (i, m) in msgs.iter().enumerate() {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad(&format!("messages[{i}].role"), "each message needs a string `role`"))?;
-            let role = match role {
-                "system" | "developer" => "system",
-                "user" => "user",
-                "assistant" => "assistant",
-                other => {
-                    return Err(ApiError::bad(
-                        &format!("messages[{i}].role"),
-                        format!("role `{other}` is not supported (system, user, assistant)"),
-                    ));
-                }
-            };
-            let text = content_text(m.get("content").unwrap_or(&Value::Null), &format!("messages[{i}].content"))?;
+        let mut messages = Vec::with_capacity(body.messages.len() + 1);
+        for (i, m) in body.messages.into_iter().enumerate() {
+            let text = content_text(m.content, &format!("messages[{i}].content"))?;
             // chatgpt-on-wechat always sends a system message, often empty: drop empty ones.
-            if role == "system" && text.trim().is_empty() {
+            if m.role == Role::System && text.trim().is_empty() {
                 continue;
             }
-            messages.push(ChatMessage::new(role, text));
+            messages.push(ChatMessage::new(m.role.as_str(), text));
         }
         if !defaults.system_prompt.is_empty() && !messages.iter().any(|m| m.role == "system") {
             messages.insert(0, ChatMessage::new("system", defaults.system_prompt.clone()));
@@ -186,87 +167,45 @@ impl ChatRequest {
         if !messages.iter().any(|m| m.role != "system") {
             return Err(ApiError::bad("messages", "`messages` needs at least one user or assistant message"));
         }
-        let max_tokens = integer(v.get("max_completion_tokens").unwrap_or(&Value::Null), "max_completion_tokens", 1)?
-            .or(integer(v.get("max_tokens").unwrap_or(&Value::Null), "max_tokens", 1)?)
+        let max_tokens = at_least(body.max_completion_tokens, "max_completion_tokens", 1)?
+            .or(at_least(body.max_tokens, "max_tokens", 1)?)
             .map(|x| x as usize)
             .unwrap_or(defaults.max_tokens)
             .min(limits.max_tokens);
-        let stop = match v.get("stop").unwrap_or(&Value::Null) {
-            Value::Null => Vec::new(),
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) if a.len() <= 4 => a
-                .iter()
-                .map(|s| {
-                    s.as_str().map(String::from).ok_or_else(|| ApiError::bad("stop", "`stop` entries must be strings"))
-                })
-                .collect::<Result<_, _>>()?,
-            _ => {
+        let stop = match body.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(a)) if a.len() <= 4 => a,
+            Some(Stop::Many(_)) => {
                 return Err(ApiError::bad("stop", "`stop` must be a string or a list of up to 4 strings"));
             }
         };
-        let n = integer(v.get("n").unwrap_or(&Value::Null), "n", 1)?.unwrap_or(1) as usize;
+        let n = at_least(body.n, "n", 1)?.unwrap_or(1) as usize;
         if n > limits.max_n {
             return Err(ApiError::bad("n", format!("`n` must be at most {}", limits.max_n)));
         }
-        let stream = match v.get("stream").unwrap_or(&Value::Null) {
-            Value::Null => false,
-            Value::Bool(b) => *b,
-            _ => return Err(ApiError::bad("stream", "`stream` must be a boolean")),
-        };
-        let include_usage =
-            v.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-        let model = v.get("model").and_then(Value::as_str).map(String::from);
-        let seed = match v.get("seed").unwrap_or(&Value::Null) {
-            Value::Null => None,
-            Value::Number(n) => Some(
-                n.as_i64()
-                    .map(|x| x as u64)
-                    .or(n.as_u64())
-                    .ok_or_else(|| ApiError::bad("seed", "`seed` must be an integer"))?,
-            ),
-            _ => return Err(ApiError::bad("seed", "`seed` must be an integer")),
-        };
-        let bubble_separator = match v.get("bubble_separator") {
-            None | Some(Value::Null) => defaults.bubble_separator.clone(),
-            Some(Value::String(s)) => s.clone(),
-            _ => {
-                return Err(ApiError::bad("bubble_separator", "`bubble_separator` must be a string"));
-            }
+        let seed = match body.seed {
+            None => None,
+            Some(s) if s >= i64::MIN as i128 && s <= u64::MAX as i128 => Some(s as u64),
+            Some(_) => return Err(ApiError::bad("seed", "`seed` must fit in 64 bits")),
         };
         Ok(Self {
             messages,
-            model,
+            model: body.model,
             max_tokens,
-            temperature: number(v.get("temperature").unwrap_or(&Value::Null), "temperature", 0.0, 2.0)?
-                .unwrap_or(defaults.temperature),
-            top_p: number(v.get("top_p").unwrap_or(&Value::Null), "top_p", 0.0, 1.0)?
-                .map(|p| p.max(1e-6))
-                .unwrap_or(defaults.top_p),
-            top_k: integer(v.get("top_k").unwrap_or(&Value::Null), "top_k", 0)?
-                .map(|k| k as usize)
-                .unwrap_or(defaults.top_k),
-            repetition_penalty: number(
-                v.get("repetition_penalty").unwrap_or(&Value::Null),
-                "repetition_penalty",
-                0.01,
-                10.0,
-            )?
-            .unwrap_or(defaults.repetition_penalty),
+            temperature: in_range(body.temperature, "temperature", 0.0, 2.0)?.unwrap_or(defaults.temperature),
+            top_p: in_range(body.top_p, "top_p", 0.0, 1.0)?.map(|p| p.max(1e-6)).unwrap_or(defaults.top_p),
+            top_k: body.top_k.map(|k| k as usize).unwrap_or(defaults.top_k),
+            repetition_penalty: in_range(body.repetition_penalty, "repetition_penalty", 0.01, 10.0)?
+                .unwrap_or(defaults.repetition_penalty),
             stop,
             seed,
-            presence_penalty: number(v.get("presence_penalty").unwrap_or(&Value::Null), "presence_penalty", -2.0, 2.0)?
-                .unwrap_or(0.0) as f32,
-            frequency_penalty: number(
-                v.get("frequency_penalty").unwrap_or(&Value::Null),
-                "frequency_penalty",
-                -2.0,
-                2.0,
-            )?
-            .unwrap_or(0.0) as f32,
+            presence_penalty: in_range(body.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+            frequency_penalty: in_range(body.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
             n,
-            stream,
-            include_usage,
-            bubble_separator,
+            stream: body.stream.unwrap_or(false),
+            include_usage: body.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            bubble_separator: body.bubble_separator.unwrap_or_else(|| defaults.bubble_separator.clone()),
         })
     }
 }

@@ -1,22 +1,27 @@
-//! The HTTP layer: OpenAI-compatible routes (with `//` and `/v1`-less paths tolerated), bearer
-//! auth, body limits, SSE streaming, the web chat page, and OpenAI-shaped errors everywhere.
+//! The HTTP layer: a route table for the OpenAI-compatible API (with `//` and `/v1`-less paths
+//! tolerated by rewriting the URI before routing), bearer auth as middleware, a body limit
+//! layer, SSE streaming, the web chat page, and OpenAI-shaped errors everywhere.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tower::Layer;
+use tower::util::{MapRequest, MapRequestLayer};
 
-use super::api::{ApiError, BubbleStream, ChatRequest, bubbles};
+use super::api::{BubbleStream, ChatBody, ChatRequest, bubbles};
 use super::config::ServeConfig;
 use super::engine::{Engine, Event, GenParams, Job};
+use super::error::{ApiError, OpenAiJson};
 use avatar_runtime::SamplingParams;
 
 const PAGE: &str = include_str!("page.html");
@@ -30,16 +35,39 @@ pub struct AppInner {
 
 pub type AppState = Arc<AppInner>;
 
+/// The whole service: path normalisation in front of the router (routing sees the clean path).
+pub type App = MapRequest<Router, fn(Request) -> Request>;
+
+pub fn app(state: AppState) -> App {
+    MapRequestLayer::new(normalize_uri as fn(Request) -> Request).layer(router(state))
+}
+
 pub fn router(state: AppState) -> Router {
-    // One dispatcher so that `//v1//chat/completions` and `/chat/completions` route like
-    // `/v1/chat/completions`, and unknown paths still get OpenAI-shaped errors.
-    Router::new().fallback(dispatch).with_state(state)
+    let api = Router::new()
+        .route("/models", only(get(models)))
+        .route("/models/{*id}", only(get(model)))
+        .route("/chat/completions", only(post(chat)))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/", only(get(page)))
+        .route("/index.html", only(get(page)))
+        .route("/health", only(get(health)))
+        .merge(api)
+        .fallback(unknown_url)
+        .layer(DefaultBodyLimit::max(state.cfg.limits.max_body_bytes))
+        .with_state(state)
+}
+
+/// A route whose other methods get an OpenAI-shaped 405.
+fn only(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.fallback(method_not_allowed)
 }
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// `//v1//chat/completions/` and `/chat/completions` both become `/chat/completions`.
 fn normalize(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for seg in path.split('/').filter(|s| !s.is_empty()) {
@@ -50,45 +78,66 @@ fn normalize(path: &str) -> String {
     if out.is_empty() { "/".into() } else { out }
 }
 
-async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
+fn normalize_uri(mut req: Request) -> Request {
     let path = normalize(req.uri().path());
-    let method = req.method().clone();
-    let result = match (path.as_str(), &method) {
-        ("/", &Method::GET) | ("/index.html", &Method::GET) => return page(),
-        ("/health", &Method::GET) => {
-            let (waiting, running) = st.engine.load();
-            return axum::Json(json!({"status": "ok", "waiting": waiting, "running": running})).into_response();
+    if path != req.uri().path() {
+        let with_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = with_query.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                // Errors quote the path the client sent.
+                let original = req.uri().clone();
+                req.extensions_mut().insert(axum::extract::OriginalUri(original));
+                *req.uri_mut() = uri;
+            }
         }
-        ("/models", &Method::GET) => check_auth(&st, req.headers()).map(|_| models(&st)),
-        (p, &Method::GET) if p.starts_with("/models/") => {
-            check_auth(&st, req.headers()).and_then(|_| model(&st, &p[8..]))
-        }
-        ("/chat/completions", &Method::POST) => match check_auth(&st, req.headers()) {
-            Ok(()) => chat(st.clone(), req).await,
-            Err(e) => Err(e),
-        },
-        ("/", _) | ("/models", _) | ("/chat/completions", _) | ("/health", _) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            "method_not_allowed",
-            format!("method {method} is not allowed on {}", req.uri().path()),
-        )),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown_url",
-            format!("unknown request URL: {method} {}", req.uri().path()),
-        )),
-    };
-    result.unwrap_or_else(|e| e.into_response())
+    }
+    req
 }
 
-fn page() -> Response {
+fn sent_path(req: &Request) -> String {
+    match req.extensions().get::<axum::extract::OriginalUri>() {
+        Some(o) => o.path().to_string(),
+        None => req.uri().path().to_string(),
+    }
+}
+
+async fn unknown_url(method: Method, req: Request) -> ApiError {
+    ApiError::not_found("unknown_url", format!("unknown request URL: {method} {}", sent_path(&req)))
+}
+
+async fn method_not_allowed(method: Method, req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("method {method} is not allowed on {}", sent_path(&req)),
+    )
+}
+
+async fn page() -> Response {
     ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
 }
 
-fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else {
+async fn health(State(st): State<AppState>) -> Response {
+    let (waiting, running) = st.engine.load();
+    axum::Json(json!({"status": "ok", "waiting": waiting, "running": running})).into_response()
+}
+
+/// With a key configured, every API route needs `Authorization: Bearer <key>`.
+async fn require_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match check_key(st.api_key.as_deref(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_key(key: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = key else {
         return Ok(());
     };
     let given = headers
@@ -98,18 +147,8 @@ fn check_auth(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), key.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "invalid_api_key",
-            "incorrect API key provided",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "invalid_api_key",
-            "missing API key: send `Authorization: Bearer <key>`",
-        )),
+        Some(_) => Err(ApiError::unauthorized("incorrect API key provided")),
+        None => Err(ApiError::unauthorized("missing API key: send `Authorization: Bearer <key>`")),
     }
 }
 
@@ -121,20 +160,15 @@ fn model_json(st: &AppState) -> Value {
     json!({"id": st.cfg.name, "object": "model", "created": st.created, "owned_by": "avatar"})
 }
 
-fn models(st: &AppState) -> Response {
-    axum::Json(json!({"object": "list", "data": [model_json(st)]})).into_response()
+async fn models(State(st): State<AppState>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_json(&st)]})).into_response()
 }
 
-fn model(st: &AppState, id: &str) -> Result<Response, ApiError> {
+async fn model(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if id == st.cfg.name {
-        Ok(axum::Json(model_json(st)).into_response())
+        Ok(axum::Json(model_json(&st)).into_response())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("model `{id}` does not exist"),
-        ))
+        Err(ApiError::not_found("model_not_found", format!("model `{id}` does not exist")))
     }
 }
 
@@ -188,17 +222,8 @@ fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
     Ok(Submitted { rx, n: req.n, prompt_tokens: prompt.len() })
 }
 
-async fn chat(st: AppState, req: Request) -> Result<Response, ApiError> {
-    let limit = st.cfg.limits.max_body_bytes;
-    let body: Bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
-            format!("request body exceeds {limit} bytes"),
-        )
-    })?;
-    let creq = ChatRequest::parse(&body, &st.cfg.defaults, &st.cfg.limits)?;
+async fn chat(State(st): State<AppState>, OpenAiJson(body): OpenAiJson<ChatBody>) -> Result<Response, ApiError> {
+    let creq = ChatRequest::validate(body, &st.cfg.defaults, &st.cfg.limits)?;
     let sub = submit(&st, &creq)?;
     let id = format!("chatcmpl-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
     let model = creq.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| st.cfg.name.clone());

@@ -4,12 +4,14 @@
 //!
 //! - [`config`]: serve.json and resolving a pipeline / directory / .gguf to it.
 //! - [`engine`]: the model worker thread (bounded FIFO queue, batched decode).
-//! - [`api`]: request parsing, OpenAI error shape, `<s>` bubbles.
-//! - [`http`]: routes, auth, SSE.
+//! - [`api`]: typed requests and their validation, `<s>` bubbles.
+//! - [`error`]: the OpenAI error shape and the JSON extractor that keeps it.
+//! - [`http`]: route table, auth middleware, body limit, SSE.
 
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod http;
 
 use std::net::IpAddr;
@@ -61,8 +63,8 @@ pub fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Load the model and build the router (used by `run` and by tests with their own listener).
-pub fn build_app(setup: ServerSetup) -> Result<axum::Router> {
+/// Load the model and build the service (used by `run` and by tests with their own listener).
+pub fn build_app(setup: ServerSetup) -> Result<http::App> {
     let loaded = setup.cfg.load()?;
     let engine = Engine::start(
         Arc::new(loaded),
@@ -77,16 +79,17 @@ pub fn build_app(setup: ServerSetup) -> Result<axum::Router> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    Ok(http::router(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created })))
+    Ok(http::app(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created })))
 }
 
 /// Serve until ctrl-c / SIGTERM, then finish in-flight requests and exit.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    app: http::App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")
+    let make = tower::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    axum::serve(listener, make).with_graceful_shutdown(shutdown).await.context("server error")
 }
 
 async fn shutdown_signal() {
