@@ -314,6 +314,61 @@ fn auth_overload_and_concurrency() {
     srv.shutdown();
 }
 
+/// Reads until the server closes `s`; `None` if it is still open after `wait`.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Duration> {
+    let t0 = std::time::Instant::now();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut sink = Vec::new();
+    match s.read_to_end(&mut sink) {
+        Ok(_) => Some(t0.elapsed()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(t0.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn slow_and_greedy_clients_are_cut_off() {
+    let limits = Limits { header_timeout_s: 3.0, idle_timeout_s: 1.0, max_connections_per_ip: 40, ..Limits::default() };
+    let srv = TestServer::start(None, limits);
+    let a = srv.addr;
+    let ask = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+    // 30 connections that never finish their headers, one whose body never finishes.
+    let mut half_open: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le").unwrap();
+            s
+        })
+        .collect();
+    let mut stalled_body = TcpStream::connect(a).unwrap();
+    stalled_body
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mess")
+        .unwrap();
+    // Up to the cap per client address, and not one more.
+    let idle: Vec<TcpStream> = (0..9).map(|_| TcpStream::connect(a).unwrap()).collect();
+    let mut over = TcpStream::connect(a).unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).is_some(),
+        "connection over the per-IP cap closed at once"
+    );
+    drop(idle);
+    // Meanwhile real requests are answered.
+    for _ in 0..3 {
+        let r = post(a, "/v1/chat/completions", &ask);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The body stalls past the 1 s idle timeout; the headers past the configured 3 s (not the
+    // 15 s default): every one of them is closed.
+    assert!(closed_within(&mut stalled_body, Duration::from_secs(8)).is_some(), "stalled body still open");
+    for (i, s) in half_open.iter_mut().enumerate() {
+        assert!(closed_within(s, Duration::from_secs(8)).is_some(), "half-open connection {i} still open");
+    }
+    // Their slots are free again.
+    let r = post(a, "/v1/chat/completions", &ask);
+    assert_eq!(r.status, 200, "{}", r.body);
+    srv.shutdown();
+}
+
 #[test]
 fn non_loopback_needs_a_key() {
     let args = avatar::serve::ServeArgs {

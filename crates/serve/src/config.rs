@@ -81,6 +81,14 @@ pub struct Limits {
     pub max_n: usize,
     pub max_batch: usize,
     pub max_queue: usize,
+    /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    pub header_timeout_s: f64,
+    /// Seconds a request body may stall, or a connection with no request in progress may move
+    /// no bytes, before it is closed.
+    pub idle_timeout_s: f64,
+    /// Open connections one client address may hold; more are closed at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -92,7 +100,27 @@ impl Default for Limits {
             max_n: 4,
             max_batch: 8,
             max_queue: 256,
+            header_timeout_s: 15.0,
+            idle_timeout_s: 60.0,
+            max_connections_per_ip: 128,
         }
+    }
+}
+
+impl Limits {
+    pub fn connections(&self) -> Result<super::listen::ConnLimits> {
+        let secs = |v: f64, field: &str| {
+            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow!("limits.{field} must be a number of seconds in (0, 86400], not {v}"))
+            }
+        };
+        Ok(super::listen::ConnLimits {
+            header_timeout: secs(self.header_timeout_s, "header_timeout_s")?,
+            idle_timeout: secs(self.idle_timeout_s, "idle_timeout_s")?,
+            max_connections_per_ip: self.max_connections_per_ip.max(1),
+        })
     }
 }
 

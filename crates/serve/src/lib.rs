@@ -7,12 +7,14 @@
 //! - [`api`]: typed requests and their validation, `<s>` bubbles.
 //! - [`error`]: the OpenAI error shape and the JSON extractor that keeps it.
 //! - [`http`]: route table, auth middleware, body limit, SSE.
+//! - [`listen`]: the accept loop (header and idle timeouts, connections per client).
 
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod listen;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -63,8 +65,15 @@ pub fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A loaded model behind its HTTP service, ready for [`serve_on`].
+pub struct Server {
+    pub app: http::App,
+    pub connections: listen::ConnLimits,
+}
+
 /// Load the model and build the service (used by `run` and by tests with their own listener).
-pub fn build_app(setup: ServerSetup) -> Result<http::App> {
+pub fn build_app(setup: ServerSetup) -> Result<Server> {
+    let connections = setup.cfg.limits.connections()?;
     let loaded = setup.cfg.load()?;
     let engine = Engine::start(
         Arc::new(loaded),
@@ -79,17 +88,17 @@ pub fn build_app(setup: ServerSetup) -> Result<http::App> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    Ok(http::app(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created })))
+    let app = http::app(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created }));
+    Ok(Server { app, connections })
 }
 
 /// Serve until ctrl-c / SIGTERM, then finish in-flight requests and exit.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
-    app: http::App,
+    server: Server,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let make = tower::ServiceExt::<axum::extract::Request>::into_make_service(app);
-    axum::serve(listener, make).with_graceful_shutdown(shutdown).await.context("server error")
+    listen::accept_loop(listener, server.app, server.connections, shutdown).await.context("server error")
 }
 
 async fn shutdown_signal() {
