@@ -314,6 +314,60 @@ fn auth_overload_and_concurrency() {
     srv.shutdown();
 }
 
+/// The reply's content: non-streamed, or the streamed deltas joined.
+fn reply_text(a: SocketAddr, body: &Value) -> (String, String) {
+    let r = post(a, "/v1/chat/completions", body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    if body["stream"] != true {
+        let v = r.json();
+        let c = &v["choices"][0];
+        return (c["message"]["content"].as_str().unwrap().to_string(), c["finish_reason"].as_str().unwrap().into());
+    }
+    let (mut text, mut finish) = (String::new(), String::new());
+    for d in r.sse().iter().filter(|d| *d != "[DONE]") {
+        let c: Value = serde_json::from_str(d).unwrap();
+        text.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
+            finish = f.into();
+        }
+    }
+    (text, finish)
+}
+
+#[test]
+fn stream_and_non_stream_agree_and_stops_cut_the_visible_text() {
+    let srv = TestServer::start(None, Limits::default());
+    let a = srv.addr;
+    let (mut stops_tried, mut replies) = (0, Vec::new());
+    for seed in 1..12 {
+        let mut body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 24, "seed": seed, "temperature": 1.0});
+        let (full, _) = reply_text(a, &body);
+        body["stream"] = json!(true);
+        assert_eq!(reply_text(a, &body).0, full, "seed {seed}: streamed text equals the non-streamed content");
+        // A stop string written against the text the client received cuts there, in both modes.
+        let chars: Vec<char> = full.chars().collect();
+        replies.push(full.clone());
+        if chars.len() < 3 {
+            continue;
+        }
+        let stop: String = chars[1..3].iter().collect();
+        let expect = &full[..full.find(&stop).unwrap()];
+        body["stop"] = json!([stop]);
+        for stream in [false, true] {
+            body["stream"] = json!(stream);
+            let (text, finish) = reply_text(a, &body);
+            assert_eq!(
+                (text.as_str(), finish.as_str()),
+                (expect, "stop"),
+                "seed {seed}, stream {stream}, stop {stop:?}"
+            );
+        }
+        stops_tried += 1;
+    }
+    assert!(stops_tried >= 2, "replies long enough to take a stop string from: {replies:?}");
+    srv.shutdown();
+}
+
 /// Reads until the server closes `s`; `None` if it is still open after `wait`.
 fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Duration> {
     let t0 = std::time::Instant::now();

@@ -214,60 +214,106 @@ impl ChatRequest {
 pub use avatar_core::sample::BUBBLE_SEPARATOR as BUBBLE_MARK;
 pub use avatar_core::sample::bubbles;
 
-/// Replaces bubble markers in streamed text, holding back a possible partial marker.
+/// Turns raw model text into what the client sees, incrementally: for any chunking, the
+/// output is exactly `bubbles(raw).join(sep)`. A possible partial marker, whitespace that may
+/// end a bubble and a separator that may have no bubble after it are held back until known.
 pub struct BubbleStream {
     sep: String,
+    /// Raw text that may be the start of a marker.
     pending: String,
-    /// Whether any visible text was emitted (a leading marker becomes nothing).
-    started: bool,
+    /// Whitespace inside the current bubble, shown only if more text follows.
+    held: String,
+    /// A marker passed after visible text: the separator goes before the next visible char.
+    need_sep: bool,
+    in_bubble: bool,
+    shown: usize,
+    breaks: Vec<usize>,
 }
 
 impl BubbleStream {
     pub fn new(sep: &str) -> Self {
-        Self { sep: sep.to_string(), pending: String::new(), started: false }
+        Self {
+            sep: sep.to_string(),
+            pending: String::new(),
+            held: String::new(),
+            need_sep: false,
+            in_bubble: false,
+            shown: 0,
+            breaks: Vec::new(),
+        }
     }
 
     /// Feed raw text; returns what can be shown now.
     pub fn push(&mut self, text: &str) -> String {
         self.pending.push_str(text);
         let mut out = String::new();
-        loop {
-            if let Some(i) = self.pending.find(BUBBLE_MARK) {
-                let before = self.pending[..i].to_string();
-                self.emit(&before, &mut out);
-                self.pending.drain(..i + BUBBLE_MARK.len());
-                // Separator only between bubbles, never leading.
-                if self.started {
-                    out.push_str(&self.sep);
-                    self.started = false;
-                }
-                continue;
-            }
-            // Keep a tail that could be the start of a marker.
-            let keep = (1..BUBBLE_MARK.len()).rev().find(|&k| self.pending.ends_with(&BUBBLE_MARK[..k])).unwrap_or(0);
-            let cut = self.pending.len() - keep;
-            let ready = self.pending[..cut].to_string();
-            self.emit(&ready, &mut out);
-            self.pending.drain(..cut);
-            return out;
+        while let Some(i) = self.pending.find(BUBBLE_MARK) {
+            let before = self.pending[..i].to_string();
+            self.pending.drain(..i + BUBBLE_MARK.len());
+            self.feed(&before, &mut out);
+            self.held.clear();
+            self.in_bubble = false;
+            self.need_sep |= self.shown + out.len() > 0;
         }
-    }
-
-    /// The held-back tail at the end of the stream.
-    pub fn finish(&mut self) -> String {
-        let rest = std::mem::take(&mut self.pending);
-        let mut out = String::new();
-        self.emit(&rest, &mut out);
+        // Keep a tail that could be the start of a marker.
+        let keep = (1..BUBBLE_MARK.len()).rev().find(|&k| self.pending.ends_with(&BUBBLE_MARK[..k])).unwrap_or(0);
+        let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
+        self.feed(&ready, &mut out);
+        self.shown += out.len();
         out
     }
 
-    fn emit(&mut self, text: &str, out: &mut String) {
-        let text = if self.started { text } else { text.trim_start() };
-        if !text.is_empty() {
-            out.push_str(text);
-            self.started = true;
+    /// The end of the reply: what is still to show (a partial marker is plain text then).
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        let mut out = String::new();
+        self.feed(&rest, &mut out);
+        self.held.clear();
+        self.need_sep = false;
+        self.shown += out.len();
+        out
+    }
+
+    /// Byte offsets in the shown text where a separator starts.
+    pub fn breaks(&self) -> &[usize] {
+        &self.breaks
+    }
+
+    pub fn separator(&self) -> &str {
+        &self.sep
+    }
+
+    fn feed(&mut self, text: &str, out: &mut String) {
+        for c in text.chars() {
+            if c.is_whitespace() {
+                if self.in_bubble {
+                    self.held.push(c);
+                }
+                continue;
+            }
+            if self.need_sep {
+                self.breaks.push(self.shown + out.len());
+                out.push_str(&self.sep);
+                self.need_sep = false;
+            }
+            out.push_str(&self.held);
+            self.held.clear();
+            out.push(c);
+            self.in_bubble = true;
         }
     }
+}
+
+/// The bubbles of shown text `text` whose separators start at `breaks`.
+pub fn split_at_breaks(text: &str, breaks: &[usize], sep: &str) -> Vec<String> {
+    let mut parts = Vec::with_capacity(breaks.len() + 1);
+    let mut start = 0;
+    for &b in breaks.iter().filter(|&&b| b <= text.len()) {
+        parts.push(&text[start..b]);
+        start = (b + sep.len()).min(text.len());
+    }
+    parts.push(&text[start..]);
+    parts.into_iter().filter(|p| !p.is_empty()).map(String::from).collect()
 }
 
 #[cfg(test)]
@@ -276,17 +322,20 @@ mod tests {
 
     #[test]
     fn bubble_stream_matches_batch_join_for_any_chunking() {
-        let text = "在吗<s>我到了<s><s>  快下来";
-        let joined = bubbles(text).join("|");
-        for chunk in 1..6 {
-            let mut s = BubbleStream::new("|");
-            let chars: Vec<char> = text.chars().collect();
-            let mut out = String::new();
-            for c in chars.chunks(chunk) {
-                out.push_str(&s.push(&c.iter().collect::<String>()));
+        for text in ["在吗<s>我到了<s><s>  快下来", " <s>哈哈哈<s>\n", "a b <s> c\td <s", "<s><s>", "x <"] {
+            let parts = bubbles(text);
+            let joined = parts.join("|");
+            for chunk in 1..6 {
+                let mut s = BubbleStream::new("|");
+                let chars: Vec<char> = text.chars().collect();
+                let mut out = String::new();
+                for c in chars.chunks(chunk) {
+                    out.push_str(&s.push(&c.iter().collect::<String>()));
+                }
+                out.push_str(&s.finish());
+                assert_eq!(out, joined, "{text:?} in chunks of {chunk}");
+                assert_eq!(split_at_breaks(&out, s.breaks(), "|"), parts, "{text:?} in chunks of {chunk}");
             }
-            out.push_str(&s.finish());
-            assert_eq!(out.replace("| ", "|").trim_end(), joined, "chunk {chunk}");
         }
     }
 

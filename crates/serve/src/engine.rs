@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::api::BubbleStream;
 use avatar_quant::{KvCache, QModel, SeqStep};
 use avatar_runtime::{ChatTemplate, Sampler, SamplingParams, Tokenizer};
 
@@ -31,7 +32,10 @@ pub struct GenParams {
     pub sampling: SamplingParams,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Matched against the text the client receives (bubble markers already separators).
     pub stop: Vec<String>,
+    /// What replaces the `<s>` bubble markers in the text sent.
+    pub bubble_separator: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +55,14 @@ impl Finish {
 
 #[derive(Debug)]
 pub enum Event {
-    /// New reply text (raw, bubble markers included).
+    /// New reply text as the client sees it (bubble markers replaced by the separator).
     Text(String),
     Done {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Byte offsets in the whole sent text where a bubble separator starts.
+        breaks: Vec<usize>,
     },
     Error(String),
 }
@@ -143,7 +149,12 @@ struct Seq {
     sampled: usize,
     counts: std::collections::HashMap<u32, u32>,
     sampler: Sampler,
-    emitted: usize,
+    /// Raw decoded bytes already fed to `bubbles`.
+    raw_fed: usize,
+    bubbles: BubbleStream,
+    /// Everything `bubbles` has shown so far, and how much of it was sent.
+    visible: String,
+    sent: usize,
     done: bool,
 }
 
@@ -216,7 +227,10 @@ impl Worker {
             sampled: 0,
             counts,
             sampler,
-            emitted: 0,
+            raw_fed: 0,
+            bubbles: BubbleStream::new(&job.params.bubble_separator),
+            visible: String::new(),
+            sent: 0,
             done: false,
             job,
         })
@@ -293,7 +307,7 @@ impl Worker {
         s.sampled += 1;
         let ctx = self.loaded.model.cfg.context;
         if self.loaded.stop_ids.contains(&tok) {
-            return self.finish(s, Finish::Stop);
+            return self.end(s, Finish::Stop);
         }
         s.generated.push(tok);
         *s.counts.entry(tok).or_insert(0) += 1;
@@ -305,44 +319,70 @@ impl Worker {
                 return;
             }
         };
-        // Stop strings end the reply before them.
-        if let Some(cut) = p.stop.iter().filter(|st| !st.is_empty()).filter_map(|st| text.find(st.as_str())).min() {
-            if cut > s.emitted {
-                s.job.send(Event::Text(text[s.emitted..cut].to_string()));
-            }
-            s.emitted = cut.max(s.emitted);
+        // An incomplete UTF-8 sequence at the end waits for its next token.
+        let ready = text.trim_end_matches('\u{FFFD}').len();
+        if ready > s.raw_fed && text.is_char_boundary(s.raw_fed) {
+            let shown = s.bubbles.push(&text[s.raw_fed..ready]);
+            s.visible.push_str(&shown);
+            s.raw_fed = ready;
+        }
+        if self.send_visible(s, false) {
             return self.finish(s, Finish::Stop);
         }
-        // Hold back an incomplete UTF-8 sequence and a possible stop-string prefix.
-        let mut safe = text.len();
-        if text.ends_with('\u{FFFD}') {
-            safe = text.trim_end_matches('\u{FFFD}').len();
-        }
-        for st in &p.stop {
-            for k in (1..st.len()).rev() {
-                if st.is_char_boundary(k) && text[..safe].ends_with(&st[..k]) {
-                    safe = safe.min(text.len() - k);
-                    break;
-                }
-            }
-        }
-        if safe > s.emitted && text.is_char_boundary(safe) && text.is_char_boundary(s.emitted) {
-            s.job.send(Event::Text(text[s.emitted..safe].to_string()));
-            s.emitted = safe;
-        }
-        if s.generated.len() >= p.max_tokens || s.cache.len() + 1 >= ctx {
-            if text.len() > s.emitted {
-                let rest = text.trim_end_matches('\u{FFFD}');
-                if rest.len() > s.emitted && rest.is_char_boundary(s.emitted) {
-                    s.job.send(Event::Text(rest[s.emitted..].to_string()));
-                }
-            }
-            self.finish(s, Finish::Length);
+        if s.generated.len() >= s.job.params.max_tokens || s.cache.len() + 1 >= ctx {
+            self.end(s, Finish::Length);
         }
     }
 
+    /// The reply ends: show what the bubble filter held back, then finish (a stop string
+    /// completed by that tail still cuts there).
+    fn end(&self, s: &mut Seq, finish: Finish) {
+        let rest = s.bubbles.finish();
+        s.visible.push_str(&rest);
+        let finish = if self.send_visible(s, true) { Finish::Stop } else { finish };
+        self.finish(s, finish)
+    }
+
+    /// Send the visible text not sent yet, holding back a possible stop-string prefix unless
+    /// `last`. Returns whether a stop string matched (the text is cut before it).
+    fn send_visible(&self, s: &mut Seq, last: bool) -> bool {
+        let stops = s.job.params.stop.iter().filter(|st| !st.is_empty());
+        // Sent text never holds a whole stop string or ends in a prefix of one, so a match
+        // starts at or after `sent`.
+        let from = s.sent;
+        if let Some(cut) = stops.clone().filter_map(|st| s.visible[from..].find(st.as_str())).min() {
+            let cut = from + cut;
+            if cut > s.sent {
+                s.job.send(Event::Text(s.visible[s.sent..cut].to_string()));
+            }
+            s.visible.truncate(cut);
+            s.sent = cut;
+            return true;
+        }
+        let mut safe = s.visible.len();
+        if !last {
+            for st in stops {
+                if let Some(k) = (1..st.len()).rev().find(|&k| st.is_char_boundary(k) && s.visible.ends_with(&st[..k]))
+                {
+                    safe = safe.min(s.visible.len() - k);
+                }
+            }
+        }
+        if safe > s.sent {
+            s.job.send(Event::Text(s.visible[s.sent..safe].to_string()));
+            s.sent = safe;
+        }
+        false
+    }
+
     fn finish(&self, s: &mut Seq, finish: Finish) {
-        s.job.send(Event::Done { finish, prompt_tokens: s.job.prompt.len(), completion_tokens: s.sampled.max(1) });
+        let breaks = s.bubbles.breaks().iter().copied().filter(|&b| b < s.sent).collect();
+        s.job.send(Event::Done {
+            finish,
+            prompt_tokens: s.job.prompt.len(),
+            completion_tokens: s.sampled.max(1),
+            breaks,
+        });
         s.done = true;
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tower::Layer;
 use tower::util::{MapRequest, MapRequestLayer};
 
-use super::api::{BubbleStream, ChatBody, ChatRequest, bubbles};
+use super::api::{ChatBody, ChatRequest, split_at_breaks};
 use super::config::ServeConfig;
 use super::engine::{Engine, Event, GenParams, Job};
 use super::error::{ApiError, OpenAiJson};
@@ -213,6 +213,7 @@ fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
             presence_penalty: req.presence_penalty,
             frequency_penalty: req.frequency_penalty,
             stop: req.stop.clone(),
+            bubble_separator: req.bubble_separator.clone(),
         };
         // Dropping `rx` on failure cancels the choices already queued.
         st.engine
@@ -236,6 +237,7 @@ async fn chat(State(st): State<AppState>, OpenAiJson(body): OpenAiJson<ChatBody>
 
 async fn complete(mut sub: Submitted, req: &ChatRequest, id: String, model: String) -> Result<Response, ApiError> {
     let mut texts = vec![String::new(); sub.n];
+    let mut parts = vec![Vec::new(); sub.n];
     let mut finish = vec![None; sub.n];
     let mut completion = 0;
     let mut done = 0;
@@ -245,20 +247,21 @@ async fn complete(mut sub: Submitted, req: &ChatRequest, id: String, model: Stri
         };
         match ev {
             Event::Text(t) => texts[i].push_str(&t),
-            Event::Done { finish: f, completion_tokens, .. } => {
+            Event::Done { finish: f, completion_tokens, breaks, .. } => {
                 finish[i] = Some(f.as_str());
+                parts[i] = split_at_breaks(&texts[i], &breaks, &req.bubble_separator);
                 completion += completion_tokens;
                 done += 1;
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
         }
     }
+    // The engine already sends what the client sees, so this equals the streamed text.
     let choices: Vec<Value> = texts
         .iter()
+        .zip(&parts)
         .enumerate()
-        .map(|(i, t)| {
-            let parts = bubbles(t);
-            let content = if parts.is_empty() { t.trim().to_string() } else { parts.join(&req.bubble_separator) };
+        .map(|(i, (content, parts))| {
             json!({
                 "index": i,
                 "message": {"role": "assistant", "content": content, "bubbles": parts, "refusal": null},
@@ -281,7 +284,6 @@ async fn complete(mut sub: Submitted, req: &ChatRequest, id: String, model: Stri
 
 struct StreamState {
     sub: Submitted,
-    filters: Vec<BubbleStream>,
     queue: std::collections::VecDeque<String>,
     done: usize,
     completion: usize,
@@ -307,22 +309,11 @@ impl StreamState {
     fn on_event(&mut self, i: usize, ev: Event) {
         match ev {
             Event::Text(t) => {
-                let shown = self.filters[i].push(&t);
-                if !shown.is_empty() {
-                    let c = self.chunk(
-                        json!([{"index": i, "delta": {"content": shown}, "finish_reason": null, "logprobs": null}]),
-                    );
-                    self.queue.push_back(c);
-                }
+                let c =
+                    self.chunk(json!([{"index": i, "delta": {"content": t}, "finish_reason": null, "logprobs": null}]));
+                self.queue.push_back(c);
             }
             Event::Done { finish, completion_tokens, .. } => {
-                let rest = self.filters[i].finish();
-                if !rest.is_empty() {
-                    let c = self.chunk(
-                        json!([{"index": i, "delta": {"content": rest}, "finish_reason": null, "logprobs": null}]),
-                    );
-                    self.queue.push_back(c);
-                }
                 let c =
                     self.chunk(json!([{"index": i, "delta": {}, "finish_reason": finish.as_str(), "logprobs": null}]));
                 self.queue.push_back(c);
@@ -358,7 +349,6 @@ impl StreamState {
 
 fn stream_response(sub: Submitted, req: ChatRequest, id: String, model: String) -> impl IntoResponse {
     let mut st = StreamState {
-        filters: (0..sub.n).map(|_| BubbleStream::new(&req.bubble_separator)).collect(),
         queue: Default::default(),
         done: 0,
         completion: 0,
