@@ -152,12 +152,16 @@ impl ChatRequest {
         if body.messages.is_empty() {
             return Err(ApiError::bad("messages", "`messages` must be a non-empty array"));
         }
+        let bubble_separator = body.bubble_separator.unwrap_or_else(|| defaults.bubble_separator.clone());
         let mut messages = Vec::with_capacity(body.messages.len() + 1);
         for (i, m) in body.messages.into_iter().enumerate() {
-            let text = content_text(m.content, &format!("messages[{i}].content"))?;
+            let mut text = content_text(m.content, &format!("messages[{i}].content"))?;
             // chatgpt-on-wechat always sends a system message, often empty: drop empty ones.
             if m.role == Role::System && text.trim().is_empty() {
                 continue;
+            }
+            if m.role == Role::Assistant && defaults.split_assistant_bubbles {
+                text = rejoin_bubbles(&text, &bubble_separator);
             }
             messages.push(ChatMessage::new(m.role.as_str(), text));
         }
@@ -205,7 +209,7 @@ impl ChatRequest {
             n,
             stream: body.stream.unwrap_or(false),
             include_usage: body.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
-            bubble_separator: body.bubble_separator.unwrap_or_else(|| defaults.bubble_separator.clone()),
+            bubble_separator,
         })
     }
 }
@@ -213,6 +217,15 @@ impl ChatRequest {
 /// The bubble marker the model emits between consecutive messages of one reply.
 pub use avatar_core::sample::BUBBLE_SEPARATOR as BUBBLE_MARK;
 pub use avatar_core::sample::bubbles;
+
+/// A reply as the client received it (bubbles joined by `sep`) back in the model's format.
+pub fn rejoin_bubbles(text: &str, sep: &str) -> String {
+    if sep.is_empty() || !text.contains(sep) {
+        return text.to_string();
+    }
+    let parts: Vec<&str> = text.split(sep).map(str::trim).filter(|b| !b.is_empty()).collect();
+    parts.join(BUBBLE_MARK)
+}
 
 /// Turns raw model text into what the client sees, incrementally: for any chunking, the
 /// output is exactly `bubbles(raw).join(sep)`. A possible partial marker, whitespace that may
@@ -360,5 +373,20 @@ mod tests {
         let r =
             ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":100000}"#, &d, &l).unwrap();
         assert_eq!(r.max_tokens, l.max_tokens, "clamped");
+    }
+
+    #[test]
+    fn assistant_history_goes_back_to_bubble_markers() {
+        let body = r#"{"messages":[{"role":"user","content":"在吗\n在"},{"role":"assistant","content":"在的\n 怎么了\n"},{"role":"user","content":"没事"}]}"#.as_bytes();
+        let l = Limits::default();
+        let r = ChatRequest::parse(body, &Defaults::default(), &l).unwrap();
+        assert_eq!(r.messages[1].content, "在的<s>怎么了", "assistant bubbles split again");
+        assert_eq!(r.messages[0].content, "在吗\n在", "user text untouched");
+        let custom = br#"{"bubble_separator":" | ","messages":[{"role":"assistant","content":"a | b"},{"role":"user","content":"c"}]}"#;
+        let r = ChatRequest::parse(custom, &Defaults::default(), &l).unwrap();
+        assert_eq!(r.messages[0].content, "a<s>b", "the request's own separator");
+        let off = Defaults { split_assistant_bubbles: false, ..Defaults::default() };
+        let r = ChatRequest::parse(body, &off, &l).unwrap();
+        assert_eq!(r.messages[1].content, "在的\n 怎么了\n", "switched off in serve.json");
     }
 }

@@ -54,6 +54,10 @@ pub struct Defaults {
     pub bubble_separator: String,
     /// Prepended when a request has no (or an empty) system message.
     pub system_prompt: String,
+    /// An assistant message in the history is one of our earlier replies joined by the
+    /// bubble separator (chatgpt-on-wechat sends them back so): split it into `<s>` bubbles
+    /// again, the format the model was trained on.
+    pub split_assistant_bubbles: bool,
 }
 
 impl Default for Defaults {
@@ -66,6 +70,7 @@ impl Default for Defaults {
             max_tokens: 256,
             bubble_separator: "\n".into(),
             system_prompt: String::new(),
+            split_assistant_bubbles: true,
         }
     }
 }
