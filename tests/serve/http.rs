@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use avatar::serve::config::{Limits, ServeConfig};
-use avatar::serve::{ServerSetup, build_app, serve_on};
+use avatar::serve::engine::EngineConfig;
+use avatar::serve::{ServerSetup, build_app, build_app_with, serve_on};
 use serde_json::{Value, json};
 
 use super::external::{chromium, headless, skip_or_fail};
@@ -421,6 +422,67 @@ fn slow_and_greedy_clients_are_cut_off() {
     let r = post(a, "/v1/chat/completions", &ask);
     assert_eq!(r.status, 200, "{}", r.body);
     srv.shutdown();
+}
+
+#[test]
+fn a_dead_model_worker_fails_health_and_stops_the_server() {
+    let cfg = ServeConfig::resolve(model_dir(), &["q8_0"]).unwrap();
+    let faulty = EngineConfig { panic_at_step: Some(3), ..EngineConfig::default() };
+    let server = build_app_with(ServerSetup { cfg, api_key: None }, faulty).unwrap();
+    let app = server.app.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let rt = std::sync::Arc::new(
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+    );
+    let rt2 = rt.clone();
+    let thread = std::thread::spawn(move || {
+        rt2.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(l.local_addr().unwrap()).unwrap();
+            serve_on(l, server, std::future::pending()).await
+        })
+    });
+    let a = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(request(a, "GET", "/health", &[], b"").json()["status"], "ok");
+    let r =
+        post(a, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}));
+    assert_openai_error(&r, 500, None);
+    // The server stops by itself, with the reason as its error.
+    let err = thread.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("model worker stopped") && err.contains("injected fault"), "{err}");
+    let health = rt
+        .block_on(tower::ServiceExt::oneshot(
+            app,
+            axum::extract::Request::get("/health").body(axum::body::Body::empty()).unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(health.status(), 503, "a dead worker is not healthy");
+}
+
+#[test]
+fn a_model_the_decoder_cannot_run_is_refused_at_load() {
+    use candle_core::quantized::gguf_file::{Content, Value};
+    let src = model_dir().join("model-q8_0.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("model-q8_0.gguf");
+    let mut r = std::fs::File::open(&src).unwrap();
+    let content = Content::read(&mut r).unwrap();
+    let tensors: Vec<_> = content
+        .tensor_infos
+        .keys()
+        .map(|n| (n.clone(), content.tensor(&mut r, n, &candle_core::Device::Cpu).unwrap()))
+        .collect();
+    let mut meta: Vec<(String, Value)> = content.metadata.into_iter().collect();
+    // An explicit head size other than hidden / heads (64 / 4), as Qwen3 GGUFs carry.
+    meta.retain(|(k, _)| k != "qwen2.attention.key_length");
+    meta.push(("qwen2.attention.key_length".into(), Value::U32(32)));
+    avatar::quant::convert::write_gguf(&bad, &meta, &tensors).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(model_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let cfg = ServeConfig::resolve(&bad, &[]).unwrap();
+    let err = build_app(ServerSetup { cfg, api_key: None }).err().expect("refused before serving").to_string();
+    assert!(err.contains("model-q8_0.gguf") && err.contains("qwen2.attention.key_length"), "{err}");
 }
 
 #[test]

@@ -187,6 +187,58 @@ pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
 }
 
+/// Every tensor has the shape the forward pass indexes it with (`[rows, cols]` as `y = W x`).
+fn check_shapes(
+    path: &Path,
+    c: &QConfig,
+    embed: &Weight,
+    layers: &[Layer],
+    out_norm: &[f32],
+    output: Option<&Weight>,
+) -> Result<()> {
+    let (h, q, kv) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let matrix = |name: &str, w: &Weight, rows: usize, cols: usize| {
+        if (w.rows(), w.cols()) != (rows, cols) {
+            bail!(
+                "{}: tensor `{name}` is {}x{}, the decoder needs {rows}x{cols} (from the GGUF's head counts and sizes)",
+                path.display(),
+                w.rows(),
+                w.cols()
+            );
+        }
+        Ok(())
+    };
+    let vector = |name: &str, v: &[f32], len: usize| {
+        if v.len() != len {
+            bail!("{}: tensor `{name}` has {} values, the decoder needs {len}", path.display(), v.len());
+        }
+        Ok(())
+    };
+    matrix("token_embd.weight", embed, c.vocab, h)?;
+    for (i, l) in layers.iter().enumerate() {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        vector(&n("attn_norm.weight"), &l.attn_norm, h)?;
+        vector(&n("ffn_norm.weight"), &l.ffn_norm, h)?;
+        matrix(&n("attn_q.weight"), &l.wq, q, h)?;
+        matrix(&n("attn_k.weight"), &l.wk, kv, h)?;
+        matrix(&n("attn_v.weight"), &l.wv, kv, h)?;
+        matrix(&n("attn_output.weight"), &l.wo, h, q)?;
+        matrix(&n("ffn_gate.weight"), &l.gate, c.intermediate, h)?;
+        matrix(&n("ffn_up.weight"), &l.up, c.intermediate, h)?;
+        matrix(&n("ffn_down.weight"), &l.down, h, c.intermediate)?;
+        for (name, b, len) in [("attn_q.bias", &l.bq, q), ("attn_k.bias", &l.bk, kv), ("attn_v.bias", &l.bv, kv)] {
+            if let Some(b) = b {
+                vector(&n(name), b, len)?;
+            }
+        }
+    }
+    vector("output_norm.weight", out_norm, h)?;
+    if let Some(o) = output {
+        matrix("output.weight", o, c.vocab, h)?;
+    }
+    Ok(())
+}
+
 impl QModel {
     pub fn load(path: &Path) -> Result<Self> {
         let mut f = GgufFile::open(path)?;
@@ -203,7 +255,6 @@ impl QModel {
         let hidden = f.meta_u32(&key("embedding_length"))? as usize;
         let heads = f.meta_u32(&key("attention.head_count"))? as usize;
         let (_, embd_dims) = f.tensor_meta("token_embd.weight")?;
-        let key_length = f.meta_u32(&key("attention.key_length")).ok();
         let cfg = QConfig {
             hidden,
             layers: f.meta_u32(&key("block_count"))? as usize,
@@ -225,16 +276,21 @@ impl QModel {
                 cfg.kv_heads
             );
         }
-        // The decoder assumes head_dim = hidden/heads; a model with its own head_dim is refused
-        // rather than computed wrong.
-        if let Some(head_dim) = key_length
-            && head_dim as usize != cfg.head_dim
-        {
-            bail!(
-                "{}: head_dim {head_dim} differs from hidden/heads ({}): not supported by the quantized decoder",
-                path.display(),
-                cfg.head_dim
-            );
+        // This decoder derives the head size as hidden / heads; a GGUF that states another
+        // (Qwen3: 128 with hidden 1024 and 16 heads) cannot run here, so refuse it now rather
+        // than fail on the first request.
+        for field in ["attention.key_length", "attention.value_length"] {
+            let field = format!("{}.{field}", cfg.arch);
+            if let Ok(v) = f.meta_u32(&field)
+                && v as usize != cfg.head_dim
+            {
+                bail!(
+                    "{}: `{field}` = {v}, but this decoder supports only hidden / heads = {} / {heads} = {}",
+                    path.display(),
+                    hidden,
+                    cfg.head_dim
+                );
+            }
         }
         let embed = Weight::load(&mut f, "token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -261,6 +317,7 @@ impl QModel {
         }
         let out_norm = f.tensor_f32("output_norm.weight")?;
         let output = if f.has_tensor("output.weight") { Some(Weight::load(&mut f, "output.weight")?) } else { None };
+        check_shapes(path, &cfg, &embed, &layers, &out_norm, output.as_ref())?;
         let inv_freq =
             (0..cfg.head_dim / 2).map(|i| cfg.rope_base.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect();
         Ok(Self { cfg, embed, layers, out_norm, output, inv_freq })

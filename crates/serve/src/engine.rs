@@ -90,11 +90,43 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Prompt tokens prefilled per step across all joining requests.
     pub prefill_chunk: usize,
+    /// Fault injection for the dead-worker path: the worker panics at this decode step.
+    pub panic_at_step: Option<usize>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_batch: 8, max_queue: 256, prefill_chunk: 256 }
+        Self { max_batch: 8, max_queue: 256, prefill_chunk: 256, panic_at_step: None }
+    }
+}
+
+/// Whether the worker thread is still running, and why it stopped if not.
+#[derive(Default)]
+pub struct WorkerHealth {
+    stopped: std::sync::OnceLock<String>,
+    notify: tokio::sync::Notify,
+}
+
+impl WorkerHealth {
+    /// `Some(reason)` once the worker has died.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
+    }
+
+    /// Resolves when the worker dies.
+    pub async fn wait_stopped(&self) -> String {
+        loop {
+            if let Some(r) = self.stopped() {
+                return r.to_string();
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn set_stopped(&self, reason: String) {
+        let _ = self.stopped.set(reason);
+        // A stored permit: a waiter that has not started waiting yet still wakes.
+        self.notify.notify_one();
     }
 }
 
@@ -104,31 +136,54 @@ pub struct Engine {
     pub loaded: Arc<Loaded>,
     queued: Arc<AtomicUsize>,
     active: Arc<AtomicUsize>,
+    pub health: Arc<WorkerHealth>,
 }
 
-pub struct Overloaded;
+pub enum Refused {
+    /// The queue is full: retry shortly.
+    Overloaded,
+    /// The worker died; nothing will be served.
+    Stopped,
+}
 
 impl Engine {
-    pub fn start(loaded: Arc<Loaded>, cfg: EngineConfig) -> Engine {
+    pub fn start(loaded: Arc<Loaded>, cfg: EngineConfig) -> std::io::Result<Engine> {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_queue.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(AtomicUsize::new(0));
-        let worker = Worker { loaded: loaded.clone(), cfg, rx, queued: queued.clone(), active: active.clone() };
-        std::thread::Builder::new()
-            .name("avatar-model".into())
-            .spawn(move || worker.run())
-            .expect("spawn model thread");
-        Engine { tx, loaded, queued, active }
+        let health = Arc::new(WorkerHealth::default());
+        let worker =
+            Worker { loaded: loaded.clone(), cfg, rx, queued: queued.clone(), active: active.clone(), steps: 0 };
+        let h = health.clone();
+        std::thread::Builder::new().name("avatar-model".into()).spawn(move || {
+            // Unwinding drops the worker and with it every request's event sender, so waiting
+            // handlers answer at once; the health record makes the server stop.
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || worker.run())) {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                h.set_stopped(msg);
+            }
+        })?;
+        Ok(Engine { tx, loaded, queued, active, health })
     }
 
-    /// Queue a job, or refuse at once when the queue is full.
-    pub fn submit(&self, job: Job) -> Result<(), Overloaded> {
+    /// Queue a job, or refuse at once when the queue is full or the worker is gone.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        if self.health.stopped().is_some() {
+            return Err(Refused::Stopped);
+        }
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(e) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(Overloaded)
+                Err(match e {
+                    TrySendError::Full(_) => Refused::Overloaded,
+                    TrySendError::Disconnected(_) => Refused::Stopped,
+                })
             }
         }
     }
@@ -164,10 +219,11 @@ struct Worker {
     rx: Receiver<Job>,
     queued: Arc<AtomicUsize>,
     active: Arc<AtomicUsize>,
+    steps: usize,
 }
 
 impl Worker {
-    fn run(self) {
+    fn run(mut self) {
         let mut seqs: Vec<Seq> = Vec::new();
         let mut open = true;
         loop {
@@ -205,6 +261,10 @@ impl Worker {
             self.active.store(seqs.len(), Ordering::SeqCst);
             if seqs.is_empty() {
                 continue;
+            }
+            self.steps += 1;
+            if self.cfg.panic_at_step == Some(self.steps) {
+                panic!("injected fault at decode step {}", self.steps);
             }
             self.step(&mut seqs);
             seqs.retain(|s| !s.done);

@@ -20,7 +20,7 @@ use tower::util::{MapRequest, MapRequestLayer};
 
 use super::api::{ChatBody, ChatRequest, split_at_breaks};
 use super::config::ServeConfig;
-use super::engine::{Engine, Event, GenParams, Job};
+use super::engine::{Engine, Event, GenParams, Job, Refused};
 use super::error::{ApiError, OpenAiJson};
 use avatar_runtime::SamplingParams;
 
@@ -123,9 +123,18 @@ async fn page() -> Response {
     ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
 }
 
+/// 200 while the model worker runs; 503 once it has died (load balancers and supervisors
+/// take the server out).
 async fn health(State(st): State<AppState>) -> Response {
     let (waiting, running) = st.engine.load();
-    axum::Json(json!({"status": "ok", "waiting": waiting, "running": running})).into_response()
+    match st.engine.health.stopped() {
+        None => axum::Json(json!({"status": "ok", "waiting": waiting, "running": running})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "error", "error": format!("the model worker stopped: {reason}")})),
+        )
+            .into_response(),
+    }
 }
 
 /// With a key configured, every API route needs `Authorization: Bearer <key>`.
@@ -216,9 +225,10 @@ fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
             bubble_separator: req.bubble_separator.clone(),
         };
         // Dropping `rx` on failure cancels the choices already queued.
-        st.engine
-            .submit(Job { prompt: prompt.clone(), params, choice, events: tx.clone() })
-            .map_err(|_| ApiError::overloaded())?;
+        st.engine.submit(Job { prompt: prompt.clone(), params, choice, events: tx.clone() }).map_err(|e| match e {
+            Refused::Overloaded => ApiError::overloaded(),
+            Refused::Stopped => ApiError::internal("the model worker stopped"),
+        })?;
     }
     Ok(Submitted { rx, n: req.n, prompt_tokens: prompt.len() })
 }

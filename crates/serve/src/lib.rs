@@ -69,36 +69,61 @@ pub fn is_loopback(host: &str) -> bool {
 pub struct Server {
     pub app: http::App,
     pub connections: listen::ConnLimits,
+    pub worker: Arc<engine::WorkerHealth>,
 }
 
 /// Load the model and build the service (used by `run` and by tests with their own listener).
 pub fn build_app(setup: ServerSetup) -> Result<Server> {
+    let engine = EngineConfig {
+        max_batch: setup.cfg.limits.max_batch.max(1),
+        max_queue: setup.cfg.limits.max_queue.max(1),
+        ..EngineConfig::default()
+    };
+    build_app_with(setup, engine)
+}
+
+/// [`build_app`] with the model worker configured by the caller (`max_batch`, `max_queue`
+/// from `engine`, not from the limits).
+pub fn build_app_with(setup: ServerSetup, engine: EngineConfig) -> Result<Server> {
     let connections = setup.cfg.limits.connections()?;
     let loaded = setup.cfg.load()?;
-    let engine = Engine::start(
-        Arc::new(loaded),
-        EngineConfig {
-            max_batch: setup.cfg.limits.max_batch.max(1),
-            max_queue: setup.cfg.limits.max_queue.max(1),
-            ..EngineConfig::default()
-        },
-    );
+    let engine = Engine::start(Arc::new(loaded), engine).context("cannot start the model worker thread")?;
+    let worker = engine.health.clone();
     let created = std::fs::metadata(&setup.cfg.model)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     let app = http::app(Arc::new(http::AppInner { engine, cfg: setup.cfg, api_key: setup.api_key, created }));
-    Ok(Server { app, connections })
+    Ok(Server { app, connections, worker })
 }
 
-/// Serve until ctrl-c / SIGTERM, then finish in-flight requests and exit.
+/// Serve until `shutdown` resolves, then finish in-flight requests and return. If the model
+/// worker dies, the server stops the same way and returns the error: a server that can only
+/// answer 500 should exit (and be restarted by whatever supervises it), not linger.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     server: Server,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    listen::accept_loop(listener, server.app, server.connections, shutdown).await.context("server error")
+    let died = Arc::new(std::sync::Mutex::new(None));
+    let stop = {
+        let (died, worker) = (died.clone(), server.worker.clone());
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                reason = worker.wait_stopped() => {
+                    eprintln!("the model worker stopped ({reason}): shutting down");
+                    *died.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                }
+            }
+        }
+    };
+    listen::accept_loop(listener, server.app, server.connections, stop).await.context("server error")?;
+    match died.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(reason) => bail!("the model worker stopped: {reason}"),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {
