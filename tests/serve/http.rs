@@ -369,6 +369,64 @@ fn stream_and_non_stream_agree_and_stops_cut_the_visible_text() {
     srv.shutdown();
 }
 
+#[test]
+fn temperature_zero_is_plain_greedy_decoding() {
+    use avatar::quant::SeqStep;
+    let cfg = ServeConfig::resolve(model_dir(), &["q8_0"]).unwrap();
+    let l = cfg.load().unwrap();
+    let prompt = l.template.render(&[avatar::runtime::ChatMessage::new("user", "你好")], true).unwrap();
+    let ids = l.tokenizer.encode(&prompt).unwrap();
+    let mut cache = l.model.new_cache();
+    let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }]).unwrap().remove(0);
+    let mut out = Vec::new();
+    for step in 0..24 {
+        if step == 0 {
+            // The server never ends a reply before its first token.
+            for &t in &l.stop_ids {
+                logits[t as usize] = f32::NEG_INFINITY;
+            }
+        }
+        let t = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap() as u32;
+        if l.stop_ids.contains(&t) {
+            break;
+        }
+        out.push(t);
+        logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &[t] }]).unwrap().remove(0);
+    }
+    // An incomplete UTF-8 sequence at the very end is not sent.
+    let text = l.tokenizer.decode(&out, false).unwrap();
+    let argmax = avatar::serve::api::bubbles(text.trim_end_matches('\u{FFFD}')).join("\n");
+    let srv = TestServer::start(None, Limits::default());
+    for seed in [1, 2] {
+        let body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 24, "temperature": 0, "seed": seed});
+        assert_eq!(reply_text(srv.addr, &body).0, argmax, "temperature 0: argmax at every step, no penalty");
+    }
+    srv.shutdown();
+}
+
+#[test]
+fn every_end_token_of_the_model_ends_a_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model-q8_0.gguf", "tokenizer_config.json"] {
+        std::fs::copy(model_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    // Llama 3's ends: <|end_of_text|> and <|eot_id|> as special tokens, more ids in HF's config.
+    let mut tok: Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir().join("tokenizer.json")).unwrap()).unwrap();
+    for (id, content) in [(261, "<|end_of_text|>"), (262, "<|eot_id|>")] {
+        tok["added_tokens"].as_array_mut().unwrap().push(json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+    }
+    std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [263, 264]}"#).unwrap();
+    let loaded = ServeConfig::resolve(dir.path(), &[]).unwrap().load().unwrap();
+    for id in [258, 261, 262, 263, 264] {
+        assert!(loaded.stop_ids.contains(&id), "{id} ends a reply: {:?}", loaded.stop_ids);
+    }
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": "x"}"#).unwrap();
+    let err = ServeConfig::resolve(dir.path(), &[]).unwrap().load().err().unwrap().to_string();
+    assert!(err.contains("generation_config.json") && err.contains("eos_token_id"), "{err}");
+}
+
 /// Reads until the server closes `s`; `None` if it is still open after `wait`.
 fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Duration> {
     let t0 = std::time::Instant::now();

@@ -193,15 +193,18 @@ impl ChatRequest {
             Some(s) if s >= i64::MIN as i128 && s <= u64::MAX as i128 => Some(s as u64),
             Some(_) => return Err(ApiError::bad("seed", "`seed` must fit in 64 bits")),
         };
+        let temperature = in_range(body.temperature, "temperature", 0.0, 2.0)?.unwrap_or(defaults.temperature);
+        // Temperature 0 is greedy as OpenAI clients mean it: no penalty unless asked for.
+        let repetition_penalty = in_range(body.repetition_penalty, "repetition_penalty", 0.01, 10.0)?
+            .unwrap_or(if temperature == 0.0 { 1.0 } else { defaults.repetition_penalty });
         Ok(Self {
             messages,
             model: body.model,
             max_tokens,
-            temperature: in_range(body.temperature, "temperature", 0.0, 2.0)?.unwrap_or(defaults.temperature),
+            temperature,
             top_p: in_range(body.top_p, "top_p", 0.0, 1.0)?.map(|p| p.max(1e-6)).unwrap_or(defaults.top_p),
             top_k: body.top_k.map(|k| k as usize).unwrap_or(defaults.top_k),
-            repetition_penalty: in_range(body.repetition_penalty, "repetition_penalty", 0.01, 10.0)?
-                .unwrap_or(defaults.repetition_penalty),
+            repetition_penalty,
             stop,
             seed,
             presence_penalty: in_range(body.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
@@ -373,6 +376,20 @@ mod tests {
         let r =
             ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":100000}"#, &d, &l).unwrap();
         assert_eq!(r.max_tokens, l.max_tokens, "clamped");
+    }
+
+    #[test]
+    fn temperature_zero_is_plain_greedy() {
+        let l = Limits::default();
+        let d = Defaults { repetition_penalty: 1.3, ..Defaults::default() };
+        let parse = |b: &str| ChatRequest::parse(b.as_bytes(), &d, &l).unwrap();
+        let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":0}"#);
+        assert_eq!((r.temperature, r.repetition_penalty), (0.0, 1.0));
+        let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":0,"repetition_penalty":1.2}"#);
+        assert_eq!(r.repetition_penalty, 1.2, "the client's own penalty");
+        let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":0.7}"#);
+        assert_eq!(r.repetition_penalty, 1.3, "serve.json's penalty when sampling");
+        assert_eq!(Defaults::default().repetition_penalty, 1.0, "off by default");
     }
 
     #[test]

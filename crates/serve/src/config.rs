@@ -48,6 +48,7 @@ pub struct Defaults {
     pub temperature: f64,
     pub top_p: f64,
     pub top_k: usize,
+    /// Applied when a request sets none and a temperature above 0 (1 = off).
     pub repetition_penalty: f64,
     pub max_tokens: usize,
     /// Joins the reply's `<s>` bubbles in `content`.
@@ -66,7 +67,8 @@ impl Default for Defaults {
             temperature: 0.8,
             top_p: 0.9,
             top_k: 40,
-            repetition_penalty: 1.05,
+            // OpenAI has no repetition penalty: a client asking for temperature 0 means greedy.
+            repetition_penalty: 1.0,
             max_tokens: 256,
             bubble_separator: "\n".into(),
             system_prompt: String::new(),
@@ -216,13 +218,28 @@ impl ServeConfig {
             ChatTemplate::chatml()
         };
         let mut stop_ids: Vec<u32> = Vec::new();
-        if let Ok(id) = gguf.meta_u32("tokenizer.ggml.eos_token_id") {
-            stop_ids.push(id);
+        let mut add = |id: u32| {
+            if !stop_ids.contains(&id) {
+                stop_ids.push(id);
+            }
+        };
+        // Every end id the GGUF declares (llama.cpp writes eot/eom for Llama 3)...
+        for k in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            if let Ok(id) = gguf.meta_u32(k) {
+                add(id);
+            }
         }
-        for s in [template.eos_token.as_str(), "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+        // ...and HF's, which may be a list (Llama 3: <|end_of_text|>, <|eom_id|>, <|eot_id|>).
+        for f in ["generation_config.json", "config.json"] {
+            for id in eos_ids_in(&tdir.join(f))? {
+                add(id);
+            }
+        }
+        let named = [template.eos_token.as_str(), "<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "<|eot_id|>"];
+        for s in named.into_iter().chain(["<|eom_id|>", "</s>"]) {
             if let Some(id) = tokenizer.token_to_id(s) {
-                if tokenizer.is_special(id) && !stop_ids.contains(&id) {
-                    stop_ids.push(id);
+                if tokenizer.is_special(id) {
+                    add(id);
                 }
             }
         }
@@ -234,6 +251,27 @@ impl ServeConfig {
         }
         Ok(Loaded { model, tokenizer, template, stop_ids, name: self.name.clone() })
     }
+}
+
+/// `eos_token_id` (a number or a list) of an HF config file, if the file exists.
+fn eos_ids_in(path: &Path) -> Result<Vec<u32>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
+    let ids = match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(a)) => {
+            a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>().unwrap_or_default()
+        }
+        Some(x) => x.as_u64().into_iter().collect(),
+    };
+    if ids.is_empty() && v.get("eos_token_id").is_some_and(|x| !x.is_null()) {
+        bail!("{}: field `eos_token_id` must be a token id or a list of them", path.display());
+    }
+    Ok(ids.into_iter().filter_map(|x| u32::try_from(x).ok()).collect())
 }
 
 /// The preferred .gguf in a directory.
