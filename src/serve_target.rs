@@ -11,28 +11,32 @@ use crate::engine::store::Store;
 use crate::engine::{Manifest, Registry};
 use crate::serve::{ServeArgs, ServeConfig};
 
-/// `target` itself, or for a pipeline `.toml` file, the serve.json its serve stage wrote.
-pub fn serve_path(target: &Path, registry: &Registry) -> Result<PathBuf> {
+/// `target` itself, or for a pipeline `.toml` file, the serve.json its serve stage wrote and
+/// the pipeline's name (the model id when serve.json names none).
+pub fn serve_path(target: &Path, registry: &Registry) -> Result<(PathBuf, Option<String>)> {
     if target.is_file() && target.extension().is_some_and(|e| e == "toml") {
-        pipeline_serve_json(target, registry)
+        pipeline_serve_json(target, registry).map(|(p, name)| (p, Some(name)))
     } else {
-        Ok(target.to_path_buf())
+        Ok((target.to_path_buf(), None))
     }
 }
 
 /// `avatar serve`: [`crate::serve::run`] with a pipeline manifest resolved first.
 pub fn run(args: &ServeArgs, registry: &Registry) -> Result<()> {
-    let args = ServeArgs { target: serve_path(&args.target, registry)?, ..args.clone() };
+    let (target, name) = serve_path(&args.target, registry)?;
+    let args = ServeArgs { target, fallback_name: name.or_else(|| args.fallback_name.clone()), ..args.clone() };
     crate::serve::run(&args)
 }
 
 /// [`ServeConfig::resolve`] that also accepts a pipeline manifest.
 pub fn resolve(target: &Path, prefer: &[&str], registry: &Registry) -> Result<ServeConfig> {
-    ServeConfig::resolve(&serve_path(target, registry)?, prefer)
+    let (path, name) = serve_path(target, registry)?;
+    Ok(ServeConfig::resolve(&path, prefer)?.named_or(name.as_deref().unwrap_or(crate::serve::config::DEFAULT_NAME)))
 }
 
-/// serve.json of the newest `serve` stage run recorded in a pipeline's lock file.
-fn pipeline_serve_json(manifest_path: &Path, registry: &Registry) -> Result<PathBuf> {
+/// serve.json of the newest `serve` stage run recorded in a pipeline's lock file, and the
+/// pipeline's name.
+fn pipeline_serve_json(manifest_path: &Path, registry: &Registry) -> Result<(PathBuf, String)> {
     let manifest = Manifest::load(manifest_path, registry).map_err(|e| anyhow!("{e}"))?;
     let lock = LockFile::read(&manifest.lock_path())?;
     let store = Store::existing(&manifest.store_dir());
@@ -53,5 +57,5 @@ fn pipeline_serve_json(manifest_path: &Path, registry: &Registry) -> Result<Path
             path.display()
         );
     }
-    Ok(path)
+    Ok((path, manifest.display_name()))
 }

@@ -13,7 +13,7 @@ use avatar_serve::config::{Defaults, Limits, ServeConfig};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeParams {
-    /// Model id reported by `/v1/models`.
+    /// Model id reported by `/v1/models`; empty: the pipeline's name.
     pub name: String,
     /// GGUF types to pick from a quantize output, in order of preference.
     pub prefer: Vec<String>,
@@ -28,7 +28,7 @@ pub struct ServeParams {
 impl Default for ServeParams {
     fn default() -> Self {
         Self {
-            name: "avatar".into(),
+            name: String::new(),
             prefer: vec!["q4_0".into(), "q8_0".into(), "f16".into()],
             validate_tokens: 8,
             validate_prompt: "你好".into(),
@@ -59,9 +59,6 @@ impl TypedStage for ServeStage {
     };
 
     fn run(&self, ctx: &StageContext, params: &ServeParams) -> anyhow::Result<Metrics> {
-        if params.name.trim().is_empty() {
-            anyhow::bail!("param `name` must not be empty");
-        }
         let input = ctx.input("model")?;
         let prefer: Vec<&str> = params.prefer.iter().map(String::as_str).collect();
         let mut cfg = if input.is_dir() && !has_gguf(input) && input.join("config.json").is_file() {
@@ -79,7 +76,7 @@ impl TypedStage for ServeStage {
             c.model = c.model.canonicalize()?;
             c
         };
-        cfg.name = params.name.clone();
+        cfg.name = params.name.trim().to_string();
         cfg.defaults = params.defaults.clone();
         cfg.limits = params.limits.clone();
 

@@ -242,6 +242,8 @@ fn completions_streaming_errors_and_shutdown() {
     let r = request(a, "GET", "/", &[], b"");
     assert_eq!(r.status, 200);
     assert!(r.body.contains("<title>avatar chat</title>") && r.body.contains("temperature"));
+    assert!(r.body.contains(r#"<label id="keybox" hidden>"#), "no key wanted: the key field is hidden");
+    assert!(r.body.contains("[hidden] { display: none !important; }"), "and no CSS rule shows it anyway");
 
     // Graceful shutdown: a request in flight when shutdown starts still completes.
     let inflight = std::thread::spawn(move || {
@@ -268,7 +270,9 @@ fn auth_overload_and_concurrency() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_openai_error(&request(srv.addr, "GET", "/v1/models", &[], b""), 401, None);
     assert_eq!(request(srv.addr, "GET", "/health", &[], b"").status, 200, "health needs no key");
-    assert_eq!(request(srv.addr, "GET", "/", &[], b"").status, 200, "the page needs no key");
+    let page = request(srv.addr, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200, "the page needs no key");
+    assert!(page.body.contains(r#"<label id="keybox">"#), "a key is wanted: the page shows its field");
 
     // 100 parallel requests: all answered (queue 256, batch 8), no deadlock.
     let addr = srv.addr;
@@ -554,6 +558,7 @@ fn non_loopback_needs_a_key() {
         max_batch: None,
         max_queue: None,
         bubble_separator: None,
+        fallback_name: None,
     };
     // SAFETY: this test binary does not read AVATAR_API_KEY concurrently elsewhere.
     unsafe { std::env::remove_var("AVATAR_API_KEY") };

@@ -12,6 +12,9 @@ use avatar_quant::QModel;
 use avatar_quant::gguf::GgufFile;
 use avatar_runtime::{ChatTemplate, Tokenizer};
 
+/// The model id served when nothing names one.
+pub const DEFAULT_NAME: &str = "avatar";
+
 /// serve.json: everything the server needs besides the listening address.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -20,7 +23,8 @@ pub struct ServeConfig {
     pub model: PathBuf,
     /// Directory holding tokenizer.json / tokenizer_config.json (default: the model's directory).
     pub tokenizer_dir: Option<PathBuf>,
-    /// Model id reported by `/v1/models` (any id is accepted in requests).
+    /// Model id reported by `/v1/models` (any id is accepted in requests); empty in a
+    /// pipeline's serve.json means the pipeline's name.
     pub name: String,
     /// Chat template source; empty = from tokenizer_config.json / the GGUF.
     pub chat_template: String,
@@ -33,7 +37,7 @@ impl Default for ServeConfig {
         Self {
             model: PathBuf::new(),
             tokenizer_dir: None,
-            name: "avatar".into(),
+            name: DEFAULT_NAME.into(),
             chat_template: String::new(),
             defaults: Defaults::default(),
             limits: Limits::default(),
@@ -186,6 +190,15 @@ impl ServeConfig {
             return Ok(Self { model: out, tokenizer_dir: Some(target.to_path_buf()), ..Self::default() });
         }
         bail!("{}: no serve.json, .gguf file or HF model (config.json) in this directory", target.display())
+    }
+
+    /// `name` unless serve.json names the model itself (a pipeline's serve.json leaves the
+    /// name empty to mean the pipeline's).
+    pub fn named_or(mut self, name: &str) -> Self {
+        if self.name.trim().is_empty() {
+            self.name = name.to_string();
+        }
+        self
     }
 
     /// Load the model, tokenizer and chat template this config names.

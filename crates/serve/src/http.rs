@@ -119,9 +119,14 @@ async fn method_not_allowed(method: Method, req: Request) -> ApiError {
     )
 }
 
-async fn page() -> Response {
-    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
+/// The page; its API-key field is shown only when the server wants a key.
+async fn page(State(st): State<AppState>) -> Response {
+    let html = if st.api_key.is_some() { PAGE.replacen(KEYBOX_HIDDEN, KEYBOX_SHOWN, 1) } else { PAGE.to_string() };
+    ([(header::CACHE_CONTROL, "no-cache")], Html(html)).into_response()
 }
+
+const KEYBOX_HIDDEN: &str = r#"<label id="keybox" hidden>"#;
+const KEYBOX_SHOWN: &str = r#"<label id="keybox">"#;
 
 /// 200 while the model worker runs; 503 once it has died (load balancers and supervisors
 /// take the server out).

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Joins `<s>` bubbles in `content` (default from serve.json, else "\n").
     #[arg(long)]
     pub bubble_separator: Option<String>,
+    /// The model id when serve.json names none (the pipeline's name, set by whoever resolved
+    /// the manifest); else "avatar".
+    #[arg(skip)]
+    pub fallback_name: Option<String>,
 }
 
 /// Everything needed to start serving, independent of how it was configured.
@@ -84,7 +88,8 @@ pub fn build_app(setup: ServerSetup) -> Result<Server> {
 
 /// [`build_app`] with the model worker configured by the caller (`max_batch`, `max_queue`
 /// from `engine`, not from the limits).
-pub fn build_app_with(setup: ServerSetup, engine: EngineConfig) -> Result<Server> {
+pub fn build_app_with(mut setup: ServerSetup, engine: EngineConfig) -> Result<Server> {
+    setup.cfg = setup.cfg.named_or(config::DEFAULT_NAME);
     let connections = setup.cfg.limits.connections()?;
     let loaded = setup.cfg.load()?;
     let engine = Engine::start(Arc::new(loaded), engine).context("cannot start the model worker thread")?;
@@ -154,7 +159,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         );
     }
     let prefer: Vec<&str> = args.prefer.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let mut cfg = ServeConfig::resolve(&args.target, &prefer)?;
+    let mut cfg = ServeConfig::resolve(&args.target, &prefer)?
+        .named_or(args.fallback_name.as_deref().unwrap_or(config::DEFAULT_NAME));
     if let Some(b) = args.max_batch {
         cfg.limits.max_batch = b;
     }
