@@ -1,7 +1,10 @@
 //! `serve`: validates a model for serving (loads it, generates a few tokens through the chat
 //! template) and writes serve.json, which `avatar serve <pipeline.toml>` then serves.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use anyhow::Context;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +47,8 @@ impl TypedStage for ServeStage {
     type Params = ServeParams;
     const INFO: StageInfo = StageInfo {
         kind: "serve",
-        version: 1,
+        // 2: serve.json refers to the model relative to itself, never by an absolute path.
+        version: 2,
         summary: "validate a model for serving and write serve.json for `avatar serve`",
         inputs: &[InputSpec {
             name: "model",
@@ -73,23 +77,17 @@ impl TypedStage for ServeStage {
             ServeConfig { model: "model-q8_0.gguf".into(), ..ServeConfig::default() }
         } else {
             let mut c = ServeConfig::resolve(input, &prefer)?;
-            c.model = c.model.canonicalize()?;
+            c.model = portable_model_path(ctx.out_dir, &c)?;
+            c.tokenizer_dir = None;
             c
         };
         cfg.name = params.name.trim().to_string();
         cfg.defaults = params.defaults.clone();
         cfg.limits = params.limits.clone();
 
-        // Validate: load and generate a few tokens greedily.
-        let abs = if cfg.model.is_relative() {
-            ServeConfig {
-                model: ctx.out_dir.join(&cfg.model),
-                tokenizer_dir: Some(ctx.out_dir.to_path_buf()),
-                ..cfg.clone()
-            }
-        } else {
-            cfg.clone()
-        };
+        // Validate: load and generate a few tokens greedily, the model found as serve.json's
+        // reader will find it once the store has committed the artifact.
+        let abs = ServeConfig { model: model_for_validation(ctx.out_dir, &cfg.model), ..cfg.clone() };
         let t0 = Instant::now();
         let loaded = abs.load()?;
         let load_s = t0.elapsed().as_secs_f64();
@@ -128,4 +126,41 @@ fn has_gguf(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "gguf")))
         .unwrap_or(false)
+}
+
+/// The model's path as serve.json records it: relative to serve.json, so the artifact's bytes
+/// (and hash) do not depend on where the project lives. A model in the store becomes
+/// `../<artifact>/<path>` (artifacts are siblings in `objects/`, and `out_dir` is `tmp/<id>`
+/// beside it); any other model is copied into this artifact with its tokenizer files.
+fn portable_model_path(out_dir: &Path, cfg: &ServeConfig) -> anyhow::Result<PathBuf> {
+    let model = cfg.model.canonicalize().with_context(|| format!("cannot open {}", cfg.model.display()))?;
+    let objects = out_dir.parent().and_then(Path::parent).map(|root| root.join("objects"));
+    if let Some(rest) =
+        objects.and_then(|o| o.canonicalize().ok()).and_then(|o| model.strip_prefix(o).ok().map(PathBuf::from))
+    {
+        if cfg.tokenizer_dir.as_ref().is_none_or(|t| t.canonicalize().ok().as_deref() == model.parent()) {
+            return Ok(Path::new("..").join(rest));
+        }
+    }
+    let file = model.file_name().ok_or_else(|| anyhow::anyhow!("{}: not a file", model.display()))?;
+    std::fs::copy(&model, out_dir.join(file)).with_context(|| format!("cannot copy {}", model.display()))?;
+    let tokenizer_dir =
+        cfg.tokenizer_dir.clone().unwrap_or_else(|| model.parent().unwrap_or(Path::new(".")).to_path_buf());
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"] {
+        let src = tokenizer_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, out_dir.join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
+        }
+    }
+    Ok(PathBuf::from(file))
+}
+
+/// Where serve.json's reader will find `model` (relative to serve.json) while the artifact
+/// is still being written in `out_dir`.
+fn model_for_validation(out_dir: &Path, model: &Path) -> PathBuf {
+    match model.strip_prefix("..") {
+        // A sibling artifact: `objects/<x>/...` seen from `tmp/<id>/` is also `../../objects/<x>`.
+        Ok(rest) => out_dir.join("..").join("..").join("objects").join(rest),
+        Err(_) => out_dir.join(model),
+    }
 }

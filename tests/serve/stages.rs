@@ -64,6 +64,8 @@ fn quantize_then_serve_stage() {
     )
     .unwrap();
     assert!(m["validate_generated_tokens"].as_u64().unwrap() >= 1);
+    let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.join("serve.json")).unwrap()).unwrap();
+    assert_eq!(raw["model"], "model-q8_0.gguf", "a model outside the store is copied into the artifact");
     let cfg = ServeConfig::read(&s.join("serve.json")).unwrap();
     assert_eq!(cfg.name, "me");
     assert_eq!(cfg.defaults.temperature, 0.5);
@@ -101,4 +103,70 @@ fn pipeline_manifest_resolves_to_its_serve_stage() {
     assert_eq!(cfg.name, "pipe-clone");
     assert!(cfg.model.to_string_lossy().ends_with("model-q4_0.gguf"));
     cfg.load().unwrap();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// serve.json names its model relative to itself: `--check` against a lock made in another
+/// folder passes, and a moved project (manifest, data, store) still serves.
+#[test]
+fn a_moved_project_checks_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    write_tiny_model(&a.join("hf"), &TinySpec::default());
+    std::fs::write(
+        a.join("pipe.toml"),
+        "[pipeline]\nname = \"moved\"\nseed = 1\n\n[stages.quantize]\nkind = \"quantize\"\ninputs = { model = \"./hf\" }\ntypes = [\"q8_0\"]\n\n\
+         [stages.serve]\nkind = \"serve\"\ninputs = { model = \"quantize.gguf\" }\n",
+    )
+    .unwrap();
+    let registry = avatar::stages::registry();
+    let run = |dir: &Path, check: bool| {
+        let m = avatar::engine::Manifest::load(&dir.join("pipe.toml"), &registry).unwrap();
+        let opts = avatar::engine::RunOptions { check, ..avatar::engine::RunOptions::default() };
+        avatar::engine::run(&m, &registry, &opts, &avatar::engine::runner::Silent).map(|_| m)
+    };
+    let m = run(&a, false).unwrap();
+    let serve_json = avatar::serve_target::resolve(&a.join("pipe.toml"), &[], &registry).unwrap();
+    assert_eq!(serve_json.name, "moved", "/v1/models reports the pipeline's name");
+    let lock = std::fs::read_to_string(m.lock_path()).unwrap();
+    let text = std::fs::read_to_string(avatar_serve_json(&a)).unwrap();
+    assert!(!text.contains(&*a.to_string_lossy()), "no absolute path in serve.json: {text}");
+
+    // Another folder with the lock but a fresh store: every stage runs again and must match.
+    let b = tmp.path().join("b");
+    copy_tree(&a.join("hf"), &b.join("hf"));
+    std::fs::copy(a.join("pipe.toml"), b.join("pipe.toml")).unwrap();
+    let mb = avatar::engine::Manifest::load(&b.join("pipe.toml"), &registry).unwrap();
+    std::fs::write(mb.lock_path(), &lock).unwrap();
+    run(&b, true).unwrap_or_else(|e| panic!("--check in another folder: {e:#}"));
+
+    // The whole project moved (and the old folder gone): it still loads and serves.
+    let c = tmp.path().join("c");
+    copy_tree(&a, &c);
+    std::fs::remove_dir_all(&a).unwrap();
+    let cfg = avatar::serve_target::resolve(&c.join("pipe.toml"), &[], &registry).unwrap();
+    assert!(cfg.model.starts_with(&c), "{}", cfg.model.display());
+    cfg.load().unwrap();
+}
+
+/// The serve stage's serve.json in a project's store (the only serve.json there).
+fn avatar_serve_json(project: &Path) -> std::path::PathBuf {
+    let objects = project.join(".avatar/objects");
+    std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("serve.json"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no serve.json under {}", objects.display()))
 }
