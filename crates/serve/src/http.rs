@@ -244,7 +244,8 @@ async fn chat(State(st): State<AppState>, OpenAiJson(body): OpenAiJson<ChatBody>
     let id = format!("chatcmpl-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
     let model = creq.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| st.cfg.name.clone());
     if creq.stream {
-        Ok(stream_response(sub, creq, id, model).into_response())
+        let keep_alive = keep_alive_interval(st.cfg.limits.idle_timeout_s);
+        Ok(stream_response(sub, creq, id, model, keep_alive).into_response())
     } else {
         complete(sub, &creq, id, model).await
     }
@@ -362,7 +363,19 @@ impl StreamState {
     }
 }
 
-fn stream_response(sub: Submitted, req: ChatRequest, id: String, model: String) -> impl IntoResponse {
+/// SSE comments often enough that a stream waiting for the model (queued behind a full batch)
+/// is never taken for an idle connection.
+fn keep_alive_interval(idle_timeout_s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((idle_timeout_s / 3.0).clamp(0.1, 15.0))
+}
+
+fn stream_response(
+    sub: Submitted,
+    req: ChatRequest,
+    id: String,
+    model: String,
+    keep_alive: std::time::Duration,
+) -> impl IntoResponse {
     let mut st = StreamState {
         queue: Default::default(),
         done: 0,
@@ -393,5 +406,5 @@ fn stream_response(sub: Submitted, req: ChatRequest, id: String, model: String) 
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive))
 }
