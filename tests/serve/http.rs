@@ -319,6 +319,16 @@ fn auth_overload_and_concurrency() {
     srv.shutdown();
 }
 
+/// Biases byte tokens (id = byte in the fixture's tokenizer) towards `<s>` and letters: alone,
+/// the random model mostly writes newlines, which a reply's bubbles trim away.
+fn visible_bias() -> Value {
+    let mut bias = serde_json::Map::new();
+    for b in "<s>abc".bytes() {
+        bias.insert(b.to_string(), json!(12));
+    }
+    Value::Object(bias)
+}
+
 /// The reply's content: non-streamed, or the streamed deltas joined.
 fn reply_text(a: SocketAddr, body: &Value) -> (String, String) {
     let r = post(a, "/v1/chat/completions", body);
@@ -345,7 +355,9 @@ fn stream_and_non_stream_agree_and_stops_cut_the_visible_text() {
     let a = srv.addr;
     let (mut stops_tried, mut replies) = (0, Vec::new());
     for seed in 1..12 {
-        let mut body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 24, "seed": seed, "temperature": 1.0});
+        // Biased to letters (alone the random model mostly writes newlines, trimmed away).
+        let mut body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 32, "seed": seed,
+            "temperature": 1.0, "logit_bias": visible_bias()});
         let (full, _) = reply_text(a, &body);
         body["stream"] = json!(true);
         assert_eq!(reply_text(a, &body).0, full, "seed {seed}: streamed text equals the non-streamed content");
@@ -370,6 +382,15 @@ fn stream_and_non_stream_agree_and_stops_cut_the_visible_text() {
         stops_tried += 1;
     }
     assert!(stops_tried >= 2, "replies long enough to take a stop string from: {replies:?}");
+    assert_openai_error(
+        &post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999": 1}}),
+        ),
+        400,
+        Some("logit_bias.99999"),
+    );
     srv.shutdown();
 }
 
@@ -382,8 +403,12 @@ fn temperature_zero_is_plain_greedy_decoding() {
     let ids = l.tokenizer.encode(&prompt).unwrap();
     let mut cache = l.model.new_cache();
     let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }]).unwrap().remove(0);
+    let bias = visible_bias();
     let mut out = Vec::new();
     for step in 0..24 {
+        for (id, b) in bias.as_object().unwrap() {
+            logits[id.parse::<usize>().unwrap()] += b.as_f64().unwrap() as f32;
+        }
         if step == 0 {
             // The server never ends a reply before its first token.
             for &t in &l.stop_ids {
@@ -400,9 +425,10 @@ fn temperature_zero_is_plain_greedy_decoding() {
     // An incomplete UTF-8 sequence at the very end is not sent.
     let text = l.tokenizer.decode(&out, false).unwrap();
     let argmax = avatar::serve::api::bubbles(text.trim_end_matches('\u{FFFD}')).join("\n");
+    assert!(argmax.chars().count() >= 5, "a reply to compare: {argmax:?}");
     let srv = TestServer::start(None, Limits::default());
     for seed in [1, 2] {
-        let body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 24, "temperature": 0, "seed": seed});
+        let body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 24, "temperature": 0, "seed": seed, "logit_bias": bias});
         assert_eq!(reply_text(srv.addr, &body).0, argmax, "temperature 0: argmax at every step, no penalty");
     }
     srv.shutdown();

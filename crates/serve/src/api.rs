@@ -29,6 +29,8 @@ pub struct ChatBody {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub bubble_separator: Option<String>,
+    /// Token id (as a string, OpenAI's shape) → bias added to its logit, -100..100.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +103,7 @@ pub struct ChatRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub bubble_separator: String,
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 fn in_range(x: Option<f64>, param: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
@@ -197,7 +200,15 @@ impl ChatRequest {
         // Temperature 0 is greedy as OpenAI clients mean it: no penalty unless asked for.
         let repetition_penalty = in_range(body.repetition_penalty, "repetition_penalty", 0.01, 10.0)?
             .unwrap_or(if temperature == 0.0 { 1.0 } else { defaults.repetition_penalty });
+        let mut logit_bias = Vec::new();
+        for (k, &v) in body.logit_bias.iter().flatten() {
+            let param = format!("logit_bias.{k}");
+            let id = k.parse::<u32>().map_err(|_| ApiError::bad(&param, "`logit_bias` keys must be token ids"))?;
+            in_range(Some(v), &param, -100.0, 100.0)?;
+            logit_bias.push((id, v as f32));
+        }
         Ok(Self {
+            logit_bias,
             messages,
             model: body.model,
             max_tokens,

@@ -36,6 +36,8 @@ pub struct GenParams {
     pub stop: Vec<String>,
     /// What replaces the `<s>` bubble markers in the text sent.
     pub bubble_separator: String,
+    /// Added to these tokens' logits before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +353,11 @@ impl Worker {
         for (&t, &c) in &s.counts {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+            }
+        }
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
             }
         }
         // A bot reply must not be empty: no stop token as the very first token.

@@ -211,6 +211,9 @@ fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
             code: Some("context_length_exceeded"),
         });
     }
+    if let Some(&(id, _)) = req.logit_bias.iter().find(|(id, _)| *id as usize >= loaded.model.cfg.vocab) {
+        return Err(ApiError::bad(&format!("logit_bias.{id}"), format!("token {id} is outside the vocabulary")));
+    }
     let max_tokens = req.max_tokens.min(ctx - prompt.len()).max(1);
     let base_seed = req.seed.unwrap_or_else(rand::random);
     let (tx, rx) = unbounded_channel();
@@ -228,6 +231,7 @@ fn submit(st: &AppState, req: &ChatRequest) -> Result<Submitted, ApiError> {
             frequency_penalty: req.frequency_penalty,
             stop: req.stop.clone(),
             bubble_separator: req.bubble_separator.clone(),
+            logit_bias: req.logit_bias.clone(),
         };
         // Dropping `rx` on failure cancels the choices already queued.
         st.engine.submit(Job { prompt: prompt.clone(), params, choice, events: tx.clone() }).map_err(|e| match e {
