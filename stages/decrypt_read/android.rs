@@ -103,17 +103,32 @@ pub fn convert_row<'a>(row: &'a AndroidRow<'_>, self_id: &'a str) -> RawMessageR
 
 /// Names from `rcontact`; groups are rows whose username ends in `@chatroom`.
 pub fn read_contacts(conn: &Connection) -> anyhow::Result<Vec<RawContact>> {
+    let (contacts, stopped) = read_contacts_past_damage(conn)?;
+    match stopped {
+        Some(e) => Err(e.into()),
+        None => Ok(contacts),
+    }
+}
+
+/// [`read_contacts`], keeping the rows read before a damaged page and the error that stopped it.
+pub fn read_contacts_past_damage(conn: &Connection) -> anyhow::Result<(Vec<RawContact>, Option<rusqlite::Error>)> {
     let mut stmt = conn.prepare("SELECT username, nickname, conRemark FROM rcontact")?;
-    let rows = stmt.query_map([], |r| {
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    loop {
+        let r = match rows.next() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok((out, None)),
+            Err(e) => return Ok((out, Some(e))),
+        };
         let id: String = r.get::<_, Option<String>>(0)?.unwrap_or_default();
-        Ok(RawContact {
+        out.push(RawContact {
             is_group: id.ends_with("@chatroom"),
             id,
             nickname: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
             remark: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        });
+    }
 }
 
 /// userinfo id 2 = own wxid, id 4 = own nickname.
@@ -157,31 +172,63 @@ pub fn write_messages(
     self_id: &str,
     dir: &Path,
 ) -> anyhow::Result<Streamed> {
-    let written = parallel_scan::scan(ranges, open, |conn, index, lo, hi| {
+    let (written, stopped) = write_messages_past_damage(ranges, open, self_id, dir)?;
+    match stopped.into_iter().next() {
+        Some(e) => anyhow::bail!("{e}"),
+        None => Ok(written),
+    }
+}
+
+/// [`write_messages`], except that a range meeting a damaged page keeps the rows it read
+/// before it and stops: the SQLite errors that stopped ranges come back beside the table, for
+/// the caller to check what was read against the table's index (see [`super::damage`]).
+pub fn write_messages_past_damage(
+    ranges: &[(i64, i64)],
+    open: impl Fn() -> anyhow::Result<Connection> + Sync,
+    self_id: &str,
+    dir: &Path,
+) -> anyhow::Result<(Streamed, Vec<String>)> {
+    let results = parallel_scan::scan(ranges, open, |conn, index, lo, hi| {
         // Rowids of a message table are dense: the range's width is a good size guess.
         let expected = usize::try_from(hi.wrapping_sub(lo)).unwrap_or(0);
         let mut part = PartStream::create(dir, index, expected)?;
-        let mut stmt = conn.prepare(&format!(
-            "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message WHERE {}",
-            parallel_scan::range_condition(lo, hi)
-        ))?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let row = AndroidRow {
-                msg_id: r.get(0)?,
-                msg_svr_id: r.get(1)?,
-                msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
-                is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
-                create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                talker: r.get_ref(5)?.as_str_or_null()?.unwrap_or_default(),
-                content: column_bytes(r.get_ref(6)?),
-            };
-            let order = AndroidOrder { create_time: row.create_time, msg_id: row.msg_id };
-            part.push(&convert_row(&row, self_id), order)?;
-        }
-        part.finish()
+        let stopped = match read_range(conn, lo, hi, self_id, &mut part) {
+            Ok(()) => None,
+            Err(e) if super::sqlcipher::is_damage(&e) => Some(format!("{e:#}")),
+            Err(e) => return Err(e),
+        };
+        Ok((part.finish()?, stopped))
     })?;
-    stream::in_order(dir, written)
+    let (written, stopped): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    Ok((stream::in_order(dir, written)?, stopped.into_iter().flatten().collect()))
+}
+
+fn read_range(
+    conn: &Connection,
+    lo: i64,
+    hi: i64,
+    self_id: &str,
+    part: &mut PartStream<AndroidOrder>,
+) -> anyhow::Result<()> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT msgId, msgSvrId, type, isSend, createTime, talker, content FROM message WHERE {}",
+        parallel_scan::range_condition(lo, hi)
+    ))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let row = AndroidRow {
+            msg_id: r.get(0)?,
+            msg_svr_id: r.get(1)?,
+            msg_type: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            is_send: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+            create_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+            talker: r.get_ref(5)?.as_str_or_null()?.unwrap_or_default(),
+            content: column_bytes(r.get_ref(6)?),
+        };
+        let order = AndroidOrder { create_time: row.create_time, msg_id: row.msg_id };
+        part.push(&convert_row(&row, self_id), order)?;
+    }
+    Ok(())
 }
 
 /// A TEXT column's bytes as stored (some rows store a BLOB), not checked as UTF-8: the raw

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
-use super::SourceFormat;
 use super::locate::{self, file_name};
 use super::sqlcipher;
+use super::{SourceFormat, exports};
 
 /// The EnMicroMsg.db inside a directory (or the file itself).
 pub fn single_db(input: &Path) -> Option<PathBuf> {
@@ -54,15 +54,30 @@ pub fn detect(input: &Path) -> anyhow::Result<SourceFormat> {
             }
         }
     }
+    for p in &files {
+        let name = file_name(p);
+        if name.ends_with(".json") || name.ends_with(".jsonl") {
+            let head = exports::head(p);
+            if exports::chatlab::looks_like(&head) {
+                return Ok(SourceFormat::Chatlab);
+            }
+            if exports::telegram::looks_like(p, &head) {
+                return Ok(SourceFormat::Telegram);
+            }
+        }
+    }
     if files.iter().any(|p| file_name(p).ends_with(".txt")) {
         return Ok(SourceFormat::WechatmsgTxt);
     }
     if input.is_file() {
+        if let Some(what) = sqlcipher::not_a_database(input)? {
+            bail!("{}: {what}; set `format` if it is one of those", input.display());
+        }
         // Some other name: an Android database, encrypted or not, is the common case.
         return Ok(if sqlcipher::is_plain_sqlite(input)? { SourceFormat::Sqlite } else { SourceFormat::Android });
     }
     bail!(
-        "{}: cannot tell the format (no EnMicroMsg.db, MSG*.db, message_N.db, message.csv, WeChatMsg or PyWxDump export found); set `format`",
+        "{}: cannot tell the format (no EnMicroMsg.db, MSG*.db, message_N.db, message.csv, WeChatMsg, PyWxDump, ChatLab or Telegram export found); set `format`",
         input.display()
     )
 }

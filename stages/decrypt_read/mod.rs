@@ -2,6 +2,7 @@
 //! exports) in, one raw message table (`raw.rs`) out.
 
 pub mod android;
+pub mod damage;
 pub mod detect;
 pub mod exports;
 pub mod keys;
@@ -41,6 +42,10 @@ pub enum SourceFormat {
     WechatmsgCsv,
     WechatmsgTxt,
     PywxdumpCsv,
+    /// ChatLab's interchange format (v0.0.2), JSON or JSONL.
+    Chatlab,
+    /// Telegram Desktop's JSON export (`result.json`), one chat or a full export.
+    Telegram,
 }
 
 impl SourceFormat {
@@ -55,6 +60,8 @@ impl SourceFormat {
             SourceFormat::WechatmsgCsv => "wechatmsg-csv",
             SourceFormat::WechatmsgTxt => "wechatmsg-txt",
             SourceFormat::PywxdumpCsv => "pywxdump-csv",
+            SourceFormat::Chatlab => "chatlab",
+            SourceFormat::Telegram => "telegram",
         }
     }
 }
@@ -70,6 +77,9 @@ pub struct DecryptReadParams {
     pub key: Option<String>,
     /// Name of an environment variable holding the key (recommended: keeps keys out of git).
     pub key_env: Option<String>,
+    /// A file of per-database keys (WeChat 4.1+ hook tools can give one per database): JSON
+    /// `{"message_0.db": "<64 hex>"}` or lines `message_0.db <64 hex>`. Only its path is recorded.
+    pub key_file: Option<String>,
     /// Android device IMEI; the fallback IMEI is always tried too.
     #[serde(skip_serializing)]
     pub imei: Option<String>,
@@ -82,6 +92,10 @@ pub struct DecryptReadParams {
     pub self_name: Option<String>,
     /// UTC offset of exports that write local times ("+08:00" when unset).
     pub utc_offset: Option<String>,
+    /// A damaged database (truncated, a corrupted page): "fail" (default) stops with an error
+    /// naming the file, the table and what was lost; "report" reads what is left and lists
+    /// the loss in meta.json and normalise's stats.json.
+    pub on_damage: damage::OnDamage,
 }
 
 impl DecryptReadParams {
@@ -108,7 +122,7 @@ pub struct DecryptReadStage;
 impl DecryptReadStage {
     pub const INFO: StageInfo = StageInfo {
         kind: "decrypt-read",
-        version: 2,
+        version: 3,
         summary: "read WeChat databases (Android, PC 3.x, 4.x; encrypted or decrypted) and export files into a raw message table",
         inputs: &[InputSpec {
             name: "db",
@@ -180,6 +194,12 @@ impl Stage for DecryptReadStage {
         m.insert("messages".into(), summary.messages.into());
         m.insert("contacts".into(), summary.meta.contacts.len().into());
         m.insert("conversations".into(), summary.conversations.into());
+        if !summary.meta.damage.is_empty() {
+            // on_damage = "report": the run goes on, and says what it could not read.
+            let lost: u64 = summary.meta.damage.iter().map(damage::Damage::lost).sum();
+            m.insert("damaged_tables".into(), summary.meta.damage.len().into());
+            m.insert("damaged_rows_lost".into(), lost.into());
+        }
         m.insert("input_mb".into(), serde_json::json!((bytes as f64 / 1e6 * 100.0).round() / 100.0));
         m.insert("seconds".into(), serde_json::json!((secs * 1000.0).round() / 1000.0));
         Ok(m)
@@ -207,6 +227,10 @@ pub fn key_material(p: &DecryptReadParams) -> anyhow::Result<KeyMaterial> {
         key: p.key.clone().map(|k| ("the `key` param".to_string(), k)),
         imei: p.imei.clone(),
         uin: p.uin.clone(),
+        per_db: match &p.key_file {
+            Some(f) => keys::read_key_file(Path::new(f))?,
+            None => Vec::new(),
+        },
     };
     if km.key.is_none() {
         if let Some(var) = &p.key_env {
@@ -240,7 +264,7 @@ pub fn read_source_to(input: &Path, p: &DecryptReadParams, out: &Path) -> anyhow
     };
     avatar_engine::fsutil::create_private_dir(out).with_context(|| format!("creating {}", out.display()))?;
     let self_id = p.self_id.as_deref();
-    let (format_name, self_id, self_name, contacts, messages) = match format {
+    let read = match format {
         SourceFormat::Auto => unreachable!("detect never returns auto"),
         SourceFormat::Android | SourceFormat::Sqlite if detect::single_db(input).is_some() || input.is_file() => {
             let path = detect::single_db(input).unwrap_or_else(|| input.to_path_buf());
@@ -259,9 +283,12 @@ pub fn read_source_to(input: &Path, p: &DecryptReadParams, out: &Path) -> anyhow
         SourceFormat::WechatmsgCsv => in_memory("wechatmsg-csv", exports::wechatmsg::read_csv(input, p)?),
         SourceFormat::WechatmsgTxt => in_memory("wechatmsg-txt", exports::wechatmsg::read_txt(input, p)?),
         SourceFormat::PywxdumpCsv => in_memory("pywxdump-csv", exports::pywxdump::read(input, p)?),
+        SourceFormat::Chatlab => in_memory("chatlab", exports::chatlab::read(input, p)?),
+        SourceFormat::Telegram => in_memory("telegram", exports::telegram::read(input, p)?),
     };
+    let Read { format: format_name, self_id, self_name, contacts, messages, damage } = read;
     let self_name = p.self_name.clone().unwrap_or(self_name);
-    let meta = RawMeta { format: format_name, self_id, self_name, contacts };
+    let meta = RawMeta { format: format_name, self_id, self_name, contacts, damage };
     let (parts, conversations) = match messages {
         Messages::InMemory(mut messages) => {
             // Oldest first; ties keep source order.
@@ -293,38 +320,50 @@ enum Messages {
     Written(stream::Streamed),
 }
 
-type Read = (String, String, String, Vec<RawContact>, Messages);
+/// What a reader read: who "self" is, the contacts, the messages, and (with
+/// `on_damage = "report"`) what damaged tables lost.
+struct Read {
+    format: String,
+    self_id: String,
+    self_name: String,
+    contacts: Vec<RawContact>,
+    messages: Messages,
+    damage: Vec<damage::Damage>,
+}
 
 fn streamed(
     format: &str,
     (self_id, self_name, contacts, streamed): (String, String, Vec<RawContact>, stream::Streamed),
 ) -> Read {
-    (format.to_string(), self_id, self_name, contacts, Messages::Written(streamed))
+    Read {
+        format: format.to_string(),
+        self_id,
+        self_name,
+        contacts,
+        messages: Messages::Written(streamed),
+        damage: Vec::new(),
+    }
 }
 
 fn in_memory(
     format: &str,
     (self_id, self_name, contacts, messages): (String, String, Vec<RawContact>, Vec<RawMessage>),
 ) -> Read {
-    (format.to_string(), self_id, self_name, contacts, Messages::InMemory(messages))
+    Read {
+        format: format.to_string(),
+        self_id,
+        self_name,
+        contacts,
+        messages: Messages::InMemory(messages),
+        damage: Vec::new(),
+    }
 }
 
 /// One database file: Android EnMicroMsg.db (encrypted or not), or a decrypted PC 3.x / 4.x file.
 fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams, out: &Path) -> anyhow::Result<Read> {
     let conn = keys::open(path, Flavour::Android, keys)?;
     if android::looks_like(&conn) {
-        let (db_self, db_name) = android::read_self(&conn)?;
-        let self_id = p.self_id.clone().or(db_self).unwrap_or_else(|| "self".to_string());
-        let contacts = android::read_contacts(&conn)?;
-        let self_name = db_name
-            .or_else(|| contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone()))
-            .unwrap_or_else(|| self_id.clone());
-        let ranges = parallel_scan::rowid_ranges(&conn, "message", None)?;
-        drop(conn);
-        let open = || keys::open(path, Flavour::Android, keys);
-        let written = android::write_messages(&ranges, open, &self_id, out)
-            .with_context(|| format!("{}: reading the message table", path.display()))?;
-        return Ok(("android".into(), self_id, self_name, contacts, Messages::Written(written)));
+        return read_android(path, conn, keys, p, out);
     }
     drop(conn);
     if sqlcipher::is_plain_sqlite(path)? {
@@ -337,6 +376,73 @@ fn read_single_db(path: &Path, keys: &KeyMaterial, p: &DecryptReadParams, out: &
         }
     }
     anyhow::bail!("{}: not a WeChat database (no message/rcontact, MSG or Name2Id tables)", path.display())
+}
+
+/// Android's EnMicroMsg.db, with what was read checked against the tables' indexes (SQLCipher 1
+/// has no page MAC: a damaged page can read as fewer or garbled rows without an error).
+fn read_android(
+    path: &Path,
+    conn: Connection,
+    keys: &KeyMaterial,
+    p: &DecryptReadParams,
+    out: &Path,
+) -> anyhow::Result<Read> {
+    use damage::{Damage, difference, handle, indexed_count, indexed_counts_by};
+    let mut damages = Vec::new();
+    let (db_self, db_name) = android::read_self(&conn)?;
+    let self_id = p.self_id.clone().or(db_self).unwrap_or_else(|| "self".to_string());
+    let (contacts, stopped) = android::read_contacts_past_damage(&conn)?;
+    let mut check = Damage::new(path, "rcontact");
+    check.rows_read = contacts.len() as u64;
+    check.error = stopped.map(|e| e.to_string());
+    match indexed_count(&conn, "rcontact") {
+        Some(Ok(n)) => check.rows_expected = Some(n),
+        Some(Err(e)) => check.error = check.error.or(Some(e)),
+        // No index to check against: only an error can tell.
+        None => check.rows_expected = Some(check.rows_read),
+    }
+    handle(path, p.on_damage, check, &mut damages)?;
+    let self_name = db_name
+        .or_else(|| contacts.iter().find(|c| c.id == self_id).map(|c| c.nickname.clone()))
+        .unwrap_or_else(|| self_id.clone());
+    let ranges = parallel_scan::rowid_ranges(&conn, "message", None);
+    let (written, stopped) = match ranges {
+        Ok(ranges) => {
+            let open = || keys::open(path, Flavour::Android, keys);
+            android::write_messages_past_damage(&ranges, open, &self_id, out)
+                .with_context(|| format!("{}: reading the message table", path.display()))?
+        }
+        // The table's ends do not read: nothing of it can be.
+        Err(e) if sqlcipher::is_damage(&e) => {
+            let (empty, _) = android::write_messages_past_damage(&[], || no_range_to_open(path), &self_id, out)?;
+            (empty, vec![format!("{e:#}")])
+        }
+        Err(e) => return Err(e.context(format!("{}: reading the message table", path.display()))),
+    };
+    let mut check = Damage::new(path, "message");
+    check.rows_read = written.parts.iter().map(|part| part.messages).sum();
+    check.error = stopped.into_iter().next();
+    match indexed_count(&conn, "message") {
+        Some(Ok(n)) => check.rows_expected = Some(n),
+        Some(Err(e)) => check.error = check.error.or(Some(e)),
+        None => check.rows_expected = Some(check.rows_read),
+    }
+    if check.is_damaged() {
+        // Only now count per conversation, to say what was lost.
+        if let Some(expected) = indexed_counts_by(&conn, "message", "talker") {
+            let mut read = std::collections::BTreeMap::new();
+            for m in raw::read_parts(out, &written.parts)? {
+                *read.entry(m.conversation.to_string()).or_insert(0i64) += 1;
+            }
+            check.by_conversation = difference(&expected, &read);
+        }
+    }
+    handle(path, p.on_damage, check, &mut damages)?;
+    Ok(Read { damage: damages, ..streamed("android", (self_id, self_name, contacts, written)) })
+}
+
+fn no_range_to_open(path: &Path) -> anyhow::Result<Connection> {
+    anyhow::bail!("{}: no range to read", path.display())
 }
 
 #[cfg(test)]

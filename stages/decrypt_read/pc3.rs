@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use compact_str::{ToCompactString, format_compact};
 use rayon::prelude::*;
 use rusqlite::Connection;
@@ -13,6 +13,7 @@ use super::keys::{self, Flavour, KeyMaterial};
 use super::locate;
 use super::protobuf;
 use super::raw::{RawContact, RawMessage};
+use super::sqlcipher;
 use super::stream::{self, PartStream, Streamed};
 
 /// The files of one account.
@@ -96,7 +97,10 @@ pub fn read_messages(
             "SELECT localId, MsgSvrID, Type, SubType, IsSender, CreateTime, StrTalker, StrContent, DisplayContent, CompressContent, BytesExtra
              FROM MSG ORDER BY CreateTime, localId",
         )
-        .with_context(|| format!("{}: not a PC WeChat MSG table", path.display()))?;
+        .map_err(|e| {
+            let e = anyhow::Error::from(e);
+            if sqlcipher::is_damage(&e) { e } else { e.context(format!("{}: not a PC WeChat MSG table", path.display())) }
+        })?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let local_id: i64 = r.get(0)?;
@@ -170,8 +174,13 @@ pub fn read(
     let mut contacts = Vec::new();
     if let Some(mm) = &files.micromsg {
         let conn = keys::open(mm, Flavour::Pc3, keys)?;
-        contacts =
-            read_contacts(&conn).with_context(|| format!("{}: not a MicroMsg.db (no Contact table)", mm.display()))?;
+        contacts = read_contacts(&conn).map_err(|e| {
+            if sqlcipher::is_damage(&e) {
+                sqlcipher::reading(mm, "table Contact", e)
+            } else {
+                e.context(format!("{}: not a MicroMsg.db (no Contact table)", mm.display()))
+            }
+        })?;
     }
     let self_id = self_id
         .map(str::to_string)
@@ -192,7 +201,8 @@ pub fn read(
         .map(|(index, shard)| {
             let mut part = PartStream::create(out, index, 0)?;
             let conn = keys::open(shard, Flavour::Pc3, keys)?;
-            read_messages(&conn, shard, &self_id, |m| part.push(&m.view(), m.timestamp))?;
+            read_messages(&conn, shard, &self_id, |m| part.push(&m.view(), m.timestamp))
+                .map_err(|e| sqlcipher::reading(shard, "table MSG", e))?;
             part.finish()
         })
         .collect::<anyhow::Result<_>>()?;

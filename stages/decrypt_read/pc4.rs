@@ -13,6 +13,7 @@ use super::android::{keep_suffix, split_sender_prefix};
 use super::keys::{self, Flavour, KeyMaterial};
 use super::locate;
 use super::raw::{RawContact, RawMessage};
+use super::sqlcipher;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
@@ -115,55 +116,60 @@ pub fn read_messages(conn: &Connection, path: &Path, self_id: &str) -> anyhow::R
             "SELECT m.local_id, m.server_id, m.local_type, m.create_time, m.status, m.message_content, n.user_name
              FROM \"{table}\" m LEFT JOIN Name2Id n ON m.real_sender_id = n.rowid ORDER BY m.sort_seq, m.local_id"
         );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let local_id: i64 = r.get(0)?;
-            let server_id: Option<i64> = r.get(1)?;
-            let local_type: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(0);
-            let time: i64 = r.get::<_, Option<i64>>(3)?.unwrap_or(0);
-            let status: i64 = r.get::<_, Option<i64>>(4)?.unwrap_or(0);
-            let bytes: Vec<u8> = match r.get_ref(5)? {
-                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.to_vec(),
-                _ => Vec::new(),
-            };
-            let sender: Option<String> = r.get(6)?;
-            let mut content = decode_content(&bytes).unwrap_or_default();
-            let base = local_type & 0xFFFF_FFFF;
-            let sub = local_type >> 32;
-            let is_self = match sender.as_deref() {
-                Some(s) if self_id != "self" => s == self_id,
-                _ => status == 2,
-            };
-            let mut sender_id = if is_self { Some(self_id.to_string()) } else { sender.clone() };
-            if is_group && !is_self && base != 10000 && base != 10002 {
-                if let Some((s, body)) = split_sender_prefix(&content) {
-                    sender_id = Some(s.to_string());
-                    let body_len = body.len();
-                    keep_suffix(&mut content, body_len);
+        // A damaged page is named with its table (SQLite's message names neither).
+        let mut read_table = || -> anyhow::Result<()> {
+            let mut stmt = conn.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let local_id: i64 = r.get(0)?;
+                let server_id: Option<i64> = r.get(1)?;
+                let local_type: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(0);
+                let time: i64 = r.get::<_, Option<i64>>(3)?.unwrap_or(0);
+                let status: i64 = r.get::<_, Option<i64>>(4)?.unwrap_or(0);
+                let bytes: Vec<u8> = match r.get_ref(5)? {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.to_vec(),
+                    _ => Vec::new(),
+                };
+                let sender: Option<String> = r.get(6)?;
+                let mut content = decode_content(&bytes).unwrap_or_default();
+                let base = local_type & 0xFFFF_FFFF;
+                let sub = local_type >> 32;
+                let is_self = match sender.as_deref() {
+                    Some(s) if self_id != "self" => s == self_id,
+                    _ => status == 2,
+                };
+                let mut sender_id = if is_self { Some(self_id.to_string()) } else { sender.clone() };
+                if is_group && !is_self && base != 10000 && base != 10002 {
+                    if let Some((s, body)) = split_sender_prefix(&content) {
+                        sender_id = Some(s.to_string());
+                        let body_len = body.len();
+                        keep_suffix(&mut content, body_len);
+                    }
                 }
+                if !is_group && !is_self {
+                    sender_id = Some(talker.to_string());
+                }
+                out.push(RawMessage {
+                    id: match server_id {
+                        Some(v) if v != 0 => v.to_compact_string(),
+                        _ => format_compact!("{}#{table}#{local_id}", locate::file_name(path)),
+                    },
+                    conversation: talker.into(),
+                    sender_id: sender_id.map(Into::into),
+                    sender_name: None,
+                    is_self,
+                    timestamp: time,
+                    msg_type: base,
+                    sub_type: sub,
+                    source_type: local_type,
+                    content,
+                    display_content: None,
+                    exported: None,
+                });
             }
-            if !is_group && !is_self {
-                sender_id = Some(talker.to_string());
-            }
-            out.push(RawMessage {
-                id: match server_id {
-                    Some(v) if v != 0 => v.to_compact_string(),
-                    _ => format_compact!("{}#{table}#{local_id}", locate::file_name(path)),
-                },
-                conversation: talker.into(),
-                sender_id: sender_id.map(Into::into),
-                sender_name: None,
-                is_self,
-                timestamp: time,
-                msg_type: base,
-                sub_type: sub,
-                source_type: local_type,
-                content,
-                display_content: None,
-                exported: None,
-            });
-        }
+            Ok(())
+        };
+        read_table().map_err(|e| sqlcipher::damaged_or(path, &format!("table {table}"), e))?;
     }
     Ok(out)
 }
@@ -197,8 +203,13 @@ pub fn read(
     let mut contacts = Vec::new();
     if let Some(c) = &files.contact {
         let conn = keys::open(c, Flavour::Pc4, keys)?;
-        contacts = read_contacts(&conn)
-            .with_context(|| format!("{}: not a 4.x contact.db (no contact table)", c.display()))?;
+        contacts = read_contacts(&conn).map_err(|e| {
+            if sqlcipher::is_damage(&e) {
+                sqlcipher::reading(c, "table contact", e)
+            } else {
+                e.context(format!("{}: not a 4.x contact.db (no contact table)", c.display()))
+            }
+        })?;
     }
     let conns: Vec<(PathBuf, Connection)> = files
         .shards
@@ -219,7 +230,9 @@ pub fn read(
     // Shards are independent files: decrypt them on all cores.
     let shards: Vec<Vec<RawMessage>> = conns
         .into_par_iter()
-        .map(|(path, conn)| read_messages(&conn, &path, &self_id))
+        .map(|(path, conn)| {
+            read_messages(&conn, &path, &self_id).map_err(|e| sqlcipher::damaged_or(&path, "its tables", e))
+        })
         .collect::<anyhow::Result<_>>()?;
     Ok((self_id, self_name, contacts, shards.into_iter().flatten().collect()))
 }

@@ -31,6 +31,9 @@ pub struct RawMeta {
     /// Own display name.
     pub self_name: String,
     pub contacts: Vec<RawContact>,
+    /// Damaged tables read with `on_damage = "report"`: what each lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<super::damage::Damage>,
 }
 
 /// A contact or a group, with the names normalise needs to pick a display name.
@@ -65,6 +68,9 @@ pub struct ExportedFields {
     /// Link / file / card title, or the new text of a quote.
     pub title: Option<String>,
     pub quote: Option<ExportedQuote>,
+    /// The tool's own name for a type the reader does not know (kept, labelled unknown, and
+    /// counted by that name in normalise's stats rather than dropped).
+    pub type_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +424,7 @@ mod tests {
             exported: Some(Box::new(ExportedFields {
                 title: Some("标题".into()),
                 quote: Some(ExportedQuote { sender_name: "小红".into(), text: "原话".into() }),
+                type_name: Some("(分享)笔记".into()),
             })),
         }
     }
@@ -428,6 +435,7 @@ mod tests {
             self_id: "wxid_self".into(),
             self_name: "我".into(),
             contacts: vec![RawContact { id: "wxid_a".into(), nickname: "阿明".into(), ..Default::default() }],
+            damage: Vec::new(),
         }
     }
 

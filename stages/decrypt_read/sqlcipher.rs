@@ -34,25 +34,133 @@ pub fn is_plain_sqlite(path: &Path) -> anyhow::Result<bool> {
     Ok(n == 16 && &head == b"SQLite format 3\0")
 }
 
+/// What a file is, when it is plainly not a database (encrypted or not): empty, or text.
+/// Encrypted pages are indistinguishable from random bytes, which are never long runs of
+/// valid UTF-8; the description never quotes the file's content.
+pub fn not_a_database(path: &Path) -> anyhow::Result<Option<String>> {
+    use std::io::Read;
+    let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    if len == 0 {
+        return Ok(Some("is an empty file (0 bytes)".into()));
+    }
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let text = match std::str::from_utf8(&head) {
+        Ok(t) => t,
+        // A read that ends inside a character is still text.
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or(""),
+        Err(_) => return Ok(None),
+    };
+    let printable = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).count();
+    if text.is_empty() || printable * 100 < text.chars().count() * 95 {
+        return Ok(None);
+    }
+    let first = text.trim_start_matches('\u{feff}').lines().next().unwrap_or("");
+    let columns = first.split(',').count();
+    let shape =
+        if columns > 1 { format!(", its first line has {columns} comma-separated fields") } else { String::new() };
+    Ok(Some(format!(
+        "is a text file ({len} bytes{shape}), not a database: exports are told apart by their header (WeChatMsg CSV: localId,TalkerId,Type,…; PyWxDump CSV: id,MsgSvrID,type_name,…; ChatLab: JSON with \"chatlab\"; Telegram: result.json), a WeChatMsg TXT by lines like `2024-10-04 11:43:05 name`"
+    )))
+}
+
 fn open_ro(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .with_context(|| format!("opening {}", path.display()))?;
-    // Trying candidate keys makes SQLCipher log "hmac check failed" to stderr; our own error
-    // says which candidates failed, so keep its log quiet.
-    conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
     Ok(conn)
 }
 
-/// SQLCipher decrypts lazily: a query proves the key.
-fn verify(conn: &Connection) -> rusqlite::Result<()> {
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map(|_| ())
+/// Keep SQLCipher's own log quiet: trying candidate keys (and reading a damaged page) makes it
+/// write "hmac check failed for pgno=…" to stderr, and avatar's error already says what
+/// failed. The log settings are process-wide, and SQLCipher sets its default (WARN, to stderr)
+/// when the first key is attached, overriding a level set before: so this runs after keying.
+fn quiet_log(conn: &Connection) -> anyhow::Result<()> {
+    conn.execute_batch("PRAGMA cipher_log_level = NONE; PRAGMA cipher_log = off;")?;
+    Ok(())
+}
+
+/// What a query on a freshly keyed connection says about the key.
+enum Keyed {
+    Right,
+    Wrong,
+    /// Page 1 decrypts (the key is right), but the file is damaged: truncated, or a page
+    /// that does not decrypt or parse.
+    Damaged(rusqlite::Error),
+}
+
+/// SQLCipher decrypts lazily: a query proves the key. A wrong key leaves page 1 unreadable
+/// ("file is not a database"); a right key on a damaged file reads page 1 and then fails as
+/// corrupt (SQLite checks the page count page 1 gives against the file's size).
+fn verify(conn: &Connection) -> Keyed {
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => Keyed::Right,
+        Err(e) if is_corrupt(&e) => Keyed::Damaged(e),
+        Err(_) => Keyed::Wrong,
+    }
+}
+
+/// True for SQLite's "database disk image is malformed".
+pub fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseCorrupt)
+}
+
+/// True when an error (anywhere in its chain) is SQLite reporting a damaged file: a corrupt
+/// page, or (with SQLCipher) a page that fails its HMAC check after page 1 passed.
+pub fn is_damage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+            matches!(e, rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+        })
+    })
+}
+
+/// The error for a database that opened with its key but could not be read through.
+pub fn damaged(path: &Path, what: &str, cause: impl std::fmt::Display) -> anyhow::Error {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    anyhow::anyhow!(
+        "{}: {what} is damaged ({cause}); the key is right, but the file ({size} bytes) is truncated or has a corrupted page: copy it again from the phone or PC",
+        path.display()
+    )
+}
+
+/// An error met reading `what` in `path`: a damaged page is said to be one, naming the file
+/// (SQLite's own message names neither); anything else gets the file and table as context.
+pub fn reading(path: &Path, what: &str, e: anyhow::Error) -> anyhow::Error {
+    if is_damage(&e) {
+        let cause = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+        damaged(path, what, cause)
+    } else {
+        e.context(format!("{}: reading {what}", path.display()))
+    }
+}
+
+/// [`reading`] for damage only: other errors pass unchanged (an outer [`reading`] names them).
+pub fn damaged_or(path: &Path, what: &str, e: anyhow::Error) -> anyhow::Error {
+    if is_damage(&e) { reading(path, what, e) } else { e }
+}
+
+fn keyed(path: &Path, conn: Connection) -> anyhow::Result<Option<Connection>> {
+    match verify(&conn) {
+        Keyed::Right => Ok(Some(conn)),
+        Keyed::Wrong => Ok(None),
+        Keyed::Damaged(e) => Err(damaged(path, "the database", e)),
+    }
 }
 
 /// Open an unencrypted SQLite file read-only.
 pub fn open_plain(path: &Path) -> anyhow::Result<Connection> {
     let conn = open_ro(path)?;
-    verify(&conn).map_err(|e| anyhow::anyhow!("{}: not a readable SQLite database ({e})", path.display()))?;
-    Ok(conn)
+    match verify(&conn) {
+        Keyed::Right => Ok(conn),
+        Keyed::Damaged(e) => Err(damaged(path, "the database", e)),
+        Keyed::Wrong => {
+            let e = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).unwrap_err();
+            anyhow::bail!("{}: not a readable SQLite database ({e})", path.display())
+        }
+    }
 }
 
 /// Open an Android EnMicroMsg.db with its 7-char passphrase; None if the key is wrong.
@@ -62,7 +170,8 @@ pub fn open_android(path: &Path, key7: &str) -> anyhow::Result<Option<Connection
     }
     let conn = open_ro(path)?;
     conn.execute_batch(&format!("PRAGMA key = '{key7}'; PRAGMA cipher_compatibility = 1;"))?;
-    Ok(verify(&conn).ok().map(|_| conn))
+    quiet_log(&conn)?;
+    keyed(path, conn)
 }
 
 fn key_binary(conn: &Connection, key: &[u8]) -> anyhow::Result<()> {
@@ -71,7 +180,7 @@ fn key_binary(conn: &Connection, key: &[u8]) -> anyhow::Result<()> {
     if rc != 0 {
         bail!("sqlite3_key failed with code {rc}");
     }
-    Ok(())
+    quiet_log(conn)
 }
 
 /// Open a PC 3.x database with the 32-byte key; None if the key is wrong.
@@ -79,7 +188,7 @@ pub fn open_pc3(path: &Path, key: &[u8]) -> anyhow::Result<Option<Connection>> {
     let conn = open_ro(path)?;
     key_binary(&conn, key)?;
     conn.execute_batch("PRAGMA cipher_compatibility = 3; PRAGMA cipher_page_size = 4096;")?;
-    Ok(verify(&conn).ok().map(|_| conn))
+    keyed(path, conn)
 }
 
 /// Open a 4.x database: first as a 32-byte passphrase, then as an already derived raw key
@@ -88,15 +197,14 @@ pub fn open_pc4(path: &Path, key: &[u8]) -> anyhow::Result<Option<Connection>> {
     let conn = open_ro(path)?;
     key_binary(&conn, key)?;
     conn.execute_batch("PRAGMA cipher_compatibility = 4;")?;
-    if verify(&conn).is_ok() {
+    if let Some(conn) = keyed(path, conn)? {
         return Ok(Some(conn));
     }
     if key.len() == 32 || key.len() == 48 {
         let conn = open_ro(path)?;
         conn.execute_batch(&format!("PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4;", hex::encode(key)))?;
-        if verify(&conn).is_ok() {
-            return Ok(Some(conn));
-        }
+        quiet_log(&conn)?;
+        return keyed(path, conn);
     }
     Ok(None)
 }

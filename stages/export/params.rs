@@ -12,6 +12,17 @@ pub enum Format {
     AtomCsv,
     /// ShareGPT JSON with a LLaMA-Factory `dataset_info.json`.
     Sharegpt,
+    /// ChatLab v0.0.2 JSON, one file per conversation of the cleaned history (input `messages`).
+    Chatlab,
+    /// ChatLab v0.0.2 JSONL (header, member and message lines), for large histories.
+    ChatlabJsonl,
+}
+
+impl Format {
+    /// True for the formats written from the cleaned message table rather than samples.
+    pub fn from_messages(self) -> bool {
+        matches!(self, Format::Chatlab | Format::ChatlabJsonl)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +54,9 @@ impl Default for ExportParams {
 impl ExportParams {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.formats.is_empty() {
-            anyhow::bail!("param `formats` is empty: name at least one of wechat_avatar, atom_csv, sharegpt");
+            anyhow::bail!(
+                "param `formats` is empty: name at least one of wechat_avatar, atom_csv, sharegpt, chatlab, chatlab_jsonl"
+            );
         }
         let ok = !self.dataset_name.is_empty()
             && self.dataset_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');

@@ -52,6 +52,14 @@ pub struct Stats {
     pub by_year: BTreeMap<String, u64>,
     /// Payloads that should have been XML and were not (rendered as `[未知消息]`).
     pub malformed_xml: u64,
+    /// Messages of a type no rule renders (labelled `[未知消息]`, kept in the table), by the
+    /// source's own name for the type: an export tool's type name, else `type T` or
+    /// `type 49/S` for an appmsg subtype.
+    #[serde(default)]
+    pub unknown_types: BTreeMap<String, u64>,
+    /// Damaged source tables decrypt-read continued past (`on_damage = "report"`): what each lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<crate::decrypt_read::damage::Damage>,
     pub pii_masked: PiiCounts,
     pub blocked_masked: u64,
     pub blocked_dropped: u64,
@@ -123,7 +131,10 @@ pub fn normalise_in_chunks(
         .collect();
     order.par_sort_unstable();
     let ctx = RenderContext { meta, contacts, conv_info: &conv_info, params, blocked };
-    let mut tally = Tally { stats: Stats { format: meta.format.clone(), ..Default::default() }, ..Default::default() };
+    let mut tally = Tally {
+        stats: Stats { format: meta.format.clone(), damage: meta.damage.clone(), ..Default::default() },
+        ..Default::default()
+    };
     tally.by_rank = vec![0; convs.len()];
     let mut pending: Option<Vec<Message>> = None;
     for chunk in order.chunks(chunk_len.max(1)) {
@@ -148,6 +159,8 @@ struct Row {
     msg: Option<Message>,
     rank: u32,
     malformed: bool,
+    /// The source's name for a type rendered as unknown.
+    unknown: Option<String>,
     pii: PiiCounts,
     masked: bool,
     dropped_blocked: bool,
@@ -171,6 +184,7 @@ impl RenderContext<'_> {
             msg: None,
             rank,
             malformed: rendered.malformed,
+            unknown: (rendered.kind == MessageKind::Unknown && !rendered.malformed).then(|| unknown_type_name(m)),
             pii: PiiCounts::default(),
             masked: false,
             dropped_blocked: false,
@@ -245,6 +259,15 @@ impl RenderContext<'_> {
     }
 }
 
+/// How the stats name a type no rule renders.
+fn unknown_type_name(m: &RawMessage) -> String {
+    match m.exported.as_ref().and_then(|e| e.type_name.as_deref()) {
+        Some(name) => name.to_string(),
+        None if m.msg_type == 49 => format!("type 49/{}", m.sub_type),
+        None => format!("type {}", m.msg_type),
+    }
+}
+
 /// The stats, counted chunk by chunk in table order.
 #[derive(Default)]
 struct Tally {
@@ -263,6 +286,9 @@ impl Tally {
         let mut messages = Vec::with_capacity(rows.len());
         for row in rows {
             stats.malformed_xml += u64::from(row.malformed);
+            if let Some(name) = row.unknown {
+                *stats.unknown_types.entry(name).or_default() += 1;
+            }
             stats.pii_masked.add(&row.pii);
             stats.blocked_masked += u64::from(row.masked);
             stats.blocked_dropped += u64::from(row.dropped_blocked);
@@ -318,7 +344,7 @@ impl TypedStage for NormaliseStage {
     type Params = NormaliseParams;
     const INFO: StageInfo = StageInfo {
         kind: "normalise",
-        version: 2,
+        version: 3,
         summary: "render every message type as text (seed 002 rules), mask PII and blocked words, one sorted message table + stats",
         inputs: &[
             InputSpec { name: "raw", required: true, help: "decrypt-read's raw table" },
@@ -359,6 +385,11 @@ impl TypedStage for NormaliseStage {
         m.insert("self_messages".into(), stats.self_messages.into());
         m.insert("conversations".into(), stats.conversations.into());
         m.insert("malformed_xml".into(), stats.malformed_xml.into());
+        if !stats.damage.is_empty() {
+            let lost: u64 = stats.damage.iter().map(|d| d.lost()).sum();
+            m.insert("damaged_rows_lost".into(), lost.into());
+        }
+        m.insert("unknown_types".into(), stats.unknown_types.values().sum::<u64>().into());
         m.insert("blocked_masked".into(), stats.blocked_masked.into());
         m.insert("blocked_dropped".into(), stats.blocked_dropped.into());
         let pii = stats.pii_masked;

@@ -180,11 +180,12 @@ fn appmsg(m: &RawMessage) -> Rendered {
 
 fn render_exported(m: &RawMessage, ex: &ExportedFields) -> Rendered {
     use MessageKind as K;
-    let title = ex.title.clone().unwrap_or_default();
+    // A title the export wrote (an empty one tells nothing).
+    let title = ex.title.as_deref().filter(|t| !t.is_empty());
     match (m.msg_type, m.sub_type) {
         (49, 57) => Rendered {
             kind: K::Quote,
-            text: if ex.title.is_some() { title } else { QUOTE_LOST.into() },
+            text: ex.title.clone().unwrap_or_else(|| QUOTE_LOST.into()),
             quoted: ex.quote.as_ref().map(|q| QuotedMessage {
                 message_ref: None,
                 sender_name: q.sender_name.clone(),
@@ -192,8 +193,10 @@ fn render_exported(m: &RawMessage, ex: &ExportedFields) -> Rendered {
             }),
             malformed: false,
         },
-        (49, 3 | 4 | 5) => r(K::Link, format!("{LINK_PREFIX}{title}")),
-        (42, _) => r(K::ContactCard, format!("{CARD_PREFIX}{title}")),
+        // A link whose title the export did not keep is still a link.
+        (49, 3 | 4 | 5 | 24 | 40 | 76 | 92) => r(K::Link, format!("{LINK_PREFIX}{}", title.unwrap_or(""))),
+        (49, 1) => title.map_or_else(|| r(K::Unknown, UNKNOWN), |t| r(K::Text, t)),
+        (42, _) => r(K::ContactCard, format!("{CARD_PREFIX}{}", title.unwrap_or(""))),
         (1, _) => r(K::Text, m.content.clone()),
         (t, s) => label_for(t, s),
     }

@@ -70,10 +70,16 @@ fn key_env_is_read_from_the_environment() {
 fn not_a_wechat_database_and_corrupt_files() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("EnMicroMsg.db");
-    std::fs::write(&junk, vec![0x5au8; 4096]).unwrap();
+    // Bytes that look encrypted (not text): the keys are tried, and none opens it.
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 0x80).collect();
+    std::fs::write(&junk, &noise).unwrap();
     let p = DecryptReadParams { uin: Some("1".into()), ..Default::default() };
     let s = err(&junk, &p);
     assert!(s.contains("EnMicroMsg.db") && s.contains("not a WeChat database"), "{s}");
+    // Text is said to be text, not tried as a database.
+    std::fs::write(&junk, vec![0x5au8; 4096]).unwrap();
+    let s = err(&junk, &p);
+    assert!(s.contains("EnMicroMsg.db") && s.contains("is a text file"), "{s}");
     // A plain SQLite file without WeChat tables.
     let other = dir.path().join("other.db");
     rusqlite::Connection::open(&other).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();

@@ -1,7 +1,10 @@
-//! Other tools' exports: the seed's table CSVs, WeChatMsg (留痕) CSV/TXT, PyWxDump CSV.
+//! Other tools' exports: the seed's table CSVs, WeChatMsg (留痕) CSV/TXT, PyWxDump CSV, ChatLab
+//! JSON/JSONL, Telegram Desktop JSON.
 
+pub mod chatlab;
 pub mod pywxdump;
 pub mod seed_csv;
+pub mod telegram;
 pub mod wechatmsg;
 
 use std::path::Path;
@@ -35,6 +38,14 @@ pub fn format_local_time(ts: i64, offset_secs: i64) -> String {
 /// WeChatMsg's folder-name sanitising (`person.py`): `\ / : * ? " < > |`, whitespace and `.` → `_`.
 pub fn sanitize_name(name: &str) -> String {
     name.chars().map(|c| if "\\/:*?\"<>|.".contains(c) || c.is_whitespace() { '_' } else { c }).collect()
+}
+
+/// The first 4 KB of a file as text (format detection), empty if it cannot be read.
+pub fn head(path: &Path) -> String {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(4096);
+    let _ = std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut buf));
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// A CSV reader that tolerates a UTF-8 BOM and ragged rows.

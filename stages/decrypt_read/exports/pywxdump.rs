@@ -11,34 +11,100 @@ use super::super::locate::{self, file_name};
 use super::super::raw::{ExportedFields, ExportedQuote, RawContact, RawMessage};
 use super::{Columns, ExportRead, csv_reader, field, int_field, line_of, parse_local_time};
 
-/// `type_name` (PyWxDump's `type_converter`) → (base type, subtype).
+/// `type_name` (PyWxDump's `type_converter`, which names every (Type, SubType) pair it knows)
+/// → (base type, subtype). Several pairs share a name; the subtype here is the one normalise
+/// renders. The last few are names older exports and avatar's own fixtures used.
 pub const TYPE_NAMES: &[(&str, i64, i64)] = &[
     ("文本", 1, 0),
     ("图片", 3, 0),
     ("语音", 34, 0),
     ("添加好友", 37, 0),
     ("推荐公众号", 42, 0),
-    ("名片", 42, 0),
     ("视频", 43, 0),
     ("动画表情", 47, 0),
     ("位置", 48, 0),
     ("文件", 49, 6),
+    ("粘贴的文本", 49, 1),
     ("(分享)音乐", 49, 3),
-    ("(分享)卡片式链接", 49, 4),
-    ("卡片式链接", 49, 5),
+    ("(分享)卡片式链接", 49, 5),
+    ("游戏相关", 49, 7),
     ("用户上传的GIF表情", 49, 8),
+    ("位置共享", 49, 17),
     ("合并转发的聊天记录", 49, 19),
+    ("(分享)笔记", 49, 24),
+    ("(分享)小程序", 49, 33),
+    ("(分享)收藏夹", 49, 40),
+    ("(分享)小说(猜)", 49, 44),
+    ("(分享)视频号名片", 49, 50),
+    ("(分享)视频号视频", 49, 51),
+    ("接龙", 49, 53),
+    ("引用回复", 49, 57),
+    ("视频号直播或直播回放", 49, 63),
+    ("文件(猜)", 49, 74),
+    ("群公告", 49, 87),
+    ("视频号直播或直播回放等", 49, 88),
+    ("转账", 49, 2000),
+    ("赠送红包封面", 49, 2003),
+    ("语音通话", 50, 0),
+    ("企业微信打招呼(猜)", 65, 0),
+    ("企业微信添加好友(猜)", 66, 0),
+    ("系统通知", 10000, 0),
+    ("拍一拍", 10000, 4),
+    ("邀请加群", 10000, 8000),
+    ("名片", 42, 0),
+    ("卡片式链接", 49, 5),
     ("小程序", 49, 33),
     ("视频号", 49, 51),
-    ("引用回复", 49, 57),
-    ("拍一拍", 10000, 4),
-    ("群公告", 49, 87),
-    ("转账", 49, 2000),
     ("红包", 49, 2001),
-    ("语音通话", 50, 0),
-    ("系统通知", 10000, 0),
     ("消息撤回", 10000, 1),
 ];
+
+/// A `type_name` as (base type, subtype, known): the table above, PyWxDump's revoke names
+/// (`消息撤回1`, `消息撤回5`, ... carry the subtype), and its `未知-49,15` names for pairs it
+/// lists without a name. Anything else is kept as an unknown type (0, 0).
+pub fn type_of(name: &str) -> (i64, i64, bool) {
+    if let Some(&(_, t, s)) = TYPE_NAMES.iter().find(|(n, _, _)| *n == name) {
+        return (t, s, true);
+    }
+    if name.strip_prefix("消息撤回").is_some_and(|n| n.parse::<u32>().is_ok()) {
+        return (10000, 1, true);
+    }
+    if let Some((t, s)) = name.strip_prefix("未知-").and_then(|p| p.split_once(',')) {
+        if let (Ok(t), Ok(s)) = (t.trim().parse(), s.trim().parse()) {
+            return (t, s, false);
+        }
+    }
+    (0, 0, false)
+}
+
+/// What a row's `msg` becomes: (content, exported fields). PyWxDump writes a text of its own
+/// for the types it renders, the raw StrContent for the rest (XML, which normalise renders),
+/// and the type name itself for appmsg subtypes it has no renderer for.
+fn row_payload(type_name: &str, ty: i64, sub: i64, known: bool, msg: String) -> (String, Option<ExportedFields>) {
+    let xml = msg.trim_start().starts_with('<');
+    // The title PyWxDump wrote, unless the cell holds only the type name (or nothing).
+    let title = || {
+        let first = msg.lines().next().unwrap_or("").trim();
+        (!first.is_empty() && first != type_name).then(|| first.to_string())
+    };
+    let unknown = (!known).then(|| type_name.to_string());
+    match (ty, sub) {
+        _ if !known => (msg, Some(ExportedFields { type_name: unknown, ..Default::default() })),
+        (1, _) => (msg, None),
+        (10000, 1) => (msg, Some(ExportedFields::default())),
+        (10000, _) => (msg, None),
+        (49, 57) => {
+            let fields =
+                parse_quote(&msg).unwrap_or_else(|| ExportedFields { title: Some(msg.clone()), ..Default::default() });
+            (String::new(), Some(fields))
+        }
+        _ if xml => (msg, None),
+        (49, 1 | 3 | 4 | 5 | 24 | 40 | 44) | (42, _) => {
+            (String::new(), Some(ExportedFields { title: title(), ..Default::default() }))
+        }
+        _ => (String::new(), Some(ExportedFields::default())),
+    }
+}
 
 /// `{title}\n\n[引用]({time}){displayname}:{content}`
 fn parse_quote(msg: &str) -> Option<ExportedFields> {
@@ -51,6 +117,7 @@ fn parse_quote(msg: &str) -> Option<ExportedFields> {
     Some(ExportedFields {
         title: Some(title.to_string()),
         quote: Some(ExportedQuote { sender_name: name.to_string(), text: text.to_string() }),
+        type_name: None,
     })
 }
 
@@ -115,11 +182,8 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             let rec = rec.with_context(|| format!("{}: malformed CSV", path.display()))?;
             let line = line_of(&rec);
             let type_name = field(&rec, Some(c_type)).trim();
-            let Some(&(_, ty, sub)) = TYPE_NAMES.iter().find(|(n, _, _)| *n == type_name) else {
-                // Unknown names stay visible to normalise as an unknown type.
-                tracing::debug!("{}:{line}: unknown type_name", path.display());
-                continue;
-            };
+            // Unknown names are kept: normalise labels them unknown and counts them by name.
+            let (ty, sub, known) = type_of(type_name);
             let is_self = int_field(path, &rec, c_send, "is_sender")? == 1;
             let talker = field(&rec, Some(c_talker)).to_string();
             let room = field(&rec, Some(c_room)).to_string();
@@ -129,19 +193,7 @@ pub fn read(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRead> {
             let Some(ts) = parse_local_time(field(&rec, Some(c_time)), offset) else {
                 bail!("{}:{line}: column `CreateTime` is not a time like 2024-10-04 11:42:10", path.display());
             };
-            let msg = field(&rec, Some(c_msg)).to_string();
-            let (content, exported) = match (ty, sub) {
-                (49, 57) => (
-                    String::new(),
-                    Some(parse_quote(&msg).unwrap_or_else(|| ExportedFields { title: Some(msg.clone()), quote: None })),
-                ),
-                (49, 5) | (49, 4) => {
-                    let title = msg.lines().next().unwrap_or("").to_string();
-                    (String::new(), Some(ExportedFields { title: Some(title), quote: None }))
-                }
-                (3 | 34 | 43 | 47, _) | (49, 2000) => (String::new(), Some(ExportedFields::default())),
-                _ => (msg, None),
-            };
+            let (content, exported) = row_payload(type_name, ty, sub, known, field(&rec, Some(c_msg)).to_string());
             let svr = field(&rec, Some(c_svr)).trim();
             messages.push(RawMessage {
                 id: if svr.is_empty() || svr == "0" {

@@ -66,6 +66,12 @@ fn read_directory(input: &Path) -> anyhow::Result<Directory> {
     Ok(dir)
 }
 
+/// True when the chat folder `folder` is named after one of `names` (WeChatMsg names a private
+/// chat's folder after the contact's remark, else nickname, sanitised).
+fn names_folder(folder: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| !n.is_empty() && (*n == folder || sanitize_name(n) == folder))
+}
+
 /// The chat's folder name (`聊天记录/<name>/…`).
 fn chat_name(path: &Path) -> String {
     path.parent().map(|d| file_name(d).to_string()).unwrap_or_default()
@@ -97,7 +103,8 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
             (cols.index("Remark"), cols.index("NickName"), cols.require(path, "Sender")?);
         let name = chat_name(path);
         let mut rows = Vec::new();
-        let mut others = BTreeSet::new();
+        // Other speakers' wxids, with the names the export wrote for them.
+        let mut others: HashMap<String, (String, String)> = HashMap::new();
         for rec in rdr.records() {
             let rec = rec.with_context(|| format!("{}: malformed CSV", path.display()))?;
             let is_self = int_field(path, &rec, c_send, "IsSender")? == 1;
@@ -106,7 +113,9 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
                 self_id.get_or_insert_with(|| sender.clone());
                 self_name.get_or_insert_with(|| field(&rec, c_nick).to_string());
             } else if !sender.is_empty() {
-                others.insert(sender.clone());
+                others
+                    .entry(sender.clone())
+                    .or_insert_with(|| (field(&rec, c_remark).to_string(), field(&rec, c_nick).to_string()));
                 contacts.entry(sender.clone()).or_insert_with(|| RawContact {
                     id: sender.clone(),
                     nickname: field(&rec, c_nick).to_string(),
@@ -116,19 +125,30 @@ pub fn read_csv(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
             }
             rows.push((rec, is_self, sender));
         }
-        // The conversation: contacts.csv by folder name, else the one other speaker's wxid.
-        let conversation = match dir.by_name.get(&name) {
-            Some(c) => c.id.clone(),
-            None if others.len() == 1 => others.iter().next().cloned().unwrap_or_default(),
-            None => name.clone(),
+        // The conversation: contacts.csv by folder name; else a private chat is one whose only
+        // other speaker is the one the folder is named after (a group's folder carries the
+        // group's name, so a group with a single other speaker stays a group).
+        let private_with = match others.iter().next() {
+            Some((wxid, (remark, nick)))
+                if others.len() == 1 && names_folder(&name, &[remark.as_str(), nick.as_str()]) =>
+            {
+                Some(wxid.clone())
+            }
+            _ => None,
         };
-        let is_group = conversation.ends_with("@chatroom") || (others.len() > 1 && !dir.by_name.contains_key(&name));
+        let (conversation, is_group) = match (dir.by_name.get(&name), private_with) {
+            (Some(c), _) => (c.id.clone(), c.is_group),
+            (None, Some(wxid)) => (wxid, false),
+            (None, None) => (name.clone(), !others.is_empty()),
+        };
         for (rec, is_self, sender) in rows {
             let ty = int_field(path, &rec, c_type, "Type")?;
             let sub = c_sub.map(|i| int_field(path, &rec, i, "SubType")).transpose()?.unwrap_or(0);
             let content = field(&rec, Some(c_content)).to_string();
-            // Quotes are exported with an empty StrContent: only the kind survives.
-            let exported = (ty == 49 && sub == 57 && content.trim().is_empty()).then(ExportedFields::default);
+            // PC 3.x keeps appmsg XML (links, transfers, announcements, quotes) only in
+            // CompressContent, which the export leaves out: its StrContent is empty and the
+            // type and subtype are all there is to render.
+            let exported = (ty != 1 && content.trim().is_empty()).then(ExportedFields::default);
             messages.push(RawMessage {
                 id: format!("wcm:{conversation}:{}", field(&rec, Some(c_local))).into(),
                 conversation: conversation.as_str().into(),
@@ -210,27 +230,42 @@ fn parse_txt(text: &str) -> Vec<TxtRecord> {
     out
 }
 
+/// WeChatMsg's link card: lines indented by 12 spaces (its exporter writes them inside an
+/// indented string literal), `[链接]:title:…`, `description:…`, `url:…`, `name:…`. A field
+/// WeChatMsg could not read is written as Python's `None`.
+fn link_block(body: &str) -> Option<ExportedFields> {
+    let mut lines = body.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next()?.strip_prefix("[链接]:title:")?;
+    let rest: Vec<&str> = lines.collect();
+    // Only the card's own fields may follow; anything else is a text that starts that way.
+    let fields = ["description:", "url:", "name:"];
+    if !rest.iter().all(|l| fields.iter().any(|f| l.starts_with(f))) {
+        return None;
+    }
+    let title = first.trim();
+    let title = (!title.is_empty() && title != "None").then(|| title.to_string());
+    Some(ExportedFields { title, ..Default::default() })
+}
+
 /// Map a TXT body back to (type, subtype, content, exported fields).
 fn interpret_txt(body: &str) -> (i64, i64, String, Option<ExportedFields>) {
     if let Some(&(_, t, s)) = TXT_PLACEHOLDERS.iter().find(|(p, _, _)| *p == body) {
         return (t, s, String::new(), Some(ExportedFields::default()));
     }
     if let Some(rest) = body.strip_prefix("[名片]") {
-        return (42, 0, String::new(), Some(ExportedFields { title: Some(rest.to_string()), quote: None }));
+        return (42, 0, String::new(), Some(ExportedFields { title: Some(rest.to_string()), ..Default::default() }));
     }
-    if let Some(rest) = body.strip_prefix("[链接]:") {
-        let first = rest.lines().next().unwrap_or("");
-        let title = first.strip_prefix("title:").unwrap_or(first).to_string();
-        return (49, 5, String::new(), Some(ExportedFields { title: Some(title), quote: None }));
+    if let Some(fields) = link_block(body) {
+        return (49, 5, String::new(), Some(fields));
     }
     if let Some(idx) = body.rfind("\n引用:") {
         let text = &body[..idx];
         let quoted = &body[idx + "\n引用:".len()..];
-        let quote = match quoted.split_once(':') {
-            Some((n, c)) => ExportedQuote { sender_name: n.to_string(), text: c.to_string() },
-            None => ExportedQuote { sender_name: String::new(), text: String::new() },
-        };
-        return (49, 57, String::new(), Some(ExportedFields { title: Some(text.to_string()), quote: Some(quote) }));
+        // `引用:未知`: the quoted message was not text, and WeChatMsg wrote nothing of it.
+        let quote =
+            quoted.split_once(':').map(|(n, c)| ExportedQuote { sender_name: n.to_string(), text: c.to_string() });
+        let fields = ExportedFields { title: Some(text.to_string()), quote, type_name: None };
+        return (49, 57, String::new(), Some(fields));
     }
     (1, 0, body.to_string(), None)
 }
@@ -247,7 +282,19 @@ pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
     for path in &files {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {} (UTF-8 expected)", path.display()))?;
-        parsed.push((path.clone(), parse_txt(&text)));
+        let recs = parse_txt(&text);
+        if recs.is_empty() {
+            // A stray note beside the export is skipped; nothing but such files is an error.
+            tracing::warn!("{}: no WeChatMsg TXT message lines; skipped", path.display());
+            continue;
+        }
+        parsed.push((path.clone(), recs));
+    }
+    if parsed.is_empty() {
+        bail!(
+            "{}: not a WeChatMsg TXT export: no line like `2024-10-04 11:43:05 name` starts a message",
+            files[0].display()
+        );
     }
     // Own name: given, or the one speaker present in every chat.
     let self_name = match &p.self_name {
@@ -278,8 +325,18 @@ pub fn read_txt(input: &Path, p: &DecryptReadParams) -> anyhow::Result<ExportRea
         let name = chat_name(&path);
         let speakers: BTreeSet<&str> =
             recs.iter().filter_map(|r| r.name.as_deref()).filter(|n| *n != self_name).collect();
-        let conversation = dir.by_name.get(&name).map(|c| c.id.clone()).unwrap_or_else(|| name.clone());
-        let is_group = conversation.ends_with("@chatroom") || speakers.len() > 1;
+        // As in the CSV: without contacts.csv, a chat is private when its one other speaker is
+        // the one its folder is named after.
+        let (conversation, is_group) = match dir.by_name.get(&name) {
+            Some(c) => (c.id.clone(), c.is_group),
+            None => {
+                let private = match speakers.iter().next() {
+                    None => true,
+                    Some(s) => speakers.len() == 1 && names_folder(&name, &[s]),
+                };
+                (name.clone(), !private)
+            }
+        };
         if !contacts.contains_key(&conversation) {
             contacts.insert(
                 conversation.clone(),
