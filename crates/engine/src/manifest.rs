@@ -314,7 +314,12 @@ fn parse_stage(
     }
     let (canonical_params, outputs) = match canonical {
         Some(v) if errors_empty => {
-            let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
+            // Every input the manifest names, also one whose path failed above: that failure
+            // is reported once, not again as "names no input".
+            let names: Vec<&str> = match table.get("inputs") {
+                Some(toml::Value::Table(t)) => t.keys().map(String::as_str).collect(),
+                _ => Vec::new(),
+            };
             if let Err(e) = stage.check_inputs(&v, &names) {
                 param_error(e, diags);
             }
