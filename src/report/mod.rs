@@ -1,14 +1,18 @@
 //! `avatar report`: one self-contained HTML page about the last run — the DAG with what ran
 //! and what was cached, each stage's metrics, every chart the stages drew, the eval table and,
 //! on request, a few example conversations.
+//!
+//! The page is `report.html` (and the graph `dag.svg`), minijinja templates compiled into the
+//! binary; this module gathers what they show, already formatted.
 
 mod dag_svg;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use minijinja::{AutoEscape, Environment, Value};
+use serde::Serialize;
 
 use crate::engine::Manifest;
 use crate::engine::Registry;
@@ -18,8 +22,8 @@ use crate::engine::hashing::list_files;
 use crate::engine::history::RunRecord;
 use crate::engine::status::status;
 use crate::engine::store::Store;
-use crate::stages::eval::EvalReport;
 use avatar_core::escape::escape;
+use crate::stages::eval::EvalReport;
 
 pub struct ReportOptions {
     /// Include example conversations (chat text: only for data you may show).
@@ -30,6 +34,80 @@ pub struct ReportOptions {
 
 /// Largest SVG inlined; bigger ones are linked by path instead.
 const MAX_SVG_BYTES: u64 = 2 << 20;
+
+#[derive(Serialize)]
+struct LastRun {
+    started: String,
+    finished: String,
+    ok: bool,
+}
+
+/// One row of the stage table.
+#[derive(Serialize)]
+struct StageRow {
+    name: String,
+    kind: String,
+    state: String,
+    /// Why the stage is out of date; `None` when it is up to date.
+    why: Option<String>,
+    error: Option<String>,
+    time: String,
+    metrics: String,
+}
+
+#[derive(Serialize)]
+struct Chart {
+    title: String,
+    /// The SVG itself when it is small enough to inline, else the page shows `path`.
+    svg: Option<Value>,
+    path: String,
+}
+
+#[derive(Serialize)]
+struct EvalTable {
+    models: Vec<String>,
+    rows: Vec<EvalRow>,
+    distance: Vec<String>,
+    catchphrases: String,
+}
+
+#[derive(Serialize)]
+struct EvalRow {
+    label: &'static str,
+    person: String,
+    models: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Example {
+    context: Vec<String>,
+    person: Vec<String>,
+    replies: Vec<ModelReply>,
+}
+
+#[derive(Serialize)]
+struct ModelReply {
+    model: String,
+    bubbles: Vec<String>,
+}
+
+/// The report's templates. Values are escaped with the project's `escape` (it also drops
+/// control characters), except those the code marks safe: the SVGs it inlines.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_auto_escape_callback(|_| AutoEscape::Html);
+    env.set_formatter(|out, state, value| {
+        if value.is_safe() || value.as_str().is_none() {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        out.write_str(&escape(value.as_str().unwrap_or_default())).map_err(minijinja::Error::from)
+    });
+    env.add_template("report.html", include_str!("report.html")).expect("report.html is a valid template");
+    env.add_template("dag.svg", include_str!("dag.svg")).expect("dag.svg is a valid template");
+    env
+}
 
 pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptions) -> anyhow::Result<PathBuf> {
     let store = Store::existing(&manifest.store_dir());
@@ -48,27 +126,7 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
         states.insert(s.name.clone(), (s.kind.clone(), state));
     }
 
-    let mut html = String::new();
-    let title = format!("avatar report: {}", manifest.display_name());
-    let _ = write!(
-        html,
-        "<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><title>{}</title><style>{CSS}</style></head><body><h1>{}</h1>",
-        escape(&title),
-        escape(&title)
-    );
-    let _ = write!(html, "<p class=\"meta\">manifest <code>{}</code>", escape(&manifest.path.display().to_string()));
-    if let Some(r) = &last_run {
-        let _ = write!(
-            html,
-            " · last run {} → {} · {}",
-            escape(&r.started),
-            escape(&r.finished),
-            if r.ok { "ok" } else { "with failures" }
-        );
-    }
-    html += "</p><h2>Pipeline</h2><div class=\"dag\">";
-    html += &dag_svg::dag_svg(&dag, &states);
-    html += "</div><table><tr><th>stage</th><th>kind</th><th>state</th><th>time</th><th>metrics</th></tr>";
+    let mut rows = Vec::new();
     let mut charts = Vec::new();
     let mut eval: Option<EvalReport> = None;
     for s in &statuses {
@@ -76,33 +134,26 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
         let run = last_run.as_ref().and_then(|r| r.stages.iter().find(|x| x.name == s.name));
         let record = s.key.as_deref().and_then(|k| store.action(k));
         let metrics = record.as_ref().map(|r| r.metrics.clone()).unwrap_or_default();
-        let secs = record.as_ref().map(|r| format!("{:.1}s", r.duration_s)).unwrap_or_default();
         let metric_text: Vec<String> = metrics
             .iter()
             .filter(|(_, v)| v.is_number())
             .take(8)
             .map(|(k, v)| format!("{k}={}", v.as_f64().map(fmt_num).unwrap_or_default()))
             .collect();
-        let why =
-            if s.up_to_date { String::new() } else { format!("<br><small>{}</small>", escape(&s.reasons.join("; "))) };
-        let err = run
-            .and_then(|r| r.error.clone())
-            .map(|e| format!("<br><small class=\"err\">{}</small>", escape(&e)))
-            .unwrap_or_default();
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}{why}{err}</td><td>{secs}</td><td><small>{}</small></td></tr>",
-            escape(&s.name),
-            escape(&s.kind),
-            escape(state),
-            escape(state),
-            escape(&metric_text.join("  "))
-        );
+        rows.push(StageRow {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            state: state.clone(),
+            why: (!s.up_to_date).then(|| s.reasons.join("; ")),
+            error: run.and_then(|r| r.error.clone()),
+            time: record.as_ref().map(|r| format!("{:.1}s", r.duration_s)).unwrap_or_default(),
+            metrics: metric_text.join("  "),
+        });
         if let Some(rec) = record {
             let dir = store.object_dir(&rec.output);
             for (rel, path) in list_files(&dir).unwrap_or_default() {
                 if rel.ends_with(".svg") {
-                    charts.push((format!("{} · {rel}", s.name), path));
+                    charts.push(chart(format!("{} · {rel}", s.name), &path));
                 } else if rel == "eval.json" {
                     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                     eval = serde_json::from_slice(&bytes).ok();
@@ -110,30 +161,19 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
             }
         }
     }
-    html += "</table>";
 
-    if let Some(e) = &eval {
-        html += &eval_table(e);
-        if opts.examples {
-            html += &examples(e);
-        }
-    }
-    if !charts.is_empty() {
-        html += "<h2>Charts</h2><div class=\"charts\">";
-        for (title, path) in &charts {
-            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            let body =
-                if size <= MAX_SVG_BYTES { std::fs::read_to_string(path).unwrap_or_default() } else { String::new() };
-            let body = if body.trim_start().starts_with("<svg") || body.trim_start().starts_with("<?xml") {
-                body
-            } else {
-                format!("<p>{}</p>", escape(&path.display().to_string()))
-            };
-            let _ = write!(html, "<figure><figcaption>{}</figcaption>{body}</figure>", escape(title));
-        }
-        html += "</div>";
-    }
-    html += "</body></html>\n";
+    let env = environment();
+    let title = format!("avatar report: {}", manifest.display_name());
+    let html = env.get_template("report.html")?.render(minijinja::context! {
+        title,
+        manifest => manifest.path.display().to_string(),
+        last_run => last_run.as_ref().map(|r| LastRun { started: r.started.clone(), finished: r.finished.clone(), ok: r.ok }),
+        dag_svg => Value::from_safe_string(dag_svg::dag_svg(&env, &dag, &states)?),
+        stages => rows,
+        eval => eval.as_ref().map(eval_table),
+        examples => eval.as_ref().filter(|_| opts.examples).map(examples),
+        charts,
+    })? + "\n";
 
     let out = opts.out.clone().unwrap_or_else(|| manifest.store_dir().join("report.html"));
     if let Some(parent) = out.parent() {
@@ -142,6 +182,14 @@ pub fn write_report(manifest: &Manifest, registry: &Registry, opts: &ReportOptio
     write_atomic(&out, html.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
     restrict(&out);
     Ok(out)
+}
+
+/// A stage's chart: inlined when it is a small SVG, else named by path.
+fn chart(title: String, path: &Path) -> Chart {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let body = if size <= MAX_SVG_BYTES { std::fs::read_to_string(path).unwrap_or_default() } else { String::new() };
+    let is_svg = body.trim_start().starts_with("<svg") || body.trim_start().starts_with("<?xml");
+    Chart { title, svg: is_svg.then(|| Value::from_safe_string(body)), path: path.display().to_string() }
 }
 
 fn restrict(path: &Path) {
@@ -159,14 +207,9 @@ fn fmt_num(f: f64) -> String {
     }
 }
 
-fn eval_table(e: &EvalReport) -> String {
-    let mut h = String::from("<h2>Evaluation on the test split</h2><table><tr><th>metric</th><th>person</th>");
-    for m in &e.order {
-        let _ = write!(h, "<th>{}</th>", escape(m));
-    }
-    h += "</tr>";
+fn eval_table(e: &EvalReport) -> EvalTable {
     type Getter = fn(&crate::stages::eval::style::StyleStats) -> f64;
-    let rows: [(&str, Getter); 9] = [
+    let styles: [(&str, Getter); 9] = [
         ("reply length (chars, mean)", |s| s.len_mean),
         ("reply length (median)", |s| s.len_median),
         ("bubbles per reply", |s| s.bubbles_mean),
@@ -177,59 +220,37 @@ fn eval_table(e: &EvalReport) -> String {
         ("emoji rate", |s| s.emoji_rate),
         ("blocked-word rate", |s| s.blocked_word_rate),
     ];
-    let _ = write!(h, "<tr><td>perplexity</td><td>–</td>");
-    for m in &e.order {
-        let _ = write!(h, "<td>{}</td>", e.models[m].perplexity.map(fmt_num).unwrap_or_else(|| "–".into()));
-    }
-    h += "</tr>";
+    let cell = |v: Option<f64>| v.map(fmt_num).unwrap_or_else(|| "–".into());
+    let per_model =
+        |f: &dyn Fn(&crate::stages::eval::ModelReport) -> String| e.order.iter().map(|m| f(&e.models[m])).collect();
+    let mut rows =
+        vec![EvalRow { label: "perplexity", person: "–".into(), models: per_model(&|m| cell(m.perplexity)) }];
     if e.person_reward.is_some() || e.models.values().any(|m| m.reward_mean.is_some()) {
-        let cell = |v: Option<f64>| v.map(fmt_num).unwrap_or_else(|| "–".into());
-        let _ = write!(h, "<tr><td>mean reward (reward model)</td><td>{}</td>", cell(e.person_reward));
-        for m in &e.order {
-            let _ = write!(h, "<td>{}</td>", cell(e.models[m].reward_mean));
-        }
-        h += "</tr>";
+        rows.push(EvalRow {
+            label: "mean reward (reward model)",
+            person: cell(e.person_reward),
+            models: per_model(&|m| cell(m.reward_mean)),
+        });
     }
-    for (label, get) in rows {
-        let _ = write!(h, "<tr><td>{label}</td><td>{}</td>", fmt_num(get(&e.person)));
-        for m in &e.order {
-            let _ = write!(h, "<td>{}</td>", fmt_num(get(&e.models[m].style)));
-        }
-        h += "</tr>";
+    for (label, get) in styles {
+        rows.push(EvalRow { label, person: fmt_num(get(&e.person)), models: per_model(&|m| fmt_num(get(&m.style))) });
     }
-    let _ = write!(h, "<tr><td><b>style distance</b> (lower = closer)</td><td>0</td>");
-    for m in &e.order {
-        let _ = write!(h, "<td><b>{}</b></td>", fmt_num(e.models[m].style_distance));
+    EvalTable {
+        models: e.order.clone(),
+        rows,
+        distance: per_model(&|m| fmt_num(m.style_distance)),
+        catchphrases: e.catchphrases.join(" · "),
     }
-    h += "</tr></table>";
-    let _ = write!(h, "<p class=\"meta\">catchphrases: {}</p>", escape(&e.catchphrases.join(" · ")));
-    h
 }
 
-fn examples(e: &EvalReport) -> String {
-    let mut h = String::from("<h2>Example conversations</h2>");
-    for ex in &e.examples {
-        h += "<div class=\"convo\">";
-        for line in &ex.context {
-            let _ = write!(h, "<div class=\"them\">{}</div>", escape(line));
-        }
-        let _ = write!(h, "<div class=\"me\"><b>person</b> {}</div>", bubbles(&ex.person));
-        for (m, r) in &ex.replies {
-            let _ = write!(h, "<div class=\"model\"><b>{}</b> {}</div>", escape(m), bubbles(r));
-        }
-        h += "</div>";
-    }
-    h
+fn examples(e: &EvalReport) -> Vec<Example> {
+    let bubbles = |reply: &str| avatar_core::sample::bubbles(reply).iter().map(|b| b.to_string()).collect();
+    e.examples
+        .iter()
+        .map(|ex| Example {
+            context: ex.context.clone(),
+            person: bubbles(&ex.person),
+            replies: ex.replies.iter().map(|(m, r)| ModelReply { model: m.clone(), bubbles: bubbles(r) }).collect(),
+        })
+        .collect()
 }
-
-fn bubbles(reply: &str) -> String {
-    avatar_core::sample::bubbles(reply).iter().map(|b| format!("<span class=\"bubble\">{}</span>", escape(b))).collect()
-}
-
-const CSS: &str = "body{font-family:-apple-system,'PingFang SC','Noto Sans CJK SC',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
-h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;width:100%;font-size:.9em}\
-td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f4f4f4}.meta{color:#666}\
-.ran{background:#c8f0c8}.cached{background:#eee}.failed{background:#f6b8b8}.stale{background:#fff6c0}.skipped{background:#f6e0b8}.err{color:#a00}\
-.charts{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;border:1px solid #eee;padding:6px}figure svg{max-width:520px;height:auto}\
-.convo{border:1px solid #ddd;border-radius:8px;padding:8px;margin:8px 0}.them{color:#555}.me,.model{margin-top:4px}\
-.bubble{display:inline-block;background:#95ec69;border-radius:6px;padding:2px 8px;margin:2px}.model .bubble{background:#dfe9ff}.dag{overflow-x:auto}";
