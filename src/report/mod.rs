@@ -22,8 +22,8 @@ use crate::engine::hashing::list_files;
 use crate::engine::history::RunRecord;
 use crate::engine::status::status;
 use crate::engine::store::Store;
-use avatar_core::escape::escape;
 use crate::stages::eval::EvalReport;
+use avatar_core::escape::escape;
 
 pub struct ReportOptions {
     /// Include example conversations (chat text: only for data you may show).
