@@ -13,23 +13,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use avatar::stages::common::message::{Message, MessageKind};
-use avatar::stages::decrypt_read::{DecryptReadParams, SourceFormat, read_source};
-use avatar::stages::normalise::blocked::Blocked;
-use avatar::stages::normalise::{NormaliseParams, Stats, normalise};
+use avatar::stages::decrypt_read::{DecryptReadParams, SourceFormat};
+use avatar::stages::normalise::Stats;
+
+use super::fixture::{conversation_rows as rows, read_with_stats as read};
 
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
-}
-
-fn read(dir: &Path, p: &DecryptReadParams) -> (Vec<Message>, Stats) {
-    let (meta, raw) = read_source(dir, p).unwrap_or_else(|e| panic!("{e:#}"));
-    normalise(&meta, &raw, &NormaliseParams::default(), &Blocked::none())
-}
-
-/// (kind, text) of every message of a conversation, in time order.
-fn rows(got: &[Message], conversation: &str) -> Vec<(MessageKind, String)> {
-    got.iter().filter(|m| m.conversation == conversation).map(|m| (m.kind, m.text.clone())).collect()
 }
 
 fn unknown(stats: &Stats) -> BTreeMap<String, u64> {
@@ -64,7 +55,7 @@ fn wechatmsg_csv_renders_from_type_and_subtype_when_str_content_is_empty() {
         write(&dir.path().join(format!("data/聊天记录/{folder}/{folder}_utf8.csv")), body.as_bytes());
     }
     let p = DecryptReadParams::default();
-    let (got, stats) = read(dir.path(), &p);
+    let (_, got, stats) = read(dir.path(), &p);
     assert_eq!(got.len(), private.len() + group.len(), "every row is kept");
     assert_eq!(
         rows(&got, "wxid_abc123"),
@@ -123,7 +114,7 @@ fn wechatmsg_txt_link_blocks_and_single_speaker_groups() {
     let group = "2024-10-05 09:00:00 阿明\n周六几点\n\n2024-10-05 09:01:00 我的昵称\n九点\n\n2024-10-05 09:02:00 阿明\n[表情包]\n\n";
     write(&dir.path().join("聊天记录/周末羽毛球/周末羽毛球.txt"), group.as_bytes());
     let p = DecryptReadParams { self_name: Some("我的昵称".into()), ..Default::default() };
-    let (got, _) = read(dir.path(), &p);
+    let (_, got, _) = read(dir.path(), &p);
     assert_eq!(
         rows(&got, "小虫"),
         vec![
@@ -187,7 +178,7 @@ fn pywxdump_csv_every_type_name_and_unknown_names_kept() {
         let body = format!("{header}{}\r\n", lines.join("\r\n"));
         write(&root.join(conv).join(format!("{conv}_0_{}.csv", lines.len() + 1)), body.as_bytes());
     }
-    let (got, stats) = read(dir.path(), &DecryptReadParams { format: SourceFormat::Auto, ..Default::default() });
+    let (_, got, stats) = read(dir.path(), &DecryptReadParams { format: SourceFormat::Auto, ..Default::default() });
     assert_eq!(got.len(), private.len() + group.len(), "nothing vanishes");
     assert_eq!(
         rows(&got, "wxid_abc123"),

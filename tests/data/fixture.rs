@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use avatar::stages::common::message::Message;
+use avatar::stages::common::message::{Message, MessageKind};
 use avatar::stages::decrypt_read::{DecryptReadParams, read_source};
 use avatar::stages::normalise::blocked::Blocked;
-use avatar::stages::normalise::{NormaliseParams, normalise};
+use avatar::stages::normalise::{NormaliseParams, Stats, normalise};
 use avatar::synth::{self, History, SynthKeys};
 
 pub const SEED: u64 = 5;
@@ -52,6 +52,17 @@ pub fn params_for(f: &str) -> DecryptReadParams {
 }
 
 pub fn read_normalised(path: &Path, p: &DecryptReadParams) -> Vec<Message> {
+    read_with_stats(path, p).1
+}
+
+/// The detected format, the normalised messages and normalise's stats of one source.
+pub fn read_with_stats(path: &Path, p: &DecryptReadParams) -> (String, Vec<Message>, Stats) {
     let (meta, raw) = read_source(path, p).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-    normalise(&meta, &raw, &NormaliseParams::default(), &Blocked::none()).0
+    let (messages, stats) = normalise(&meta, &raw, &NormaliseParams::default(), &Blocked::none());
+    (meta.format, messages, stats)
+}
+
+/// (kind, text) of every message of a conversation, in time order.
+pub fn conversation_rows(got: &[Message], conversation: &str) -> Vec<(MessageKind, String)> {
+    got.iter().filter(|m| m.conversation == conversation).map(|m| (m.kind, m.text.clone())).collect()
 }

@@ -1,24 +1,10 @@
 //! ChatLab (v0.0.2, JSON and JSONL) and Telegram Desktop (`result.json`, single chat and full
 //! export) in, on files written here as those formats document them; ChatLab out, read back.
 
-use std::path::Path;
-
 use avatar::stages::common::message::{Message, MessageKind as K};
 use avatar::stages::decrypt_read::{DecryptReadParams, read_source};
-use avatar::stages::normalise::blocked::Blocked;
-use avatar::stages::normalise::{NormaliseParams, Stats, normalise};
 
-use super::fixture::{fixture, params_for, read_normalised};
-
-fn read(path: &Path, p: &DecryptReadParams) -> (String, Vec<Message>, Stats) {
-    let (meta, raw) = read_source(path, p).unwrap_or_else(|e| panic!("{e:#}"));
-    let (messages, stats) = normalise(&meta, &raw, &NormaliseParams::default(), &Blocked::none());
-    (meta.format, messages, stats)
-}
-
-fn kinds(got: &[Message], conversation: &str) -> Vec<(K, String)> {
-    got.iter().filter(|m| m.conversation == conversation).map(|m| (m.kind, m.text.clone())).collect()
-}
+use super::fixture::{conversation_rows as kinds, fixture, params_for, read_normalised, read_with_stats as read};
 
 const CHATLAB_GROUP: &str = r#"{
   "chatlab": { "version": "0.0.2", "exportedAt": 1703001700, "generator": "a converter" },
