@@ -8,10 +8,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use clap::Args;
 
-use crate::engine::lockfile::LockFile;
 use crate::engine::manifest::InputRef;
-use crate::engine::status::status as stage_status;
-use crate::engine::store::Store;
 use crate::engine::{Manifest, Registry};
 
 /// The stage kind whose output is labelled.
@@ -71,37 +68,7 @@ pub fn ranked_path(manifest: &Manifest, registry: &Registry, stage: Option<&str>
             }
         }
     };
-    let file = registry
-        .get(KIND)
-        .and_then(|k| k.info().outputs.iter().find(|o| o.name == "ranked"))
-        .map(|o| o.path)
-        .ok_or_else(|| anyhow!("this build has no `{KIND}` stage kind"))?;
-    let store = Store::existing(&manifest.store_dir());
-    let current = stage_status(manifest, registry)?
-        .into_iter()
-        .find(|s| s.name == decl.name)
-        .and_then(|s| s.key)
-        .and_then(|k| store.action(&k));
-    let output = match current {
-        Some(rec) => rec.output,
-        None => {
-            let lock = LockFile::read(&manifest.lock_path())?;
-            let entry = lock.stages.get(&decl.name).ok_or_else(|| {
-                anyhow!("stage `{}` has not run yet: run `avatar run --until {}` first", decl.name, decl.name)
-            })?;
-            eprintln!("note: stage `{}` is stale; labelling the candidates of its last run", decl.name);
-            entry.output.clone()
-        }
-    };
-    let path = store.object_dir(&output).join(file);
-    if !path.is_file() {
-        bail!(
-            "the output of stage `{}` is missing from the store ({}): run the pipeline again",
-            decl.name,
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(super::artifact::stage_output(manifest, registry, &decl.name, "ranked")?.path)
 }
 
 /// The `labels` input of the manifest's stages (a file path, not another stage's output).

@@ -1,5 +1,6 @@
 //! The `avatar` command line.
 
+mod artifact;
 mod demo;
 mod inspect;
 pub mod label;

@@ -2,6 +2,7 @@
 
 pub mod curves;
 pub mod jsonl;
+pub mod loopback;
 pub mod message;
 pub mod message_table;
 pub mod parallel_scan;

@@ -4,23 +4,23 @@
 //! worst 1; later lines win). Loopback only, and requests must name a loopback host.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::common::jsonl::read_jsonl;
+pub use crate::common::loopback::is_loopback_host;
+use crate::common::loopback::{self, context_json, error, host_ok, json_body, require_loopback};
 use crate::common::ranked::{Label, Ranked, candidates_fingerprint, format_score};
-use crate::common::sample::Role;
 
 const PAGE: &str = include_str!("label.html");
 
@@ -69,11 +69,7 @@ impl LabelState {
         if ignored > 0 {
             eprintln!("note: {ignored} lines of {} match no record of this run; they are kept", labels_path.display());
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(labels_path)
+        let file = avatar_engine::fsutil::open_private_append(labels_path)
             .with_context(|| format!("opening labels {}", labels_path.display()))?;
         Ok(LabelState {
             records,
@@ -93,19 +89,7 @@ impl LabelState {
             .records
             .iter()
             .map(|r| {
-                let context: Vec<Value> = r
-                    .sample
-                    .context
-                    .iter()
-                    .map(|t| {
-                        let who = match (&t.speaker, t.role) {
-                            (Some(name), _) => name.clone(),
-                            (None, Role::Self_) => "我".into(),
-                            (None, Role::Other) => r.sample.conversation.clone(),
-                        };
-                        json!({"who": who, "self": t.role == Role::Self_, "text": t.text})
-                    })
-                    .collect();
+                let context = context_json(&r.sample);
                 json!({
                     "id": r.id, "context": context, "candidates": r.candidates(),
                     "scores": r.scores, "judge": r.judge, "label": inner.labels.get(&r.id),
@@ -160,18 +144,6 @@ pub fn scores_from_order(order: &[usize], n: usize) -> Result<Vec<String>, Strin
     Ok(scores.into_iter().map(|s| format_score(s as f64)).collect())
 }
 
-/// Whether `host` (a Host header or bind address, with or without port) is this machine.
-pub fn is_loopback_host(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else if host.matches(':').count() > 1 {
-        host
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 pub fn router(state: Arc<LabelState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
@@ -181,10 +153,6 @@ pub fn router(state: Arc<LabelState>) -> Router {
 struct SaveRequest {
     id: String,
     order: Vec<usize>,
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
 
 async fn dispatch(State(st): State<Arc<LabelState>>, req: Request) -> Response {
@@ -200,12 +168,7 @@ async fn dispatch(State(st): State<Arc<LabelState>>, req: Request) -> Response {
         ("/api/records", Method::GET) => axum::Json(st.records_json()).into_response(),
         ("/api/label", Method::POST) => {
             // JSON only: a cross-site form post cannot send it without a CORS preflight.
-            let json_body = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim_start().starts_with("application/json"));
-            if !json_body {
+            if !json_body(req.headers()) {
                 return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json");
             }
             let Ok(body) = axum::body::to_bytes(req.into_body(), 1 << 16).await else {
@@ -227,37 +190,12 @@ async fn dispatch(State(st): State<Arc<LabelState>>, req: Request) -> Response {
     }
 }
 
-fn host_ok(headers: &HeaderMap) -> bool {
-    headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_none_or(is_loopback_host)
-}
-
 /// Serve the page on `host:port` (loopback only) until ctrl-c.
 pub fn serve_blocking(ranked: &Path, labels: &Path, host: &str, port: u16) -> anyhow::Result<()> {
-    if !is_loopback_host(host) {
-        bail!(
-            "refusing to listen on {host}: the labelling page shows chat text, so it binds loopback only (127.0.0.1, ::1, localhost)"
-        );
-    }
+    require_loopback(host, "labelling page")?;
     let state = Arc::new(LabelState::open(ranked, labels)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
-        let addr = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let listener =
-            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let local = listener.local_addr()?;
-        println!("labelling {} records; saving to {}", state.records.len(), state.labels_path().display());
-        println!("open http://{local}/ (Ctrl-C to stop)");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("label server error")
-    })
+    let banner = format!("labelling {} records; saving to {}", state.records.len(), state.labels_path().display());
+    loopback::serve_blocking(router(state), host, port, "labelling page", &banner)
 }
 
 #[cfg(test)]
@@ -270,15 +208,5 @@ mod tests {
         assert!(scores_from_order(&[1, 1, 0], 3).is_err());
         assert!(scores_from_order(&[1, 0], 3).is_err());
         assert!(scores_from_order(&[3, 1, 0], 3).is_err());
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for h in ["127.0.0.1", "127.0.0.1:8001", "localhost:9", "LOCALHOST", "[::1]:80", "::1"] {
-            assert!(is_loopback_host(h), "{h}");
-        }
-        for h in ["0.0.0.0", "evil.example:8001", "192.168.1.2", "[::]:80", ""] {
-            assert!(!is_loopback_host(h), "{h}");
-        }
     }
 }

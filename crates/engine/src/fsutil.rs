@@ -46,6 +46,12 @@ pub fn open_private(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
 }
 
+/// Open (creating if needed, 0600) a file to append records to: results files that pages add
+/// one line to at a time.
+pub fn open_private_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o600).open(path)
+}
+
 /// Create `dir` (and missing parents) readable only by its owner: each one 0700 from creation.
 /// An existing `dir` is narrowed to 0700 too.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
