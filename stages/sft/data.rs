@@ -31,6 +31,17 @@ pub fn encode_file(
     if let Some(n) = limit {
         samples.truncate(n);
     }
+    encode_samples(&samples, path, tokenizer, template, max_len)
+}
+
+/// Encode samples read from `path` (named in errors with the sample number and id).
+pub fn encode_samples(
+    samples: &[Sample],
+    path: &std::path::Path,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    max_len: usize,
+) -> anyhow::Result<Encoded> {
     let mut out = Vec::with_capacity(samples.len());
     let mut skipped = 0;
     for (i, s) in samples.iter().enumerate() {

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod general;
 pub mod params;
 pub mod train;
 
@@ -66,7 +67,7 @@ impl TypedStage for SftStage {
     type Params = SftParams;
     const INFO: StageInfo = StageInfo {
         kind: "sft",
-        version: 1,
+        version: 2,
         summary: "base model + train/val samples → LoRA adapter (PEFT), merged HF model, loss curves",
         inputs: &[
             InputSpec {
@@ -76,11 +77,21 @@ impl TypedStage for SftStage {
             },
             InputSpec { name: "train", required: true, help: "training samples JSONL (split.train)" },
             InputSpec { name: "val", required: true, help: "validation samples JSONL (split.val)" },
+            InputSpec {
+                name: "general",
+                required: false,
+                help: "general instruction pairs JSONL (ShareGPT or Alpaca), mixed in against forgetting",
+            },
         ],
         outputs: &[
             OutputSpec { name: "adapter", path: "adapter", help: "PEFT LoRA adapter (empty note in full mode)" },
             OutputSpec { name: "model", path: "model", help: "merged model, HF folder" },
             OutputSpec { name: "curves", path: "curves", help: "loss.json and loss.svg" },
+            OutputSpec {
+                name: "general_test",
+                path: "general-test.jsonl",
+                help: "held-out general rows as samples, for eval (empty without a `general` input)",
+            },
         ],
     };
 
@@ -98,8 +109,21 @@ impl TypedStage for SftStage {
 
         let train_path = ctx.input("train")?;
         let val_path = ctx.input("val")?;
-        let train = data::encode_file(train_path, tokenizer, template, max_len, None)?;
+        let mut train = data::encode_file(train_path, tokenizer, template, max_len, None)?;
         data::require_samples(&train, train_path)?;
+        let person_samples = train.samples.len();
+        let general = general::prepare(
+            ctx.optional_input("general"),
+            &ctx.output("general_test", &Self::INFO)?,
+            &p.own,
+            seed,
+            (tokenizer, template, max_len),
+            person_samples,
+        )?;
+        if let Some(g) = &general {
+            // Mixed before the plan's seeded shuffle: the batches interleave both kinds.
+            train.samples.extend(g.samples.iter().cloned());
+        }
         let val = data::encode_file(val_path, tokenizer, template, max_len, Some(p.own.eval_samples.max(1)))?;
         data::require_samples(&val, val_path)?;
         ctx.progress.note(&format!(
@@ -158,6 +182,13 @@ impl TypedStage for SftStage {
         m.insert("train_seconds".into(), outcome.seconds_this_run.into());
         m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
         m.insert("train_samples".into(), train.samples.len().into());
+        if let Some(g) = &general {
+            m.insert("general_rows".into(), g.rows.into());
+            m.insert("general_held_out".into(), g.held_out.into());
+            m.insert("general_mixed".into(), g.samples.len().into());
+            m.insert("general_skipped".into(), g.skipped.into());
+            m.insert("general_share".into(), (g.samples.len() as f64 / train.samples.len() as f64).into());
+        }
         m.insert("skipped_samples".into(), (train.skipped + val.skipped).into());
         m.insert("trainable_parameters".into(), model.trainable_parameter_count().into());
         if let Some(step) = outcome.resumed_from {

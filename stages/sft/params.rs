@@ -34,6 +34,12 @@ pub struct SftOptions {
     pub checkpoint_every: u64,
     /// Pack several samples into each row (attention blocked between them) instead of padding.
     pub packing: bool,
+    /// With a `general` input: the share of training samples that are general instruction
+    /// pairs (0.2: one in five), against forgetting; rows repeat when the file is short.
+    pub general_ratio: f64,
+    /// With a `general` input: the share of its rows held back (the `general_test` output, on
+    /// which eval reports perplexity); at least one.
+    pub general_holdout: f64,
 }
 
 impl Default for SftOptions {
@@ -46,6 +52,8 @@ impl Default for SftOptions {
             eval_samples: 256,
             checkpoint_every: 50,
             packing: true,
+            general_ratio: 0.2,
+            general_holdout: 0.1,
         }
     }
 }
@@ -64,6 +72,12 @@ impl OwnParams for SftOptions {
     fn validate(&self, training: &Training) -> anyhow::Result<()> {
         if self.grad_accum == 0 {
             bail!("grad_accum must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.general_ratio) {
+            bail!("general_ratio must be at least 0 and below 1 (a share of the training samples)");
+        }
+        if !(self.general_holdout > 0.0 && self.general_holdout < 1.0) {
+            bail!("general_holdout must be between 0 and 1 (a share of the general rows)");
         }
         if training.epochs == 0 && self.max_steps == 0 {
             bail!("epochs and max_steps are both 0: nothing to train");
