@@ -3,6 +3,7 @@
 mod artifact;
 mod demo;
 mod inspect;
+mod judge;
 pub mod label;
 pub(crate) mod output;
 mod run_cmd;
@@ -46,6 +47,8 @@ enum Command {
     Report(ReportArgs),
     /// Rank reward-label's candidates by hand in the browser (appends to the labels file).
     Label(label::LabelArgs),
+    /// Blind test: pick the person's real reply next to the clone's (appends to a results file eval reads).
+    Judge(judge::JudgeArgs),
     /// Serve a model on an OpenAI-compatible API with a web chat page.
     Serve(crate::serve::ServeArgs),
     /// Write a synthetic WeChat history in every supported source format (tests, demos).
@@ -84,6 +87,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Gc(args) => inspect::gc(&registry, &args),
         Command::Report(args) => report(&registry, &args),
         Command::Label(args) => label::label(&registry, &args),
+        Command::Judge(args) => judge::judge(&registry, &args),
         Command::Serve(args) => crate::serve_target::run(&args, &registry).map(|()| ExitCode::SUCCESS),
         Command::Synth(args) => crate::synth::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Kinds => inspect::kinds(&registry),

@@ -3,6 +3,9 @@
 //! emoji, blocked words) next to the same statistics of what the person actually wrote, and,
 //! given a reward model, the mean reward of each model's replies (and of the person's own).
 
+pub mod fooled;
+pub mod general;
+pub mod judge_page;
 pub mod models;
 pub mod style;
 
@@ -80,6 +83,12 @@ pub struct EvalReport {
     /// Model names in table order.
     pub order: Vec<String>,
     pub examples: Vec<Example>,
+    /// Perplexity on sft's held-out general instruction rows (with a `general` input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub general: Option<general::GeneralReport>,
+    /// Fooled rates from `avatar judge`'s blind tests (with a `blind` input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind: Option<fooled::BlindReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +116,16 @@ const INPUTS: &[InputSpec] = &[
         help: "reward model (reward-train.model): adds mean reward per model",
     },
     InputSpec { name: "blocked_words", required: false, help: "blocked words, one per line" },
+    InputSpec {
+        name: "general",
+        required: false,
+        help: "sft.general_test: held-out general instruction rows, perplexity per model (forgetting)",
+    },
+    InputSpec {
+        name: "blind",
+        required: false,
+        help: "results file of `avatar judge` (blind tests): fooled rate per model, 95 % interval",
+    },
 ];
 
 const OUTPUTS: &[OutputSpec] = &[
@@ -118,7 +137,7 @@ impl TypedStage for Eval {
     type Params = EvalParams;
     const INFO: StageInfo = StageInfo {
         kind: "eval",
-        version: 5,
+        version: 6,
         summary: "test split → perplexity and reply style of each model next to the person's own",
         inputs: INPUTS,
         outputs: OUTPUTS,
@@ -161,6 +180,12 @@ impl TypedStage for Eval {
         let present: Vec<&str> = MODEL_INPUTS.iter().copied().filter(|m| ctx.optional_input(m).is_some()).collect();
         anyhow::ensure!(!present.is_empty(), "eval needs at least one model input (base, sft, ppo, dpo or quantized)");
         let bar = ctx.progress.bar((present.len() * prompts.len() * k) as u64, "replies");
+        // The optional inputs are read before the long part, so a bad line fails at once.
+        let mut metrics = Metrics::new();
+        let model_hashes: Vec<(&str, &str)> =
+            present.iter().filter_map(|m| ctx.inputs.get(*m).map(|i| (*m, i.hash.as_str()))).collect();
+        let blind = fooled::from_input(ctx.optional_input("blind"), &model_hashes, &mut metrics)?;
+        let mut general = general::General::load(ctx.optional_input("general"))?;
         let mut models = BTreeMap::new();
         let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
@@ -170,6 +195,9 @@ impl TypedStage for Eval {
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
             let (ppl, _) =
                 model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;
+            if let Some(g) = &mut general {
+                g.measure(name, &model, p.max_len)?;
+            }
             let mut replies = Vec::with_capacity(prompts.len() * k);
             for (i, s) in prompts.iter().enumerate() {
                 for j in 0..k {
@@ -203,6 +231,7 @@ impl TypedStage for Eval {
                 replies: generated.iter().map(|(m, r)| (m.clone(), r[i * k].clone())).collect(),
             })
             .collect();
+        let general = general.map(|g| g.finish(&mut metrics));
         let report = EvalReport {
             person: person.clone(),
             person_reward,
@@ -210,6 +239,8 @@ impl TypedStage for Eval {
             models,
             order: present.iter().map(|s| s.to_string()).collect(),
             examples,
+            general,
+            blind,
         };
         avatar_engine::fsutil::write_private(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
         let bars: Vec<(String, f64)> =
@@ -220,7 +251,6 @@ impl TypedStage for Eval {
             &bars,
         )?;
 
-        let mut metrics = Metrics::new();
         metrics.insert("person.len_mean".into(), serde_json::json!(person.len_mean));
         metrics.insert("person.catchphrase_rate".into(), serde_json::json!(person.catchphrase_rate));
         metrics.insert("person.blocked_word_rate".into(), serde_json::json!(person.blocked_word_rate));
