@@ -225,6 +225,25 @@ fn eval_table(e: &EvalReport) -> EvalTable {
         |f: &dyn Fn(&crate::stages::eval::ModelReport) -> String| e.order.iter().map(|m| f(&e.models[m])).collect();
     let mut rows =
         vec![EvalRow { label: "perplexity", person: "–".into(), models: per_model(&|m| cell(m.perplexity)) }];
+    if let Some(g) = &e.general {
+        rows.push(EvalRow {
+            label: "perplexity on held-out general instructions",
+            person: "–".into(),
+            models: e.order.iter().map(|m| cell(g.perplexity.get(m).copied())).collect(),
+        });
+    }
+    if let Some(b) = &e.blind {
+        let rate = |m: &String| {
+            b.models.get(m).map_or("–".into(), |r| {
+                format!("{:.0} % ({:.0}–{:.0} %, n = {})", r.rate * 100.0, r.low * 100.0, r.high * 100.0, r.trials)
+            })
+        };
+        rows.push(EvalRow {
+            label: "fooled rate, blind test (95 % interval; chance = 50 %)",
+            person: "–".into(),
+            models: e.order.iter().map(rate).collect(),
+        });
+    }
     if e.person_reward.is_some() || e.models.values().any(|m| m.reward_mean.is_some()) {
         rows.push(EvalRow {
             label: "mean reward (reward model)",

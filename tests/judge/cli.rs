@@ -132,4 +132,11 @@ fn avatar_judge_serves_the_clones_replies_and_eval_reads_the_choices() {
         out.contains(&format!("{rate}")) || out.contains(&format!("{rate:.4}")) || out.contains(&format!("{rate:.3}")),
         "rate {rate}: {out}"
     );
+
+    // The run report puts the rate in the eval table.
+    let (code, out, err) = avatar(dir.path(), &["report", "-o", "report.html"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("fooled rate, blind test"), "no fooled-rate row in the report");
+    assert!(html.contains(&format!("{:.0} % (", rate * 100.0)), "the rate in the base column");
 }
