@@ -119,8 +119,23 @@ fn avatar_judge_serves_the_clones_replies_and_eval_reads_the_choices() {
     child.wait().unwrap();
     assert!(banner.contains("base.model: 1 context;"), "{banner}");
 
+    // With a serve stage, the clone by default is what it serves: here a GGUF of the base,
+    // through the quantized decoder; nothing is judged for that artifact yet.
+    let serve = "\n[stages.quantize]\nkind = \"quantize\"\ninputs = { model = \"base.model\" }\n\n[stages.serve]\nkind = \"serve\"\ninputs = { model = \"quantize.gguf\" }\n";
+    std::fs::write(dir.path().join("pipeline.toml"), format!("{stages}{serve}{}", eval(""))).unwrap();
+    let (code, out, err) = avatar(dir.path(), &["run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (mut child, addr, banner) = spawn_judge(dir.path(), &["--trials", "2"]);
+    let (_, body) = request(addr, "GET", "/api/trials", &[], "");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(banner.contains("blind test of quantize.gguf: 2 contexts"), "{banner}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], "quantize.gguf");
+    assert_eq!(v["trials"].as_array().unwrap().len(), 2);
+
     // eval reads the file as its `blind` input and reports the rate for `base`.
-    std::fs::write(dir.path().join("pipeline.toml"), format!("{stages}{}", eval(", blind = \"./blind.jsonl\"")))
+    std::fs::write(dir.path().join("pipeline.toml"), format!("{stages}{serve}{}", eval(", blind = \"./blind.jsonl\"")))
         .unwrap();
     let (code, out, err) = avatar(dir.path(), &["run"]);
     assert_eq!(code, 0, "{out}\n{err}");
