@@ -92,11 +92,11 @@ fn blind_results_round_trip_into_evals_fooled_rate() {
     assert_eq!(m["sft.fooled_rate"], json!(0.325));
     assert_eq!(m["sft.blind_trials"], 40);
     assert_eq!(m["blind.unmatched_trials"], 3);
-    assert!(m.get("base.fooled_rate").is_none());
+    assert!(!m.contains_key("base.fooled_rate"));
 
     // Without the input, eval.json has no blind section at all.
     let (m, report) = f.eval(EVAL, &[("sft", &model)], "e2");
-    assert!(report.get("blind").is_none() && m.get("sft.fooled_rate").is_none());
+    assert!(report.get("blind").is_none() && !m.contains_key("sft.fooled_rate"));
 
     // A damaged line: eval fails naming the file and line, before generating anything.
     std::fs::write(&results, format!("{text}{{\"time\": 1, \"choice\": \"c\"}}\n")).unwrap();

@@ -103,7 +103,7 @@ fn sft_mixes_general_rows_at_the_ratio_holds_some_back_and_eval_measures_them_pe
 
     // Without the input: nothing mixed, an empty general_test output.
     let plain = f.sft(SFT, None, "plain").unwrap();
-    assert!(plain.get("general_mixed").is_none());
+    assert!(!plain.contains_key("general_mixed"));
     assert_eq!(plain["train_samples"], 48);
     assert_eq!(std::fs::read_to_string(f.path("plain/general-test.jsonl")).unwrap(), "");
 
@@ -143,5 +143,5 @@ fn sft_mixes_general_rows_at_the_ratio_holds_some_back_and_eval_measures_them_pe
     // sft without a general input writes an empty general_test: eval reports no general section.
     let empty = f.path("plain/general-test.jsonl");
     let (m, report) = f.eval(EVAL, &[("sft", &plain), ("general", &empty)], "e2");
-    assert!(report.get("general").is_none() && m.get("sft.general_perplexity").is_none());
+    assert!(report.get("general").is_none() && !m.contains_key("sft.general_perplexity"));
 }

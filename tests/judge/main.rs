@@ -36,6 +36,8 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// Trains a tokenizer and writes a model: too much for a `Default`.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
