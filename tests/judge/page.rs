@@ -147,12 +147,13 @@ fn judge_page_in_headless_chromium() {
     let results = dir.path().join("blind.jsonl");
     let srv = PageServer::start(trials(3), &results);
     let profile = tempfile::tempdir().unwrap();
-    // Trial 0 (real on A): press 1, the person's; Enter; trial 1 (real on B): press 1, the clone's.
+    // Trial 0 (real on A): press 1, the person's; Enter; trial 1 (real on B): press 1, the clone's;
+    // Enter; trial 2 (real on A): a click on reply 2, the clone's.
     let out = headless(
         browser,
         profile.path(),
         &["--virtual-time-budget=10000", "--dump-dom"],
-        &format!("http://{}/?autotest=1,Enter,1", srv.addr),
+        &format!("http://{}/?autotest=1,Enter,1,Enter,click:b", srv.addr),
     );
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -160,16 +161,21 @@ fn judge_page_in_headless_chromium() {
         "the page ran its keys:\n{dom}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dom.contains("context 2 / 3"), "moved to the next context:\n{dom}");
-    assert!(dom.contains("2 judged"), "{dom}");
-    assert!(dom.contains("it fooled you"), "the second choice took the clone for the person:\n{dom}");
+    assert!(dom.contains("context 3 / 3"), "moved on through the contexts:\n{dom}");
+    assert!(dom.contains("3 judged"), "{dom}");
+    assert!(dom.contains("it fooled you"), "the last choice took the clone for the person:\n{dom}");
     assert!(dom.contains("class=\"reply chosen clone\""), "{dom}");
     let saved = read_trials(&results).unwrap();
-    assert_eq!(saved.len(), 2, "one line per key press that chose");
+    assert_eq!(saved.len(), 3, "one line per key press or click that chose");
     assert_eq!((saved[0].sample.as_str(), saved[0].choice, saved[0].fooled()), ("s0", Side::A, false));
     assert_eq!((saved[1].sample.as_str(), saved[1].choice, saved[1].fooled()), ("s1", Side::A, true));
+    assert_eq!((saved[2].sample.as_str(), saved[2].choice, saved[2].fooled()), ("s2", Side::B, true));
 
-    // A screenshot for people to look at (kept in the target dir), the third trial chosen.
+    srv.shutdown();
+
+    // A screenshot for people to look at (kept in the target dir): a fresh page, reply 2 chosen.
+    let results = dir.path().join("blind-shot.jsonl");
+    let srv = PageServer::start(trials(3), &results);
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("judge-page.png");
     let _ = std::fs::remove_file(&shot);
     let out = headless(
@@ -187,6 +193,6 @@ fn judge_page_in_headless_chromium() {
     let png = std::fs::read(&shot)
         .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     assert!(png.len() > 5_000 && png.starts_with(b"\x89PNG"), "a real PNG");
-    assert_eq!(read_trials(&results).unwrap().len(), 3, "the click-free key 2 saved the third trial");
+    assert_eq!(read_trials(&results).unwrap().len(), 1, "key 2 saved the first trial");
     eprintln!("judge page screenshot: {}", shot.display());
 }
