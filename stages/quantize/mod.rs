@@ -32,7 +32,7 @@ impl TypedStage for QuantizeStage {
     type Params = QuantizeParams;
     const INFO: StageInfo = StageInfo {
         kind: "quantize",
-        version: 2,
+        version: 3,
         summary: "merged weights → GGUF files (q8_0, q4_0, f16, K-quants) + ollama Modelfiles, for llama.cpp/ollama/`avatar serve`",
         inputs: &[InputSpec {
             name: "model",

@@ -4,6 +4,7 @@
 mod adapter_import;
 mod alignment;
 mod common;
+mod families;
 mod generation;
 mod gradients;
 mod hf_io;

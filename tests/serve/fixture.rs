@@ -16,6 +16,10 @@ pub struct TinySpec {
     pub vocab: usize,
     pub tied: bool,
     pub seed: u64,
+    /// An explicit `head_dim` (written to config.json); `None` means hidden / heads.
+    pub head_dim: Option<usize>,
+    /// config.json's `rope_scaling`, e.g. llama3 or linear.
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 impl Default for TinySpec {
@@ -30,6 +34,8 @@ impl Default for TinySpec {
             vocab: 320,
             tied: true,
             seed: 7,
+            head_dim: None,
+            rope_scaling: None,
         }
     }
 }
@@ -71,24 +77,31 @@ pub fn byte_chars() -> Vec<char> {
 pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = Rng(spec.seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
-    let (h, hd) = (spec.hidden, spec.hidden / spec.heads);
-    let kvd = spec.kv_heads * hd;
+    let (h, hd) = (spec.hidden, spec.head_dim.unwrap_or(spec.hidden / spec.heads));
+    let (qd, kvd) = (spec.heads * hd, spec.kv_heads * hd);
     let mut w: HashMap<String, Tensor> = HashMap::new();
+    if spec.arch == "chatglm" {
+        return write_tiny_chatglm(dir, spec, &mut rng);
+    }
     w.insert("model.embed_tokens.weight".into(), rng.tensor(&[spec.vocab, h], 0.5));
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
         let ones = |rng: &mut Rng| (rng.tensor(&[h], 0.1) + 1.0).unwrap();
         w.insert(format!("{p}.input_layernorm.weight"), ones(&mut rng));
         w.insert(format!("{p}.post_attention_layernorm.weight"), ones(&mut rng));
-        w.insert(format!("{p}.self_attn.q_proj.weight"), rng.tensor(&[h, h], 0.15));
+        w.insert(format!("{p}.self_attn.q_proj.weight"), rng.tensor(&[qd, h], 0.15));
         w.insert(format!("{p}.self_attn.k_proj.weight"), rng.tensor(&[kvd, h], 0.15));
         w.insert(format!("{p}.self_attn.v_proj.weight"), rng.tensor(&[kvd, h], 0.15));
         if spec.arch == "qwen2" {
-            w.insert(format!("{p}.self_attn.q_proj.bias"), rng.tensor(&[h], 0.1));
+            w.insert(format!("{p}.self_attn.q_proj.bias"), rng.tensor(&[qd], 0.1));
             w.insert(format!("{p}.self_attn.k_proj.bias"), rng.tensor(&[kvd], 0.1));
             w.insert(format!("{p}.self_attn.v_proj.bias"), rng.tensor(&[kvd], 0.1));
         }
-        w.insert(format!("{p}.self_attn.o_proj.weight"), rng.tensor(&[h, h], 0.15));
+        if spec.arch == "qwen3" {
+            w.insert(format!("{p}.self_attn.q_norm.weight"), (rng.tensor(&[hd], 0.1) + 1.0).unwrap());
+            w.insert(format!("{p}.self_attn.k_norm.weight"), (rng.tensor(&[hd], 0.1) + 1.0).unwrap());
+        }
+        w.insert(format!("{p}.self_attn.o_proj.weight"), rng.tensor(&[h, qd], 0.15));
         w.insert(format!("{p}.mlp.gate_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
         w.insert(format!("{p}.mlp.up_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
         w.insert(format!("{p}.mlp.down_proj.weight"), rng.tensor(&[h, spec.intermediate], 0.1));
@@ -98,12 +111,14 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
         w.insert("lm_head.weight".into(), rng.tensor(&[spec.vocab, h], 0.3));
     }
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    write_tokenizer(dir);
 
     let (model_type, archs) = match spec.arch {
         "llama" => ("llama", "LlamaForCausalLM"),
+        "qwen3" => ("qwen3", "Qwen3ForCausalLM"),
         _ => ("qwen2", "Qwen2ForCausalLM"),
     };
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architectures": [archs], "model_type": model_type,
         "hidden_size": h, "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
         "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads, "vocab_size": spec.vocab,
@@ -111,8 +126,49 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
         "tie_word_embeddings": spec.tied, "bos_token_id": 256, "eos_token_id": 258,
         "hidden_act": "silu", "sliding_window": 512, "max_window_layers": spec.layers, "use_sliding_window": false
     });
+    if let Some(hd) = spec.head_dim {
+        config["head_dim"] = hd.into();
+    }
+    if let Some(rs) = &spec.rope_scaling {
+        config["rope_scaling"] = rs.clone();
+    }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
 
+/// ChatGLM2/3 in its own names (transformer.encoder.layers.N.*, config.json's num_layers,
+/// kv_channels, multi_query_group_num, ...): fused q|k|v with bias, fused gate|up, untied head.
+fn write_tiny_chatglm(dir: &Path, spec: &TinySpec, rng: &mut Rng) {
+    let (h, hd) = (spec.hidden, spec.head_dim.unwrap_or(spec.hidden / spec.heads));
+    let (qd, kvd, ff) = (spec.heads * hd, spec.kv_heads * hd, spec.intermediate);
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    w.insert("transformer.embedding.word_embeddings.weight".into(), rng.tensor(&[spec.vocab, h], 0.5));
+    for i in 0..spec.layers {
+        let p = format!("transformer.encoder.layers.{i}");
+        w.insert(format!("{p}.input_layernorm.weight"), (rng.tensor(&[h], 0.1) + 1.0).unwrap());
+        w.insert(format!("{p}.post_attention_layernorm.weight"), (rng.tensor(&[h], 0.1) + 1.0).unwrap());
+        w.insert(format!("{p}.self_attention.query_key_value.weight"), rng.tensor(&[qd + 2 * kvd, h], 0.15));
+        w.insert(format!("{p}.self_attention.query_key_value.bias"), rng.tensor(&[qd + 2 * kvd], 0.1));
+        w.insert(format!("{p}.self_attention.dense.weight"), rng.tensor(&[h, qd], 0.15));
+        w.insert(format!("{p}.mlp.dense_h_to_4h.weight"), rng.tensor(&[2 * ff, h], 0.15));
+        w.insert(format!("{p}.mlp.dense_4h_to_h.weight"), rng.tensor(&[h, ff], 0.1));
+    }
+    w.insert("transformer.encoder.final_layernorm.weight".into(), (rng.tensor(&[h], 0.1) + 1.0).unwrap());
+    w.insert("transformer.output_layer.weight".into(), rng.tensor(&[spec.vocab, h], 0.3));
+    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    write_tokenizer(dir);
+    let config = serde_json::json!({
+        "architectures": ["ChatGLMModel"], "model_type": "chatglm", "num_layers": spec.layers,
+        "padded_vocab_size": spec.vocab, "hidden_size": h, "ffn_hidden_size": ff, "kv_channels": hd,
+        "num_attention_heads": spec.heads, "multi_query_attention": true, "multi_query_group_num": spec.kv_heads,
+        "seq_length": 512, "layernorm_epsilon": 1e-5, "rmsnorm": true, "add_bias_linear": false,
+        "add_qkv_bias": true, "post_layer_norm": true, "apply_residual_connection_post_layernorm": false,
+        "original_rope": true, "tie_word_embeddings": false, "bos_token_id": 256, "eos_token_id": 258
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+/// tokenizer.json and tokenizer_config.json of the tiny models.
+fn write_tokenizer(dir: &Path) {
     // Byte-level BPE: 256 byte tokens, a few merges, then ChatML specials at 256..258.
     let chars = byte_chars();
     let mut vocab = serde_json::Map::new();

@@ -8,4 +8,5 @@ mod fixture;
 mod http;
 mod modelfile;
 mod quant;
+mod quant_families;
 mod stages;

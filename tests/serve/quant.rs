@@ -162,8 +162,8 @@ fn batched_forward_equals_single() {
     assert!(m.forward(&mut [SeqStep { cache: &mut m.new_cache(), tokens: &[99999] }]).is_err());
 }
 
-/// llama.cpp (llama-cpp-python) loads our GGUF files and computes the same logits. Optional:
-/// skipped when the module is not installed (CI does not build llama.cpp).
+/// llama.cpp (llama-cpp-python) loads our GGUF files of every family and computes the same
+/// logits. Runs wherever the module is importable (scripts/install-test-deps installs it).
 #[test]
 fn llama_cpp_loads_our_gguf_and_agrees() {
     let has = std::process::Command::new("python3")
@@ -175,12 +175,18 @@ fn llama_cpp_loads_our_gguf_and_agrees() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("hf");
-    write_tiny_model(&model, &TinySpec::default());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/llama_cpp_logits.py");
     let tokens: Vec<u32> = PROMPT.to_vec();
-    for (ty, tol) in [("f32", 1e-3), ("q8_0", 3e-2), ("q4_0", 3e-2)] {
-        let out = tmp.path().join(format!("m-{ty}.gguf"));
+    let mut families = vec![("qwen2", TinySpec::default())];
+    families.extend(super::quant_families::family_specs());
+    for ((family, spec), (ty, tol)) in
+        families.iter().flat_map(|f| [("f32", 1e-3), ("q8_0", 3e-2), ("q4_0", 3e-2)].into_iter().map(move |t| (f, t)))
+    {
+        let model = tmp.path().join(family);
+        if !model.exists() {
+            write_tiny_model(&model, spec);
+        }
+        let out = tmp.path().join(format!("{family}-{ty}.gguf"));
         quant::convert(&model, quant::parse_type(ty).unwrap(), &out).unwrap();
         let o = std::process::Command::new("python3")
             .arg(&script)
@@ -188,13 +194,20 @@ fn llama_cpp_loads_our_gguf_and_agrees() {
             .arg(serde_json::to_string(&tokens).unwrap())
             .output()
             .unwrap();
-        assert!(o.status.success(), "llama.cpp failed on our {ty} file: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "llama.cpp failed on our {family} {ty} file: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let theirs: Vec<f32> = serde_json::from_slice(&o.stdout).unwrap();
         let m = QModel::load(&out).unwrap();
         let mut cache = m.new_cache();
         let ours = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &tokens }]).unwrap();
+        if ty == "f32" {
+            assert_eq!(argmax(&ours[0]), argmax(&theirs), "{family}: llama.cpp's greedy token differs");
+        }
         let err = rel_err(&ours, &[theirs]);
-        eprintln!("{ty}: ours vs llama.cpp relative logit error {err:.2e}");
-        assert!(err < tol, "{ty}: ours vs llama.cpp differ by {err}");
+        eprintln!("{family} {ty}: ours vs llama.cpp relative logit error {err:.2e}");
+        assert!(err < tol, "{family} {ty}: ours vs llama.cpp differ by {err}");
     }
 }

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use avatar_runtime::ModelConfig;
+use avatar_runtime::family::Family;
+use avatar_runtime::rope::RopeScaling;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-/// GGUF architecture name, "qwen2" or "llama", from config.json's `model_type` and
+/// GGUF architecture name, "qwen2", "qwen3", "llama" or "chatglm", from config.json's `model_type` and
 /// `architectures` (the latter is kept in the raw JSON, not in [`ModelConfig`]).
 pub fn gguf_arch(cfg: &ModelConfig, raw: &serde_json::Value) -> Result<&'static str> {
     let mt = cfg.model_type.as_str();
@@ -19,12 +21,16 @@ pub fn gguf_arch(cfg: &ModelConfig, raw: &serde_json::Value) -> Result<&'static 
         .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_lowercase).collect())
         .unwrap_or_default();
     let is = |s: &str| mt == s || architectures.iter().any(|a| a.starts_with(s));
-    if is("qwen2") {
+    if mt == "chatglm" {
+        Ok("chatglm")
+    } else if is("qwen3") {
+        Ok("qwen3")
+    } else if is("qwen2") {
         Ok("qwen2")
     } else if is("llama") {
         Ok("llama")
     } else {
-        bail!("model_type `{mt}` is not supported (qwen2, llama)")
+        bail!("model_type `{mt}` is not supported (qwen2, qwen3, llama, chatglm)")
     }
 }
 
@@ -114,7 +120,8 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
     };
     let vector = |t: Tensor| -> Result<QTensor> { Ok(QTensor::quantize(&t, GgmlDType::F32)?) };
 
-    let embed = get("model.embed_tokens.weight")?;
+    let family = Family::of(&cfg);
+    let embed = get(family.embed())?;
     let (vocab, hidden) = embed.dims2()?;
     if hidden != cfg.hidden_size {
         bail!("embed_tokens is {vocab}x{hidden} but config hidden_size is {}", cfg.hidden_size);
@@ -122,9 +129,24 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
     push_matrix("token_embd.weight".into(), embed, &mut tensors)?;
     let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads());
     for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
+        let p = family.layer(i);
         let b = format!("blk.{i}");
         tensors.push((format!("{b}.attn_norm.weight"), vector(get(&format!("{p}.input_layernorm.weight"))?)?));
+        tensors.push((format!("{b}.ffn_norm.weight"), vector(get(&format!("{p}.post_attention_layernorm.weight"))?)?));
+        if family == Family::ChatGlm {
+            // llama.cpp's chatglm keeps both fused matrices; its RoPE is the interleaved kind
+            // ChatGLM was trained with, so no rows move.
+            let qkv = format!("{p}.self_attention.query_key_value");
+            push_matrix(format!("{b}.attn_qkv.weight"), get(&format!("{qkv}.weight"))?, &mut tensors)?;
+            if cfg.qkv_bias() {
+                tensors.push((format!("{b}.attn_qkv.bias"), vector(get(&format!("{qkv}.bias"))?)?));
+            }
+            let dense = get(&format!("{p}.self_attention.dense.weight"))?;
+            push_matrix(format!("{b}.attn_output.weight"), dense, &mut tensors)?;
+            push_matrix(format!("{b}.ffn_up.weight"), get(&format!("{p}.mlp.dense_h_to_4h.weight"))?, &mut tensors)?;
+            push_matrix(format!("{b}.ffn_down.weight"), get(&format!("{p}.mlp.dense_4h_to_h.weight"))?, &mut tensors)?;
+            continue;
+        }
         for (hf, gg, n_head) in [("q_proj", "attn_q", heads), ("k_proj", "attn_k", kv_heads), ("v_proj", "attn_v", 0)] {
             let mut w = get(&format!("{p}.self_attn.{hf}.weight"))?;
             let bias = weights.get(&format!("{p}.self_attn.{hf}.bias")).map(|t| t.to_dtype(DType::F32)).transpose()?;
@@ -141,15 +163,33 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
                 tensors.push((format!("{b}.{gg}.bias"), vector(bias)?));
             }
         }
+        // Qwen3's per-head q/k norms: NEOX RoPE, so no row permutation touches them.
+        for (hf, gg) in [("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")] {
+            if cfg.qk_norm() {
+                tensors.push((format!("{b}.{gg}.weight"), vector(get(&format!("{p}.self_attn.{hf}.weight"))?)?));
+            }
+        }
         push_matrix(format!("{b}.attn_output.weight"), get(&format!("{p}.self_attn.o_proj.weight"))?, &mut tensors)?;
-        tensors.push((format!("{b}.ffn_norm.weight"), vector(get(&format!("{p}.post_attention_layernorm.weight"))?)?));
+        if cfg.o_bias() {
+            tensors.push((format!("{b}.attn_output.bias"), vector(get(&format!("{p}.self_attn.o_proj.bias"))?)?));
+        }
         push_matrix(format!("{b}.ffn_gate.weight"), get(&format!("{p}.mlp.gate_proj.weight"))?, &mut tensors)?;
         push_matrix(format!("{b}.ffn_up.weight"), get(&format!("{p}.mlp.up_proj.weight"))?, &mut tensors)?;
         push_matrix(format!("{b}.ffn_down.weight"), get(&format!("{p}.mlp.down_proj.weight"))?, &mut tensors)?;
     }
-    tensors.push(("output_norm.weight".into(), vector(get("model.norm.weight")?)?));
+    tensors.push(("output_norm.weight".into(), vector(get(family.final_norm())?)?));
+    let rope = cfg.rope_scaling()?;
+    if let RopeScaling::Llama3 { .. } = rope {
+        // llama.cpp reads llama3 scaling only as this per-frequency divisor tensor of its llama arch.
+        if arch != "llama" {
+            bail!("{}: rope_scaling `llama3` on a `{arch}` model cannot be written as GGUF", model_dir.display());
+        }
+        let factors: Vec<f32> = rope.freq_factors(cfg.head_dim(), cfg.rope_theta).iter().map(|&f| f as f32).collect();
+        let n = factors.len();
+        tensors.push(("rope_freqs.weight".into(), vector(Tensor::from_vec(factors, n, &Device::Cpu)?)?));
+    }
     if !cfg.tie_word_embeddings {
-        if let Some(lm) = weights.get("lm_head.weight") {
+        if let Some(lm) = weights.get(&format!("{}.weight", family.lm_head())) {
             push_matrix("output.weight".into(), lm.to_dtype(DType::F32)?, &mut tensors)?;
         }
     }
@@ -171,9 +211,13 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
         (k("attention.head_count_kv"), Value::U32(kv_heads as u32)),
         (k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
         (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (k("rope.dimension_count"), Value::U32(cfg.head_dim() as u32)),
+        (k("rope.dimension_count"), Value::U32(family.rotary(&cfg).dims as u32)),
         (k("vocab_size"), Value::U32(vocab as u32)),
     ];
+    if let RopeScaling::Linear { factor } = rope {
+        meta.push((k("rope.scaling.type"), Value::String("linear".into())));
+        meta.push((k("rope.scaling.factor"), Value::F32(factor as f32)));
+    }
     // An explicit head_dim (Qwen3 has 128 with hidden/heads = 64): llama.cpp reads it from the key
     // and value lengths, which default to hidden/heads and are written only when they differ.
     if cfg.head_dim() != cfg.hidden_size / heads {

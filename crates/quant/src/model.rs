@@ -1,4 +1,4 @@
-//! A quantized Qwen2/Llama decoder for inference from a GGUF file, with a KV cache per
+//! A quantized Qwen2/Qwen3/Llama decoder for inference from a GGUF file, with a KV cache per
 //! sequence and a batched forward: one call advances any number of sequences by any number of
 //! tokens each (prefill chunks and decode steps mixed), so the server can batch continuously and
 //! every weight row is read once per step for all of them.
@@ -26,8 +26,18 @@ pub struct QConfig {
     pub context: usize,
     pub eps: f32,
     pub rope_base: f32,
-    /// Qwen2 GGUFs use NEOX (rotate-half) RoPE; llama GGUFs have Q/K permuted for interleaved RoPE.
+    /// Qwen2/Qwen3 GGUFs use NEOX (rotate-half) RoPE; llama GGUFs have Q/K permuted for
+    /// interleaved RoPE; ChatGLM's are interleaved as trained.
     pub rope_neox: bool,
+    /// The leading dimensions of each head that rotate (`rope.dimension_count`; ChatGLM: half).
+    pub rope_dims: usize,
+}
+
+impl QConfig {
+    /// Width of all query heads together (differs from `hidden` with an explicit head_dim).
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
 }
 
 /// A weight matrix `rows x cols` applied as `y = W x`.
@@ -43,12 +53,7 @@ impl Weight {
             bail!("{}: tensor `{name}` should be a matrix, has shape {dims:?}", f.path.display());
         }
         let (rows, cols) = (dims[0], dims[1]);
-        let kind = match dtype {
-            GgmlDType::Q8_0 if cols % QK == 0 => Some(BlockKind::Q8_0),
-            GgmlDType::Q4_0 if cols % QK == 0 => Some(BlockKind::Q4_0),
-            _ => None,
-        };
-        Ok(match kind {
+        Ok(match Self::block_kind(dtype, cols) {
             Some(kind) => Weight::Blocks {
                 kind,
                 bytes: {
@@ -62,6 +67,52 @@ impl Weight {
             // Other types (F16, K-quants, ...) run through the f32 path: correct, not the fast one.
             None => Weight::F32 { data: f.tensor_f32(name)?, rows, cols },
         })
+    }
+
+    fn block_kind(dtype: GgmlDType, cols: usize) -> Option<BlockKind> {
+        match dtype {
+            GgmlDType::Q8_0 if cols % QK == 0 => Some(BlockKind::Q8_0),
+            GgmlDType::Q4_0 if cols % QK == 0 => Some(BlockKind::Q4_0),
+            _ => None,
+        }
+    }
+
+    /// A fused matrix (ChatGLM's attn_qkv, ffn_up holding gate and up) as consecutive row
+    /// blocks of the given heights: each block is a weight of its own, so the forward pass is
+    /// the same as for separate tensors. Quantized rows are independent, so nothing is requantized.
+    fn load_split(f: &mut GgufFile, name: &str, heights: &[usize]) -> Result<Vec<Self>> {
+        let (dtype, dims) = f.tensor_meta(name)?;
+        if dims.len() != 2 || dims[0] != heights.iter().sum::<usize>() {
+            bail!(
+                "{}: tensor `{name}` has shape {dims:?}, the decoder needs {} rows",
+                f.path.display(),
+                heights.iter().sum::<usize>()
+            );
+        }
+        let cols = dims[1];
+        let mut start = 0;
+        let mut out = Vec::with_capacity(heights.len());
+        match Self::block_kind(dtype, cols) {
+            Some(kind) => {
+                let all = f.tensor_bytes(name)?;
+                let row_bytes = all.len() / dims[0];
+                for &rows in heights {
+                    let mut bytes = super::hugebuf::HugeBuf::zeroed(rows * row_bytes);
+                    bytes.copy_from_slice(&all[start * row_bytes..(start + rows) * row_bytes]);
+                    kernels::repack(kind, &mut bytes, rows, cols);
+                    out.push(Weight::Blocks { kind, bytes, rows, cols });
+                    start += rows;
+                }
+            }
+            None => {
+                let all = f.tensor_f32(name)?;
+                for &rows in heights {
+                    out.push(Weight::F32 { data: all[start * cols..(start + rows) * cols].to_vec(), rows, cols });
+                    start += rows;
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn rows(&self) -> usize {
@@ -145,7 +196,11 @@ struct Layer {
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
+    /// Qwen3's per-head RMSNorm weights `[head_dim]` for queries and keys, before RoPE.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Weight,
+    bo: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: Weight,
     up: Weight,
@@ -159,7 +214,8 @@ pub struct QModel {
     out_norm: Vec<f32>,
     /// `None` when embeddings are tied.
     output: Option<Weight>,
-    /// RoPE inverse frequencies, `base^(-2i/head_dim)`.
+    /// RoPE angle per position of each rotary pair: `base^(-2i/head_dim)`, divided by the
+    /// GGUF's `rope_freqs.weight` factors and linear scaling factor when it has them.
     inv_freq: Vec<f32>,
 }
 
@@ -196,7 +252,7 @@ fn check_shapes(
     out_norm: &[f32],
     output: Option<&Weight>,
 ) -> Result<()> {
-    let (h, q, kv) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let (h, q, kv) = (c.hidden, c.q_dim(), c.kv_heads * c.head_dim);
     let matrix = |name: &str, w: &Weight, rows: usize, cols: usize| {
         if (w.rows(), w.cols()) != (rows, cols) {
             bail!(
@@ -226,7 +282,14 @@ fn check_shapes(
         matrix(&n("ffn_gate.weight"), &l.gate, c.intermediate, h)?;
         matrix(&n("ffn_up.weight"), &l.up, c.intermediate, h)?;
         matrix(&n("ffn_down.weight"), &l.down, h, c.intermediate)?;
-        for (name, b, len) in [("attn_q.bias", &l.bq, q), ("attn_k.bias", &l.bk, kv), ("attn_v.bias", &l.bv, kv)] {
+        for (name, b, len) in [
+            ("attn_q.bias", &l.bq, q),
+            ("attn_k.bias", &l.bk, kv),
+            ("attn_v.bias", &l.bv, kv),
+            ("attn_output.bias", &l.bo, h),
+            ("attn_q_norm.weight", &l.q_norm, c.head_dim),
+            ("attn_k_norm.weight", &l.k_norm, c.head_dim),
+        ] {
             if let Some(b) = b {
                 vector(&n(name), b, len)?;
             }
@@ -247,51 +310,60 @@ impl QModel {
             .ok_or_else(|| anyhow::anyhow!("{}: missing general.architecture", path.display()))?
             .to_string();
         let rope_neox = match arch.as_str() {
-            "qwen2" => true,
-            "llama" => false,
-            other => bail!("{}: architecture `{other}` is not supported (qwen2, llama)", path.display()),
+            "qwen2" | "qwen3" => true,
+            "llama" | "chatglm" => false,
+            other => {
+                bail!("{}: architecture `{other}` is not supported (qwen2, qwen3, llama, chatglm)", path.display())
+            }
         };
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = f.meta_u32(&key("embedding_length"))? as usize;
         let heads = f.meta_u32(&key("attention.head_count"))? as usize;
         let (_, embd_dims) = f.tensor_meta("token_embd.weight")?;
+        if heads == 0 {
+            bail!("{}: `{}` is 0", path.display(), key("attention.head_count"));
+        }
+        // An explicit head size (Qwen3: 128 with hidden 1024 and 16 heads) is the key length;
+        // without one it is hidden / heads, as in llama.cpp.
+        let head_dim = match f.meta_u32(&key("attention.key_length")) {
+            Ok(v) => v as usize,
+            Err(_) => hidden / heads,
+        };
+        if let Ok(v) = f.meta_u32(&key("attention.value_length"))
+            && v as usize != head_dim
+        {
+            bail!(
+                "{}: value length {v} differs from key length {head_dim}; this decoder needs them equal",
+                path.display()
+            );
+        }
+        let rope_dims = f.meta_u32(&key("rope.dimension_count")).map_or(head_dim, |v| v as usize);
+        if rope_dims > head_dim || rope_dims % 2 != 0 || rope_dims == 0 {
+            bail!("{}: RoPE on {rope_dims} of {head_dim} head dimensions is not possible", path.display());
+        }
         let cfg = QConfig {
             hidden,
             layers: f.meta_u32(&key("block_count"))? as usize,
             heads,
             kv_heads: f.meta_u32(&key("attention.head_count_kv"))? as usize,
-            head_dim: hidden / heads.max(1),
+            head_dim,
             intermediate: f.meta_u32(&key("feed_forward_length"))? as usize,
             vocab: embd_dims[0],
             context: f.meta_u32(&key("context_length"))? as usize,
             eps: f.meta_f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_base: f.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             rope_neox,
+            rope_dims,
             arch,
         };
-        if heads == 0 || cfg.kv_heads == 0 || hidden % heads != 0 || heads % cfg.kv_heads != 0 {
+        if cfg.kv_heads == 0 || heads % cfg.kv_heads != 0 || head_dim == 0 || head_dim % 2 != 0 {
             bail!(
-                "{}: inconsistent head counts ({heads} heads, {} kv heads, hidden {hidden})",
+                "{}: inconsistent attention shape ({heads} heads, {} kv heads, head size {head_dim})",
                 path.display(),
                 cfg.kv_heads
             );
         }
-        // This decoder derives the head size as hidden / heads; a GGUF that states another
-        // (Qwen3: 128 with hidden 1024 and 16 heads) cannot run here, so refuse it now rather
-        // than fail on the first request.
-        for field in ["attention.key_length", "attention.value_length"] {
-            let field = format!("{}.{field}", cfg.arch);
-            if let Ok(v) = f.meta_u32(&field)
-                && v as usize != cfg.head_dim
-            {
-                bail!(
-                    "{}: `{field}` = {v}, but this decoder supports only hidden / heads = {} / {heads} = {}",
-                    path.display(),
-                    hidden,
-                    cfg.head_dim
-                );
-            }
-        }
+        let inv_freq = rope_inv_freq(&mut f, &cfg)?;
         let embed = Weight::load(&mut f, "token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -300,26 +372,63 @@ impl QModel {
                 let name = n(s);
                 if f.has_tensor(&name) { Ok(Some(f.tensor_f32(&name)?)) } else { Ok(None) }
             };
+            let (qd, kvd) = (cfg.q_dim(), cfg.kv_heads * cfg.head_dim);
+            // ChatGLM: one fused q|k|v matrix (and bias) and one fused gate|up matrix.
+            let [wq, wk, wv] = if f.has_tensor(&n("attn_qkv.weight")) {
+                let [a, b, c]: [Weight; 3] = Weight::load_split(&mut f, &n("attn_qkv.weight"), &[qd, kvd, kvd])?
+                    .try_into()
+                    .ok()
+                    .expect("3 parts");
+                [a, b, c]
+            } else {
+                [
+                    Weight::load(&mut f, &n("attn_q.weight"))?,
+                    Weight::load(&mut f, &n("attn_k.weight"))?,
+                    Weight::load(&mut f, &n("attn_v.weight"))?,
+                ]
+            };
+            let [bq, bk, bv] = match bias(&mut f, "attn_qkv.bias")? {
+                Some(b) if b.len() == qd + 2 * kvd => {
+                    [Some(b[..qd].to_vec()), Some(b[qd..qd + kvd].to_vec()), Some(b[qd + kvd..].to_vec())]
+                }
+                Some(b) => bail!(
+                    "{}: `{}` has {} values, the decoder needs {}",
+                    path.display(),
+                    n("attn_qkv.bias"),
+                    b.len(),
+                    qd + 2 * kvd
+                ),
+                None => [bias(&mut f, "attn_q.bias")?, bias(&mut f, "attn_k.bias")?, bias(&mut f, "attn_v.bias")?],
+            };
+            let ff = cfg.intermediate;
+            let [gate, up] = if f.has_tensor(&n("ffn_gate.weight")) {
+                [Weight::load(&mut f, &n("ffn_gate.weight"))?, Weight::load(&mut f, &n("ffn_up.weight"))?]
+            } else {
+                let [g, u]: [Weight; 2] =
+                    Weight::load_split(&mut f, &n("ffn_up.weight"), &[ff, ff])?.try_into().ok().expect("2 parts");
+                [g, u]
+            };
             layers.push(Layer {
                 attn_norm: f.tensor_f32(&n("attn_norm.weight"))?,
-                wq: Weight::load(&mut f, &n("attn_q.weight"))?,
-                wk: Weight::load(&mut f, &n("attn_k.weight"))?,
-                wv: Weight::load(&mut f, &n("attn_v.weight"))?,
-                bq: bias(&mut f, "attn_q.bias")?,
-                bk: bias(&mut f, "attn_k.bias")?,
-                bv: bias(&mut f, "attn_v.bias")?,
+                wq,
+                wk,
+                wv,
+                bq,
+                bk,
+                bv,
+                q_norm: bias(&mut f, "attn_q_norm.weight")?,
+                k_norm: bias(&mut f, "attn_k_norm.weight")?,
                 wo: Weight::load(&mut f, &n("attn_output.weight"))?,
+                bo: bias(&mut f, "attn_output.bias")?,
                 ffn_norm: f.tensor_f32(&n("ffn_norm.weight"))?,
-                gate: Weight::load(&mut f, &n("ffn_gate.weight"))?,
-                up: Weight::load(&mut f, &n("ffn_up.weight"))?,
+                gate,
+                up,
                 down: Weight::load(&mut f, &n("ffn_down.weight"))?,
             });
         }
         let out_norm = f.tensor_f32("output_norm.weight")?;
         let output = if f.has_tensor("output.weight") { Some(Weight::load(&mut f, "output.weight")?) } else { None };
         check_shapes(path, &cfg, &embed, &layers, &out_norm, output.as_ref())?;
-        let inv_freq =
-            (0..cfg.head_dim / 2).map(|i| cfg.rope_base.powf(-2.0 * i as f32 / cfg.head_dim as f32)).collect();
         Ok(Self { cfg, embed, layers, out_norm, output, inv_freq })
     }
 
@@ -349,7 +458,7 @@ impl QModel {
 
     fn forward_on_worker(&self, steps: &mut [SeqStep]) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
-        let (h, hd) = (c.hidden, c.head_dim);
+        let (h, hd, qd) = (c.hidden, c.head_dim, c.q_dim());
         let kvd = c.kv_heads * hd;
         for s in steps.iter() {
             if s.tokens.is_empty() {
@@ -384,10 +493,10 @@ impl QModel {
             }
         }
         let mut normed = vec![0f32; t * h];
-        let mut q = vec![0f32; t * h];
+        let mut q = vec![0f32; t * qd];
         let mut k = vec![0f32; t * kvd];
         let mut v = vec![0f32; t * kvd];
-        let mut attn = vec![0f32; t * h];
+        let mut attn = vec![0f32; t * qd];
         let mut proj = vec![0f32; t * h];
         let mut gate = vec![0f32; t * c.intermediate];
         let mut up = vec![0f32; t * c.intermediate];
@@ -400,8 +509,13 @@ impl QModel {
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
-            for (i, sc) in rope_sin_cos.chunks_exact(hd / 2).enumerate() {
-                self.rope(&mut q[i * h..(i + 1) * h], sc);
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                // Each head is one row of `head_dim` for the norm.
+                rms_norm_in_place(&mut q, qn, c.eps);
+                rms_norm_in_place(&mut k, kn, c.eps);
+            }
+            for (i, sc) in rope_sin_cos.chunks_exact(c.rope_dims / 2).enumerate() {
+                self.rope(&mut q[i * qd..(i + 1) * qd], sc);
                 self.rope(&mut k[i * kvd..(i + 1) * kvd], sc);
             }
             // Append this step's keys/values to each sequence's cache.
@@ -413,7 +527,8 @@ impl QModel {
                 row += n;
             }
             self.attention(steps, li, &q, &pos, &owner, &mut attn);
-            layer.wo.apply(&Input::new(&attn, h), &mut proj);
+            layer.wo.apply(&Input::new(&attn, qd), &mut proj);
+            add_bias(&mut proj, layer.bo.as_deref());
             add_into(&mut x, &proj);
 
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut normed);
@@ -447,10 +562,11 @@ impl QModel {
         Ok(logits.chunks(c.vocab).map(|l| l.to_vec()).collect())
     }
 
-    /// Rotate each head of one token's `v` by that token's `(sin, cos)` per frequency.
+    /// Rotate the leading `rope_dims` of each head of one token's `v` by that token's
+    /// `(sin, cos)` per frequency.
     fn rope(&self, v: &mut [f32], sc: &[(f32, f32)]) {
         let hd = self.cfg.head_dim;
-        let half = hd / 2;
+        let half = self.cfg.rope_dims / 2;
         for head in v.chunks_mut(hd) {
             for (i, &(s, c)) in sc.iter().enumerate().take(half) {
                 let (a, b) = if self.cfg.rope_neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
@@ -467,7 +583,7 @@ impl QModel {
     fn attention(&self, steps: &[SeqStep], li: usize, q: &[f32], pos: &[usize], owner: &[usize], out: &mut [f32]) {
         const ROWS_PER_JOB: usize = 16;
         let c = &self.cfg;
-        let (h, hd) = (c.hidden, c.head_dim);
+        let (h, hd) = (c.q_dim(), c.head_dim);
         let kvd = c.kv_heads * hd;
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -510,6 +626,41 @@ impl QModel {
     }
 }
 
+/// RoPE angle per position of each rotary pair, as llama.cpp computes it from the GGUF: plain
+/// `base^(-2i/d)` frequencies divided by `rope_freqs.weight` (llama3 scaling) and by the linear
+/// `rope.scaling.factor`. Scalings this decoder does not compute are refused.
+fn rope_inv_freq(f: &mut GgufFile, c: &QConfig) -> Result<Vec<f32>> {
+    let half = c.rope_dims / 2;
+    let key = |k: &str| format!("{}.{k}", c.arch);
+    let scale = match f.meta_str(&key("rope.scaling.type")) {
+        None | Some("none") => 1.0,
+        Some("linear") => {
+            let factor = f.meta_f32(&key("rope.scaling.factor"))?;
+            if factor <= 0.0 {
+                bail!("{}: `{}` must be positive", f.path.display(), key("rope.scaling.factor"));
+            }
+            1.0 / factor
+        }
+        Some(other) => bail!("{}: RoPE scaling `{other}` is not supported (none, linear)", f.path.display()),
+    };
+    let factors = if f.has_tensor("rope_freqs.weight") {
+        let v = f.tensor_f32("rope_freqs.weight")?;
+        if v.len() != half || v.iter().any(|x| *x <= 0.0) {
+            bail!("{}: `rope_freqs.weight` must hold {half} positive factors", f.path.display());
+        }
+        v
+    } else {
+        vec![1.0; half]
+    };
+    // In f64 like the training runtime, so long positions round the same way.
+    Ok((0..half)
+        .map(|i| {
+            let plain = (c.rope_base as f64).powf(-2.0 * i as f64 / c.rope_dims as f64);
+            (plain * scale as f64 / factors[i] as f64) as f32
+        })
+        .collect())
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     for (xr, or) in x.chunks(h).zip(out.chunks_mut(h)) {
@@ -517,6 +668,17 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let inv = 1.0 / (ms + eps).sqrt();
         for ((o, xi), wi) in or.iter_mut().zip(xr).zip(w) {
             *o = xi * inv * wi;
+        }
+    }
+}
+
+/// `rms_norm` over each `w.len()`-wide row of `x`, in place.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_mut(w.len()) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (o, wi) in row.iter_mut().zip(w) {
+            *o *= inv * wi;
         }
     }
 }

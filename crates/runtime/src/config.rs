@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use super::rope::RopeScaling;
+
 /// Architecture hyper-parameters. Unknown config keys are kept in `raw` and written back on save,
 /// so a merged model keeps the base's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,15 +64,22 @@ impl ModelConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let raw: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let cfg: ModelConfig = serde_path_to_error::deserialize(&raw)
+        // ChatGLM's own names are mapped onto ours; `raw` stays as written, for saving back.
+        let named = if super::config_chatglm::is_chatglm(&raw) {
+            super::config_chatglm::normalise(&raw).with_context(|| format!("{}", path.display()))?
+        } else {
+            raw.clone()
+        };
+        let cfg: ModelConfig = serde_path_to_error::deserialize(&named)
             .map_err(|e| anyhow::anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
         cfg.validate().with_context(|| format!("{}: unsupported model", path.display()))?;
         Ok((cfg, raw))
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !matches!(self.model_type.as_str(), "qwen2" | "llama" | "mistral" | "internlm2" | "yi") {
-            bail!("model_type `{}`: only the Qwen2/Llama family is supported", self.model_type);
+        if !matches!(self.model_type.as_str(), "qwen2" | "qwen3" | "llama" | "mistral" | "internlm2" | "yi" | "chatglm")
+        {
+            bail!("model_type `{}`: only the Qwen2/Qwen3/Llama and ChatGLM families are supported", self.model_type);
         }
         if self.hidden_act != "silu" {
             bail!("hidden_act `{}`: only silu (SwiGLU) is supported", self.hidden_act);
@@ -88,7 +97,10 @@ impl ModelConfig {
         if self.head_dim() % 2 != 0 {
             bail!("head_dim {} must be even for rotary embeddings", self.head_dim());
         }
-        self.rope_scale()?;
+        if self.model_type == "chatglm" && self.head_dim() % 4 != 0 {
+            bail!("kv_channels {} must be a multiple of 4: ChatGLM rotates its first half in pairs", self.head_dim());
+        }
+        self.rope_scaling()?;
         Ok(())
     }
 
@@ -105,28 +117,21 @@ impl ModelConfig {
         self.attention_bias.unwrap_or(self.model_type == "qwen2")
     }
 
-    /// Whether o_proj carries a bias (Llama with `attention_bias = true`; never for Qwen2).
+    /// Whether o_proj carries a bias (Llama with `attention_bias = true`; never for Qwen2, nor for
+    /// ChatGLM, whose `attention_bias` here is its `add_qkv_bias`).
     pub fn o_bias(&self) -> bool {
-        self.model_type != "qwen2" && self.attention_bias.unwrap_or(false)
+        !matches!(self.model_type.as_str(), "qwen2" | "chatglm") && self.attention_bias.unwrap_or(false)
     }
 
-    /// Position divisor for linear RoPE scaling; other scaling kinds are refused rather than
-    /// silently computed wrong.
-    pub fn rope_scale(&self) -> anyhow::Result<f64> {
-        let Some(s) = &self.rope_scaling else { return Ok(1.0) };
-        if s.is_null() {
-            return Ok(1.0);
-        }
-        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
-        match kind {
-            "default" => Ok(1.0),
-            "linear" => s
-                .get("factor")
-                .and_then(|f| f.as_f64())
-                .filter(|f| *f > 0.0)
-                .ok_or_else(|| anyhow::anyhow!("rope_scaling.factor must be a positive number")),
-            other => bail!("rope_scaling type `{other}` is not supported"),
-        }
+    /// The RoPE scaling this config asks for; kinds that are not implemented are refused rather
+    /// than silently computed wrong.
+    pub fn rope_scaling(&self) -> anyhow::Result<RopeScaling> {
+        RopeScaling::from_json(self.rope_scaling.as_ref())
+    }
+
+    /// Whether attention has Qwen3's per-head RMSNorm on queries and keys (before RoPE).
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == "qwen3"
     }
 
     /// Token ids that end generation.
@@ -143,7 +148,12 @@ impl ModelConfig {
         let h = self.hidden_size;
         let kv = self.num_key_value_heads() * self.head_dim();
         let q = self.num_attention_heads * self.head_dim();
-        let attn = h * q + 2 * h * kv + q * h + if self.qkv_bias() { q + 2 * kv } else { 0 };
+        let attn = h * q
+            + 2 * h * kv
+            + q * h
+            + if self.qkv_bias() { q + 2 * kv } else { 0 }
+            + if self.o_bias() { h } else { 0 }
+            + if self.qk_norm() { 2 * self.head_dim() } else { 0 };
         let mlp = 3 * h * self.intermediate_size;
         let layer = attn + mlp + 2 * h;
         let emb = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
@@ -155,7 +165,12 @@ impl ModelConfig {
         let mut v = serde_json::to_value(self).expect("plain data");
         let obj = v.as_object_mut().expect("struct");
         obj.retain(|_, v| !v.is_null());
-        let arch = if self.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+        let arch = match self.model_type.as_str() {
+            "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
+            "chatglm" => "ChatGLMModel",
+            _ => "LlamaForCausalLM",
+        };
         obj.insert("architectures".into(), serde_json::json!([arch]));
         obj.insert("torch_dtype".into(), "float32".into());
         v

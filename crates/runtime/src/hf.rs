@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 
 use super::chat::ChatTemplate;
 use super::config::ModelConfig;
+use super::lora::LoraConfig;
 use super::model::{Model, TrainMode};
 use super::tokenizer::Tokenizer;
 
@@ -157,6 +158,9 @@ impl SharedBase {
 /// Write `model`'s LoRA adapter in PEFT's layout; `base_dir` names the base it applies to.
 pub fn save_model_adapter(dir: &Path, model: &Model, base_dir: &Path) -> anyhow::Result<()> {
     let cfg = model.lora_config().context("the model has no LoRA adapter to save")?;
+    // The module names this model's family has, so `all-linear` is saved as PEFT would list it.
+    let family = super::family::Family::of(&model.cfg);
+    let cfg = &LoraConfig { target_modules: cfg.resolved_modules_in(family.linear_names()), ..cfg.clone() };
     let tensors = model
         .adapter_tensors()
         .into_iter()

@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::config::ModelConfig;
+use super::family::Family;
 
 /// Normal(0, std) linear and embedding weights, unit norm weights, zero biases; the same seed
 /// gives the same bytes on every machine.
@@ -35,9 +36,27 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f64) -> anyhow::Result<
     let q = cfg.num_attention_heads * hd;
     let kv = cfg.num_key_value_heads() * hd;
     let i = cfg.intermediate_size;
-    out.insert("model.embed_tokens.weight".into(), normal((cfg.vocab_size, h), &mut rng)?);
+    let family = Family::of(cfg);
+    out.insert(family.embed().into(), normal((cfg.vocab_size, h), &mut rng)?);
     for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
+        let p = family.layer(l);
+        if family == Family::ChatGlm {
+            let zeros = |n: usize| Tensor::zeros(n, candle_core::DType::F32, &dev);
+            for (name, shape) in [
+                ("self_attention.query_key_value", (q + 2 * kv, h)),
+                ("self_attention.dense", (h, q)),
+                ("mlp.dense_h_to_4h", (2 * i, h)),
+                ("mlp.dense_4h_to_h", (h, i)),
+            ] {
+                out.insert(format!("{p}.{name}.weight"), normal(shape, &mut rng)?);
+            }
+            if cfg.qkv_bias() {
+                out.insert(format!("{p}.self_attention.query_key_value.bias"), zeros(q + 2 * kv)?);
+            }
+            out.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+            out.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+            continue;
+        }
         for (name, shape) in [
             ("self_attn.q_proj", (q, h)),
             ("self_attn.k_proj", (kv, h)),
@@ -59,10 +78,15 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f64) -> anyhow::Result<
         }
         out.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
         out.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+        if cfg.qk_norm() {
+            for name in ["q_norm", "k_norm"] {
+                out.insert(format!("{p}.self_attn.{name}.weight"), Tensor::ones(hd, candle_core::DType::F32, &dev)?);
+            }
+        }
     }
-    out.insert("model.norm.weight".into(), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+    out.insert(family.final_norm().into(), Tensor::ones(h, candle_core::DType::F32, &dev)?);
     if !cfg.tie_word_embeddings {
-        out.insert("lm_head.weight".into(), normal((cfg.vocab_size, h), &mut rng)?);
+        out.insert(format!("{}.weight", family.lm_head()), normal((cfg.vocab_size, h), &mut rng)?);
     }
     Ok(out)
 }

@@ -2,10 +2,11 @@
 //!
 //! candle-transformers' models cannot be trained and several fused candle ops silently drop
 //! gradients, so this module owns a differentiable decoder
-//! for the Qwen2/Llama family. The fused ops are used only on the no-grad (generation) path.
+//! for the Qwen2/Qwen3/Llama family. The fused ops are used only on the no-grad (generation) path.
 //!
 //! - [`device`]: `"auto" | "cpu" | "cuda"` → a candle `Device`.
-//! - [`config`]: HF `config.json` of a Qwen2/Llama model.
+//! - [`config`]: HF `config.json` of a Qwen2/Qwen3/Llama model; [`rope`]: RoPE frequencies and
+//!   their scalings (linear, llama3), shared with the GGUF converter and quantized decoder.
 //! - [`model`]: the decoder ([`Model`]), with LoRA or full trainable weights.
 //! - [`frozen`]: the frozen-weight matmul whose backward returns only the input gradient.
 //! - [`lora`]: LoRA settings and adapters, PEFT file layout.
@@ -20,7 +21,9 @@
 pub mod batch;
 pub mod chat;
 pub mod config;
+pub mod config_chatglm;
 pub mod device;
+pub mod family;
 pub mod frozen;
 pub mod generate;
 pub mod hf;
@@ -30,6 +33,8 @@ pub mod model;
 pub mod optim;
 pub mod peft_import;
 pub mod reward;
+pub mod rope;
+pub mod rotary;
 pub mod sampling;
 pub mod scalar_head;
 pub mod token_logprobs;

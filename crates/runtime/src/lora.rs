@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 /// Linear modules of a decoder layer that LoRA may target, by their HF names.
-pub const ALL_LINEAR: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const ALL_LINEAR: [&str; 7] = super::family::STANDARD_LINEAR;
+/// The same for ChatGLM (fused query_key_value and dense_h_to_4h, as PEFT names them).
+pub const CHATGLM_LINEAR: [&str; 4] = super::family::CHATGLM_LINEAR;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,8 +46,11 @@ impl LoraConfig {
             bail!("lora.target_modules is empty");
         }
         for m in &self.target_modules {
-            if m != "all-linear" && !ALL_LINEAR.contains(&m.as_str()) {
-                bail!("lora.target_modules: unknown module `{m}` (expected one of {ALL_LINEAR:?} or \"all-linear\")");
+            if m != "all-linear" && !ALL_LINEAR.contains(&m.as_str()) && !CHATGLM_LINEAR.contains(&m.as_str()) {
+                bail!(
+                    "lora.target_modules: unknown module `{m}` (expected one of {ALL_LINEAR:?}, for ChatGLM \
+                     {CHATGLM_LINEAR:?}, or \"all-linear\")"
+                );
             }
         }
         Ok(())
@@ -60,9 +65,20 @@ impl LoraConfig {
         self.target_modules.iter().any(|m| m == "all-linear" || m == name)
     }
 
-    /// Concrete module names, for adapter_config.json.
+    /// Concrete module names of a model whose layers have `family` linear modules, for
+    /// adapter_config.json.
+    pub fn resolved_modules_in(&self, family: &[&str]) -> Vec<String> {
+        family.iter().filter(|m| self.targets(m)).map(|m| m.to_string()).collect()
+    }
+
+    /// Concrete module names for adapter_config.json: the listed ones, or for `all-linear` the
+    /// Qwen2/Llama names (a ChatGLM model's adapter is saved with its own names resolved, by
+    /// `hf::save_model_adapter`).
     pub fn resolved_modules(&self) -> Vec<String> {
-        ALL_LINEAR.iter().filter(|m| self.targets(m)).map(|m| m.to_string()).collect()
+        if self.target_modules.iter().any(|m| m == "all-linear") {
+            return self.resolved_modules_in(&ALL_LINEAR);
+        }
+        ALL_LINEAR.iter().chain(&CHATGLM_LINEAR).filter(|m| self.targets(m)).map(|m| m.to_string()).collect()
     }
 
     /// PEFT's adapter_config.json.

@@ -1,5 +1,7 @@
-//! The differentiable Qwen2/Llama decoder (GQA, RoPE, RMSNorm, SwiGLU, optional QKV bias, tied
-//! embeddings) with HF weight names.
+//! The differentiable decoder of the Qwen2/Qwen3/Llama and ChatGLM families (GQA, RoPE with
+//! linear/llama3 scaling, RMSNorm, SwiGLU, optional QKV bias, Qwen3's per-head q/k RMSNorm and
+//! explicit head_dim, ChatGLM's fused projections and half-head interleaved RoPE, tied
+//! embeddings) with each family's HF weight names ([`super::family`]).
 //!
 //! Two paths share the weights:
 //! - [`Model::loss`] / [`Model::forward_hidden`]: differentiable ops only (`softmax`,
@@ -16,8 +18,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::ModelConfig;
+use super::family::{Family, Rotary};
 use super::frozen::frozen_linear;
 use super::lora::{LoraConfig, peft_key};
+use super::rotary;
 
 /// Which weights train.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,18 +116,69 @@ fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
 struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Qwen3's RMSNorm weights `[head_dim]` applied to each query and key head before RoPE.
+    qk_norm: Option<(Tensor, Tensor)>,
+    qkv: Qkv,
     o: Linear,
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
 }
 
+/// The attention input projections: separate, or one fused matrix (ChatGLM's query_key_value,
+/// rows q then k then v) that LoRA adapts as one module, as PEFT does.
+enum Qkv {
+    Split { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+/// The MLP input projections: separate, or one fused matrix (ChatGLM's dense_h_to_4h, rows gate
+/// then up).
+enum GateUp {
+    Split { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
 impl Layer {
-    fn linears(&self) -> [&Linear; 7] {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    fn linears(&self) -> Vec<&Linear> {
+        let mut out = match &self.qkv {
+            Qkv::Split { q, k, v } => vec![q, k, v],
+            Qkv::Fused(l) => vec![l],
+        };
+        out.push(&self.o);
+        match &self.gate_up {
+            GateUp::Split { gate, up } => out.extend([gate, up]),
+            GateUp::Fused(l) => out.push(l),
+        }
+        out.push(&self.down);
+        out
+    }
+
+    /// Queries `[b, t, q_dim]`, keys and values `[b, t, kv_dim]`.
+    fn qkv(&self, x: &Tensor, pass: &mut Pass, q_dim: usize, kv_dim: usize) -> anyhow::Result<[Tensor; 3]> {
+        Ok(match &self.qkv {
+            Qkv::Split { q, k, v } => [q.forward(x, pass)?, k.forward(x, pass)?, v.forward(x, pass)?],
+            Qkv::Fused(l) => {
+                let y = l.forward(x, pass)?;
+                [
+                    y.narrow(D::Minus1, 0, q_dim)?,
+                    y.narrow(D::Minus1, q_dim, kv_dim)?,
+                    y.narrow(D::Minus1, q_dim + kv_dim, kv_dim)?,
+                ]
+            }
+        })
+    }
+
+    /// SwiGLU: `down(silu(gate x) * up x)`.
+    fn mlp(&self, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        let (g, u) = match &self.gate_up {
+            GateUp::Split { gate, up } => (gate.forward(x, pass)?, up.forward(x, pass)?),
+            GateUp::Fused(l) => {
+                let y = l.forward(x, pass)?;
+                let n = y.dim(D::Minus1)? / 2;
+                (y.narrow(D::Minus1, 0, n)?, y.narrow(D::Minus1, n, n)?)
+            }
+        };
+        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?, pass)
     }
 }
 
@@ -193,7 +248,8 @@ impl Model {
         let hd = cfg.head_dim();
         let q_out = cfg.num_attention_heads * hd;
         let kv_out = cfg.num_key_value_heads() * hd;
-        let embed = take(&mut loader, "model.embed_tokens.weight", &[cfg.vocab_size, h], &mut trainable)?;
+        let family = Family::of(&cfg);
+        let embed = take(&mut loader, family.embed(), &[cfg.vocab_size, h], &mut trainable)?;
         let linear = |loader: &mut Loader,
                       module: String,
                       short: &str,
@@ -222,32 +278,79 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
+            let p = family.layer(i);
             let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
             let i_dim = cfg.intermediate_size;
             let t = &mut trainable;
             let r = &mut rng;
             let input_norm = take(&mut loader, &format!("{p}.input_layernorm.weight"), &[h], t)?;
             let post_norm = take(&mut loader, &format!("{p}.post_attention_layernorm.weight"), &[h], t)?;
-            layers.push(Layer {
-                input_norm,
-                post_norm,
-                q: linear(&mut loader, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
-                k: linear(&mut loader, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
-                v: linear(&mut loader, format!("{p}.self_attn.v_proj"), "v_proj", kv_out, h, qb, t, r)?,
-                o: linear(&mut loader, format!("{p}.self_attn.o_proj"), "o_proj", h, q_out, ob, t, r)?,
-                gate: linear(&mut loader, format!("{p}.mlp.gate_proj"), "gate_proj", i_dim, h, false, t, r)?,
-                up: linear(&mut loader, format!("{p}.mlp.up_proj"), "up_proj", i_dim, h, false, t, r)?,
-                down: linear(&mut loader, format!("{p}.mlp.down_proj"), "down_proj", h, i_dim, false, t, r)?,
-            });
+            let qk_norm = if cfg.qk_norm() {
+                let qn = take(&mut loader, &format!("{p}.self_attn.q_norm.weight"), &[hd], t)?;
+                Some((qn, take(&mut loader, &format!("{p}.self_attn.k_norm.weight"), &[hd], t)?))
+            } else {
+                None
+            };
+            let l = &mut loader;
+            let layer = match family {
+                Family::Standard => Layer {
+                    input_norm,
+                    post_norm,
+                    qk_norm,
+                    qkv: Qkv::Split {
+                        q: linear(l, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
+                        k: linear(l, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
+                        v: linear(l, format!("{p}.self_attn.v_proj"), "v_proj", kv_out, h, qb, t, r)?,
+                    },
+                    o: linear(l, format!("{p}.self_attn.o_proj"), "o_proj", h, q_out, ob, t, r)?,
+                    gate_up: GateUp::Split {
+                        gate: linear(l, format!("{p}.mlp.gate_proj"), "gate_proj", i_dim, h, false, t, r)?,
+                        up: linear(l, format!("{p}.mlp.up_proj"), "up_proj", i_dim, h, false, t, r)?,
+                    },
+                    down: linear(l, format!("{p}.mlp.down_proj"), "down_proj", h, i_dim, false, t, r)?,
+                },
+                Family::ChatGlm => {
+                    let (qkv, attn) = ("query_key_value", format!("{p}.self_attention"));
+                    Layer {
+                        input_norm,
+                        post_norm,
+                        qk_norm,
+                        qkv: Qkv::Fused(linear(l, format!("{attn}.{qkv}"), qkv, q_out + 2 * kv_out, h, qb, t, r)?),
+                        o: linear(l, format!("{attn}.dense"), "dense", h, q_out, ob, t, r)?,
+                        gate_up: GateUp::Fused(linear(
+                            l,
+                            format!("{p}.mlp.dense_h_to_4h"),
+                            "dense_h_to_4h",
+                            2 * i_dim,
+                            h,
+                            false,
+                            t,
+                            r,
+                        )?),
+                        down: linear(l, format!("{p}.mlp.dense_4h_to_h"), "dense_4h_to_h", h, i_dim, false, t, r)?,
+                    }
+                }
+            };
+            layers.push(layer);
         }
-        let norm = take(&mut loader, "model.norm.weight", &[h], &mut trainable)?;
+        if let Some(l) = &lora_cfg
+            && trainable.is_empty()
+        {
+            bail!(
+                "lora.target_modules {:?} names no linear module of this {} model (its modules: {:?})",
+                l.target_modules,
+                cfg.model_type,
+                family.linear_names()
+            );
+        }
+        let norm = take(&mut loader, family.final_norm(), &[h], &mut trainable)?;
+        let head = family.lm_head();
         let lm_head = if cfg.tie_word_embeddings {
-            loader.weights.remove("lm_head.weight");
+            loader.weights.remove(&format!("{head}.weight"));
             None
         } else {
-            let w = take(&mut loader, "lm_head.weight", &[cfg.vocab_size, h], &mut trainable)?;
-            Some(Linear { name: "lm_head".into(), w, bias: None, lora: None })
+            let w = take(&mut loader, &format!("{head}.weight"), &[cfg.vocab_size, h], &mut trainable)?;
+            Some(Linear { name: head.into(), w, bias: None, lora: None })
         };
         Ok(Model { cfg, embed, layers, norm, lm_head, device: device.clone(), trainable, lora: lora_cfg })
     }
@@ -269,17 +372,21 @@ impl Model {
         self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
     }
 
-    /// Cos and sin tables `[n, head_dim/2]` for the given positions.
+    /// Where RoPE rotates in each head.
+    fn rotary(&self) -> Rotary {
+        Family::of(&self.cfg).rotary(&self.cfg)
+    }
+
+    /// Cos and sin tables `[n, rotary dims/2]` for the given positions.
     fn rope_tables(&self, positions: &[u32]) -> anyhow::Result<(Tensor, Tensor)> {
-        let half = self.cfg.head_dim() / 2;
-        let scale = self.cfg.rope_scale()?;
-        let inv: Vec<f64> =
-            (0..half).map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / self.cfg.head_dim() as f64)).collect();
+        let dims = self.rotary().dims;
+        let half = dims / 2;
+        let inv = self.cfg.rope_scaling()?.inv_freqs(dims, self.cfg.rope_theta);
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
             for f in &inv {
-                let a = (p as f64 / scale) * f;
+                let a = p as f64 * f;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);
             }
@@ -309,11 +416,8 @@ impl Model {
             bail!("batch arrays must each hold {b}×{t} entries");
         }
         let eps = self.cfg.rms_norm_eps as f32;
-        let hd = self.cfg.head_dim();
         let (cos, sin) = self.rope_tables(positions)?;
-        // [b, 1, t, hd]: the rotate-half layout of HF's Qwen2/Llama.
-        let cos = Tensor::cat(&[&cos, &cos], 1)?.reshape((b, 1, t, hd))?;
-        let sin = Tensor::cat(&[&sin, &sin], 1)?.reshape((b, 1, t, hd))?;
+        let (cos, sin) = rotary::train_tables(&cos, &sin, self.rotary(), (b, t))?;
         let mask = self.block_causal_mask(segments, b, t)?;
         let mut x = self.embed(input_ids, (b, t))?;
         for layer in &self.layers {
@@ -321,7 +425,7 @@ impl Model {
             let attn = self.attention_train(layer, &hn, &cos, &sin, &mask, (b, t), pass)?;
             x = (x + attn)?;
             let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
-            let mlp = mlp(layer, &hn, pass)?;
+            let mlp = layer.mlp(&hn, pass)?;
             x = (x + mlp)?;
         }
         Ok(candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?)
@@ -356,11 +460,19 @@ impl Model {
     ) -> anyhow::Result<Tensor> {
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads(), self.cfg.head_dim());
         let rep = nh / nkv;
-        let q = layer.q.forward(x, pass)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = layer.k.forward(x, pass)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = layer.v.forward(x, pass)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = rope_diff(&q, cos, sin)?;
-        let k = rope_diff(&k, cos, sin)?;
+        let [q, k, v] = layer.qkv(x, pass, nh * hd, nkv * hd)?;
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match &layer.qk_norm {
+            Some((qn, kn)) => {
+                let eps = self.cfg.rms_norm_eps as f32;
+                (candle_nn::ops::rms_norm_slow(&q, qn, eps)?, candle_nn::ops::rms_norm_slow(&k, kn, eps)?)
+            }
+            None => (q, k),
+        };
+        let q = rotary::apply_train(&q, cos, sin, self.rotary())?;
+        let k = rotary::apply_train(&k, cos, sin, self.rotary())?;
         // GQA without copying K/V: the `rep` query heads sharing a KV head become extra rows.
         let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, nkv, rep * t, hd))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?.broadcast_add(mask)?;
@@ -460,11 +572,16 @@ impl Model {
         let mut x = self.embed(ids, (1, t))?;
         for (li, layer) in self.layers.iter().enumerate() {
             let hn = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let q = layer.q.forward(&hn, &mut pass)?.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = layer.k.forward(&hn, &mut pass)?.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = layer.v.forward(&hn, &mut pass)?.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let [q, k, v] = layer.qkv(&hn, &mut pass, nh * hd, nkv * hd)?;
+            let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let (q, k) = match &layer.qk_norm {
+                Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
+                None => (q, k),
+            };
+            let q = rotary::apply_fused(&q, &cos, &sin, self.rotary())?;
+            let k = rotary::apply_fused(&k, &cos, &sin, self.rotary())?;
             let (k, v) = match cache.kv[li].take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
@@ -479,7 +596,7 @@ impl Model {
             let ctx = probs.matmul(&v)?.reshape((1, nh, t, hd))?.transpose(1, 2)?.reshape((1, t, nh * hd))?;
             x = (x + layer.o.forward(&ctx, &mut pass)?)?;
             let hn = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            x = (x + mlp(layer, &hn, &mut pass)?)?;
+            x = (x + layer.mlp(&hn, &mut pass)?)?;
         }
         cache.len = total;
         let last = x.i((0, t - 1))?.unsqueeze(0)?;
@@ -489,13 +606,18 @@ impl Model {
 
     /// All weights in HF names with LoRA folded in: what a merged model folder holds.
     pub fn merged_weights(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        let family = Family::of(&self.cfg);
         let mut out = HashMap::new();
-        out.insert("model.embed_tokens.weight".to_string(), self.embed.detach());
-        out.insert("model.norm.weight".to_string(), self.norm.detach());
+        out.insert(family.embed().to_string(), self.embed.detach());
+        out.insert(family.final_norm().to_string(), self.norm.detach());
         for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
+            let p = family.layer(i);
             out.insert(format!("{p}.input_layernorm.weight"), layer.input_norm.detach());
             out.insert(format!("{p}.post_attention_layernorm.weight"), layer.post_norm.detach());
+            if let Some((qn, kn)) = &layer.qk_norm {
+                out.insert(format!("{p}.self_attn.q_norm.weight"), qn.detach());
+                out.insert(format!("{p}.self_attn.k_norm.weight"), kn.detach());
+            }
             for l in layer.linears() {
                 out.insert(format!("{}.weight", l.name), l.merged()?);
                 if let Some(b) = &l.bias {
@@ -504,7 +626,7 @@ impl Model {
             }
         }
         if let Some(head) = &self.lm_head {
-            out.insert("lm_head.weight".into(), head.merged()?);
+            out.insert(format!("{}.weight", head.name), head.merged()?);
         }
         Ok(out)
     }
@@ -583,19 +705,4 @@ fn head_loss(h: &Tensor, w: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> 
         surrogate = (surrogate + (w * g.t()?.matmul(&hd)?)?.sum_all()?)?;
     }
     Ok(((&surrogate - surrogate.detach())? + value)?)
-}
-
-fn mlp(layer: &Layer, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
-    let g = layer.gate.forward(x, pass)?;
-    let u = layer.up.forward(x, pass)?;
-    layer.down.forward(&(candle_nn::ops::silu(&g)? * u)?, pass)
-}
-
-/// RoPE with the rotate-half layout built from differentiable ops; `cos`/`sin` are `[b, 1, t, hd]`.
-fn rope_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
