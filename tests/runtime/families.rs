@@ -302,3 +302,38 @@ fn chatglm_adapter_has_peft_names_and_merges_into_chatglm_names() {
     let y = reloaded.forward_logits(&IDS, (1, IDS.len())).unwrap();
     assert!(max_abs_diff(&x, &y) < 1e-4, "merged model computes what base + adapter does");
 }
+
+/// GLM-4-9B's original (ChatGLM-layout) checkpoints: the same network with RoPE base
+/// 10000·rope_ratio, against candle-transformers' glm4, which reads the same config.json.
+#[test]
+fn glm4_9b_layout_with_rope_ratio_matches_candle_transformers() {
+    let dev = Device::Cpu;
+    let mut raw = chatglm_raw_config(64);
+    for (k, v) in [
+        ("rope_ratio", serde_json::json!(500)),
+        ("bias_dropout_fusion", serde_json::json!(true)),
+        ("apply_query_key_layer_scaling", serde_json::json!(true)),
+        ("attention_softmax_in_fp32", serde_json::json!(true)),
+        ("fp32_residual_connection", serde_json::json!(false)),
+    ] {
+        raw[k] = v;
+    }
+    let cfg: ModelConfig = serde_json::from_value(avatar::runtime::config_chatglm::normalise(&raw).unwrap()).unwrap();
+    assert_eq!(cfg.rope_theta, 5_000_000.0);
+    let weights = tiny_weights(&cfg, 17);
+    let ours = Model::from_tensors(cfg, weights.clone(), &TrainMode::Frozen, 0, &dev).unwrap();
+    let ref_cfg: candle_transformers::models::glm4::Config = serde_json::from_value(raw).unwrap();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let mut reference = candle_transformers::models::glm4::Model::new(&ref_cfg, vb).unwrap();
+    let rows: Vec<Tensor> = (1..=IDS.len())
+        .map(|n| {
+            reference.reset_kv_cache();
+            let input = Tensor::new(&IDS[..n], &dev).unwrap().unsqueeze(0).unwrap();
+            reference.forward(&input).unwrap().squeeze(0).unwrap()
+        })
+        .collect();
+    let ref_logits = Tensor::stack(&rows, 0).unwrap();
+    let diff = max_abs_diff(&ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits);
+    assert!(diff < 1e-4, "glm-4-9b-layout logits differ by {diff}");
+    assert_cached_path_matches(&ours, &ref_logits);
+}

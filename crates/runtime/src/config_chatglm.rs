@@ -39,6 +39,13 @@ pub fn normalise(raw: &Value) -> anyhow::Result<Value> {
             bail!("field `{k}`: {} is not supported for ChatGLM (only {want})", !want);
         }
     }
+    // P-tuning v2 prefixes and the int4/int8 weight packing are other weights than these.
+    if let Some(n) = get("pre_seq_len") {
+        bail!("field `pre_seq_len`: {n}: P-tuning prefix models are not supported (merge or drop the prefix)");
+    }
+    if let Some(b) = get("quantization_bit").and_then(|v| v.as_u64()).filter(|b| *b != 0) {
+        bail!("field `quantization_bit`: {b}: pre-quantized ChatGLM weights are not supported (use the float model)");
+    }
     let heads = num("num_attention_heads")?;
     let kv_heads = if flag("multi_query_attention", false)? { num("multi_query_group_num")? } else { heads };
     let vocab = get("padded_vocab_size").or_else(|| get("vocab_size")).and_then(|v| v.as_u64());
@@ -93,6 +100,12 @@ mod tests {
         let mut ln = raw.clone();
         ln["rmsnorm"] = false.into();
         assert!(normalise(&ln).unwrap_err().to_string().contains("rmsnorm"));
+        let mut prefix = raw.clone();
+        prefix["pre_seq_len"] = 128.into();
+        assert!(normalise(&prefix).unwrap_err().to_string().contains("pre_seq_len"));
+        prefix["pre_seq_len"] = serde_json::Value::Null;
+        prefix["quantization_bit"] = 0.into();
+        normalise(&prefix).unwrap();
         let mut glm4 = raw;
         glm4["rope_ratio"] = 500.into();
         let v = normalise(&glm4).unwrap();
