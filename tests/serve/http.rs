@@ -579,7 +579,8 @@ fn a_model_the_decoder_cannot_run_is_refused_at_load() {
         .map(|n| (n.clone(), content.tensor(&mut r, n, &candle_core::Device::Cpu).unwrap()))
         .collect();
     let mut meta: Vec<(String, Value)> = content.metadata.into_iter().collect();
-    // An explicit head size other than hidden / heads (64 / 4), as Qwen3 GGUFs carry.
+    // A key length (head size) that the tensors do not have: hidden / heads is 64 / 4 = 16, and
+    // the decoder would read q as 4 heads of 32. It names the key it took the size from.
     meta.retain(|(k, _)| k != "qwen2.attention.key_length");
     meta.push(("qwen2.attention.key_length".into(), Value::U32(32)));
     avatar::quant::convert::write_gguf(&bad, &meta, &tensors).unwrap();

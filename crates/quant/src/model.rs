@@ -251,15 +251,20 @@ fn check_shapes(
     layers: &[Layer],
     out_norm: &[f32],
     output: Option<&Weight>,
+    head_size_from: &str,
 ) -> Result<()> {
     let (h, q, kv) = (c.hidden, c.q_dim(), c.kv_heads * c.head_dim);
     let matrix = |name: &str, w: &Weight, rows: usize, cols: usize| {
         if (w.rows(), w.cols()) != (rows, cols) {
             bail!(
-                "{}: tensor `{name}` is {}x{}, the decoder needs {rows}x{cols} (from the GGUF's head counts and sizes)",
+                "{}: tensor `{name}` is {}x{}, the decoder needs {rows}x{cols} (from the GGUF's head counts and \
+                 sizes: {} heads, {} kv heads of {} from {head_size_from})",
                 path.display(),
                 w.rows(),
-                w.cols()
+                w.cols(),
+                c.heads,
+                c.kv_heads,
+                c.head_dim
             );
         }
         Ok(())
@@ -325,9 +330,9 @@ impl QModel {
         }
         // An explicit head size (Qwen3: 128 with hidden 1024 and 16 heads) is the key length;
         // without one it is hidden / heads, as in llama.cpp.
-        let head_dim = match f.meta_u32(&key("attention.key_length")) {
-            Ok(v) => v as usize,
-            Err(_) => hidden / heads,
+        let (head_dim, head_size_from) = match f.meta_u32(&key("attention.key_length")) {
+            Ok(v) => (v as usize, format!("`{}`", key("attention.key_length"))),
+            Err(_) => (hidden / heads, "embedding_length / head_count".to_string()),
         };
         if let Ok(v) = f.meta_u32(&key("attention.value_length"))
             && v as usize != head_dim
@@ -428,7 +433,7 @@ impl QModel {
         }
         let out_norm = f.tensor_f32("output_norm.weight")?;
         let output = if f.has_tensor("output.weight") { Some(Weight::load(&mut f, "output.weight")?) } else { None };
-        check_shapes(path, &cfg, &embed, &layers, &out_norm, output.as_ref())?;
+        check_shapes(path, &cfg, &embed, &layers, &out_norm, output.as_ref(), &head_size_from)?;
         Ok(Self { cfg, embed, layers, out_norm, output, inv_freq })
     }
 
