@@ -48,3 +48,31 @@ impl LockFile {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_read_back_bit_for_bit() {
+        // serde_json's default parser read 1.9739489555358887 back as 1.973948955535889.
+        let mut values = vec![1.9739489555358887, 0.1 + 0.2, 1e-300, 123456.789e10, f64::MIN_POSITIVE];
+        let mut x = 0.7f64;
+        for _ in 0..2000 {
+            x = (x * 3.9 * (1.0 - x)).abs();
+            values.push(x * 10f64.powi((values.len() % 30) as i32 - 15));
+        }
+        let metrics: Metrics = values.iter().enumerate().map(|(i, v)| (format!("m{i}"), (*v).into())).collect();
+        let parts = KeyParts::new("k", 1, serde_json::json!({}), BTreeMap::new(), &crate::stage::Globals { seed: 0, device: "cpu".into(), dtype: "f32".into() }, &[]);
+        let entry = LockEntry { key: "k".into(), output: "o".into(), outputs: BTreeMap::new(), parts, metrics };
+        let lock = LockFile { pipeline: "p".into(), stages: BTreeMap::from([("s".to_string(), entry)]) };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.lock");
+        lock.write_if_changed(&path).unwrap();
+        let back = LockFile::read(&path).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(back.stages["s"].metrics[&format!("m{i}")].as_f64().unwrap().to_bits(), v.to_bits(), "{v:?}");
+        }
+        assert!(!back.write_if_changed(&path).unwrap(), "a lock read back writes the same bytes");
+    }
+}
