@@ -7,6 +7,7 @@ mod judge;
 pub mod label;
 pub(crate) mod output;
 mod run_cmd;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Show(inspect::ShowArgs),
     /// Delete artifacts no lock file or recorded run refers to.
     Gc(inspect::GcArgs),
+    /// Check the store: every artifact matches its content hash, no leftovers of killed runs.
+    Verify(verify::VerifyArgs),
     /// Write one self-contained HTML page about the last run.
     Report(ReportArgs),
     /// Rank reward-label's candidates by hand in the browser (appends to the labels file).
@@ -85,6 +88,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Log(args) => inspect::log(&registry, &args),
         Command::Show(args) => inspect::show(&registry, &args),
         Command::Gc(args) => inspect::gc(&registry, &args),
+        Command::Verify(args) => verify::verify(&registry, &args),
         Command::Report(args) => report(&registry, &args),
         Command::Label(args) => label::label(&registry, &args),
         Command::Judge(args) => judge::judge(&registry, &args),

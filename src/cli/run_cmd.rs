@@ -134,9 +134,12 @@ pub fn run(registry: &Registry, args: &RunArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({"event": "done", "ok": report.ok(), "ran": count("ran"), "cached": count("cached"),
                 "failed": count("failed"), "skipped": count("skipped"), "check_failures": report.check_failures,
-                "seconds": started.elapsed().as_secs_f64()})
+                "not_compared": report.not_compared, "seconds": started.elapsed().as_secs_f64()})
         );
     } else {
+        for n in &report.not_compared {
+            eprintln!("avatar: check: {n}");
+        }
         for f in &report.check_failures {
             eprintln!("avatar: check failed: {f}");
         }

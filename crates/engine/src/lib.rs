@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod stage;
 pub mod status;
 pub mod store;
+pub mod verify;
 
 pub use manifest::Manifest;
 pub use registry::Registry;

@@ -73,6 +73,8 @@ pub struct RunReport {
     pub stages: Vec<StageReport>,
     /// `--check`: stages whose output hash differs from the lock file's.
     pub check_failures: Vec<String>,
+    /// `--check`: stages it could not compare with the lock file, and why.
+    pub not_compared: Vec<String>,
 }
 
 impl RunReport {
@@ -107,10 +109,16 @@ pub fn run(
     // A dry run reads the store if there is one and creates nothing.
     let store = if opts.dry_run { Store::existing(&manifest.store_dir()) } else { Store::open(&manifest.store_dir())? };
     let _lock = if opts.dry_run { None } else { Some(store.lock(opts.wait)?) };
+    let lock_path = manifest.lock_path();
     if !opts.dry_run {
         store.clean_tmp();
+        // The lock file is written (atomically) under the store lock: a temp file of it is a
+        // killed run's.
+        if let (Some(dir), Some(name)) = (lock_path.parent(), lock_path.file_name()) {
+            let name = name.to_string_lossy();
+            crate::store::remove_atomic_tmps(dir, |target| target == name);
+        }
     }
-    let lock_path = manifest.lock_path();
     let previous_lock = LockFile::read(&lock_path)?;
     let mut cache = store.hash_cache();
     let started_at = now_rfc3339();
@@ -130,8 +138,9 @@ pub fn run(
         cache.save().ok();
     }
 
-    let check_failures =
-        if opts.check { record::check_failures(&previous_lock, &scheduled.reports) } else { Vec::new() };
+    let checked =
+        if opts.check { record::check(&previous_lock, &scheduled.reports, &scheduled.parts) } else { Default::default() };
+    let check_failures = checked.failures;
     if !opts.dry_run {
         if !opts.check {
             record::next_lock(manifest, &previous_lock, &scheduled).write_if_changed(&lock_path)?;
@@ -140,7 +149,7 @@ pub fn run(
             record::save_run_record(manifest, &store, &scheduled.reports, &started_at, check_failures.is_empty())?;
         }
     }
-    Ok(RunReport { stages: scheduled.reports, check_failures })
+    Ok(RunReport { stages: scheduled.reports, check_failures, not_compared: checked.not_compared })
 }
 
 pub fn short(hash: &str) -> &str {

@@ -127,12 +127,16 @@ impl Store {
         write_atomic(&path, &serde_json::to_vec_pretty(rec)?).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Remove leftovers of killed runs. Call only while holding the store lock.
+    /// Remove leftovers of killed runs: temp artifact dirs, and the temp files of atomic writes
+    /// (records, the hash cache) a kill interrupted. Call only while holding the store lock.
     pub fn clean_tmp(&self) {
         if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
             for e in rd.filter_map(Result::ok) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
+        }
+        for sub in ["", "actions", "runs"] {
+            remove_atomic_tmps(&self.root.join(sub), |_| true);
         }
     }
 
@@ -169,6 +173,21 @@ impl Store {
 /// Held for the duration of a run; the OS releases it even on `kill -9`.
 pub struct StoreLock {
     _file: File,
+}
+
+/// Remove the temp files `write_atomic` left in `dir` (a kill mid-write) whose target's name
+/// passes `target`.
+pub fn remove_atomic_tmps(dir: &Path, target: impl Fn(&str) -> bool) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if crate::verify::is_atomic_tmp(&name)
+            && name[1..].split(".tmp-").next().is_some_and(&target)
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Current UTC time as RFC 3339.
