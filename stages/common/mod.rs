@@ -1,5 +1,7 @@
 //! Data contracts shared between stages.
 
+pub mod checkpoint;
+pub mod compute;
 pub mod curves;
 pub mod jsonl;
 pub mod loopback;

@@ -16,6 +16,7 @@ use anyhow::bail;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::common::checkpoint::{Cadence, Checkpoints, fingerprint};
 use crate::common::curves::write_curves;
 use crate::common::preference::{
     EncodedPair, PairStats, chosen_then_rejected, load_stage_pairs, pair_training_defaults, validate_pair_training,
@@ -159,10 +160,25 @@ impl TypedStage for DpoStage {
         let mut rng = setup.rng(0xD0_D0D0);
         let (mut loss_curve, mut val_curve) = (Vec::new(), Vec::new());
         let mut step = 0u64;
-        for _ in 0..t.epochs {
+        let mut ckpt =
+            Checkpoints::new(ctx.work_dir, fingerprint(ctx, &Self::INFO, params, setup.seed)?, Cadence::from_env()?)?;
+        let ckpt_vars = [("policy", policy.trainable())];
+        let mut resumed = 0;
+        if let Some((done, curves)) = ckpt.restore(&ckpt_vars, &mut [("adamw", &mut opt)]) {
+            (loss_curve, val_curve) = curves;
+            resumed = done;
+            bar.set_position(done);
+            ctx.progress.note(&format!("resuming from checkpoint at step {done}/{total}"));
+        }
+        for epoch in 0..t.epochs {
             let mut order: Vec<usize> = (0..data.train.len()).collect();
             order.shuffle(&mut rng);
             for chunk in order.chunks(t.batch_size) {
+                // Steps before the checkpoint: only their shuffles are replayed, to reach its RNG.
+                if step < resumed {
+                    step += 1;
+                    continue;
+                }
                 let n = chunk.len();
                 let seqs = chosen_then_rejected(chunk.iter().map(|&i| &data.train[i]));
                 let (sums, fwd, row_of) = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
@@ -188,8 +204,11 @@ impl TypedStage for DpoStage {
                 loss_curve.push((step, loss));
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.3}"));
+                let curves = || (loss_curve.clone(), val_curve.clone());
+                ckpt.after_step(step, total, curves, &ckpt_vars, &[("adamw", &opt)])?;
             }
-            if !data.val.is_empty() {
+            // An epoch evaluated before the checkpoint has its point in the restored curve.
+            if !data.val.is_empty() && val_curve.len() <= epoch {
                 val_curve.push((step, evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?.0));
             }
         }
@@ -227,6 +246,9 @@ impl TypedStage for DpoStage {
         }
         m.insert("steps".into(), step.into());
         m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        ckpt.add_metrics(&mut m);
+        crate::common::compute::record(&mut m, &setup.device, false);
+        ckpt.clear();
         Ok(m)
     }
 }

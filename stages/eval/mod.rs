@@ -270,6 +270,8 @@ impl TypedStage for Eval {
                 metrics.insert(format!("{name}.reward_mean"), serde_json::json!(r));
             }
         }
+        let quantized = ctx.optional_input("quantized").is_some();
+        crate::common::compute::record_named(&mut metrics, &ctx.globals.device, quantized)?;
         Ok(metrics)
     }
 }

@@ -13,6 +13,7 @@
 //! kl_coef = 0.05
 //! ```
 
+pub mod checkpoint;
 pub mod gae;
 pub mod params;
 pub mod rollout;
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 use rand::seq::SliceRandom;
 
+use crate::common::checkpoint::{Cadence, Checkpoints, RngState, fingerprint};
 use crate::common::curves::write_curves;
 use crate::common::jsonl::read_jsonl;
 use crate::common::sample::Sample;
@@ -100,13 +102,26 @@ impl TypedStage for PpoStage {
         let mut critic_vars = critic.trainable().to_vec();
         critic_vars.extend(value_head.vars());
         let mut opt =
-            Optimisers { policy: t.optimiser(policy.trainable().to_vec())?, critic: t.optimiser(critic_vars)? };
+            Optimisers { policy: t.optimiser(policy.trainable().to_vec())?, critic: t.optimiser(critic_vars.clone())? };
         let mut rng = setup.rng(0x990);
         let mut order: Vec<usize> = Vec::new();
         let bar = ctx.progress.bar(p.iterations as u64, "iterations");
         let names = ["reward", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "response_tokens"];
         let mut curves: Vec<Vec<(u64, f64)>> = vec![Vec::new(); names.len()];
-        for it in 0..p.iterations {
+        let total = p.iterations as u64;
+        let mut ckpt = Checkpoints::new(ctx.work_dir, fingerprint(ctx, &Self::INFO, params, seed)?, Cadence::from_env()?)?;
+        let vars = [(checkpoint::POLICY, policy.trainable()), (checkpoint::CRITIC, &critic_vars[..])];
+        let mut start = 0;
+        if let Some((done, s)) = ckpt.restore::<checkpoint::LoopState>(
+            &vars,
+            &mut [(checkpoint::POLICY, &mut opt.policy), (checkpoint::CRITIC, &mut opt.critic)],
+        ) {
+            (rng, order, curves) = (s.rng.rng()?, s.order, s.curves);
+            start = done as usize;
+            bar.set_position(done);
+            ctx.progress.note(&format!("resuming from checkpoint at iteration {done}/{total}"));
+        }
+        for it in start..p.iterations {
             // Prompts without replacement, reshuffled each time the list runs out.
             let mut batch: Vec<&Sample> = Vec::with_capacity(p.rollout_size);
             while batch.len() < p.rollout_size {
@@ -163,6 +178,8 @@ impl TypedStage for PpoStage {
             }
             bar.set_position(x);
             bar.set_message(format!("reward {reward_mean:.2} · kl {:.2}", row[1]));
+            let state = || checkpoint::LoopState { rng: RngState::of(&rng), order: order.clone(), curves: curves.clone() };
+            ckpt.after_step(x, total, state, &vars, &[(checkpoint::POLICY, &opt.policy), (checkpoint::CRITIC, &opt.critic)])?;
         }
         bar.finish_and_clear();
 
@@ -197,6 +214,9 @@ impl TypedStage for PpoStage {
         metrics.insert("value_loss_last".into(), last(4).into());
         metrics.insert("iterations".into(), p.iterations.into());
         metrics.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        ckpt.add_metrics(&mut metrics);
+        crate::common::compute::record(&mut metrics, device, false);
+        ckpt.clear();
         Ok(metrics)
     }
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use serde::{Deserialize, Serialize};
 
+use crate::common::checkpoint;
 use crate::common::jsonl::{read_jsonl, write_jsonl};
 use crate::common::ranked::{Ranked, format_score};
 use crate::common::sample::Sample;
@@ -151,7 +152,8 @@ impl TypedStage for RewardLabelStage {
         };
         let rules = RulesJudge::new(&p.rules, &reference, &blocked);
 
-        let candidates = generate(ctx, p, &prompts)?;
+        let mut m = Metrics::new();
+        let candidates = generate(ctx, p, &prompts, &mut m)?;
 
         let mut stats = LabelStats::default();
         let mut records = Vec::with_capacity(prompts.len());
@@ -195,14 +197,15 @@ impl TypedStage for RewardLabelStage {
         };
         write_jsonl(&ctx.output("ranked", &Self::INFO)?, &records)?;
         avatar_engine::fsutil::write_private(ctx.output("stats", &Self::INFO)?, serde_json::to_vec_pretty(&stats)?)?;
+        checkpoint::clear(ctx.work_dir);
 
-        let mut m = Metrics::new();
         m.insert("judge".into(), serde_json::json!(stats.judge));
         m.insert("prompts".into(), serde_json::json!(stats.prompts));
         m.insert("candidates".into(), serde_json::json!(stats.candidates));
         m.insert("score_mean".into(), serde_json::json!(stats.score_mean));
         m.insert("blocked_rate".into(), serde_json::json!(stats.blocked_rate));
         m.insert("differing_share".into(), serde_json::json!(stats.differing_share));
+        crate::common::compute::record_named(&mut m, &ctx.globals.device, false)?;
         if p.judge == Judge::Openai {
             m.insert("cache_hits".into(), serde_json::json!(stats.cache_hits));
             m.insert("requests".into(), serde_json::json!(stats.requests));
@@ -221,14 +224,26 @@ pub fn pick_prompts(all: &[Sample], max: usize) -> Vec<Sample> {
     (0..k).map(|i| unique[i * unique.len() / k].clone()).collect()
 }
 
-/// `n` candidates per prompt from the model; seeds make them deterministic and distinct.
-fn generate(ctx: &StageContext, p: &RewardLabelParams, prompts: &[Sample]) -> anyhow::Result<Vec<Vec<String>>> {
+/// `n` candidates per prompt from the model; seeds make them deterministic and distinct. The
+/// candidates so far are checkpointed (a rerun after a kill samples only the rest).
+fn generate(
+    ctx: &StageContext,
+    p: &RewardLabelParams,
+    prompts: &[Sample],
+    metrics: &mut Metrics,
+) -> anyhow::Result<Vec<Vec<String>>> {
     let model_dir = ctx.input("model")?;
     let model = FloatModel::load(model_dir, &ctx.globals.device)?;
     let base = ctx.globals.seed.wrapping_add(p.generation.sampling.seed);
     let bar = ctx.progress.bar((prompts.len() * p.n) as u64, "candidates");
-    let mut out = Vec::with_capacity(prompts.len());
-    for (i, sample) in prompts.iter().enumerate() {
+    let fp = checkpoint::fingerprint(ctx, &RewardLabelStage::INFO, p, ctx.globals.seed)?;
+    let mut ckpt = checkpoint::Checkpoints::new(ctx.work_dir, fp, checkpoint::Cadence::from_env()?)?;
+    let mut out: Vec<Vec<String>> = match ckpt.restore(&[], &mut []) {
+        Some((_, done)) => done,
+        None => Vec::with_capacity(prompts.len()),
+    };
+    bar.set_position((out.len() * p.n) as u64);
+    for (i, sample) in prompts.iter().enumerate().skip(out.len()) {
         let mut cands = Vec::with_capacity(p.n);
         for j in 0..p.n {
             let mut g = p.generation.clone();
@@ -240,8 +255,10 @@ fn generate(ctx: &StageContext, p: &RewardLabelParams, prompts: &[Sample]) -> an
             bar.inc(1);
         }
         out.push(cands);
+        ckpt.after_step(out.len() as u64, prompts.len() as u64, || &out, &[], &[])?;
     }
     bar.finish_and_clear();
+    ckpt.add_metrics(metrics);
     Ok(out)
 }
 

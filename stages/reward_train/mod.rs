@@ -17,6 +17,7 @@ use anyhow::bail;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::common::checkpoint::{Cadence, Checkpoints, fingerprint};
 use crate::common::curves::write_curves;
 use crate::common::preference::{
     EncodedPair, PairStats, chosen_then_rejected, load_stage_pairs, pair_training_defaults, validate_pair_training,
@@ -133,17 +134,32 @@ impl TypedStage for RewardTrainStage {
 
         let mut vars = model.trainable().to_vec();
         vars.extend(head.vars());
-        let mut opt = t.optimiser(vars)?;
+        let mut opt = t.optimiser(vars.clone())?;
         let steps_per_epoch = data.train.len().div_ceil(t.batch_size);
         let total = (steps_per_epoch * t.epochs) as u64;
         let bar = ctx.progress.bar(total, "steps");
         let mut rng = setup.rng(0x4E3A_12D0);
         let (mut loss_curve, mut acc_curve, mut val_curve) = (Vec::new(), Vec::new(), Vec::new());
         let mut step = 0u64;
-        for _ in 0..t.epochs {
+        let mut ckpt =
+            Checkpoints::new(ctx.work_dir, fingerprint(ctx, &Self::INFO, params, setup.seed)?, Cadence::from_env()?)?;
+        let ckpt_vars = [("reward", &vars[..])];
+        let mut resumed = 0;
+        if let Some((done, curves)) = ckpt.restore(&ckpt_vars, &mut [("adamw", &mut opt)]) {
+            (loss_curve, acc_curve, val_curve) = curves;
+            resumed = done;
+            bar.set_position(done);
+            ctx.progress.note(&format!("resuming from checkpoint at step {done}/{total}"));
+        }
+        for epoch in 0..t.epochs {
             let mut order: Vec<usize> = (0..data.train.len()).collect();
             order.shuffle(&mut rng);
             for chunk in order.chunks(t.batch_size) {
+                // Steps before the checkpoint: only their shuffles are replayed, to reach its RNG.
+                if step < resumed {
+                    step += 1;
+                    continue;
+                }
                 let pairs: Vec<&EncodedPair> = chunk.iter().map(|&i| &data.train[i]).collect();
                 let r = pair_scores(&model, &head, &pairs, pad, &mut Pass { grad: true, rng: None })?;
                 let rv = r.to_vec1::<f32>()?;
@@ -169,8 +185,11 @@ impl TypedStage for RewardTrainStage {
                 acc_curve.push((step, accuracy));
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.3}"));
+                let curves = || (loss_curve.clone(), acc_curve.clone(), val_curve.clone());
+                ckpt.after_step(step, total, curves, &ckpt_vars, &[("adamw", &opt)])?;
             }
-            if !data.val.is_empty() {
+            // An epoch evaluated before the checkpoint has its point in the restored curve.
+            if !data.val.is_empty() && val_curve.len() <= epoch {
                 let (acc, _, _) = evaluate(&model, &head, &data.val, t.batch_size, pad)?;
                 val_curve.push((step, acc));
             }
@@ -229,6 +248,9 @@ impl TypedStage for RewardTrainStage {
         m.insert("steps".into(), step.into());
         m.insert("unscored_prompts".into(), data.unscored.into());
         m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());
+        ckpt.add_metrics(&mut m);
+        crate::common::compute::record(&mut m, &setup.device, false);
+        ckpt.clear();
         Ok(m)
     }
 }

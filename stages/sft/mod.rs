@@ -27,20 +27,6 @@ pub use params::{Mode, SftOptions, SftParams};
 
 pub struct SftStage;
 
-/// Identity of a training run: a checkpoint from other params or inputs is never resumed.
-fn fingerprint(ctx: &StageContext, p: &SftParams, seed: u64) -> anyhow::Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update(&SftStage::INFO.version.to_le_bytes());
-    h.update(serde_json::to_string(p)?.as_bytes());
-    h.update(&seed.to_le_bytes());
-    h.update(ctx.globals.device.as_bytes());
-    for (name, input) in ctx.inputs {
-        h.update(name.as_bytes());
-        h.update(input.hash.as_bytes());
-    }
-    Ok(h.finalize().to_hex().to_string())
-}
-
 /// The `curves` output: loss.json and loss.svg.
 pub fn write_curves(dir: &std::path::Path, curves: &checkpoint::Curves) -> anyhow::Result<()> {
     avatar_engine::fsutil::create_private_dir(dir)?;
@@ -137,7 +123,7 @@ impl TypedStage for SftStage {
 
         avatar_engine::fsutil::create_private_dir(ctx.work_dir)
             .with_context(|| format!("creating {}", ctx.work_dir.display()))?;
-        let fp = fingerprint(ctx, p, seed)?;
+        let fp = crate::common::checkpoint::fingerprint(ctx, &Self::INFO, p, seed)?;
         let mut params = p.clone();
         params.training.max_seq_len = max_len;
         let outcome = train::run(train::Job {
@@ -191,6 +177,7 @@ impl TypedStage for SftStage {
         }
         m.insert("skipped_samples".into(), (train.skipped + val.skipped).into());
         m.insert("trainable_parameters".into(), model.trainable_parameter_count().into());
+        crate::common::compute::record(&mut m, &device, false);
         if let Some(step) = outcome.resumed_from {
             m.insert("resumed_from_step".into(), step.into());
         }

@@ -118,7 +118,7 @@ fn reward_head_and_adapters_all_get_gradients() {
 }
 
 /// Ranked data with one clear rule: the person's own reply beats a bland one beats an insult.
-fn write_ranked(path: &Path, n: usize) {
+pub fn write_ranked(path: &Path, n: usize) {
     let records: Vec<Ranked> = corpus(n)
         .iter()
         .map(|s| Ranked::new(s, vec!["滚蛋<s>傻逼".into(), s.reply.clone(), "嗯".into()], vec![1.0, 3.0, 2.0], "rules"))

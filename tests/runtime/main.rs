@@ -9,4 +9,5 @@ mod generation;
 mod gradients;
 mod hf_io;
 mod parity;
+mod resume;
 mod stages;

@@ -217,7 +217,8 @@ fn killed_run_resumes_from_its_checkpoint_to_the_same_result() {
 
 #[test]
 fn a_checkpoint_keeps_every_curve_value_exactly() {
-    use avatar::stages::sft::checkpoint::{Curves, State, read_state, write_state};
+    use avatar::stages::common::checkpoint::{read_state_file, write_state};
+    use avatar::stages::sft::checkpoint::{Curves, State};
     use rand::{Rng, SeedableRng};
     // The value the issue saw change, then values across many magnitudes.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -233,8 +234,8 @@ fn a_checkpoint_keeps_every_curve_value_exactly() {
         train_seconds: 1.5,
     };
     let dir = tempfile::tempdir().unwrap();
-    write_state(dir.path(), &state).unwrap();
-    let back = read_state(dir.path()).expect("state reads back");
+    write_state(dir.path(), "fp", state.step, &state).unwrap();
+    let (_, back): (u64, State) = read_state_file(dir.path()).expect("state reads back");
     assert_eq!(back.curves, state.curves);
     // The curves output from the reloaded state is the same file, byte for byte.
     let write = |curves: &Curves| {

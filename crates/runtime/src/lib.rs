@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod compute;
 pub mod config;
 pub mod config_chatglm;
 pub mod device;

@@ -1,0 +1,19 @@
+//! ppo's checkpoint after an iteration: the policy's and the critic's adapters, the value
+//! head, both optimisers, and what the loop carries to the next iteration (the prompt order
+//! left in this pass over the prompts, the RNG that shuffles, the curves so far).
+
+use serde::{Deserialize, Serialize};
+
+use crate::common::checkpoint::RngState;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopState {
+    pub rng: RngState,
+    /// Prompt indices not yet used in this pass (popped from the end).
+    pub order: Vec<usize>,
+    /// One series per statistic, as the `curves` output writes them.
+    pub curves: Vec<Vec<(u64, f64)>>,
+}
+
+pub const POLICY: &str = "policy";
+pub const CRITIC: &str = "critic";
