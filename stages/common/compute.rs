@@ -10,7 +10,14 @@ use candle_core::Device;
 pub fn record(metrics: &mut Metrics, device: &Device, quant_kernels: bool) {
     let mut path = avatar_runtime::compute::float_path(device);
     if quant_kernels {
-        path.push_str(&format!("; kernels {}", avatar_quant::kernels::kernel_name()));
+        // The AVX-512 VNNI kernels compute the AVX2 kernels' sums in the same order: the CI
+        // demo's eval wrote the same bytes with both (AVATAR_KERNELS=avx2), and other bytes
+        // with the portable loops.
+        let kernels = match avatar_quant::kernels::kernel_name() {
+            "avx512-vnni" | "avx2" => "avx2",
+            other => other,
+        };
+        path.push_str(&format!("; kernels {kernels}"));
     }
     metrics.insert(COMPUTE_METRIC.into(), path.into());
 }
