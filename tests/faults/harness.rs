@@ -7,7 +7,9 @@
 //! checkpoint must resume from it (less work than cold).
 //!
 //! `AVATAR_FAULT_RUNS` trials (default 3, what CI runs), seeded by `AVATAR_FAULT_SEED` (default
-//! 21): a failing trial is reproduced by rerunning with the same seed. The 20-trial figures:
+//! 21). The seed fixes each trial's stage and its kill moment as a share of the reference run's
+//! durations (measured live, so the moment in seconds follows the machine's speed); each trial
+//! prints both, so a failure can be replayed. The 20-trial figures in the closing note:
 //!
 //!     AVATAR_FAULT_RUNS=20 cargo test --test faults killed_runs -- --nocapture
 
