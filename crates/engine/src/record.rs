@@ -32,6 +32,8 @@ pub fn check(previous: &LockFile, stages: &[StageReport], parts: &HashMap<String
     let compute = |m: &crate::stage::Metrics| m.get(COMPUTE_METRIC).and_then(|v| v.as_str()).map(str::to_string);
     // Stages whose output is not the lock's because of where they ran, by name.
     let mut elsewhere: BTreeMap<&str, String> = BTreeMap::new();
+    // Stages whose output is not the lock's, failing the check already.
+    let mut differs: Vec<&str> = Vec::new();
     let mut pending = Vec::new();
     for s in stages {
         let (Some(key), Some(out)) = (&s.key, &s.output) else { continue };
@@ -54,16 +56,19 @@ pub fn check(previous: &LockFile, stages: &[StageReport], parts: &HashMap<String
                 ));
                 elsewhere.insert(&s.name, then);
             }
-            _ => result.failures.push(format!(
-                "stage `{}`: output {} differs from the lock file's {} for the same key",
-                s.name,
-                short(out),
-                short(&prev.output)
-            )),
+            _ => {
+                result.failures.push(format!(
+                    "stage `{}`: output {} differs from the lock file's {} for the same key",
+                    s.name,
+                    short(out),
+                    short(&prev.output)
+                ));
+                differs.push(&s.name);
+            }
         }
     }
-    // Stage keys differ downstream of a stage computed elsewhere; resolve those in dependency
-    // order (a pass per level) before calling any difference a failure.
+    // Stage keys differ downstream of a stage computed elsewhere or failing already; resolve
+    // those in dependency order (a pass per level) before calling any difference a failure.
     let producer = |hash: &str| {
         previous.stages.iter().find(|(_, e)| e.outputs.values().any(|h| h == hash)).map(|(n, _)| n.as_str())
     };
@@ -80,17 +85,26 @@ pub fn check(previous: &LockFile, stages: &[StageReport], parts: &HashMap<String
                 .filter(|(n, h)| prev.parts.inputs.get(*n) != Some(*h))
                 .map(|(n, _)| (n, prev.parts.inputs.get(n).and_then(|h| producer(h))))
                 .collect();
-            let from: Vec<&str> = changed.iter().filter_map(|(_, p)| p.filter(|p| elsewhere.contains_key(p))).collect();
+            let known = |p: &&str| elsewhere.contains_key(p) || differs.contains(p);
+            let from: Vec<&str> = changed.iter().filter_map(|(_, p)| p.filter(|x| known(x))).collect();
             if changed.is_empty() || from.len() < changed.len() || now.inputs.len() != prev.parts.inputs.len() {
                 return true;
             }
-            let then = elsewhere[from[0]].clone();
-            result.not_compared.push(format!(
-                "stage `{}`: not compared, its input from `{}` was computed on another floating-point code path ({then})",
-                s.name,
-                from.join("`, `")
-            ));
-            elsewhere.insert(&s.name, then);
+            if let Some(bad) = from.iter().find(|p| differs.contains(p)) {
+                result.not_compared.push(format!(
+                    "stage `{}`: not compared, its input from `{bad}` does not reproduce (above)",
+                    s.name
+                ));
+                differs.push(&s.name);
+            } else {
+                let then = elsewhere[from[0]].clone();
+                result.not_compared.push(format!(
+                    "stage `{}`: not compared, its input from `{}` was computed on another floating-point code path ({then})",
+                    s.name,
+                    from.join("`, `")
+                ));
+                elsewhere.insert(&s.name, then);
+            }
             false
         });
         if pending.len() == before {
@@ -242,15 +256,25 @@ mod tests {
         // The same path and another output: a failure, and c's changed key is one too.
         let (_, here, here_parts) = chain(["1", "2x", "3x"], "cpu A");
         let r = check(&lock, &here, &here_parts);
-        assert_eq!(r.failures.len(), 2, "{r:?}");
+        assert_eq!(r.failures.len(), 1, "{r:?}");
         assert!(r.failures[0].contains("`b`: output"), "{r:?}");
-        assert!(r.failures[1].contains("`c`: its key differs") && r.failures[1].contains("inputs.in"), "{r:?}");
+        assert_eq!(r.not_compared.len(), 1, "{r:?}");
+        assert!(r.not_compared[0].contains("`c`: not compared, its input from `b` does not reproduce"), "{r:?}");
 
         // A data stage's output differs (no compute path): a failure, whatever follows.
         let (_, here, here_parts) = chain(["1x", "2x", "3x"], "cpu B");
         let r = check(&lock, &here, &here_parts);
+        assert_eq!(r.failures.len(), 1, "{r:?}");
         assert!(r.failures[0].contains("`a`: output"), "{r:?}");
-        assert!(r.failures.iter().any(|f| f.contains("`b`: its key differs")), "{r:?}");
+        assert_eq!(r.not_compared.len(), 2, "{r:?}");
+
+        // A param changed (the key differs, no input explains it): the lock is out of date.
+        let mut stale = lock.clone();
+        stale.stages.get_mut("c").unwrap().parts.params = serde_json::json!({"lr": 1});
+        stale.stages.get_mut("c").unwrap().key = "old".into();
+        let r = check(&stale, &reports, &parts);
+        assert_eq!(r.failures.len(), 1, "{r:?}");
+        assert!(r.failures[0].contains("`c`: its key differs") && r.failures[0].contains("params"), "{r:?}");
 
         // A stage the lock does not know.
         let mut short = lock.clone();
