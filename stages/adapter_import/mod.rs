@@ -70,6 +70,8 @@ impl TypedStage for AdapterImportStage {
         m.insert("lora_scale".into(), lora.scale().into());
         m.insert("adapter_tensors".into(), loaded.model.trainable().len().into());
         m.insert("adapter_parameters".into(), loaded.model.trainable_parameter_count().into());
+        // The merge (B·A) is a matmul: its bytes follow the CPU's multiply-add family.
+        crate::common::compute::record(&mut m, &device, false);
         Ok(m)
     }
 }
