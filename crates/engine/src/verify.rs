@@ -112,3 +112,73 @@ pub fn verify(store: &Store) -> anyhow::Result<VerifyReport> {
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::write_atomic;
+    use crate::key::KeyParts;
+    use crate::stage::Globals;
+
+    /// A store with `n` artifacts, each recorded by an action of key `k<i>`.
+    fn store_with(dir: &std::path::Path, n: usize) -> (Store, Vec<ActionRecord>) {
+        let store = Store::open(dir).unwrap();
+        let globals = Globals { seed: 0, device: "cpu".into(), dtype: "f32".into() };
+        let mut recs = Vec::new();
+        for i in 0..n {
+            let tmp = store.new_tmp_dir("s").unwrap();
+            std::fs::write(tmp.join("out.txt"), format!("artifact {i}")).unwrap();
+            let (output, outputs) = store.commit(&tmp, &[]).unwrap();
+            let rec = ActionRecord {
+                key: format!("k{i}"),
+                stage: "s".into(),
+                output,
+                outputs,
+                metrics: Default::default(),
+                parts: KeyParts::new("s", 1, serde_json::json!({}), Default::default(), &globals, &[]),
+                created: String::new(),
+                duration_s: 0.0,
+            };
+            store.record_action(&rec).unwrap();
+            recs.push(rec);
+        }
+        (store, recs)
+    }
+
+    #[test]
+    fn a_whole_store_passes_and_each_kind_of_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, recs) = store_with(dir.path(), 3);
+        std::fs::create_dir_all(store.work_dir("unfinished")).unwrap();
+        let r = verify(&store).unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!((r.objects, r.actions, r.resumable), (3, 3, 1));
+
+        // A changed artifact, an artifact whose record is gone, a finished stage's work dir,
+        // a killed run's temp dir and atomic-write temp files.
+        std::fs::write(store.object_dir(&recs[0].output).join("out.txt"), "tampered").unwrap();
+        std::fs::remove_file(dir.path().join("actions/k1.json")).unwrap();
+        std::fs::create_dir_all(store.work_dir("k2")).unwrap();
+        store.new_tmp_dir("killed").unwrap();
+        std::fs::write(dir.path().join("actions/.k2.json.tmp-1-ThreadId(1)"), "{").unwrap();
+        std::fs::write(dir.path().join(".hash-cache.json.tmp-1-ThreadId(1)"), "").unwrap();
+        std::fs::write(dir.path().join("runs/broken.json"), "{").unwrap();
+        let r = verify(&store).unwrap();
+        assert!(!r.is_ok());
+        assert_eq!(r.corrupt.len(), 2, "{r:?}");
+        assert!(r.corrupt[0].contains(&recs[0].output) && r.corrupt[0].contains("hashes to"), "{r:?}");
+        assert!(r.corrupt[1].starts_with("runs/broken.json"), "{r:?}");
+        assert_eq!(r.orphaned.len(), 2, "{r:?}");
+        assert!(r.orphaned.iter().any(|o| o.contains(&recs[1].output)), "{r:?}");
+        assert!(r.orphaned.iter().any(|o| o == "work/k2: the stage finished, its work dir stayed"), "{r:?}");
+        assert_eq!(r.leftovers.len(), 3, "{r:?}");
+
+        // The next run's start removes the leftovers, and only those.
+        store.clean_tmp();
+        write_atomic(&dir.path().join("actions/k1.json"), &serde_json::to_vec(&recs[1]).unwrap()).unwrap();
+        let r = verify(&store).unwrap();
+        assert!(r.leftovers.is_empty(), "{r:?}");
+        assert_eq!(r.orphaned.len(), 1, "{r:?}");
+        assert!(dir.path().join("actions/k2.json").is_file());
+    }
+}
