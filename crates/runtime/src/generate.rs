@@ -5,7 +5,7 @@ use anyhow::bail;
 use candle_core::{DType, IndexOp};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Cache, Model};
+use super::model::{BatchCache, Cache, Model};
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
 
@@ -140,6 +140,84 @@ impl<'a> Generator<'a> {
             finish_reason: finish,
             prompt_tokens: prompt_ids.len(),
         })
+    }
+}
+
+impl Generator<'_> {
+    /// Generate after each prompt, all rows in one forward pass per step (see
+    /// [`Model::forward_cached_batch`]); row `i` uses `params[i]` (its own seed). The same as
+    /// calling [`Generator::generate`] per row, without the streaming callback; finished rows
+    /// leave the batch.
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], params: &[GenerationParams]) -> anyhow::Result<Vec<Generation>> {
+        anyhow::ensure!(prompts.len() == params.len(), "{} prompts, {} params", prompts.len(), params.len());
+        if prompts.iter().any(|p| p.is_empty()) {
+            bail!("the prompt is empty");
+        }
+        if params.iter().any(|p| !p.use_cache) {
+            return prompts.iter().zip(params).map(|(ids, p)| self.generate(ids, p, |_| true)).collect();
+        }
+        for p in params {
+            p.sampling.validate()?;
+        }
+        let max_ctx = self.model.cfg.max_position_embeddings;
+        let mut samplers: Vec<Sampler> = params.iter().map(|p| Sampler::new(p.sampling.clone())).collect();
+        let mut seen: Vec<Vec<u32>> = prompts.to_vec();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        let mut finish: Vec<Option<FinishReason>> = vec![None; prompts.len()];
+        // Rows still decoding, in cache order.
+        let mut active: Vec<usize> = Vec::new();
+        for i in 0..prompts.len() {
+            if params[i].max_tokens == 0 || seen[i].len() >= max_ctx {
+                finish[i] = Some(FinishReason::Length);
+            } else {
+                active.push(i);
+            }
+        }
+        let mut cache = BatchCache::new(self.model);
+        let mut inputs: Vec<Vec<u32>> = active.iter().map(|&i| prompts[i].clone()).collect();
+        while !active.is_empty() {
+            let rows: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+            let logits = self.model.forward_cached_batch(&rows, &mut cache)?.to_dtype(DType::F32)?;
+            let logits: Vec<Vec<f32>> = logits.to_vec2()?;
+            let mut keep = Vec::with_capacity(active.len());
+            let mut next = Vec::with_capacity(active.len());
+            for (slot, &i) in active.iter().enumerate() {
+                let token = samplers[i].sample(&logits[slot], &seen[i]);
+                if self.eos_ids.contains(&token) {
+                    finish[i] = Some(FinishReason::Stop);
+                    continue;
+                }
+                generated[i].push(token);
+                seen[i].push(token);
+                let text = self.tokenizer.decode(&generated[i], true)?;
+                if first_stop(&text, &params[i].stop).is_some() {
+                    finish[i] = Some(FinishReason::Stop);
+                } else if generated[i].len() >= params[i].max_tokens || seen[i].len() >= max_ctx {
+                    finish[i] = Some(FinishReason::Length);
+                } else {
+                    keep.push(slot);
+                    next.push(vec![token]);
+                }
+            }
+            cache.retain(&keep)?;
+            active = keep.iter().map(|&slot| active[slot]).collect();
+            inputs = next;
+        }
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, tokens) in generated.into_iter().enumerate() {
+            let mut text = self.tokenizer.decode(&tokens, true)?;
+            if let Some(cut) = first_stop(&text, &params[i].stop) {
+                text.truncate(cut);
+            }
+            out.push(Generation {
+                text,
+                completion_tokens: tokens.len(),
+                token_ids: tokens,
+                finish_reason: finish[i].expect("every row finishes"),
+                prompt_tokens: prompts[i].len(),
+            });
+        }
+        Ok(out)
     }
 }
 

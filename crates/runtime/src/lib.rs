@@ -47,6 +47,6 @@ pub use device::select_device;
 pub use generate::{FinishReason, Generation, GenerationParams, Generator};
 pub use hf::{LoadedModel, load_hf_dir, save_hf_dir};
 pub use lora::LoraConfig;
-pub use model::{Cache, Model, TrainMode};
+pub use model::{BatchCache, Cache, Model, TrainMode};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -23,6 +23,9 @@ use super::frozen::frozen_linear;
 use super::lora::{LoraConfig, peft_key};
 use super::rotary;
 
+mod batched;
+pub use batched::BatchCache;
+
 /// Which weights train.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainMode {
