@@ -251,6 +251,20 @@ fn eval_table(e: &EvalReport) -> EvalTable {
             models: per_model(&|m| cell(m.reward_mean)),
         });
     }
+    if e.models.values().any(|m| m.kl_to_sft.is_some()) {
+        rows.push(EvalRow {
+            label: "KL to sft (nats per reply)",
+            person: "–".into(),
+            models: per_model(&|m| cell(m.kl_to_sft)),
+        });
+    }
+    if !e.contacts.is_empty() {
+        rows.push(EvalRow {
+            label: "style distance per contact (mean)",
+            person: cell(e.person_contact_distance),
+            models: per_model(&|m| cell(m.contact_distance)),
+        });
+    }
     for (label, get) in styles {
         rows.push(EvalRow { label, person: fmt_num(get(&e.person)), models: per_model(&|m| fmt_num(get(&m.style))) });
     }

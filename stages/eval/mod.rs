@@ -2,10 +2,15 @@
 //! real replies, and the style of generated replies (length, bubbles, distinct-n, catchphrases,
 //! emoji, blocked words) next to the same statistics of what the person actually wrote, and,
 //! given a reward model, the mean reward of each model's replies (and of the person's own).
+//! With an `sft` input, each other float model's KL to it on its own replies ([`kl`]); per
+//! contact, the style distance next to how much the person's own style varies ([`contacts`]).
+//! Replies are generated in batches.
 
+pub mod contacts;
 pub mod fooled;
 pub mod general;
 pub mod judge_page;
+pub mod kl;
 pub mod models;
 pub mod style;
 
@@ -70,6 +75,13 @@ pub struct ModelReport {
     /// Mean normalised reward-model score of the replies (with a `reward` input).
     #[serde(default)]
     pub reward_mean: Option<f64>,
+    /// Mean per-reply `log π − log π_sft` of the model's replies (float models other than sft,
+    /// with an `sft` input).
+    #[serde(default)]
+    pub kl_to_sft: Option<f64>,
+    /// Prompt-weighted mean over contacts of the per-contact style distance.
+    #[serde(default)]
+    pub contact_distance: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +101,12 @@ pub struct EvalReport {
     /// Fooled rates from `avatar judge`'s blind tests (with a `blind` input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blind: Option<fooled::BlindReport>,
+    /// Style distance per contact (contacts with enough test prompts).
+    #[serde(default)]
+    pub contacts: Vec<contacts::ContactStyle>,
+    /// Prompt-weighted mean of the person's per-contact distance from their overall style.
+    #[serde(default)]
+    pub person_contact_distance: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,7 +155,7 @@ impl TypedStage for Eval {
     type Params = EvalParams;
     const INFO: StageInfo = StageInfo {
         kind: "eval",
-        version: 6,
+        version: 7,
         summary: "test split → perplexity and reply style of each model next to the person's own",
         inputs: INPUTS,
         outputs: OUTPUTS,
@@ -189,6 +207,21 @@ impl TypedStage for Eval {
         let mut models = BTreeMap::new();
         let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
+        let reference = match ctx.optional_input("sft") {
+            Some(dir) => Some(models::FloatModel::load(dir, &ctx.globals.device)?),
+            None => None,
+        };
+        let items: Vec<(&Sample, GenerationParams)> = prompts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                (0..k).map(move |j| {
+                    let mut g = p.generation.clone();
+                    g.sampling.seed = p.generation.sampling.seed.wrapping_add((i * k + j) as u64);
+                    (*s, g)
+                })
+            })
+            .collect();
         for name in &present {
             let started = Instant::now();
             let model = EvalModel::load(name, ctx.input(name)?, &ctx.globals.device)?;
@@ -198,21 +231,29 @@ impl TypedStage for Eval {
             if let Some(g) = &mut general {
                 g.measure(name, &model, p.max_len)?;
             }
-            let mut replies = Vec::with_capacity(prompts.len() * k);
-            for (i, s) in prompts.iter().enumerate() {
-                for j in 0..k {
-                    let mut g = p.generation.clone();
-                    g.sampling.seed = p.generation.sampling.seed.wrapping_add((i * k + j) as u64);
-                    replies.push(model.reply(s, &g, p.max_len)?);
-                    bar.inc(1);
-                }
-            }
+            let replies = model.replies(&items, p.max_len, |n| bar.inc(n as u64))?;
             let st = style_stats(&replies, &catchphrases, &blocked);
             let dist = style_distance(&st, &person);
             let reward_mean = mean_reward(&replies, k)?;
+            let kl_to_sft = match (&model, &reference) {
+                (EvalModel::Float(m), Some(r)) if *name != "sft" => {
+                    let pairs: Vec<(&Sample, &str)> =
+                        items.iter().zip(&replies).map(|((s, _), r)| (*s, r.as_str())).collect();
+                    kl::kl_per_reply(m.loaded(), r.loaded(), &pairs, p.max_len)
+                        .with_context(|| format!("KL of `{name}` to sft"))?
+                }
+                _ => None,
+            };
             models.insert(
                 name.to_string(),
-                ModelReport { perplexity: Some(ppl), style: st, style_distance: dist, reward_mean },
+                ModelReport {
+                    perplexity: Some(ppl),
+                    style: st,
+                    style_distance: dist,
+                    reward_mean,
+                    kl_to_sft,
+                    contact_distance: None,
+                },
             );
             // Wall time goes to the metrics, not into eval.json: the artifact must be the same
             // bytes on every run (content addressing, `avatar run --check`).
@@ -232,6 +273,10 @@ impl TypedStage for Eval {
             })
             .collect();
         let general = general.map(|g| g.finish(&mut metrics));
+        let per_contact = contacts::contact_styles(&prompts, &person, &generated, k, &catchphrases, &blocked);
+        for (name, m) in models.iter_mut() {
+            m.contact_distance = contacts::weighted_mean(&per_contact, |r| r.models.get(name).copied());
+        }
         let report = EvalReport {
             person: person.clone(),
             person_reward,
@@ -241,6 +286,8 @@ impl TypedStage for Eval {
             examples,
             general,
             blind,
+            person_contact_distance: contacts::weighted_mean(&per_contact, |r| Some(r.person_distance)),
+            contacts: per_contact,
         };
         avatar_engine::fsutil::write_private(ctx.output("report", &Self::INFO)?, serde_json::to_vec_pretty(&report)?)?;
         let bars: Vec<(String, f64)> =
@@ -254,6 +301,12 @@ impl TypedStage for Eval {
         metrics.insert("person.len_mean".into(), serde_json::json!(person.len_mean));
         metrics.insert("person.catchphrase_rate".into(), serde_json::json!(person.catchphrase_rate));
         metrics.insert("person.blocked_word_rate".into(), serde_json::json!(person.blocked_word_rate));
+        metrics.insert("person.emoji_rate".into(), serde_json::json!(person.emoji_rate));
+        metrics.insert("person.distinct_1".into(), serde_json::json!(person.distinct_1));
+        metrics.insert("person.distinct_2".into(), serde_json::json!(person.distinct_2));
+        if let Some(d) = report.person_contact_distance {
+            metrics.insert("person.contact_distance".into(), serde_json::json!(d));
+        }
         if let Some(r) = report.person_reward {
             metrics.insert("person.reward_mean".into(), serde_json::json!(r));
         }
@@ -266,6 +319,15 @@ impl TypedStage for Eval {
             metrics.insert(format!("{name}.len_mean"), serde_json::json!(m.style.len_mean));
             metrics.insert(format!("{name}.catchphrase_rate"), serde_json::json!(m.style.catchphrase_rate));
             metrics.insert(format!("{name}.blocked_word_rate"), serde_json::json!(m.style.blocked_word_rate));
+            metrics.insert(format!("{name}.emoji_rate"), serde_json::json!(m.style.emoji_rate));
+            metrics.insert(format!("{name}.distinct_1"), serde_json::json!(m.style.distinct_1));
+            metrics.insert(format!("{name}.distinct_2"), serde_json::json!(m.style.distinct_2));
+            if let Some(kl) = m.kl_to_sft {
+                metrics.insert(format!("{name}.kl_to_sft"), serde_json::json!(kl));
+            }
+            if let Some(d) = m.contact_distance {
+                metrics.insert(format!("{name}.contact_distance"), serde_json::json!(d));
+            }
             if let Some(r) = m.reward_mean {
                 metrics.insert(format!("{name}.reward_mean"), serde_json::json!(r));
             }

@@ -9,6 +9,10 @@ use avatar_runtime::batch::{build_batch, target_count};
 use avatar_runtime::model::Pass;
 use avatar_runtime::{ChatTemplate, GenerationParams, Generator, LoadedModel, TrainMode, load_hf_dir, select_device};
 
+/// Rows per batched generation call: enough to amortise the per-step overhead of a tiny
+/// model, few enough that padding to the longest prompt stays cheap.
+pub const REPLY_BATCH: usize = 32;
+
 pub struct FloatModel {
     loaded: LoadedModel,
 }
@@ -27,13 +31,43 @@ impl FloatModel {
         self.loaded.tokenizer.encode(&prompt)
     }
 
-    pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
+    /// The prompt's last `max_prompt` tokens.
+    fn truncated_prompt(&self, sample: &Sample, max_prompt: usize) -> anyhow::Result<Vec<u32>> {
         let mut ids = self.prompt_ids(sample)?;
         if ids.len() > max_prompt {
             ids.drain(..ids.len() - max_prompt);
         }
+        Ok(ids)
+    }
+
+    pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
+        let ids = self.truncated_prompt(sample, max_prompt)?;
         let generator = Generator::new(&self.loaded.model, &self.loaded.tokenizer);
         Ok(generator.generate(&ids, params, |_| true)?.text)
+    }
+
+    /// One reply per (sample, params), generated [`REPLY_BATCH`] rows at a time; the same
+    /// replies as [`FloatModel::reply`] one by one. `on_done` counts finished rows.
+    pub fn replies(
+        &self,
+        items: &[(&Sample, GenerationParams)],
+        max_prompt: usize,
+        mut on_done: impl FnMut(usize),
+    ) -> anyhow::Result<Vec<String>> {
+        let generator = Generator::new(&self.loaded.model, &self.loaded.tokenizer);
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(REPLY_BATCH) {
+            let prompts =
+                chunk.iter().map(|(s, _)| self.truncated_prompt(s, max_prompt)).collect::<anyhow::Result<Vec<_>>>()?;
+            let params: Vec<GenerationParams> = chunk.iter().map(|(_, p)| p.clone()).collect();
+            out.extend(generator.generate_batch(&prompts, &params)?.into_iter().map(|g| g.text));
+            on_done(chunk.len());
+        }
+        Ok(out)
+    }
+
+    pub fn loaded(&self) -> &LoadedModel {
+        &self.loaded
     }
 
     /// exp(mean negative log-likelihood of the real reply tokens), over `samples`.
@@ -97,6 +131,72 @@ impl QuantModel {
         Ok(text)
     }
 
+    /// Replies to many prompts, [`REPLY_BATCH`] sequences advancing together through the
+    /// decoder's multi-sequence forward; the same as [`QuantModel::reply`] per item.
+    pub fn replies(
+        &self,
+        items: &[(&Sample, GenerationParams)],
+        max_prompt: usize,
+        mut on_done: impl FnMut(usize),
+    ) -> anyhow::Result<Vec<String>> {
+        use avatar_quant::SeqStep;
+        let l = &self.loaded;
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(REPLY_BATCH) {
+            let n = chunk.len();
+            let mut seen = Vec::with_capacity(n);
+            for (s, _) in chunk {
+                seen.push(l.template.encode_prompt(&l.tokenizer, s, max_prompt)?);
+            }
+            let mut caches: Vec<_> = (0..n).map(|_| l.model.new_cache()).collect();
+            let mut samplers: Vec<_> =
+                chunk.iter().map(|(_, p)| avatar_runtime::Sampler::new(p.sampling.clone())).collect();
+            let mut produced: Vec<Vec<u32>> = vec![Vec::new(); n];
+            let mut feed: Vec<Vec<u32>> = seen.clone();
+            let mut active: Vec<usize> = (0..n).collect();
+            while !active.is_empty() {
+                let logits = {
+                    // `active` is ascending, so the filter keeps the slot order.
+                    let mut steps: Vec<SeqStep> = caches
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(i, _)| active.binary_search(i).is_ok())
+                        .map(|(i, c)| SeqStep { cache: c, tokens: &feed[i] })
+                        .collect();
+                    l.model.forward(&mut steps)?
+                };
+                let mut keep = Vec::with_capacity(active.len());
+                for (slot, &i) in active.iter().enumerate() {
+                    let p = &chunk[i].1;
+                    if produced[i].len() >= p.max_tokens || seen[i].len() >= l.model.cfg.context {
+                        continue;
+                    }
+                    let t = samplers[i].sample(&logits[slot], &seen[i]);
+                    if l.stop_ids.contains(&t) {
+                        continue;
+                    }
+                    produced[i].push(t);
+                    seen[i].push(t);
+                    feed[i] = vec![t];
+                    if produced[i].len() < p.max_tokens && seen[i].len() < l.model.cfg.context {
+                        keep.push(i);
+                    }
+                }
+                active = keep;
+            }
+            for (i, tokens) in produced.iter().enumerate() {
+                let mut text = l.tokenizer.decode(tokens, true)?;
+                let stop = &chunk[i].1.stop;
+                if let Some(cut) = stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+                    text.truncate(cut);
+                }
+                out.push(text);
+            }
+            on_done(n);
+        }
+        Ok(out)
+    }
+
     /// exp(mean NLL) of the real reply tokens, one token at a time through the KV cache.
     pub fn perplexity(&self, samples: &[Sample], max_len: usize) -> anyhow::Result<(f64, usize)> {
         use avatar_quant::SeqStep;
@@ -142,6 +242,19 @@ impl EvalModel {
         match self {
             EvalModel::Float(m) => m.reply(sample, params, max_prompt),
             EvalModel::Quant(m) => m.reply(sample, params, max_prompt),
+        }
+    }
+
+    /// Batched replies, the same as [`EvalModel::reply`] per item.
+    pub fn replies(
+        &self,
+        items: &[(&Sample, GenerationParams)],
+        max_prompt: usize,
+        on_done: impl FnMut(usize),
+    ) -> anyhow::Result<Vec<String>> {
+        match self {
+            EvalModel::Float(m) => m.replies(items, max_prompt, on_done),
+            EvalModel::Quant(m) => m.replies(items, max_prompt, on_done),
         }
     }
 
