@@ -103,7 +103,9 @@ fn rules_judge_scores_every_candidate_deterministically() {
     assert_eq!(ids, ["s0", "s2", "s4", "s6"], "spread evenly over the prompts file");
     let train: Vec<Sample> = read_jsonl(&f.path("train.jsonl")).unwrap();
     let replies: Vec<String> = train.iter().map(|s| s.reply.clone()).collect();
-    let judge = RulesJudge::new(&RulesParams::default(), &replies, &["笨蛋".into(), "滚".into()]);
+    let mut judge = RulesJudge::new(&RulesParams::default(), &replies, &["笨蛋".into(), "滚".into()]);
+    // The pool the person's feature distribution is compared with: every candidate of the run.
+    judge.fit_pool(records.iter().flat_map(|r| r.candidates()));
     for r in &records {
         assert_eq!(r.judge, "rules");
         assert_eq!(r.responses.len(), 3);
@@ -146,6 +148,62 @@ fn rules_judge_scores_every_candidate_deterministically() {
     // A single candidate gives no preference.
     let err = f.label("n = 1", "d").unwrap_err().to_string();
     assert!(err.contains("at least 2"), "{err}");
+}
+
+/// The `reference` judge: the person's real reply first and preferred, two SFT samples after
+/// it; a real reply with a blocked word or insult is ranked below every clean sample, so no
+/// preference pair ever chooses a rude reply; a person's labels still override.
+#[test]
+fn reference_judge_prefers_the_real_reply_and_never_a_rude_one() {
+    let f = Fixture::new();
+    let mut val = corpus(8);
+    val[0].reply = "笨蛋<s>咋了".into();
+    val[4].reply = "滚".into();
+    write_jsonl(&f.path("val.jsonl"), &val).unwrap();
+    let m = f.label(&format!("{SMALL}judge = \"reference\"\n"), "r").unwrap();
+    assert_eq!(m["judge"], "reference");
+    let records = f.ranked("r");
+    assert_eq!(records.len(), 4);
+    let rude = |t: &str| t.contains("笨蛋") || t.contains('滚');
+    for r in &records {
+        assert_eq!(r.judge, "reference");
+        let cands = r.candidates();
+        assert_eq!(cands.len(), 3, "n = 3: the real reply and two samples");
+        assert_eq!(cands[0], r.sample.reply, "the real reply comes first");
+        let want: Vec<&str> = cands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if rude(c) {
+                    "-1"
+                } else if i == 0 {
+                    "1"
+                } else {
+                    "0"
+                }
+            })
+            .collect();
+        assert_eq!(r.scores, want, "{}", r.id);
+    }
+    assert!(records.iter().any(|r| r.id == "s0") && records.iter().any(|r| r.id == "s4"), "the rude ones are picked");
+    let pairs = preference_pairs(&records, 0.0).unwrap();
+    assert!(!pairs.is_empty());
+    for p in &pairs {
+        assert!(!rude(p.chosen), "a rude reply was chosen in `{}`", p.record.id);
+    }
+    assert!(
+        pairs.iter().any(|p| p.record.id == "s0" && p.rejected == "笨蛋<s>咋了"),
+        "the rude real reply is rejected"
+    );
+    assert!(pairs.iter().any(|p| p.record.id == "s2" && p.chosen == records[1].sample.reply));
+
+    // A person who prefers the model's second sample for s2 overrides the reference ranking.
+    let labels = f.path("labels.jsonl");
+    std::fs::write(&labels, "{\"id\":\"s2\",\"scores\":[\"0\",\"0\",\"1\"]}\n").unwrap();
+    let relabelled = read_ranked(&f.path("r/ranked.jsonl"), Some(&labels)).unwrap();
+    let pairs = preference_pairs(&relabelled, 0.0).unwrap();
+    let s2: Vec<_> = pairs.iter().filter(|p| p.record.id == "s2").collect();
+    assert!(!s2.is_empty() && s2.iter().all(|p| p.chosen == relabelled[1].candidates()[2]));
 }
 
 /// An OpenAI-shaped endpoint: answers 429 to the first request, 401 to a wrong key, and

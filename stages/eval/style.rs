@@ -45,10 +45,18 @@ static EMOJI: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\[([\p{Han}A-Za-z0-9]{1,4})\]|[\p{Extended_Pictographic}]").expect("static regex"));
 
 pub fn has_emoji(text: &str) -> bool {
-    EMOJI.captures_iter(text).any(|c| match c.get(1) {
-        Some(label) => !PLACEHOLDERS.contains(&label.as_str()),
-        None => true,
-    })
+    emoji_count(text) > 0
+}
+
+/// Emoji in `text` (bracket and Unicode), placeholders not counted.
+pub fn emoji_count(text: &str) -> usize {
+    EMOJI
+        .captures_iter(text)
+        .filter(|c| match c.get(1) {
+            Some(label) => !PLACEHOLDERS.contains(&label.as_str()),
+            None => true,
+        })
+        .count()
 }
 
 pub use crate::common::sample::bubbles;

@@ -2,14 +2,18 @@
 //! The output is wechat-avatar's ranked format (`source, resp1..respN, scores`), one JSONL record
 //! per prompt, which reward-train and dpo read.
 //!
-//! - [`rules`]: the deterministic judge (the demo's default): the person's length range and
-//!   catchphrases earn points, blocked words and insults, loops and silence cost them.
+//! - [`rules`]: the deterministic judge (the demo's default): blocked words, insults and
+//!   silence cost points; the rest says how typical the reply's style is of the person relative
+//!   to the candidates (or, `style = "flat"`, a fixed bonus per habit).
+//! - [`reference`]: no judging at all: the person's real reply is preferred over the SFT
+//!   model's samples for the same context (unless it has a blocked word or insult).
 //! - [`openai`]: any OpenAI-compatible endpoint as the judge, rate-limited, retried, cached.
 //! - [`human`]: no scores here; `avatar label` serves a page where a person ranks the candidates
 //!   into a labels file, which the training stages take as an input.
 
 pub mod human;
 pub mod openai;
+pub mod reference;
 pub mod rules;
 
 use std::collections::HashSet;
@@ -35,6 +39,8 @@ use rules::{RulesJudge, RulesParams};
 #[serde(rename_all = "snake_case")]
 pub enum Judge {
     Rules,
+    /// The person's real reply is chosen, the SFT model's n−1 samples rejected.
+    Reference,
     Openai,
     Human,
 }
@@ -42,7 +48,8 @@ pub enum Judge {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewardLabelParams {
-    /// Candidates per prompt (at least 2: preferences need a pair).
+    /// Candidates per prompt (at least 2: preferences need a pair); with the `reference` judge
+    /// the real reply is one of them.
     pub n: usize,
     /// Prompts to use at most, spread evenly over the prompts file.
     pub prompts: usize,
@@ -126,8 +133,8 @@ impl TypedStage for RewardLabelStage {
     type Params = RewardLabelParams;
     const INFO: StageInfo = StageInfo {
         kind: "reward-label",
-        version: 1,
-        summary: "SFT model + prompts → N candidate replies per prompt, ranked by a judge (rules, openai or human)",
+        version: 2,
+        summary: "SFT model + prompts → N candidate replies per prompt, ranked by a judge (rules, reference, openai or human)",
         inputs: INPUTS,
         outputs: OUTPUTS,
     };
@@ -150,10 +157,12 @@ impl TypedStage for RewardLabelStage {
             Some(path) => read_word_list(path)?,
             None => Vec::new(),
         };
-        let rules = RulesJudge::new(&p.rules, &reference, &blocked);
+        let mut rules = RulesJudge::new(&p.rules, &reference, &blocked);
 
         let mut m = Metrics::new();
-        let candidates = generate(ctx, p, &prompts, &mut m)?;
+        let per_prompt = if p.judge == Judge::Reference { p.n - 1 } else { p.n };
+        let candidates = generate(ctx, p, &prompts, per_prompt, &mut m)?;
+        rules.fit_pool(candidates.iter().flatten().map(String::as_str));
 
         let mut stats = LabelStats::default();
         let mut records = Vec::with_capacity(prompts.len());
@@ -162,6 +171,11 @@ impl TypedStage for RewardLabelStage {
                 for (s, cands) in prompts.iter().zip(candidates) {
                     let scores = cands.iter().map(|c| rules.score(c)).collect();
                     records.push(Ranked::new(s, cands, scores, "rules"));
+                }
+            }
+            Judge::Reference => {
+                for (s, cands) in prompts.iter().zip(candidates) {
+                    records.push(reference::reference_record(s, cands, &rules));
                 }
             }
             Judge::Human => {
@@ -192,6 +206,7 @@ impl TypedStage for RewardLabelStage {
         fill_stats(&mut stats, &records, &rules)?;
         stats.judge = match p.judge {
             Judge::Rules => "rules".into(),
+            Judge::Reference => "reference".into(),
             Judge::Openai => format!("openai:{}", p.openai.model),
             Judge::Human => "human".into(),
         };
@@ -224,36 +239,38 @@ pub fn pick_prompts(all: &[Sample], max: usize) -> Vec<Sample> {
     (0..k).map(|i| unique[i * unique.len() / k].clone()).collect()
 }
 
-/// `n` candidates per prompt from the model; seeds make them deterministic and distinct. The
-/// candidates so far are checkpointed (a rerun after a kill samples only the rest).
+/// `n` candidates per prompt from the model, each prompt's in one batch; seeds make them
+/// deterministic and distinct. The candidates so far are checkpointed (a rerun after a kill
+/// samples only the rest).
 fn generate(
     ctx: &StageContext,
     p: &RewardLabelParams,
     prompts: &[Sample],
+    n: usize,
     metrics: &mut Metrics,
 ) -> anyhow::Result<Vec<Vec<String>>> {
     let model_dir = ctx.input("model")?;
     let model = FloatModel::load(model_dir, &ctx.globals.device)?;
     let base = ctx.globals.seed.wrapping_add(p.generation.sampling.seed);
-    let bar = ctx.progress.bar((prompts.len() * p.n) as u64, "candidates");
+    let bar = ctx.progress.bar((prompts.len() * n) as u64, "candidates");
     let fp = checkpoint::fingerprint(ctx, &RewardLabelStage::INFO, p, ctx.globals.seed)?;
     let mut ckpt = checkpoint::Checkpoints::new(ctx.work_dir, fp, checkpoint::Cadence::from_env()?)?;
     let mut out: Vec<Vec<String>> = match ckpt.restore(&[], &mut []) {
         Some((_, done)) => done,
         None => Vec::with_capacity(prompts.len()),
     };
-    bar.set_position((out.len() * p.n) as u64);
+    bar.set_position((out.len() * n) as u64);
     for (i, sample) in prompts.iter().enumerate().skip(out.len()) {
-        let mut cands = Vec::with_capacity(p.n);
-        for j in 0..p.n {
-            let mut g = p.generation.clone();
-            g.sampling.seed = base.wrapping_add((i * p.n + j) as u64);
-            let reply = model
-                .reply(sample, &g, p.max_prompt_tokens)
-                .with_context(|| format!("generating candidate {} for prompt `{}`", j + 1, sample.id))?;
-            cands.push(reply);
-            bar.inc(1);
-        }
+        let items: Vec<(&Sample, GenerationParams)> = (0..n)
+            .map(|j| {
+                let mut g = p.generation.clone();
+                g.sampling.seed = base.wrapping_add((i * p.n + j) as u64);
+                (sample, g)
+            })
+            .collect();
+        let cands = model
+            .replies(&items, p.max_prompt_tokens, |k| bar.inc(k as u64))
+            .with_context(|| format!("generating candidates for prompt `{}`", sample.id))?;
         out.push(cands);
         ckpt.after_step(out.len() as u64, prompts.len() as u64, || &out, &[], &[])?;
     }
