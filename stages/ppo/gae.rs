@@ -1,9 +1,13 @@
 //! Per-token rewards with a KL penalty, and Generalized Advantage Estimation.
 
-/// Rewards of one response: `-kl_coef * (log π_old - log π_ref)` per token, plus the reward
-/// model's score on the last token.
-pub fn token_rewards(logp_old: &[f32], logp_ref: &[f32], score: f64, kl_coef: f64) -> Vec<f64> {
-    let mut r: Vec<f64> = logp_old.iter().zip(logp_ref).map(|(o, f)| -kl_coef * (*o as f64 - *f as f64)).collect();
+/// Rewards of one response: `-kl_coef * (log π_old - log π_ref) - entropy_coef * log π_old`
+/// per token, plus the reward model's score on the last token.
+pub fn token_rewards(logp_old: &[f32], logp_ref: &[f32], score: f64, kl_coef: f64, entropy_coef: f64) -> Vec<f64> {
+    let mut r: Vec<f64> = logp_old
+        .iter()
+        .zip(logp_ref)
+        .map(|(o, f)| -kl_coef * (*o as f64 - *f as f64) - entropy_coef * *o as f64)
+        .collect();
     if let Some(last) = r.last_mut() {
         *last += score;
     }
@@ -46,8 +50,11 @@ mod tests {
 
     #[test]
     fn kl_penalty_and_score_on_the_last_token() {
-        let r = token_rewards(&[-1.0, -2.0], &[-1.5, -2.0], 3.0, 0.1);
+        let r = token_rewards(&[-1.0, -2.0], &[-1.5, -2.0], 3.0, 0.1, 0.0);
         assert!((r[0] + 0.05).abs() < 1e-9 && (r[1] - 3.0).abs() < 1e-9, "{r:?}");
+        // The entropy bonus pays for unlikely tokens: −0.5 · log p.
+        let r = token_rewards(&[-1.0, -2.0], &[-1.5, -2.0], 3.0, 0.1, 0.5);
+        assert!((r[0] - 0.45).abs() < 1e-9 && (r[1] - 4.0).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

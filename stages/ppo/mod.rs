@@ -11,10 +11,13 @@
 //! inputs = { policy = "sft.model", reward = "reward.model", prompts = "split.train" }
 //! iterations = 20
 //! kl_coef = 0.05
+//! kl_target = 2.0      # adaptive β: hold the per-reply KL to sft near 2 nats
+//! entropy_coef = 0.01  # optional entropy bonus
 //! ```
 
 pub mod checkpoint;
 pub mod gae;
+pub mod kl_control;
 pub mod params;
 pub mod rollout;
 pub mod update;
@@ -49,7 +52,7 @@ impl TypedStage for PpoStage {
     type Params = PpoParams;
     const INFO: StageInfo = StageInfo {
         kind: "ppo",
-        version: 1,
+        version: 2,
         summary: "SFT policy + reward model → RL-tuned policy (PPO: LoRA policy and critic, frozen reference, KL penalty, GAE)",
         inputs: &[
             InputSpec {
@@ -106,7 +109,10 @@ impl TypedStage for PpoStage {
         let mut rng = setup.rng(0x990);
         let mut order: Vec<usize> = Vec::new();
         let bar = ctx.progress.bar(p.iterations as u64, "iterations");
-        let names = ["reward", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "response_tokens"];
+        let names =
+            ["reward", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "response_tokens", "kl_coef"];
+        let mut kl_ctl =
+            kl_control::KlController::new(p.kl_coef, (p.kl_target > 0.0).then_some(p.kl_target), p.kl_horizon);
         let mut curves: Vec<Vec<(u64, f64)>> = vec![Vec::new(); names.len()];
         let total = p.iterations as u64;
         let mut ckpt = Checkpoints::new(ctx.work_dir, fingerprint(ctx, &Self::INFO, params, seed)?, Cadence::from_env()?)?;
@@ -131,7 +137,8 @@ impl TypedStage for PpoStage {
                 }
                 batch.push(&samples[order.pop().expect("refilled")]);
             }
-            let mut exps = rollout::collect(&m, &batch, p, seed.wrapping_add(1_000_003 * it as u64))?;
+            let coef = kl_ctl.coef;
+            let mut exps = rollout::collect(&m, &batch, p, coef, seed.wrapping_add(1_000_003 * it as u64))?;
             if p.whiten_advantages {
                 let mut all: Vec<f64> = exps.iter().flat_map(|e| e.advantages.iter().copied()).collect();
                 gae::whiten(&mut all);
@@ -172,7 +179,9 @@ impl TypedStage for PpoStage {
                 sum.value_loss / steps,
                 sum.policy_loss / steps,
                 mean(&exps, |e| e.logp_old.len() as f64),
+                coef,
             ];
+            kl_ctl.update(row[1], exps.len());
             for (c, v) in curves.iter_mut().zip(row) {
                 c.push((x, v));
             }
@@ -195,6 +204,7 @@ impl TypedStage for PpoStage {
             &[series(0)],
         )?;
         write_curves(&dir, "kl", "PPO: KL to the SFT model (per response)", "nats", &[series(1)])?;
+        write_curves(&dir, "kl_coef", "PPO: KL coefficient (adaptive with kl_target)", "β", &[series(7)])?;
         write_curves(&dir, "ppo", "PPO: all statistics", "value", &(0..names.len()).map(series).collect::<Vec<_>>())?;
 
         let mut metrics = Metrics::new();
@@ -209,6 +219,8 @@ impl TypedStage for PpoStage {
         metrics.insert("reward_last3".into(), tail(0).into());
         metrics.insert("kl_last".into(), last(1).into());
         metrics.insert("kl_max".into(), curves[1].iter().map(|(_, v)| *v).fold(f64::MIN, f64::max).into());
+        metrics.insert("kl_last3".into(), tail(1).into());
+        metrics.insert("kl_coef_last".into(), last(7).into());
         metrics.insert("entropy_last".into(), last(2).into());
         metrics.insert("clip_fraction_last".into(), last(3).into());
         metrics.insert("value_loss_last".into(), last(4).into());

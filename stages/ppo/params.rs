@@ -23,8 +23,16 @@ pub struct PpoOptions {
     pub ppo_epochs: usize,
     /// Responses per gradient step.
     pub minibatch_size: usize,
-    /// Per-token KL penalty to the reference (the SFT model).
+    /// Per-token KL penalty to the reference (the SFT model); with `kl_target` its start.
     pub kl_coef: f64,
+    /// Mean per-reply KL to the reference (nats) the adaptive controller holds the policy
+    /// at; 0 keeps `kl_coef` fixed.
+    pub kl_target: f64,
+    /// Replies over which the controller corrects a KL error (larger = slower).
+    pub kl_horizon: f64,
+    /// Entropy bonus per token: `−entropy_coef · log π_old(y_t)` joins the token's reward (a
+    /// sampled estimate of the policy's entropy), keeping replies varied; 0 disables.
+    pub entropy_coef: f64,
     pub gamma: f64,
     pub lam: f64,
     /// Policy ratio clip ε.
@@ -47,6 +55,9 @@ impl Default for PpoOptions {
             ppo_epochs: 2,
             minibatch_size: 8,
             kl_coef: 0.05,
+            kl_target: 0.0,
+            kl_horizon: 64.0,
+            entropy_coef: 0.0,
             gamma: 1.0,
             lam: 0.95,
             clip_range: 0.2,
@@ -74,8 +85,14 @@ impl OwnParams for PpoOptions {
                 bail!("{name} must be a positive number");
             }
         }
-        if self.kl_coef < 0.0 || self.value_clip < 0.0 {
-            bail!("kl_coef and value_clip must not be negative");
+        if self.kl_coef < 0.0 || self.value_clip < 0.0 || self.entropy_coef < 0.0 {
+            bail!("kl_coef, value_clip and entropy_coef must not be negative");
+        }
+        if !(self.kl_target >= 0.0 && self.kl_target.is_finite()) {
+            bail!("kl_target must be a number ≥ 0 (0: fixed kl_coef)");
+        }
+        if self.kl_target > 0.0 && !(self.kl_coef > 0.0 && self.kl_horizon > 0.0 && self.kl_horizon.is_finite()) {
+            bail!("an adaptive KL (kl_target > 0) needs kl_coef > 0 to start from and kl_horizon > 0");
         }
         if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
             bail!("gamma and lam must be in [0, 1]");

@@ -51,18 +51,25 @@ fn per_row<T: Copy>(flat: &[T], batch: &Batch, rows: usize) -> Vec<Vec<T>> {
 
 /// Sample a response to each prompt (temperature 1, no truncation: the ratio in PPO's
 /// objective needs the policy's true distribution) and score it.
-pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoOptions, seed: u64) -> anyhow::Result<Vec<Experience>> {
+/// `kl_coef`: the KL controller's current coefficient.
+pub fn collect(
+    m: &Models,
+    prompts: &[&Sample],
+    p: &PpoOptions,
+    kl_coef: f64,
+    seed: u64,
+) -> anyhow::Result<Vec<Experience>> {
     let tok = &m.base.tokenizer;
     let generator = Generator::new(m.policy, tok);
     let eos = tok
         .token_to_id(&m.base.template.eos_token)
         .filter(|id| generator.eos_ids().contains(id))
         .or_else(|| generator.eos_ids().first().copied());
-    let mut seqs = Vec::with_capacity(prompts.len());
-    let mut texts = Vec::with_capacity(prompts.len());
+    let mut encoded = Vec::with_capacity(prompts.len());
+    let mut params = Vec::with_capacity(prompts.len());
     for (i, sample) in prompts.iter().enumerate() {
-        let prompt = m.base.template.encode_prompt(tok, sample, p.max_prompt_tokens)?;
-        let params = GenerationParams {
+        encoded.push(m.base.template.encode_prompt(tok, sample, p.max_prompt_tokens)?);
+        params.push(GenerationParams {
             max_tokens: p.max_new_tokens,
             sampling: SamplingParams {
                 temperature: 1.0,
@@ -73,8 +80,13 @@ pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoOptions, seed: u64) -> an
             },
             stop: Vec::new(),
             use_cache: true,
-        };
-        let g = generator.generate(&prompt, &params, |_| true)?;
+        });
+    }
+    // One batched decode for the whole rollout: the same samples as one by one.
+    let generations = generator.generate_batch(&encoded, &params)?;
+    let mut seqs = Vec::with_capacity(prompts.len());
+    let mut texts = Vec::with_capacity(prompts.len());
+    for (prompt, g) in encoded.into_iter().zip(generations) {
         let mut response = g.token_ids.clone();
         if let (FinishReason::Stop, Some(e)) = (g.finish_reason, eos) {
             response.push(e);
@@ -82,9 +94,10 @@ pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoOptions, seed: u64) -> an
         if response.is_empty() {
             response.extend(eos);
         }
-        let mut ids = prompt.clone();
+        let mut ids = prompt;
+        let prompt_len = ids.len();
         ids.extend_from_slice(&response);
-        let mut mask = vec![false; prompt.len()];
+        let mut mask = vec![false; prompt_len];
         mask.resize(ids.len(), true);
         seqs.push(EncodedSample { ids, mask });
         texts.push(g.text);
@@ -107,7 +120,7 @@ pub fn collect(m: &Models, prompts: &[&Sample], p: &PpoOptions, seed: u64) -> an
     let mut out = Vec::with_capacity(n);
     for (i, (seq, text)) in seqs.into_iter().zip(texts).enumerate() {
         let score = scores[i].clamp(-p.reward_clip, p.reward_clip);
-        let rewards = token_rewards(&logp_old[i], &logp_ref[i], score, p.kl_coef);
+        let rewards = token_rewards(&logp_old[i], &logp_ref[i], score, kl_coef, p.entropy_coef);
         let (advantages, returns) = gae(&rewards, &values[i], p.gamma, p.lam);
         let kl = logp_old[i].iter().zip(&logp_ref[i]).map(|(o, r)| (*o - *r) as f64).sum();
         let entropy = entropy[i].iter().map(|e| *e as f64).sum::<f64>() / entropy[i].len().max(1) as f64;

@@ -161,7 +161,7 @@ fn reward_train_then_ppo_and_dpo_on_a_tiny_model() {
 
     let ppo = run_stage(
         &avatar::stages::ppo::PpoStage,
-        "lr = 2e-3\ncritic_lr = 5e-3\niterations = 4\nrollout_size = 8\nminibatch_size = 4\nmax_new_tokens = 12\nmax_prompt_tokens = 48",
+        "lr = 2e-3\ncritic_lr = 5e-3\niterations = 4\nrollout_size = 8\nminibatch_size = 4\nmax_new_tokens = 12\nmax_prompt_tokens = 48\nkl_target = 1.0\nentropy_coef = 0.01",
         &[("policy", &sft), ("reward", &fx.path("reward/model")), ("prompts", &fx.path("train.jsonl"))],
         &fx.path("ppo"),
         &fx.path("work-ppo"),
@@ -173,11 +173,15 @@ fn reward_train_then_ppo_and_dpo_on_a_tiny_model() {
         assert!(metric(&ppo, k).is_finite(), "{k} is finite: {ppo:?}");
     }
     assert!(metric(&ppo, "kl_max") < 50.0, "KL to the SFT model stays bounded: {ppo:?}");
+    // The adaptive controller moved β from its start (kl_coef's default, 0.05).
+    let coef = metric(&ppo, "kl_coef_last");
+    assert!(coef > 0.0 && coef != 0.05, "kl_coef_last {coef}");
     for f in [
         "model/model.safetensors",
         "adapter/adapter_model.safetensors",
         "curves/reward.svg",
         "curves/kl.json",
+        "curves/kl_coef.json",
         "curves/ppo.json",
     ] {
         assert!(fx.path("ppo").join(f).is_file(), "ppo wrote {f}");
