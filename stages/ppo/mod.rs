@@ -123,6 +123,7 @@ impl TypedStage for PpoStage {
             &mut [(checkpoint::POLICY, &mut opt.policy), (checkpoint::CRITIC, &mut opt.critic)],
         ) {
             (rng, order, curves) = (s.rng.rng()?, s.order, s.curves);
+            kl_ctl.coef = s.kl_coef;
             start = done as usize;
             bar.set_position(done);
             ctx.progress.note(&format!("resuming from checkpoint at iteration {done}/{total}"));
@@ -187,7 +188,12 @@ impl TypedStage for PpoStage {
             }
             bar.set_position(x);
             bar.set_message(format!("reward {reward_mean:.2} · kl {:.2}", row[1]));
-            let state = || checkpoint::LoopState { rng: RngState::of(&rng), order: order.clone(), curves: curves.clone() };
+            let state = || checkpoint::LoopState {
+                rng: RngState::of(&rng),
+                order: order.clone(),
+                curves: curves.clone(),
+                kl_coef: kl_ctl.coef,
+            };
             ckpt.after_step(x, total, state, &vars, &[(checkpoint::POLICY, &opt.policy), (checkpoint::CRITIC, &opt.critic)])?;
         }
         bar.finish_and_clear();
