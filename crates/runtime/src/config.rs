@@ -64,16 +64,52 @@ impl ModelConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let raw: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let cfg = Self::from_json(&raw, &path.display().to_string())?;
+        Ok((cfg, raw))
+    }
+
+    /// Parse and validate a config.json value; `origin` (the file) names errors. transformers 5's
+    /// `rope_parameters` fills `rope_theta` / `rope_scaling`, and every field avatar does not read
+    /// must be on the harmless list ([`super::config_fields`]), so nothing that changes the
+    /// model's math is ignored.
+    pub fn from_json(raw: &serde_json::Value, origin: &str) -> anyhow::Result<Self> {
         // ChatGLM's own names are mapped onto ours; `raw` stays as written, for saving back.
-        let named = if super::config_chatglm::is_chatglm(&raw) {
-            super::config_chatglm::normalise(&raw).with_context(|| format!("{}", path.display()))?
+        let named = if super::config_chatglm::is_chatglm(raw) {
+            super::config_chatglm::normalise(raw).with_context(|| origin.to_string())?
         } else {
             raw.clone()
         };
-        let cfg: ModelConfig = serde_path_to_error::deserialize(&named)
-            .map_err(|e| anyhow::anyhow!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))?;
-        cfg.validate().with_context(|| format!("{}: unsupported model", path.display()))?;
-        Ok((cfg, raw))
+        let mut cfg: ModelConfig = serde_path_to_error::deserialize(&named)
+            .map_err(|e| anyhow::anyhow!("{origin}: field `{}`: {}", e.path(), e.inner()))?;
+        super::config_fields::check_fields(raw).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        cfg.apply_rope_parameters(raw).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        cfg.validate().with_context(|| format!("{origin}: unsupported model"))?;
+        Ok(cfg)
+    }
+
+    /// transformers 5 writes `rope_parameters = {rope_type, rope_theta, factor, ...}` instead of
+    /// top-level `rope_theta` and `rope_scaling`.
+    fn apply_rope_parameters(&mut self, raw: &serde_json::Value) -> anyhow::Result<()> {
+        let Some(p) = raw.get("rope_parameters").filter(|p| !p.is_null()) else { return Ok(()) };
+        let obj = p.as_object().ok_or_else(|| anyhow::anyhow!("field `rope_parameters` must be an object"))?;
+        if let Some(theta) = obj.get("rope_theta") {
+            let theta = theta
+                .as_f64()
+                .filter(|t| *t > 0.0)
+                .ok_or_else(|| anyhow::anyhow!("field `rope_parameters.rope_theta` must be a positive number"))?;
+            if raw.get("rope_theta").is_some_and(|t| t.as_f64() != Some(theta)) {
+                bail!("fields `rope_theta` and `rope_parameters.rope_theta` disagree");
+            }
+            self.rope_theta = theta;
+        }
+        let kind = obj.get("rope_type").or_else(|| obj.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        if kind != "default" {
+            if self.rope_scaling.as_ref().is_some_and(|s| !s.is_null() && s != p) {
+                bail!("fields `rope_scaling` and `rope_parameters` disagree");
+            }
+            self.rope_scaling = Some(p.clone());
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -206,5 +242,25 @@ mod tests {
         });
         let cfg: ModelConfig = serde_json::from_value(raw).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("yarn"));
+    }
+
+    #[test]
+    fn transformers5_rope_parameters_fill_theta_and_scaling() {
+        let raw = serde_json::json!({
+            "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "dtype": "float32",
+            "rope_parameters": {"rope_type": "linear", "rope_theta": 500000.0, "factor": 4.0}
+        });
+        let cfg = ModelConfig::from_json(&raw, "config.json").unwrap();
+        assert_eq!(cfg.rope_theta, 500000.0);
+        assert_eq!(cfg.rope_scale().unwrap(), 4.0);
+        let mut plain = raw.clone();
+        plain["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1000000.0});
+        let cfg = ModelConfig::from_json(&plain, "config.json").unwrap();
+        assert_eq!((cfg.rope_theta, cfg.rope_scale().unwrap()), (1000000.0, 1.0));
+        let mut unknown = raw.clone();
+        unknown["num_experts"] = 8.into();
+        let e = ModelConfig::from_json(&unknown, "/m/config.json").unwrap_err().to_string();
+        assert!(e.contains("/m/config.json") && e.contains("num_experts"), "{e}");
     }
 }

@@ -23,6 +23,7 @@ pub mod chat;
 pub mod compute;
 pub mod config;
 pub mod config_chatglm;
+pub mod config_fields;
 pub mod device;
 pub mod family;
 pub mod frozen;
