@@ -24,7 +24,7 @@ fn merged_save_loads_back_with_identical_logits() {
     model.load_trainable(&values).unwrap();
 
     let src = tempfile::tempdir().unwrap();
-    tk.inner().save(src.path().join("tokenizer.json"), false).unwrap();
+    tk.inner().unwrap().save(src.path().join("tokenizer.json"), false).unwrap();
     let out = tempfile::tempdir().unwrap();
     save_hf_dir(out.path(), &model, &cfg.to_json(), src.path()).unwrap();
     assert!(out.path().join("config.json").is_file() && out.path().join("tokenizer.json").is_file());
@@ -102,7 +102,7 @@ fn sharded_safetensors_load_like_a_single_file() {
     )
     .unwrap();
     std::fs::write(dir.path().join("config.json"), cfg.to_json().to_string()).unwrap();
-    tk.inner().save(dir.path().join("tokenizer.json"), false).unwrap();
+    tk.inner().unwrap().save(dir.path().join("tokenizer.json"), false).unwrap();
     let loaded = load_hf_dir(dir.path(), &dev, &TrainMode::Frozen, 0).unwrap();
     let direct = Model::from_tensors(cfg, weights, &TrainMode::Frozen, 0, &dev).unwrap();
     let ids = [1u32, 2, 3, 50];

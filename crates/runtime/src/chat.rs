@@ -30,6 +30,7 @@ impl ChatMessage {
 /// A compiled chat template with the special-token strings it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     pub bos_token: String,
     pub eos_token: String,
 }
@@ -58,13 +59,44 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.set_unknown_method_callback(python_methods);
         env.add_template_owned("chat", source.to_string()).context("compiling the chat template")?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
     }
 
     pub fn chatml() -> ChatTemplate {
         ChatTemplate::new(CHATML_TEMPLATE, "", "<|im_end|>").expect("the built-in template compiles")
+    }
+
+    /// A built-in format by name ([`super::chat_formats::BUILTIN_NAMES`]).
+    pub fn builtin(name: &str) -> anyhow::Result<ChatTemplate> {
+        let (source, bos, eos) = super::chat_formats::builtin(name).with_context(|| {
+            format!("chat_template `{name}`: expected one of {:?}", super::chat_formats::BUILTIN_NAMES)
+        })?;
+        ChatTemplate::new(source, bos, eos).with_context(|| format!("built-in chat template `{name}`"))
+    }
+
+    /// The Jinja source, to write into merged folders (chat_template.jinja) and GGUF files.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// tokenizer_config.json's template, or `None` when it has none.
+    pub fn from_tokenizer_config_if_any(path: &Path) -> anyhow::Result<Option<ChatTemplate>> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if v.get("chat_template").is_none_or(|t| t.is_null()) {
+            return Ok(None);
+        }
+        Self::from_tokenizer_config(path).map(Some)
     }
 
     /// Read `chat_template`, `bos_token`, `eos_token` from tokenizer_config.json; ChatML when the
@@ -180,6 +212,99 @@ impl ChatTemplate {
     }
 }
 
+/// transformers' `strftime_now(format)`: the local time in a Python strftime format (Llama 3.x
+/// and Granite templates write today's date into the system prompt).
+fn strftime_now(format: String) -> Result<Value, minijinja::Error> {
+    use chrono::format::{Item, StrftimeItems};
+    let items: Vec<Item> = StrftimeItems::new(&format).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) {
+        return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: bad format `{format}`")));
+    }
+    Ok(Value::from(chrono::Local::now().format_with_items(items.into_iter()).to_string()))
+}
+
+/// transformers' `tojson` (json.dumps with ensure_ascii=False): no HTML escaping, and the
+/// keyword arguments templates pass (`indent`, `ensure_ascii`, `separators`, `sort_keys`).
+fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, minijinja::Error> {
+    let bad = |m: String| minijinja::Error::new(ErrorKind::InvalidOperation, m);
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value).map_err(|e| bad(format!("tojson: {e}")))?;
+    // serde_json's maps are sorted by key, so `sort_keys` holds either way.
+    let _ = sort_keys;
+    let (item_sep, key_sep) = match &separators {
+        Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
+        Some(_) => return Err(bad("tojson: separators must be a pair".into())),
+        None if indent.is_some() => (",".into(), ": ".into()),
+        None => (", ".into(), ": ".into()),
+    };
+    let mut out = String::new();
+    write_json(&json, indent, 0, &item_sep, &key_sep, ensure_ascii == Some(true), &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+/// Python's json.dumps layout: `", "` / `": "` separators, `indent` newlines.
+fn write_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, item: &str, key: &str, ascii: bool, out: &mut String) {
+    let newline = |out: &mut String, d: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * d));
+        }
+    };
+    let item = if indent.is_some() { item.trim_end() } else { item };
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            out.push('{');
+            for (i, (k, val)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item);
+                }
+                newline(out, depth + 1);
+                write_str(k, ascii, out);
+                out.push_str(key);
+                write_json(val, indent, depth + 1, item, key, ascii, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        serde_json::Value::Array(a) if !a.is_empty() => {
+            out.push('[');
+            for (i, val) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item);
+                }
+                newline(out, depth + 1);
+                write_json(val, indent, depth + 1, item, key, ascii, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        serde_json::Value::String(s) => write_str(s, ascii, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_str(s: &str, ascii: bool, out: &mut String) {
+    let json = serde_json::to_string(s).expect("a string serialises");
+    if !ascii {
+        out.push_str(&json);
+        return;
+    }
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for u in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+}
+
 /// The few Python string/dict methods HF chat templates call.
 fn python_methods(
     _: &minijinja::State,
@@ -264,5 +389,57 @@ mod tests {
     fn raise_exception_is_an_error() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         assert!(t.render(&[], false).is_err());
+    }
+
+    #[test]
+    fn transformers_template_environment() {
+        // strftime_now: today's date, as Llama 3.2's template writes it.
+        let t = ChatTemplate::new("{{ strftime_now('%d %b %Y') }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), chrono::Local::now().format("%d %b %Y").to_string());
+        assert!(ChatTemplate::new("{{ strftime_now('%Q') }}", "", "").unwrap().render(&[], false).is_err());
+        // tojson as json.dumps(ensure_ascii=False): no HTML escaping, indent, ensure_ascii.
+        let t = ChatTemplate::new("{{ {'a': '<b>中', 'n': [1, 2]} | tojson }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), r#"{"a": "<b>中", "n": [1, 2]}"#);
+        let t = ChatTemplate::new("{{ {'a': [1]} | tojson(indent=2) }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "{\n  \"a\": [\n    1\n  ]\n}");
+        let t = ChatTemplate::new("{{ '中' | tojson(ensure_ascii=True) }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), r#""\u4e2d""#);
+        assert!(ChatTemplate::new("{{ 1 | tojson(bogus=1) }}", "", "").unwrap().render(&[], false).is_err());
+    }
+
+    #[test]
+    fn builtin_formats_extend_the_prompt_with_the_reply() {
+        let msgs = [
+            ChatMessage::new("system", "你是小明"),
+            ChatMessage::new("user", "在吗"),
+            ChatMessage::new("assistant", "在"),
+            ChatMessage::new("user", "吃了吗"),
+            ChatMessage::new("user", "一起"),
+        ];
+        for name in super::super::chat_formats::BUILTIN_NAMES {
+            let t = ChatTemplate::builtin(name).unwrap();
+            let prompt = t.render(&msgs, true).unwrap();
+            let mut full = msgs.to_vec();
+            full.push(ChatMessage::new("assistant", "好"));
+            let whole = t.render(&full, false).unwrap();
+            assert!(whole.starts_with(&prompt) && whole.len() > prompt.len(), "{name}: {prompt:?} / {whole:?}");
+            assert_eq!(t.source(), super::super::chat_formats::builtin(name).unwrap().0);
+        }
+        let atom = ChatTemplate::builtin("atom").unwrap();
+        assert_eq!(
+            atom.render(&msgs[1..3], false).unwrap(),
+            "<s>Human: 在吗\n</s><s>Assistant: 在</s>"
+        );
+        assert_eq!(atom.render(&msgs[..2], true).unwrap(), "<s>Human: 你是小明\n在吗\n</s><s>Assistant: ");
+        let glm3 = ChatTemplate::builtin("chatglm3").unwrap();
+        assert_eq!(
+            glm3.render(&msgs[..3], false).unwrap(),
+            "[gMASK]sop<|system|>\n 你是小明<|user|>\n 在吗<|assistant|>\n 在</s>"
+        );
+        let glm2 = ChatTemplate::builtin("chatglm2").unwrap();
+        assert_eq!(
+            glm2.render(&msgs, true).unwrap(),
+            "[gMASK]sop[Round 1]\n\n问：你是小明\n在吗\n\n答：在\n\n[Round 2]\n\n问：吃了吗\n一起\n\n答："
+        );
     }
 }

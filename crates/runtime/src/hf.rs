@@ -14,15 +14,7 @@ use super::lora::LoraConfig;
 use super::model::{Model, TrainMode};
 use super::tokenizer::Tokenizer;
 
-/// Files besides weights and config that travel with a model folder.
-pub const TOKENIZER_FILES: [&str; 6] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "vocab.json",
-    "merges.txt",
-];
+pub use super::model_dir::TOKENIZER_FILES;
 
 pub struct LoadedModel {
     pub model: Model,
@@ -74,9 +66,8 @@ fn read_folder(dir: &Path) -> anyhow::Result<Folder> {
         bail!("model folder {} does not exist", dir.display());
     }
     let (cfg, raw_config) = ModelConfig::from_file(&dir.join("config.json"))?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let tc = dir.join("tokenizer_config.json");
-    let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
+    let tokenizer = super::model_dir::load_tokenizer(dir)?;
+    let template = super::model_dir::load_template(dir, &tokenizer, None)?;
     if tokenizer.vocab_size() > cfg.vocab_size {
         bail!(
             "{}: tokenizer has {} tokens but the model's vocab_size is {}",
@@ -105,6 +96,18 @@ pub fn save_hf_dir(
     raw_config: &serde_json::Value,
     tokenizer_dir: &Path,
 ) -> anyhow::Result<()> {
+    save_hf_dir_with_template(dir, model, raw_config, tokenizer_dir, None)
+}
+
+/// [`save_hf_dir`], and `template` (the one the model was trained with) written as
+/// chat_template.jinja, so transformers, the GGUF and every later stage render prompts alike.
+pub fn save_hf_dir_with_template(
+    dir: &Path,
+    model: &Model,
+    raw_config: &serde_json::Value,
+    tokenizer_dir: &Path,
+    template: Option<&ChatTemplate>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut config = raw_config.clone();
     if let Some(obj) = config.as_object_mut() {
@@ -118,11 +121,10 @@ pub fn save_hf_dir(
         .collect::<anyhow::Result<_>>()?;
     candle_core::safetensors::save(&weights, dir.join("model.safetensors"))
         .with_context(|| format!("writing {}", dir.join("model.safetensors").display()))?;
-    for f in TOKENIZER_FILES {
-        let src = tokenizer_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
-        }
+    super::model_dir::copy_tokenizer_files(tokenizer_dir, dir)?;
+    if let Some(t) = template {
+        let path = dir.join("chat_template.jinja");
+        std::fs::write(&path, t.source()).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -166,6 +168,27 @@ pub fn save_model_adapter(dir: &Path, model: &Model, base_dir: &Path) -> anyhow:
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<anyhow::Result<_>>()?;
-    let base_name = base_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    super::lora::save_adapter(dir, cfg, &base_name, &tensors)
+    super::lora::save_adapter(dir, cfg, &base_model_name(base_dir), &tensors)
+}
+
+/// adapter_config.json's `base_model_name_or_path`: the hub id when the folder records one
+/// (config.json's `_name_or_path` that is not a local path), else the folder's absolute path,
+/// so PEFT's AutoPeftModelForCausalLM finds the base.
+pub fn base_model_name(base_dir: &Path) -> String {
+    let recorded = std::fs::read_to_string(base_dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["_name_or_path"].as_str().map(str::to_string));
+    if let Some(id) = recorded {
+        // A hub id is `owner/name`: no leading slash or dot, exactly one slash, no backslash.
+        let parts: Vec<&str> = id.split('/').collect();
+        if parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.')) && !id.contains('\\') {
+            return id;
+        }
+    }
+    std::path::absolute(base_dir)
+        .map(|p| p.canonicalize().unwrap_or(p))
+        .unwrap_or_else(|_| base_dir.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
 }

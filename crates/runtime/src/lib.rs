@@ -12,7 +12,9 @@
 //! - [`lora`]: LoRA settings and adapters, PEFT file layout.
 //! - [`peft_import`]: a PEFT adapter trained elsewhere, loaded onto its base for merging.
 //! - [`hf`]: load/save a local HF folder (config, safetensors single or sharded, tokenizer).
-//! - [`tokenizer`], [`chat`]: tokenizer wrapper, chat template (minijinja), sample encoding.
+//! - [`tokenizer`], [`spm`], [`chat`], [`chat_formats`], [`model_dir`]: tokenizer (tokenizer.json or a
+//!   SentencePiece tokenizer.model), chat template (minijinja; built-in formats; which file of a
+//!   folder wins), sample encoding.
 //! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
 //! - [`token_logprobs`], [`scalar_head`], [`reward`]: per-token log-probs and gradient
 //!   surrogates for dpo/ppo, the scalar head of reward models and critics, reward model I/O.
@@ -20,6 +22,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod chat_formats;
 pub mod compute;
 pub mod config;
 pub mod config_chatglm;
@@ -31,6 +34,7 @@ pub mod generate;
 pub mod hf;
 pub mod init;
 pub mod lora;
+pub mod model_dir;
 pub mod model;
 pub mod optim;
 pub mod peft_import;
@@ -39,6 +43,7 @@ pub mod rope;
 pub mod rotary;
 pub mod sampling;
 pub mod scalar_head;
+pub mod spm;
 pub mod token_logprobs;
 pub mod tokenizer;
 
