@@ -99,10 +99,21 @@ pub struct ConvertReport {
 
 /// Convert the HF folder `model_dir` into one GGUF file of type `ty` at `out`.
 pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertReport> {
+    convert_with_template(model_dir, ty, out, None)
+}
+
+/// [`convert`] with the chat template the model is served with (the pipeline's
+/// `chat_template`) as `tokenizer.chat_template`; `None`: the folder's own.
+pub fn convert_with_template(
+    model_dir: &Path,
+    ty: GgmlDType,
+    out: &Path,
+    chat_template: Option<&str>,
+) -> Result<ConvertReport> {
     let (cfg, raw) = ModelConfig::from_file(&model_dir.join("config.json"))?;
     let arch = gguf_arch(&cfg, &raw)?;
     let weights = load_safetensors(model_dir)?;
-    let tok = super::tokenizer_meta::TokenizerMeta::read(model_dir, &cfg)?;
+    let tok = super::tokenizer_meta::TokenizerMeta::read(model_dir, &cfg, chat_template)?;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut fallbacks = 0usize;
     let get = |name: &str| -> Result<Tensor> {
@@ -218,12 +229,10 @@ pub fn convert(model_dir: &Path, ty: GgmlDType, out: &Path) -> Result<ConvertRep
         meta.push((k("rope.scaling.type"), Value::String("linear".into())));
         meta.push((k("rope.scaling.factor"), Value::F32(factor as f32)));
     }
-    // An explicit head_dim (Qwen3 has 128 with hidden/heads = 64): llama.cpp reads it from the key
-    // and value lengths, which default to hidden/heads and are written only when they differ.
-    if cfg.head_dim() != cfg.hidden_size / heads {
-        meta.push((k("attention.key_length"), Value::U32(cfg.head_dim() as u32)));
-        meta.push((k("attention.value_length"), Value::U32(cfg.head_dim() as u32)));
-    }
+    // The head size (Qwen3: 128 with hidden/heads = 64), as convert_hf_to_gguf writes it for
+    // every model with a head_dim.
+    meta.push((k("attention.key_length"), Value::U32(cfg.head_dim() as u32)));
+    meta.push((k("attention.value_length"), Value::U32(cfg.head_dim() as u32)));
     meta.extend(tok.gguf_metadata(vocab)?);
     write_gguf(out, &meta, &tensors)?;
     let bytes = std::fs::metadata(out)?.len();
@@ -237,7 +246,11 @@ pub fn write_gguf(out: &Path, meta: &[(String, Value)], tensors: &[(String, QTen
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     candle_core::quantized::gguf_file::write(&mut w, &meta_refs, &tensor_refs)?;
-    use std::io::Write;
+    use std::io::{Seek, Write};
+    // candle writes version 2; version 3 only adds big-endian files, so a little-endian v2
+    // file is a v3 file with its version field changed. llama.cpp's converter writes 3.
+    w.seek(std::io::SeekFrom::Start(4))?;
+    w.write_all(&3u32.to_le_bytes())?;
     w.flush()?;
     Ok(())
 }

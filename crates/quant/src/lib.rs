@@ -8,5 +8,5 @@ pub mod kernels;
 pub mod model;
 pub mod tokenizer_meta;
 
-pub use convert::{convert, gguf_arch, parse_type};
+pub use convert::{convert, convert_with_template, gguf_arch, parse_type};
 pub use model::{KvCache, QConfig, QModel, SeqStep};
