@@ -11,5 +11,6 @@ pub mod parallel_scan;
 pub mod plot;
 pub mod preference;
 pub mod ranked;
+pub mod template;
 pub use avatar_core::sample;
 pub mod training;

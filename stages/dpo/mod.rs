@@ -25,7 +25,7 @@ use crate::common::training::{OwnParams, Training, TrainingSetup, WithTraining};
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use avatar_runtime::batch::one_per_row;
 use avatar_runtime::chat::EncodedSample;
-use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use avatar_runtime::hf::{SharedBase, save_hf_dir_with_template, save_model_adapter};
 use avatar_runtime::model::{Model, Pass, TrainMode};
 use avatar_runtime::token_logprobs::{logp_surrogate, policy_forward, sigmoid};
 
@@ -121,7 +121,8 @@ impl TypedStage for DpoStage {
     type Params = DpoParams;
     const INFO: StageInfo = StageInfo {
         kind: "dpo",
-        version: 1,
+        // 2: the merged model carries chat_template.jinja (the template it was trained with).
+        version: 2,
         summary: "SFT model + ranked candidates → preference-tuned model (DPO, LoRA), a swap for reward-train + ppo",
         inputs: &[
             InputSpec {
@@ -144,7 +145,8 @@ impl TypedStage for DpoStage {
         let (t, p) = (&params.training, &params.own);
         let setup = TrainingSetup::from_ctx(ctx, params)?;
         let policy_dir = ctx.input("policy")?;
-        let base = SharedBase::load(policy_dir, &setup.device)?;
+        let mut base = SharedBase::load(policy_dir, &setup.device)?;
+        crate::common::template::apply(ctx, policy_dir, &base.tokenizer, &mut base.template)?;
         let policy = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
         let reference = base.model(&TrainMode::Frozen, setup.seed)?;
         let pad = base.tokenizer.pad_id();
@@ -221,7 +223,7 @@ impl TypedStage for DpoStage {
             Some(evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?)
         };
 
-        save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
+        save_hf_dir_with_template(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir, Some(&base.template))?;
         save_model_adapter(&ctx.output("adapter", &Self::INFO)?, &policy, policy_dir)?;
         let curves = ctx.output("curves", &Self::INFO)?;
         write_curves(&curves, "loss", "DPO loss", "loss", &[("train".into(), loss_curve)])?;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::common::sample::Sample;
 use avatar_runtime::batch::{build_batch, target_count};
 use avatar_runtime::model::Pass;
+use avatar_runtime::model_dir::{TemplateChoice, load_template};
 use avatar_runtime::{ChatTemplate, GenerationParams, Generator, LoadedModel, TrainMode, load_hf_dir, select_device};
 
 /// Rows per batched generation call: enough to amortise the per-step overhead of a tiny
@@ -18,10 +19,14 @@ pub struct FloatModel {
 }
 
 impl FloatModel {
-    pub fn load(dir: &Path, device: &str) -> anyhow::Result<FloatModel> {
+    /// `template`: the pipeline's chat_template, replacing the folder's own.
+    pub fn load(dir: &Path, device: &str, template: Option<&TemplateChoice>) -> anyhow::Result<FloatModel> {
         let device = select_device(device)?;
-        let loaded = load_hf_dir(dir, &device, &TrainMode::Frozen, 0)
+        let mut loaded = load_hf_dir(dir, &device, &TrainMode::Frozen, 0)
             .with_context(|| format!("loading model {}", dir.display()))?;
+        if let Some(c) = template {
+            loaded.template = load_template(dir, &loaded.tokenizer, Some(c))?;
+        }
         Ok(FloatModel { loaded })
     }
 
@@ -101,9 +106,14 @@ pub struct QuantModel {
 }
 
 impl QuantModel {
-    pub fn load(path: &Path) -> anyhow::Result<QuantModel> {
+    pub fn load(path: &Path, template: Option<&TemplateChoice>) -> anyhow::Result<QuantModel> {
         let cfg = avatar_serve::config::ServeConfig::resolve(path, &[])?;
-        Ok(QuantModel { loaded: cfg.load().with_context(|| format!("loading quantized model {}", path.display()))? })
+        let mut loaded = cfg.load().with_context(|| format!("loading quantized model {}", path.display()))?;
+        if let Some(c) = template {
+            let dir = cfg.tokenizer_dir.clone().unwrap_or_else(|| cfg.model.parent().unwrap_or(Path::new(".")).to_path_buf());
+            loaded.template = load_template(&dir, &loaded.tokenizer, Some(c))?;
+        }
+        Ok(QuantModel { loaded })
     }
 
     pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
@@ -230,11 +240,11 @@ pub enum EvalModel {
 
 impl EvalModel {
     /// `quantized` inputs go through the GGUF decoder, the rest load as float HF folders.
-    pub fn load(name: &str, path: &Path, device: &str) -> anyhow::Result<EvalModel> {
+    pub fn load(name: &str, path: &Path, device: &str, template: Option<&TemplateChoice>) -> anyhow::Result<EvalModel> {
         Ok(if name == "quantized" {
-            EvalModel::Quant(QuantModel::load(path)?)
+            EvalModel::Quant(QuantModel::load(path, template)?)
         } else {
-            EvalModel::Float(FloatModel::load(path, device)?)
+            EvalModel::Float(FloatModel::load(path, device, template)?)
         })
     }
 

@@ -32,7 +32,7 @@ use crate::common::jsonl::read_jsonl;
 use crate::common::sample::Sample;
 use crate::common::training::TrainingSetup;
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use avatar_runtime::hf::{SharedBase, save_hf_dir_with_template, save_model_adapter};
 use avatar_runtime::model::TrainMode;
 use avatar_runtime::reward::RewardModel;
 use avatar_runtime::scalar_head::ScalarHead;
@@ -52,7 +52,8 @@ impl TypedStage for PpoStage {
     type Params = PpoParams;
     const INFO: StageInfo = StageInfo {
         kind: "ppo",
-        version: 2,
+        // 3: the merged model carries chat_template.jinja (the template it was trained with).
+        version: 3,
         summary: "SFT policy + reward model → RL-tuned policy (PPO: LoRA policy and critic, frozen reference, KL penalty, GAE)",
         inputs: &[
             InputSpec {
@@ -84,7 +85,8 @@ impl TypedStage for PpoStage {
         let setup = TrainingSetup::from_ctx(ctx, params)?;
         let (seed, device) = (setup.seed, &setup.device);
         let policy_dir = ctx.input("policy")?;
-        let base = SharedBase::load(policy_dir, device)?;
+        let mut base = SharedBase::load(policy_dir, device)?;
+        crate::common::template::apply(ctx, policy_dir, &base.tokenizer, &mut base.template)?;
         let policy = base.model(&TrainMode::Lora(t.lora.clone()), seed)?;
         let reference = base.model(&TrainMode::Frozen, seed)?;
         let critic = base.model(&TrainMode::Lora(t.lora.clone()), seed ^ 0x00C4_171C)?;
@@ -198,7 +200,7 @@ impl TypedStage for PpoStage {
         }
         bar.finish_and_clear();
 
-        save_hf_dir(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir)?;
+        save_hf_dir_with_template(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir, Some(&base.template))?;
         save_model_adapter(&ctx.output("adapter", &Self::INFO)?, &policy, policy_dir)?;
         let dir = ctx.output("curves", &Self::INFO)?;
         let series = |i: usize| (names[i].to_string(), curves[i].clone());

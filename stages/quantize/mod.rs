@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
 use avatar_quant as quant;
-use avatar_runtime::chat::ChatTemplate;
+use avatar_runtime::model_dir::{copy_tokenizer_files, load_template, load_tokenizer};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,12 +32,14 @@ impl TypedStage for QuantizeStage {
     type Params = QuantizeParams;
     const INFO: StageInfo = StageInfo {
         kind: "quantize",
-        version: 3,
+        // 4: GGUF v3 with add_eos_token / key_length / value_length and the served chat template;
+        // SentencePiece tokenizers; chat_template.jinja beside the files.
+        version: 4,
         summary: "merged weights → GGUF files (q8_0, q4_0, f16, K-quants) + ollama Modelfiles, for llama.cpp/ollama/`avatar serve`",
         inputs: &[InputSpec {
             name: "model",
             required: true,
-            help: "HF-layout folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json",
+            help: "HF-layout folder: config.json, model.safetensors, tokenizer.json or tokenizer.model, tokenizer_config.json",
         }],
         outputs: &[OutputSpec {
             name: "gguf",
@@ -60,8 +62,9 @@ impl TypedStage for QuantizeStage {
             .map(|(i, t)| quant::parse_type(t).map_err(|e| anyhow::anyhow!("param `types[{i}]`: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let model = ctx.input("model")?;
-        let tc = model.join("tokenizer_config.json");
-        let template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { ChatTemplate::chatml() };
+        let tokenizer = load_tokenizer(model)?;
+        let choice = crate::common::template::choice(ctx)?;
+        let template = load_template(model, &tokenizer, choice.as_ref())?;
         let out = ctx.output("gguf", &Self::INFO)?;
         avatar_engine::fsutil::create_private_dir(&out)?;
         let bar = ctx.progress.bar(types.len() as u64, "files");
@@ -69,7 +72,7 @@ impl TypedStage for QuantizeStage {
         for (name, ty) in params.types.iter().zip(types) {
             let name = name.to_ascii_lowercase();
             let file = format!("{}-{name}.gguf", params.name);
-            let report = quant::convert(model, ty, &out.join(&file))?;
+            let report = quant::convert_with_template(model, ty, &out.join(&file), Some(template.source()))?;
             let (text, recognised) = modelfile::modelfile(&file, &template)?;
             std::fs::write(out.join(format!("{}-{name}.Modelfile", params.name)), text)?;
             let format = recognised.map(|r| r.format.name()).unwrap_or("none");
@@ -79,12 +82,11 @@ impl TypedStage for QuantizeStage {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        for f in ["tokenizer.json", "tokenizer_config.json"] {
-            let src = model.join(f);
-            if src.exists() {
-                std::fs::copy(&src, out.join(f))?;
-            }
-        }
+        copy_tokenizer_files(model, &out)?;
+        // The template every GGUF here carries, for the server and for people reading the folder.
+        std::fs::write(out.join("chat_template.jinja"), template.source())?;
+        // config.json tells the server the model family (its fallback template and end tokens).
+        std::fs::copy(model.join("config.json"), out.join("config.json"))?;
         ctx.progress.note(&format!("wrote {} GGUF file(s)", params.types.len()));
         Ok(m)
     }

@@ -24,7 +24,7 @@ use crate::common::preference::{
 };
 use crate::common::training::{OwnParams, TRAINING_KEYS, Training, TrainingSetup, WithTraining};
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::hf::{SharedBase, save_hf_dir, save_model_adapter};
+use avatar_runtime::hf::{SharedBase, save_hf_dir_with_template, save_model_adapter};
 use avatar_runtime::model::{Model, Pass, TrainMode};
 use avatar_runtime::reward::{HEAD_FILE, INFO_FILE, RewardInfo, last_token_batch, score_batch};
 use avatar_runtime::scalar_head::ScalarHead;
@@ -98,7 +98,8 @@ impl TypedStage for RewardTrainStage {
     type Params = RewardTrainParams;
     const INFO: StageInfo = StageInfo {
         kind: "reward-train",
-        version: 1,
+        // 2: the merged model carries chat_template.jinja (the template it was trained with).
+        version: 2,
         summary: "ranked candidates → reward model (LoRA + scalar head, Bradley–Terry), held-out pair accuracy",
         inputs: &[
             InputSpec { name: "base", required: true, help: "HF model folder to start from (usually sft.model)" },
@@ -125,7 +126,8 @@ impl TypedStage for RewardTrainStage {
         let (t, p) = (&params.training, &params.own);
         let setup = TrainingSetup::from_ctx(ctx, params)?;
         let base_dir = ctx.input("base")?;
-        let base = SharedBase::load(base_dir, &setup.device)?;
+        let mut base = SharedBase::load(base_dir, &setup.device)?;
+        crate::common::template::apply(ctx, base_dir, &base.tokenizer, &mut base.template)?;
         let model = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
         let head = ScalarHead::new(model.cfg.hidden_size, setup.seed, &setup.device)?;
         let pad = base.tokenizer.pad_id();
@@ -214,7 +216,7 @@ impl TypedStage for RewardTrainStage {
         let std = (raw.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / raw.len() as f64).sqrt().max(1e-3);
 
         let model_dir = ctx.output("model", &Self::INFO)?;
-        save_hf_dir(&model_dir, &model, &base.raw_config, base_dir)?;
+        save_hf_dir_with_template(&model_dir, &model, &base.raw_config, base_dir, Some(&base.template))?;
         head.save(&model_dir.join(HEAD_FILE))?;
         avatar_engine::fsutil::write_private(
             model_dir.join(INFO_FILE),

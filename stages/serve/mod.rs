@@ -48,7 +48,9 @@ impl TypedStage for ServeStage {
     const INFO: StageInfo = StageInfo {
         kind: "serve",
         // 2: serve.json refers to the model relative to itself, never by an absolute path.
-        version: 2,
+        // 3: SentencePiece tokenizers and chat_template.jinja travel with the model; the
+        // pipeline's chat_template is written into serve.json.
+        version: 3,
         summary: "validate a model for serving and write serve.json for `avatar serve`",
         inputs: &[InputSpec {
             name: "model",
@@ -69,11 +71,8 @@ impl TypedStage for ServeStage {
             // An HF folder: quantize into the artifact so serve.json points at a stored file.
             let model = ctx.out_dir.join("model-q8_0.gguf");
             avatar_quant::convert(input, avatar_quant::parse_type("q8_0")?, &model)?;
-            for f in ["tokenizer.json", "tokenizer_config.json"] {
-                if input.join(f).is_file() {
-                    std::fs::copy(input.join(f), ctx.out_dir.join(f))?;
-                }
-            }
+            avatar_runtime::model_dir::copy_tokenizer_files(input, ctx.out_dir)?;
+            std::fs::copy(input.join("config.json"), ctx.out_dir.join("config.json"))?;
             ServeConfig { model: "model-q8_0.gguf".into(), ..ServeConfig::default() }
         } else {
             let mut c = ServeConfig::resolve(input, &prefer)?;
@@ -81,6 +80,13 @@ impl TypedStage for ServeStage {
             c.tokenizer_dir = None;
             c
         };
+        if let Some(choice) = crate::common::template::choice(ctx)? {
+            // The pipeline's format, written out so `avatar serve` renders what training saw.
+            let dir = if input.is_dir() { input } else { input.parent().unwrap_or(input) };
+            let tk = avatar_runtime::model_dir::load_tokenizer(dir)?;
+            let t = avatar_runtime::model_dir::load_template(dir, &tk, Some(&choice))?;
+            cfg.chat_template = t.source().to_string();
+        }
         cfg.name = params.name.trim().to_string();
         cfg.defaults = params.defaults.clone();
         cfg.limits = params.limits.clone();
@@ -146,7 +152,7 @@ fn portable_model_path(out_dir: &Path, cfg: &ServeConfig) -> anyhow::Result<Path
     std::fs::copy(&model, out_dir.join(file)).with_context(|| format!("cannot copy {}", model.display()))?;
     let tokenizer_dir =
         cfg.tokenizer_dir.clone().unwrap_or_else(|| model.parent().unwrap_or(Path::new(".")).to_path_buf());
-    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"] {
+    for f in avatar_runtime::model_dir::TOKENIZER_FILES.iter().chain(&["config.json"]) {
         let src = tokenizer_dir.join(f);
         if src.is_file() {
             std::fs::copy(&src, out_dir.join(f)).with_context(|| format!("cannot copy {}", src.display()))?;

@@ -20,7 +20,7 @@ use anyhow::Context;
 use crate::common::plot::line_chart;
 use crate::common::training::TrainingSetup;
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::hf::{load_hf_dir, save_hf_dir, save_model_adapter};
+use avatar_runtime::hf::{load_hf_dir, save_hf_dir_with_template, save_model_adapter};
 use avatar_runtime::model::TrainMode;
 
 pub use params::{Mode, SftOptions, SftParams};
@@ -53,7 +53,8 @@ impl TypedStage for SftStage {
     type Params = SftParams;
     const INFO: StageInfo = StageInfo {
         kind: "sft",
-        version: 2,
+        // 3: the merged model carries chat_template.jinja (the template it was trained with).
+        version: 3,
         summary: "base model + train/val samples → LoRA adapter (PEFT), merged HF model, loss curves",
         inputs: &[
             InputSpec {
@@ -89,7 +90,8 @@ impl TypedStage for SftStage {
             Mode::Lora => TrainMode::Lora(p.training.lora.clone()),
             Mode::Full => TrainMode::Full,
         };
-        let loaded = load_hf_dir(base, &device, &mode, seed)?;
+        let mut loaded = load_hf_dir(base, &device, &mode, seed)?;
+        crate::common::template::apply(ctx, base, &loaded.tokenizer, &mut loaded.template)?;
         let (model, tokenizer, template) = (&loaded.model, &loaded.tokenizer, &loaded.template);
         let max_len = p.training.max_len(model.cfg.max_position_embeddings);
 
@@ -150,7 +152,7 @@ impl TypedStage for SftStage {
                 )?;
             }
         }
-        save_hf_dir(&ctx.output("model", &Self::INFO)?, model, &loaded.raw_config, base)?;
+        save_hf_dir_with_template(&ctx.output("model", &Self::INFO)?, model, &loaded.raw_config, base, Some(template))?;
         write_curves(&ctx.output("curves", &Self::INFO)?, &outcome.curves)?;
         checkpoint::clear(ctx.work_dir);
 

@@ -23,7 +23,7 @@ fn run(
         .map(|(n, p)| (n.to_string(), ResolvedInput { path: p.to_path_buf(), hash: String::new() }))
         .collect();
     let work = tempfile::tempdir()?;
-    let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into() };
+    let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() };
     let progress = Progress::hidden("t");
     std::fs::create_dir_all(out)?;
     let ctx = StageContext {

@@ -114,7 +114,7 @@ pub fn run_stage(
         .collect();
     std::fs::create_dir_all(out).unwrap();
     std::fs::create_dir_all(work).unwrap();
-    let globals = Globals { seed: 42, device: "cpu".into(), dtype: "f32".into() };
+    let globals = Globals { seed: 42, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() };
     let progress = Progress::hidden("t");
     let ctx = StageContext {
         stage_name: "t",

@@ -10,4 +10,5 @@ mod gradients;
 mod hf_io;
 mod parity;
 mod resume;
+mod sentencepiece;
 mod stages;

@@ -17,7 +17,7 @@ fn run_stage(stage: &dyn Stage, params: &str, input: &Path, out: &Path) -> anyho
     inputs.insert("model".to_string(), ResolvedInput { path: input.to_path_buf(), hash: "test".into() });
     std::fs::create_dir_all(out).unwrap();
     let work = tempfile::tempdir().unwrap();
-    let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into() };
+    let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() };
     let progress = Progress::hidden("t");
     let ctx = StageContext {
         stage_name: "t",

@@ -22,7 +22,7 @@ fn run(kind: &str, params: &str, inputs: &[(&str, PathBuf)], out: &Path) -> anyh
     std::fs::create_dir_all(out).unwrap();
     let work = out.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let globals = Globals { seed: 17, device: "cpu".into(), dtype: "f32".into() };
+    let globals = Globals { seed: 17, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() };
     let progress = Progress::hidden(kind);
     let ctx = StageContext {
         stage_name: kind,

@@ -33,6 +33,8 @@ impl KeyParts {
                 "seed" => globals.seed.to_string(),
                 "device" => globals.device.clone(),
                 "dtype" => globals.dtype.clone(),
+                "chat_template" if globals.chat_template.is_empty() => continue,
+                "chat_template" => chat_template_key(&globals.chat_template),
                 other => panic!("stage declares unknown global `{other}`"),
             };
             g.insert(name.to_string(), value);
@@ -49,6 +51,19 @@ impl KeyParts {
         hasher.update(b"avatar-stage-key-v1\n");
         hasher.update(&bytes);
         hasher.finalize().to_hex().to_string()
+    }
+}
+
+/// A built-in name as is; a .jinja file by its content, so editing the file re-runs the stages
+/// that render prompts and moving it does not.
+fn chat_template_key(value: &str) -> String {
+    if !value.ends_with(".jinja") {
+        return value.to_string();
+    }
+    match std::fs::read(value) {
+        Ok(bytes) => format!("jinja blake3:{}", blake3::hash(&bytes).to_hex()),
+        // The manifest checked the file exists; a file gone since cannot match any artifact.
+        Err(e) => format!("jinja unreadable: {e}"),
     }
 }
 
@@ -105,5 +120,33 @@ fn diff(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mu
         }
         (a, b) if a != b => out.push(if prefix.is_empty() { "(all)".into() } else { prefix.to_string() }),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(chat_template: &str) -> KeyParts {
+        let g = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into(), chat_template: chat_template.into() };
+        KeyParts::new("sft", 1, serde_json::json!({}), BTreeMap::new(), &g, crate::stage::ALL_GLOBALS)
+    }
+
+    #[test]
+    fn chat_template_enters_the_key_only_when_set_and_by_content() {
+        // Unset: the key a manifest written before the setting existed had.
+        assert!(!parts("").globals.contains_key("chat_template"));
+        assert_ne!(parts("").key(), parts("atom").key());
+        assert_ne!(parts("atom").key(), parts("chatglm3").key());
+        let dir = std::env::temp_dir().join(format!("avatar-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.jinja"), dir.join("b.jinja"));
+        std::fs::write(&a, "{{ messages }}").unwrap();
+        std::fs::write(&b, "{{ messages }}").unwrap();
+        let (ka, kb) = (parts(&a.to_string_lossy()).key(), parts(&b.to_string_lossy()).key());
+        assert_eq!(ka, kb, "a moved file with the same content is the same template");
+        std::fs::write(&b, "{{ messages }}!").unwrap();
+        assert_ne!(ka, parts(&b.to_string_lossy()).key(), "an edited file re-runs the stage");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

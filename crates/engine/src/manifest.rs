@@ -26,11 +26,26 @@ pub struct PipelineSettings {
     pub dtype: String,
     /// Store directory, relative to the manifest. Default `.avatar`.
     pub store: String,
+    /// The prompt format of every stage that renders prompts (sft, reward-label, reward-train,
+    /// ppo, dpo, eval, quantize, serve): a built-in name ([`CHAT_TEMPLATE_NAMES`]) or a path
+    /// to a .jinja file (relative to the manifest). Unset: the model's own template.
+    pub chat_template: Option<String>,
 }
+
+/// The runtime's built-in prompt formats (avatar_runtime::chat_formats::BUILTIN_NAMES; a test
+/// keeps the two lists equal, the engine does not depend on the runtime).
+pub const CHAT_TEMPLATE_NAMES: &[&str] = &["chatml", "atom", "chatglm3", "chatglm2", "llama3"];
 
 impl Default for PipelineSettings {
     fn default() -> Self {
-        PipelineSettings { name: None, seed: 0, device: "auto".into(), dtype: "f32".into(), store: ".avatar".into() }
+        PipelineSettings {
+            name: None,
+            seed: 0,
+            device: "auto".into(),
+            dtype: "f32".into(),
+            store: ".avatar".into(),
+            chat_template: None,
+        }
     }
 }
 
@@ -148,6 +163,26 @@ impl Manifest {
                 check_choice(&map, &spans, "pipeline.device", &s.device, &["auto", "cpu", "cuda"], &mut diags);
                 // The model runtime computes in f32 only, for now; say so instead of ignoring it.
                 check_choice(&map, &spans, "pipeline.dtype", &s.dtype, &["f32"], &mut diags);
+                let mut s = s;
+                if let Some(t) = s.chat_template.clone() {
+                    let span = spans.value("pipeline.chat_template");
+                    if t.ends_with(".jinja") {
+                        let path = dir.join(&t);
+                        if path.is_file() {
+                            s.chat_template = Some(path.to_string_lossy().into_owned());
+                        } else {
+                            diags.push(map.at(span, format!("`pipeline.chat_template`: {} does not exist", path.display())));
+                        }
+                    } else if !CHAT_TEMPLATE_NAMES.contains(&t.as_str()) {
+                        diags.push(map.at(
+                            span,
+                            format!(
+                                "`pipeline.chat_template` is `{t}`; expected one of {} or a path to a .jinja file",
+                                CHAT_TEMPLATE_NAMES.join(", ")
+                            ),
+                        ));
+                    }
+                }
                 s
             }
             Some(_) => {

@@ -51,6 +51,7 @@ pub fn globals(manifest: &Manifest) -> Globals {
         seed: manifest.settings.seed,
         device: manifest.device_class.to_string(),
         dtype: manifest.settings.dtype.clone(),
+        chat_template: manifest.settings.chat_template.clone().unwrap_or_default(),
     }
 }
 

@@ -73,6 +73,10 @@ pub struct Globals {
     /// "cpu" or "cuda": the device class, not the device index.
     pub device: String,
     pub dtype: String,
+    /// `[pipeline] chat_template`: a built-in format name or an absolute .jinja path; empty =
+    /// each model's own template.
+    #[serde(default)]
+    pub chat_template: String,
 }
 
 /// Everything a running stage may touch.
@@ -113,8 +117,9 @@ impl StageContext<'_> {
     }
 }
 
-/// Every global: the safe default for stages that touch the model runtime.
-pub const ALL_GLOBALS: &[&str] = &["seed", "device", "dtype"];
+/// Every global: the safe default for stages that touch the model runtime. `chat_template`
+/// enters a key only when the manifest sets it, so keys written before it existed still match.
+pub const ALL_GLOBALS: &[&str] = &["seed", "device", "dtype", "chat_template"];
 
 /// Object-safe stage interface used by the engine.
 pub trait Stage: Send + Sync {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::Loaded;
 use avatar_quant::QModel;
 use avatar_quant::gguf::GgufFile;
-use avatar_runtime::{ChatTemplate, Tokenizer};
+use avatar_runtime::model_dir;
 
 /// The model id served when nothing names one.
 pub const DEFAULT_NAME: &str = "avatar";
@@ -206,29 +206,25 @@ impl ServeConfig {
         let model = QModel::load(&self.model)?;
         let tdir =
             self.tokenizer_dir.clone().unwrap_or_else(|| self.model.parent().unwrap_or(Path::new(".")).to_path_buf());
-        let tpath = tdir.join("tokenizer.json");
-        if !tpath.is_file() {
+        if !tdir.join("tokenizer.json").is_file() && !tdir.join("tokenizer.model").is_file() {
             bail!(
-                "no tokenizer.json in {} (the quantize stage writes one next to the GGUF files; set `tokenizer_dir` in serve.json)",
+                "no tokenizer.json or tokenizer.model in {} (the quantize stage writes one next to the GGUF files; set `tokenizer_dir` in serve.json)",
                 tdir.display()
             );
         }
-        let tokenizer = Tokenizer::from_file(&tpath)?;
+        let tokenizer = model_dir::load_tokenizer(&tdir)?;
         let gguf = GgufFile::open(&self.model)?;
-        let tc = tdir.join("tokenizer_config.json");
+        let own_template = tdir.join("chat_template.jinja").is_file()
+            || model_dir::tokenizer_config_has_template(&tdir.join("tokenizer_config.json"))?;
         let template = if !self.chat_template.is_empty() {
-            let eos = gguf
-                .meta_u32("tokenizer.ggml.eos_token_id")
-                .ok()
-                .and_then(|id| tokenizer.id_to_token(id))
-                .unwrap_or_else(|| "<|im_end|>".into());
-            ChatTemplate::new(&self.chat_template, "", &eos)?
-        } else if tc.is_file() {
-            ChatTemplate::from_tokenizer_config(&tc)?
+            model_dir::template_from_source(&tdir, &tokenizer, &self.chat_template)?
+        } else if own_template {
+            model_dir::load_template(&tdir, &tokenizer, None)?
         } else if let Some(t) = gguf.meta_str("tokenizer.chat_template") {
-            ChatTemplate::new(t, "", "<|im_end|>")?
+            model_dir::template_from_source(&tdir, &tokenizer, t)
+                .with_context(|| format!("{}: tokenizer.chat_template", self.model.display()))?
         } else {
-            ChatTemplate::chatml()
+            model_dir::load_template(&tdir, &tokenizer, None)?
         };
         let mut stop_ids: Vec<u32> = Vec::new();
         let mut add = |id: u32| {

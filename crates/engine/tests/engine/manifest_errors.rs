@@ -181,3 +181,12 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn chat_template_must_be_a_builtin_or_an_existing_jinja_file() {
+    let stage = "[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n";
+    let e = one(&format!("[pipeline]\nchat_template = \"gpt4\"\n{stage}"));
+    assert!(e.starts_with("2:17: `pipeline.chat_template` is `gpt4`; expected one of chatml, atom"), "{e}");
+    let e = one(&format!("[pipeline]\nchat_template = \"tmpl/missing.jinja\"\n{stage}"));
+    assert!(e.starts_with("2:17: `pipeline.chat_template`: ") && e.contains("missing.jinja does not exist"), "{e}");
+}
