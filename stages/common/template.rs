@@ -10,8 +10,7 @@ use avatar_runtime::{ChatTemplate, Tokenizer};
 
 /// `[pipeline] chat_template`, parsed; `None` when unset.
 pub fn choice(ctx: &StageContext) -> anyhow::Result<Option<TemplateChoice>> {
-    TemplateChoice::parse(&ctx.globals.chat_template)
-        .map_err(|e| anyhow::anyhow!("[pipeline] chat_template: {e}"))
+    TemplateChoice::parse(&ctx.globals.chat_template).map_err(|e| anyhow::anyhow!("[pipeline] chat_template: {e}"))
 }
 
 /// Replace `template` (read from the folder `dir`) by the pipeline's choice, if it makes one.

@@ -223,7 +223,13 @@ impl TypedStage for DpoStage {
             Some(evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?)
         };
 
-        save_hf_dir_with_template(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir, Some(&base.template))?;
+        save_hf_dir_with_template(
+            &ctx.output("model", &Self::INFO)?,
+            &policy,
+            &base.raw_config,
+            policy_dir,
+            Some(&base.template),
+        )?;
         save_model_adapter(&ctx.output("adapter", &Self::INFO)?, &policy, policy_dir)?;
         let curves = ctx.output("curves", &Self::INFO)?;
         write_curves(&curves, "loss", "DPO loss", "loss", &[("train".into(), loss_curve)])?;

@@ -224,7 +224,12 @@ impl TypedStage for Eval {
             .collect();
         for name in &present {
             let started = Instant::now();
-            let model = EvalModel::load(name, ctx.input(name)?, &ctx.globals.device, crate::common::template::choice(ctx)?.as_ref())?;
+            let model = EvalModel::load(
+                name,
+                ctx.input(name)?,
+                &ctx.globals.device,
+                crate::common::template::choice(ctx)?.as_ref(),
+            )?;
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
             let (ppl, _) =
                 model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;

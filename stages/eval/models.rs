@@ -110,7 +110,8 @@ impl QuantModel {
         let cfg = avatar_serve::config::ServeConfig::resolve(path, &[])?;
         let mut loaded = cfg.load().with_context(|| format!("loading quantized model {}", path.display()))?;
         if let Some(c) = template {
-            let dir = cfg.tokenizer_dir.clone().unwrap_or_else(|| cfg.model.parent().unwrap_or(Path::new(".")).to_path_buf());
+            let dir =
+                cfg.tokenizer_dir.clone().unwrap_or_else(|| cfg.model.parent().unwrap_or(Path::new(".")).to_path_buf());
             loaded.template = load_template(&dir, &loaded.tokenizer, Some(c))?;
         }
         Ok(QuantModel { loaded })

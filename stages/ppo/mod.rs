@@ -200,7 +200,13 @@ impl TypedStage for PpoStage {
         }
         bar.finish_and_clear();
 
-        save_hf_dir_with_template(&ctx.output("model", &Self::INFO)?, &policy, &base.raw_config, policy_dir, Some(&base.template))?;
+        save_hf_dir_with_template(
+            &ctx.output("model", &Self::INFO)?,
+            &policy,
+            &base.raw_config,
+            policy_dir,
+            Some(&base.template),
+        )?;
         save_model_adapter(&ctx.output("adapter", &Self::INFO)?, &policy, policy_dir)?;
         let dir = ctx.output("curves", &Self::INFO)?;
         let series = |i: usize| (names[i].to_string(), curves[i].clone());

@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use avatar::runtime::ChatMessage;
 use avatar::runtime::model_dir::{TemplateChoice, load_template, load_tokenizer};
 use avatar::runtime::spm::SpmModel;
-use avatar::runtime::ChatMessage;
 
 /// Lines of chat text: the synthetic history's messages, decorated with emoji (incl. ZWJ and
 /// skin-tone sequences), CJK extension characters, full-width forms, user-defined symbols and
@@ -17,8 +17,25 @@ use avatar::runtime::ChatMessage;
 fn chat_lines(n: usize) -> Vec<String> {
     let history = avatar::synth::history::generate(n, 7, 60);
     let decorations = [
-        "😂", "👍🏻", "🐱", "👨\u{200d}👩\u{200d}👧", "🇨🇳", "𠀀", "𪚥", "𰻞𰻞面", "ＡＢＣ１２３", "\u{3000}", "[微笑]", "[表情]",
-        "ok OK", "  ", "\t", "～～", "……", "100%", "2024-03-01",
+        "😂",
+        "👍🏻",
+        "🐱",
+        "👨\u{200d}👩\u{200d}👧",
+        "🇨🇳",
+        "𠀀",
+        "𪚥",
+        "𰻞𰻞面",
+        "ＡＢＣ１２３",
+        "\u{3000}",
+        "[微笑]",
+        "[表情]",
+        "ok OK",
+        "  ",
+        "\t",
+        "～～",
+        "……",
+        "100%",
+        "2024-03-01",
     ];
     let mut state = 12345u64;
     let mut next = move |m: u64| {
@@ -61,8 +78,19 @@ fn sentencepiece_models_tokenize_like_the_library() {
     // Edge cases the normaliser decides: empty, only spaces, leading/trailing/double spaces,
     // a user-defined symbol at the start and glued to text, never-seen characters.
     held.extend(
-        ["", "   ", " 前导空格", "结尾空格 ", "两个  空格", "[微笑]开头", "字[表情]字", "龘靐齉爩", "\u{3000}全角空格", "e\u{301}"]
-            .map(String::from),
+        [
+            "",
+            "   ",
+            " 前导空格",
+            "结尾空格 ",
+            "两个  空格",
+            "[微笑]开头",
+            "字[表情]字",
+            "龘靐齉爩",
+            "\u{3000}全角空格",
+            "e\u{301}",
+        ]
+        .map(String::from),
     );
     std::fs::write(dir.path().join("train.txt"), train.join("\n")).unwrap();
     std::fs::write(dir.path().join("heldout.txt"), held.join("\n")).unwrap();
@@ -86,7 +114,13 @@ fn sentencepiece_models_tokenize_like_the_library() {
             }
             assert_eq!(model.decode(&ours), decoded[i].as_str().unwrap(), "{kind}: decoding line {i} {line:?}");
         }
-        assert!(mismatches.is_empty(), "{kind}: {} of {} lines differ:\n{}", mismatches.len(), held.len(), mismatches[..mismatches.len().min(5)].join("\n"));
+        assert!(
+            mismatches.is_empty(),
+            "{kind}: {} of {} lines differ:\n{}",
+            mismatches.len(),
+            held.len(),
+            mismatches[..mismatches.len().min(5)].join("\n")
+        );
         // The rare characters really went through byte fallback.
         assert!(byte_pieces > 0, "{kind}: no line needed byte fallback; the test lost its rare characters");
         eprintln!("{kind}: {} held-out lines equal to the library, {byte_pieces} byte-fallback pieces", held.len());
@@ -118,9 +152,16 @@ fn sentencepiece_folders_get_their_family_format() {
     .unwrap();
     let tk = load_tokenizer(&atom).unwrap();
     let tpl = load_template(&atom, &tk, None).unwrap();
-    let msgs = [ChatMessage::new("user", "女孩子生气的时候是不是暂时不能讲理啊"), ChatMessage::new("assistant", "嗯嗯")];
-    assert_eq!(tpl.render(&msgs, false).unwrap(), "<s>Human: 女孩子生气的时候是不是暂时不能讲理啊\n</s><s>Assistant: 嗯嗯</s>");
-    assert_eq!(tpl.render(&msgs[..1], true).unwrap(), "<s>Human: 女孩子生气的时候是不是暂时不能讲理啊\n</s><s>Assistant: ");
+    let msgs =
+        [ChatMessage::new("user", "女孩子生气的时候是不是暂时不能讲理啊"), ChatMessage::new("assistant", "嗯嗯")];
+    assert_eq!(
+        tpl.render(&msgs, false).unwrap(),
+        "<s>Human: 女孩子生气的时候是不是暂时不能讲理啊\n</s><s>Assistant: 嗯嗯</s>"
+    );
+    assert_eq!(
+        tpl.render(&msgs[..1], true).unwrap(),
+        "<s>Human: 女孩子生气的时候是不是暂时不能讲理啊\n</s><s>Assistant: "
+    );
     let prompt = tpl.render(&msgs, false).unwrap();
     let ids = tk.encode(&prompt).unwrap();
     let (bos, eos) = (tk.token_to_id("<s>").unwrap(), tk.token_to_id("</s>").unwrap());
@@ -132,7 +173,11 @@ fn sentencepiece_folders_get_their_family_format() {
     // The pipeline's choice wins; chat_template.jinja beats the family fallback.
     let chosen = load_template(&atom, &tk, Some(&TemplateChoice::Builtin("chatml".into()))).unwrap();
     assert!(chosen.render(&msgs, false).unwrap().starts_with("<|im_start|>user\n"));
-    std::fs::write(atom.join("chat_template.jinja"), "{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}").unwrap();
+    std::fs::write(
+        atom.join("chat_template.jinja"),
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}",
+    )
+    .unwrap();
     let jinja = load_template(&atom, &tk, None).unwrap();
     assert_eq!(jinja.render(&msgs[1..], false).unwrap(), "[assistant]嗯嗯</s>");
 
@@ -146,7 +191,11 @@ fn sentencepiece_folders_get_their_family_format() {
         r#"{"tokenizer_class": "ChatGLMTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", null]}}"#,
     )
     .unwrap();
-    std::fs::write(glm.join("tokenization_chatglm.py"), "role_special_tokens = [\"<|system|>\", \"<|user|>\", \"<|assistant|>\", \"<|observation|>\"]\n").unwrap();
+    std::fs::write(
+        glm.join("tokenization_chatglm.py"),
+        "role_special_tokens = [\"<|system|>\", \"<|user|>\", \"<|assistant|>\", \"<|observation|>\"]\n",
+    )
+    .unwrap();
     let tk = load_tokenizer(&glm).unwrap();
     let n = SpmModel::from_file(&glm.join("tokenizer.model")).unwrap().len() as u32;
     assert_eq!(tk.token_to_id("[gMASK]"), Some(n + 1));

@@ -171,7 +171,9 @@ impl Manifest {
                         if path.is_file() {
                             s.chat_template = Some(path.to_string_lossy().into_owned());
                         } else {
-                            diags.push(map.at(span, format!("`pipeline.chat_template`: {} does not exist", path.display())));
+                            diags.push(
+                                map.at(span, format!("`pipeline.chat_template`: {} does not exist", path.display())),
+                            );
                         }
                     } else if !CHAT_TEMPLATE_NAMES.contains(&t.as_str()) {
                         diags.push(map.at(

@@ -58,11 +58,8 @@ impl TokenizerMeta {
                 avatar_runtime::model_dir::load_template(dir, &tk, None)?.source().to_string()
             }
         };
-        let mut meta = if dir.join("tokenizer.json").is_file() {
-            Self::read_hf(dir, cfg)?
-        } else {
-            Self::read_spm(dir, cfg)?
-        };
+        let mut meta =
+            if dir.join("tokenizer.json").is_file() { Self::read_hf(dir, cfg)? } else { Self::read_spm(dir, cfg)? };
         meta.chat_template = Some(chat_template);
         Ok(meta)
     }
@@ -250,17 +247,16 @@ fn cfg_id(v: &Option<serde_json::Value>) -> Option<u32> {
 }
 
 /// (BOS, EOS) that tokenizer.json's TemplateProcessing adds around a single sequence.
-fn post_processor_specials(
-    post: &serde_json::Value,
-    by_content: &HashMap<String, u32>,
-) -> (Option<u32>, Option<u32>) {
+fn post_processor_specials(post: &serde_json::Value, by_content: &HashMap<String, u32>) -> (Option<u32>, Option<u32>) {
     // A Sequence post-processor (Llama 3: ByteLevel then TemplateProcessing) holds it inside.
     let template = match post["type"].as_str() {
         Some("TemplateProcessing") => post,
-        Some("Sequence") => match post["processors"].as_array().and_then(|p| p.iter().find(|p| p["type"] == "TemplateProcessing")) {
-            Some(t) => t,
-            None => return (None, None),
-        },
+        Some("Sequence") => {
+            match post["processors"].as_array().and_then(|p| p.iter().find(|p| p["type"] == "TemplateProcessing")) {
+                Some(t) => t,
+                None => return (None, None),
+            }
+        }
         _ => return (None, None),
     };
     let Some(single) = template["single"].as_array() else { return (None, None) };

@@ -247,7 +247,15 @@ fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, minij
 }
 
 /// Python's json.dumps layout: `", "` / `": "` separators, `indent` newlines.
-fn write_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, item: &str, key: &str, ascii: bool, out: &mut String) {
+fn write_json(
+    v: &serde_json::Value,
+    indent: Option<usize>,
+    depth: usize,
+    item: &str,
+    key: &str,
+    ascii: bool,
+    out: &mut String,
+) {
     let newline = |out: &mut String, d: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -426,10 +434,7 @@ mod tests {
             assert_eq!(t.source(), super::super::chat_formats::builtin(name).unwrap().0);
         }
         let atom = ChatTemplate::builtin("atom").unwrap();
-        assert_eq!(
-            atom.render(&msgs[1..3], false).unwrap(),
-            "<s>Human: 在吗\n</s><s>Assistant: 在</s>"
-        );
+        assert_eq!(atom.render(&msgs[1..3], false).unwrap(), "<s>Human: 在吗\n</s><s>Assistant: 在</s>");
         assert_eq!(atom.render(&msgs[..2], true).unwrap(), "<s>Human: 你是小明\n在吗\n</s><s>Assistant: ");
         let glm3 = ChatTemplate::builtin("chatglm3").unwrap();
         assert_eq!(

@@ -146,12 +146,13 @@ fn harmless_value(field: &str, value: &Value, raw: &Value) -> Option<bool> {
         "sliding_window" => {
             value.is_null()
                 || raw.get("use_sliding_window").is_some_and(|u| u.as_bool() == Some(false))
-                || value.as_u64().zip(raw.get("max_position_embeddings").and_then(Value::as_u64)).is_some_and(|(w, m)| w >= m)
+                || value
+                    .as_u64()
+                    .zip(raw.get("max_position_embeddings").and_then(Value::as_u64))
+                    .is_some_and(|(w, m)| w >= m)
         }
         // transformers 5: one entry per layer; only full attention is implemented.
-        "layer_types" => value
-            .as_array()
-            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention"))),
+        "layer_types" => value.as_array().is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention"))),
         _ if ALWAYS_HARMLESS.contains(&field) => true,
         _ => return None,
     })
@@ -167,9 +168,9 @@ pub fn check_fields(raw: &Value) -> anyhow::Result<()> {
         }
         match harmless_value(field, value, raw) {
             Some(true) => {}
-            Some(false) => bail!(
-                "field `{field}` = {value} changes the model's math in a way avatar does not implement"
-            ),
+            Some(false) => {
+                bail!("field `{field}` = {value} changes the model's math in a way avatar does not implement")
+            }
             None => bail!(
                 "field `{field}` is not understood by avatar and may change the model's math; \
                  refusing rather than ignoring it (if it is harmless, add it to the list in crates/runtime/src/config_fields.rs)"

@@ -52,8 +52,8 @@ fn read_json(path: &Path) -> anyhow::Result<Option<serde_json::Value>> {
 /// Whether the folder holds a ChatGLM model (config.json's model_type or the tokenizer class).
 fn is_chatglm(dir: &Path) -> anyhow::Result<bool> {
     let mt = read_json(&dir.join("config.json"))?.and_then(|c| c["model_type"].as_str().map(str::to_string));
-    let tc = read_json(&dir.join("tokenizer_config.json"))?
-        .and_then(|c| c["tokenizer_class"].as_str().map(str::to_string));
+    let tc =
+        read_json(&dir.join("tokenizer_config.json"))?.and_then(|c| c["tokenizer_class"].as_str().map(str::to_string));
     Ok(mt.as_deref() == Some("chatglm") || tc.as_deref() == Some("ChatGLMTokenizer"))
 }
 
@@ -90,9 +90,9 @@ pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
                 let id: u32 = id
                     .parse()
                     .with_context(|| format!("{}: added_tokens_decoder key `{id}` is not an id", tc_path.display()))?;
-                let content = t["content"].as_str().with_context(|| {
-                    format!("{}: added_tokens_decoder.{id} has no `content`", tc_path.display())
-                })?;
+                let content = t["content"]
+                    .as_str()
+                    .with_context(|| format!("{}: added_tokens_decoder.{id} has no `content`", tc_path.display()))?;
                 if !extra.iter().any(|(c, i)| c == content && *i == id) {
                     extra.push((content.to_string(), id));
                 }
@@ -116,7 +116,11 @@ pub fn family_default(dir: &Path, tokenizer: &Tokenizer) -> anyhow::Result<&'sta
 }
 
 /// The chat template for the model in `dir`; `choice` (the pipeline's setting) wins.
-pub fn load_template(dir: &Path, tokenizer: &Tokenizer, choice: Option<&TemplateChoice>) -> anyhow::Result<ChatTemplate> {
+pub fn load_template(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    choice: Option<&TemplateChoice>,
+) -> anyhow::Result<ChatTemplate> {
     match choice {
         Some(TemplateChoice::Builtin(name)) => return ChatTemplate::builtin(name),
         Some(TemplateChoice::File(path)) => {
