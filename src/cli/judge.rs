@@ -95,7 +95,11 @@ pub fn judge(registry: &Registry, args: &JudgeArgs) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
     let kind = if is_gguf(&model.path) { "quantized" } else { "float" };
-    let loaded = EvalModel::load(kind, &model.path, &manifest.settings.device)?;
+    // The pipeline's chat_template, as eval renders prompts with it.
+    let template = crate::runtime::model_dir::TemplateChoice::parse(
+        manifest.settings.chat_template.as_deref().unwrap_or_default(),
+    )?;
+    let loaded = EvalModel::load(kind, &model.path, &manifest.settings.device, template.as_ref())?;
     eprintln!("the clone ({}) is answering {} contexts…", model.name, drawn.len());
     let mut trials = Vec::with_capacity(drawn.len());
     for (sample, reply_seed, real) in drawn {
