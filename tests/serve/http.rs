@@ -581,7 +581,8 @@ fn a_model_the_decoder_cannot_run_is_refused_at_load() {
     let mut meta: Vec<(String, Value)> = content.metadata.into_iter().collect();
     // A key length (head size) that the tensors do not have: hidden / heads is 64 / 4 = 16, and
     // the decoder would read q as 4 heads of 32. It names the key it took the size from.
-    meta.retain(|(k, _)| k != "qwen2.attention.key_length");
+    // (The converter writes both lengths; drop the value length so only the key length is off.)
+    meta.retain(|(k, _)| k != "qwen2.attention.key_length" && k != "qwen2.attention.value_length");
     meta.push(("qwen2.attention.key_length".into(), Value::U32(32)));
     avatar::quant::convert::write_gguf(&bad, &meta, &tensors).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
