@@ -253,11 +253,12 @@ mod tests {
         });
         let cfg = ModelConfig::from_json(&raw, "config.json").unwrap();
         assert_eq!(cfg.rope_theta, 500000.0);
-        assert_eq!(cfg.rope_scale().unwrap(), 4.0);
+        assert!(matches!(cfg.rope_scaling().unwrap(), crate::rope::RopeScaling::Linear { factor } if factor == 4.0));
         let mut plain = raw.clone();
         plain["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1000000.0});
         let cfg = ModelConfig::from_json(&plain, "config.json").unwrap();
-        assert_eq!((cfg.rope_theta, cfg.rope_scale().unwrap()), (1000000.0, 1.0));
+        assert_eq!(cfg.rope_theta, 1000000.0);
+        assert!(matches!(cfg.rope_scaling().unwrap(), crate::rope::RopeScaling::None));
         let mut unknown = raw.clone();
         unknown["num_experts"] = 8.into();
         let e = ModelConfig::from_json(&unknown, "/m/config.json").unwrap_err().to_string();
