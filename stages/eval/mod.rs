@@ -208,7 +208,11 @@ impl TypedStage for Eval {
         let mut generated: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
         let reference = match ctx.optional_input("sft") {
-            Some(dir) => Some(models::FloatModel::load(dir, &ctx.globals.device)?),
+            Some(dir) => Some(models::FloatModel::load(
+                dir,
+                &ctx.globals.device,
+                crate::common::template::choice(ctx)?.as_ref(),
+            )?),
             None => None,
         };
         let items: Vec<(&Sample, GenerationParams)> = prompts

@@ -200,7 +200,7 @@ mod tests {
 
     /// A chain a → b → c: each stage's key from its input (the previous stage's output).
     fn chain(outputs: [&str; 3], compute: &str) -> (LockFile, Vec<StageReport>, HashMap<String, KeyParts>) {
-        let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into() };
+        let globals = Globals { seed: 1, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() };
         let (mut lock, mut reports, mut parts) = (LockFile::default(), Vec::new(), HashMap::new());
         let mut input = "data".to_string();
         for (name, out) in ["a", "b", "c"].iter().zip(outputs) {

@@ -123,7 +123,7 @@ mod tests {
     /// A store with `n` artifacts, each recorded by an action of key `k<i>`.
     fn store_with(dir: &std::path::Path, n: usize) -> (Store, Vec<ActionRecord>) {
         let store = Store::open(dir).unwrap();
-        let globals = Globals { seed: 0, device: "cpu".into(), dtype: "f32".into() };
+        let globals = Globals { seed: 0, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() };
         let mut recs = Vec::new();
         for i in 0..n {
             let tmp = store.new_tmp_dir("s").unwrap();

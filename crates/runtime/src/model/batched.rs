@@ -6,7 +6,8 @@
 
 use candle_core::{IndexOp, Tensor};
 
-use super::{Model, Pass, mlp};
+use super::{Model, Pass};
+use crate::rotary;
 
 /// KV cache of a batch of sequences, `[rows, kv_heads, len, head_dim]` per layer.
 pub struct BatchCache {
@@ -71,7 +72,7 @@ impl Model {
             ids.extend_from_slice(row);
             positions.extend((start..total).map(|a| a.saturating_sub(cache.pad[r]) as u32));
         }
-        let half = self.cfg.head_dim() / 2;
+        let half = self.rotary().dims / 2;
         let (cos, sin) = self.rope_tables(&positions)?;
         let (cos, sin) = (cos.reshape((b, t, half))?, sin.reshape((b, t, half))?);
         // Causal, and pads are never attended to (a pad query sees only itself, so its
@@ -102,11 +103,16 @@ impl Model {
         let mut x = self.embed(&ids, (b, t))?;
         for (li, layer) in self.layers.iter().enumerate() {
             let hn = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let q = layer.q.forward(&hn, &mut pass)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = layer.k.forward(&hn, &mut pass)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = layer.v.forward(&hn, &mut pass)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let [q, k, v] = layer.qkv(&hn, &mut pass, nh * hd, nkv * hd)?;
+            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let (q, k) = match &layer.qk_norm {
+                Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
+                None => (q, k),
+            };
+            let q = rotary::apply_fused(&q, &cos, &sin, self.rotary())?;
+            let k = rotary::apply_fused(&k, &cos, &sin, self.rotary())?;
             let (k, v) = match cache.kv[li].take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
@@ -121,7 +127,7 @@ impl Model {
             let ctx = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + layer.o.forward(&ctx, &mut pass)?)?;
             let hn = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            x = (x + mlp(layer, &hn, &mut pass)?)?;
+            x = (x + layer.mlp(&hn, &mut pass)?)?;
         }
         cache.len = total;
         let last = x.i((.., t - 1))?.contiguous()?;
