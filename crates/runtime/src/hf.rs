@@ -168,13 +168,17 @@ pub fn save_model_adapter(dir: &Path, model: &Model, base_dir: &Path) -> anyhow:
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<anyhow::Result<_>>()?;
-    super::lora::save_adapter(dir, cfg, &base_model_name(base_dir), &tensors)
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    super::lora::save_adapter(dir, cfg, &base_model_name(base_dir, dir), &tensors)
 }
 
 /// adapter_config.json's `base_model_name_or_path`: the hub id when the folder records one
-/// (config.json's `_name_or_path` that is not a local path), else the folder's absolute path,
-/// so PEFT's AutoPeftModelForCausalLM finds the base.
-pub fn base_model_name(base_dir: &Path) -> String {
+/// (config.json's `_name_or_path` that is not a local path), else the base's path relative to
+/// the adapter folder. Never an absolute path: the artifact's bytes must not depend on where the
+/// project lives (`--check` in another folder), and the store's tmp and objects folders sit at
+/// the same depth, so the relative path stays right after the artifact moves into the store.
+/// PEFT resolves it from the working directory: run it from the adapter folder, or pass the base.
+pub fn base_model_name(base_dir: &Path, adapter_dir: &Path) -> String {
     let recorded = std::fs::read_to_string(base_dir.join("config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -186,9 +190,20 @@ pub fn base_model_name(base_dir: &Path) -> String {
             return id;
         }
     }
-    std::path::absolute(base_dir)
-        .map(|p| p.canonicalize().unwrap_or(p))
-        .unwrap_or_else(|_| base_dir.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
+    let full = |p: &Path| std::path::absolute(p).map(|a| a.canonicalize().unwrap_or(a)).unwrap_or_else(|_| p.to_path_buf());
+    relative_path(&full(base_dir), &full(adapter_dir)).to_string_lossy().into_owned()
+}
+
+/// `target` as seen from the folder `from` (both absolute).
+fn relative_path(target: &Path, from: &Path) -> std::path::PathBuf {
+    let (t, f): (Vec<_>, Vec<_>) = (target.components().collect(), from.components().collect());
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
 }
