@@ -142,8 +142,10 @@ fn reduced_demo_end_to_end() {
 
     // One request to the served model.
     let reply = chat_once(&manifest, "在干嘛");
-    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(!content.is_empty(), "{reply}");
+    // A 6-step model may answer with nothing but bubble markers, which a reply trims to "":
+    // what must hold is that the served model generated and the answer has OpenAI's shape.
+    assert!(reply["choices"][0]["message"]["content"].is_string(), "{reply}");
+    assert!(reply["choices"][0]["finish_reason"].is_string(), "{reply}");
     assert!(reply["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{reply}");
 }
 
