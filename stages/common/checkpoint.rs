@@ -78,8 +78,10 @@ pub fn save<S: Serialize>(
     let _ = std::fs::remove_dir_all(&tmp);
     create_private_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     for (name, group) in vars {
-        let tensors: HashMap<String, Tensor> =
-            group.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().to_device(&Device::Cpu)?))).collect::<anyhow::Result<_>>()?;
+        let tensors: HashMap<String, Tensor> = group
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().to_device(&Device::Cpu)?)))
+            .collect::<anyhow::Result<_>>()?;
         save_tensors(&tmp.join(format!("vars.{name}.safetensors")), &tensors)?;
     }
     for (name, opt) in optimisers {
@@ -140,7 +142,9 @@ fn restore_from<S: DeserializeOwned>(
     }
     let loaded: Vec<HashMap<String, Tensor>> = vars
         .iter()
-        .map(|(name, _)| candle_core::safetensors::load(dir.join(format!("vars.{name}.safetensors")), &Device::Cpu).ok())
+        .map(|(name, _)| {
+            candle_core::safetensors::load(dir.join(format!("vars.{name}.safetensors")), &Device::Cpu).ok()
+        })
         .collect::<Option<_>>()?;
     // Check every shape first: a bad file must leave the variables as they were.
     for ((_, group), tensors) in vars.iter().zip(&loaded) {
@@ -298,7 +302,11 @@ pub struct Interrupt {
 }
 
 pub fn interrupt(work_dir: &Path, at: Interrupt) {
-    INTERRUPTS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(work_dir.to_path_buf(), at);
+    INTERRUPTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(work_dir.to_path_buf(), at);
 }
 
 static INTERRUPTS: Mutex<Option<HashMap<PathBuf, Interrupt>>> = Mutex::new(None);

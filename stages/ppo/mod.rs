@@ -117,7 +117,8 @@ impl TypedStage for PpoStage {
             kl_control::KlController::new(p.kl_coef, (p.kl_target > 0.0).then_some(p.kl_target), p.kl_horizon);
         let mut curves: Vec<Vec<(u64, f64)>> = vec![Vec::new(); names.len()];
         let total = p.iterations as u64;
-        let mut ckpt = Checkpoints::new(ctx.work_dir, fingerprint(ctx, &Self::INFO, params, seed)?, Cadence::from_env()?)?;
+        let mut ckpt =
+            Checkpoints::new(ctx.work_dir, fingerprint(ctx, &Self::INFO, params, seed)?, Cadence::from_env()?)?;
         let vars = [(checkpoint::POLICY, policy.trainable()), (checkpoint::CRITIC, &critic_vars[..])];
         let mut start = 0;
         if let Some((done, s)) = ckpt.restore::<checkpoint::LoopState>(
@@ -196,7 +197,13 @@ impl TypedStage for PpoStage {
                 curves: curves.clone(),
                 kl_coef: kl_ctl.coef,
             };
-            ckpt.after_step(x, total, state, &vars, &[(checkpoint::POLICY, &opt.policy), (checkpoint::CRITIC, &opt.critic)])?;
+            ckpt.after_step(
+                x,
+                total,
+                state,
+                &vars,
+                &[(checkpoint::POLICY, &opt.policy), (checkpoint::CRITIC, &opt.critic)],
+            )?;
         }
         bar.finish_and_clear();
 

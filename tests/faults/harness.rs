@@ -140,7 +140,8 @@ fn killed_runs_finish_with_a_whole_store_and_the_same_bytes() {
             .filter(|s| !finished.contains(s))
             .map(|s| {
                 let work = p.path(STORE).join("work").join(&lock.stages[s].key);
-                let has = work.join("checkpoint/state.json").is_file() || work.join("checkpoint.old/state.json").is_file();
+                let has =
+                    work.join("checkpoint/state.json").is_file() || work.join("checkpoint.old/state.json").is_file();
                 (s.to_string(), has)
             })
             .collect();

@@ -16,7 +16,11 @@ fn check_passes_after_the_project_moves() {
     let stages = reference().lock.stages.len();
     assert!(status.contains(&format!("{stages} of {stages} stages up to date")), "{status}");
     let cfg = avatar::serve_target::resolve(&moved.path(MANIFEST), &["q8_0"], &avatar::stages::registry()).unwrap();
-    assert!(cfg.model.starts_with(moved.dir.path()), "serve loads {} from outside the moved project", cfg.model.display());
+    assert!(
+        cfg.model.starts_with(moved.dir.path()),
+        "serve loads {} from outside the moved project",
+        cfg.model.display()
+    );
     assert!(cfg.model.is_file(), "{}", cfg.model.display());
 
     // Recomputed: no artifact depends on the folder it was made in.

@@ -63,7 +63,14 @@ mod tests {
             values.push(x * 10f64.powi((values.len() % 30) as i32 - 15));
         }
         let metrics: Metrics = values.iter().enumerate().map(|(i, v)| (format!("m{i}"), (*v).into())).collect();
-        let parts = KeyParts::new("k", 1, serde_json::json!({}), BTreeMap::new(), &crate::stage::Globals { seed: 0, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() }, &[]);
+        let parts = KeyParts::new(
+            "k",
+            1,
+            serde_json::json!({}),
+            BTreeMap::new(),
+            &crate::stage::Globals { seed: 0, device: "cpu".into(), dtype: "f32".into(), chat_template: String::new() },
+            &[],
+        );
         let entry = LockEntry { key: "k".into(), output: "o".into(), outputs: BTreeMap::new(), parts, metrics };
         let lock = LockFile { pipeline: "p".into(), stages: BTreeMap::from([("s".to_string(), entry)]) };
         let dir = tempfile::tempdir().unwrap();

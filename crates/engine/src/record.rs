@@ -212,7 +212,8 @@ mod tests {
                 &globals,
                 &[],
             );
-            let metrics = if *name == "a" { Metrics::new() } else { Metrics::from([(COMPUTE_METRIC.into(), compute.into())]) };
+            let metrics =
+                if *name == "a" { Metrics::new() } else { Metrics::from([(COMPUTE_METRIC.into(), compute.into())]) };
             reports.push(StageReport {
                 name: name.to_string(),
                 kind: "k".into(),
@@ -250,7 +251,11 @@ mod tests {
         let r = check(&lock, &here, &here_parts);
         assert!(r.failures.is_empty(), "{r:?}");
         assert_eq!(r.not_compared.len(), 2, "{r:?}");
-        assert!(r.not_compared[0].contains("`b`") && r.not_compared[0].contains("cpu A") && r.not_compared[0].contains("cpu B"));
+        assert!(
+            r.not_compared[0].contains("`b`")
+                && r.not_compared[0].contains("cpu A")
+                && r.not_compared[0].contains("cpu B")
+        );
         assert!(r.not_compared[1].contains("`c`") && r.not_compared[1].contains("from `b`"), "{r:?}");
 
         // The same path and another output: a failure, and c's changed key is one too.

@@ -138,8 +138,11 @@ pub fn run(
         cache.save().ok();
     }
 
-    let checked =
-        if opts.check { record::check(&previous_lock, &scheduled.reports, &scheduled.parts) } else { Default::default() };
+    let checked = if opts.check {
+        record::check(&previous_lock, &scheduled.reports, &scheduled.parts)
+    } else {
+        Default::default()
+    };
     let check_failures = checked.failures;
     if !opts.dry_run {
         if !opts.check {

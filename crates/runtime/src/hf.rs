@@ -190,7 +190,8 @@ pub fn base_model_name(base_dir: &Path, adapter_dir: &Path) -> String {
             return id;
         }
     }
-    let full = |p: &Path| std::path::absolute(p).map(|a| a.canonicalize().unwrap_or(a)).unwrap_or_else(|_| p.to_path_buf());
+    let full =
+        |p: &Path| std::path::absolute(p).map(|a| a.canonicalize().unwrap_or(a)).unwrap_or_else(|_| p.to_path_buf());
     relative_path(&full(base_dir), &full(adapter_dir)).to_string_lossy().into_owned()
 }
 
