@@ -36,6 +36,22 @@ pub fn json_body(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
+/// A posted JSON body of at most `limit` bytes, parsed; else the answer to send (415 for another
+/// content type, 413 for a larger body, 400 naming `expected` for one that does not parse).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: axum::extract::Request,
+    limit: usize,
+    expected: &str,
+) -> Result<T, Response> {
+    if !json_body(req.headers()) {
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json"));
+    }
+    let Ok(body) = axum::body::to_bytes(req.into_body(), limit).await else {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    };
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+}
+
 /// A JSON `{"error": ...}` answer.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()

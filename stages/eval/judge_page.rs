@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::fooled::{BlindTrial, Side, read_trials};
-use crate::common::loopback::{self, context_json, error, host_ok, json_body, require_loopback};
+use crate::common::loopback::{self, context_json, error, host_ok, require_loopback};
 use crate::common::sample::Sample;
 
 const PAGE: &str = include_str!("judge.html");
@@ -188,21 +188,11 @@ async fn dispatch(State(st): State<Arc<JudgeState>>, req: Request) -> Response {
         }
         ("/api/trials", Method::GET) => axum::Json(st.trials_json()).into_response(),
         ("/api/choose", Method::POST) => {
-            if !json_body(req.headers()) {
-                return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json");
-            }
-            let Ok(body) = axum::body::to_bytes(req.into_body(), 1 << 12).await else {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-            };
-            let parsed: ChooseRequest = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("expected {{\"trial\", \"choice\": \"a\"|\"b\"}}: {e}"),
-                    );
-                }
-            };
+            let parsed: ChooseRequest =
+                match loopback::read_json(req, 1 << 12, "{\"trial\", \"choice\": \"a\"|\"b\"}").await {
+                    Ok(p) => p,
+                    Err(answer) => return answer,
+                };
             match st.choose(parsed.trial, parsed.choice) {
                 Ok(v) => axum::Json(v).into_response(),
                 Err((status, msg)) => error(status, msg),

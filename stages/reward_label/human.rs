@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::common::jsonl::read_jsonl;
 pub use crate::common::loopback::is_loopback_host;
-use crate::common::loopback::{self, context_json, error, host_ok, json_body, require_loopback};
+use crate::common::loopback::{self, context_json, error, host_ok, require_loopback};
 use crate::common::ranked::{Label, Ranked, candidates_fingerprint, format_score};
 
 const PAGE: &str = include_str!("label.html");
@@ -168,15 +168,9 @@ async fn dispatch(State(st): State<Arc<LabelState>>, req: Request) -> Response {
         ("/api/records", Method::GET) => axum::Json(st.records_json()).into_response(),
         ("/api/label", Method::POST) => {
             // JSON only: a cross-site form post cannot send it without a CORS preflight.
-            if !json_body(req.headers()) {
-                return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json");
-            }
-            let Ok(body) = axum::body::to_bytes(req.into_body(), 1 << 16).await else {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-            };
-            let parsed: SaveRequest = match serde_json::from_slice(&body) {
+            let parsed: SaveRequest = match loopback::read_json(req, 1 << 16, "{\"id\", \"order\"}").await {
                 Ok(p) => p,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"id\", \"order\"}}: {e}")),
+                Err(answer) => return answer,
             };
             match st.save(&parsed.id, &parsed.order) {
                 Ok(v) => axum::Json(v).into_response(),
