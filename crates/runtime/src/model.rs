@@ -549,6 +549,32 @@ impl Model {
         }
     }
 
+    /// A layer's query, key and value heads `[b, heads, t, head_dim]` for generation (fused
+    /// kernels, no gradient): projected, q/k-normed where the family has it, rotated.
+    fn heads_fused(
+        &self,
+        layer: &Layer,
+        hn: &Tensor,
+        pass: &mut Pass,
+        (b, t): (usize, usize),
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> anyhow::Result<[Tensor; 3]> {
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads(), self.cfg.head_dim());
+        let eps = self.cfg.rms_norm_eps as f32;
+        let [q, k, v] = layer.qkv(hn, pass, nh * hd, nkv * hd)?;
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match &layer.qk_norm {
+            Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
+            None => (q, k),
+        };
+        let q = rotary::apply_fused(&q, cos, sin, self.rotary())?;
+        let k = rotary::apply_fused(&k, cos, sin, self.rotary())?;
+        Ok([q, k, v])
+    }
+
     /// Generation step(s) with a KV cache and the fused (no-gradient) kernels: feeds `ids` after
     /// what the cache holds and returns the logits of the last one, `[vocab]`.
     pub fn forward_cached(&self, ids: &[u32], cache: &mut Cache) -> anyhow::Result<Tensor> {
@@ -575,16 +601,7 @@ impl Model {
         let mut x = self.embed(ids, (1, t))?;
         for (li, layer) in self.layers.iter().enumerate() {
             let hn = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let [q, k, v] = layer.qkv(&hn, &mut pass, nh * hd, nkv * hd)?;
-            let q = q.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let (q, k) = match &layer.qk_norm {
-                Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
-                None => (q, k),
-            };
-            let q = rotary::apply_fused(&q, &cos, &sin, self.rotary())?;
-            let k = rotary::apply_fused(&k, &cos, &sin, self.rotary())?;
+            let [q, k, v] = self.heads_fused(layer, &hn, &mut pass, (1, t), &cos, &sin)?;
             let (k, v) = match cache.kv[li].take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),

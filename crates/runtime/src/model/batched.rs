@@ -7,7 +7,6 @@
 use candle_core::{IndexOp, Tensor};
 
 use super::{Model, Pass};
-use crate::rotary;
 
 /// KV cache of a batch of sequences, `[rows, kv_heads, len, head_dim]` per layer.
 pub struct BatchCache {
@@ -103,16 +102,7 @@ impl Model {
         let mut x = self.embed(&ids, (b, t))?;
         for (li, layer) in self.layers.iter().enumerate() {
             let hn = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let [q, k, v] = layer.qkv(&hn, &mut pass, nh * hd, nkv * hd)?;
-            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let (q, k) = match &layer.qk_norm {
-                Some((qn, kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
-                None => (q, k),
-            };
-            let q = rotary::apply_fused(&q, &cos, &sin, self.rotary())?;
-            let k = rotary::apply_fused(&k, &cos, &sin, self.rotary())?;
+            let [q, k, v] = self.heads_fused(layer, &hn, &mut pass, (b, t), &cos, &sin)?;
             let (k, v) = match cache.kv[li].take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
