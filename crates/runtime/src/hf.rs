@@ -10,8 +10,9 @@ use candle_core::{Device, Tensor};
 
 use super::chat::ChatTemplate;
 use super::config::ModelConfig;
+use super::held::HoldSpec;
 use super::lora::LoraConfig;
-use super::model::{Model, TrainMode};
+use super::model::{BaseTensor, Model, TrainMode, hold_weights};
 use super::tokenizer::Tokenizer;
 
 pub use super::model_dir::TOKENIZER_FILES;
@@ -80,16 +81,30 @@ fn read_folder(dir: &Path) -> anyhow::Result<Folder> {
     Ok(Folder { cfg, raw_config, tokenizer, template, weights })
 }
 
-/// Load a model folder onto `device`. `seed` initialises LoRA matrices in LoRA mode.
+/// Load a model folder onto `device`, every weight in f32. `seed` initialises LoRA matrices in
+/// LoRA mode.
 pub fn load_hf_dir(dir: &Path, device: &Device, mode: &TrainMode, seed: u64) -> anyhow::Result<LoadedModel> {
+    load_hf_dir_held(dir, device, mode, seed, HoldSpec::F32)
+}
+
+/// [`load_hf_dir`] with the frozen weights held as `hold` says (bf16/f16, a quantized base).
+pub fn load_hf_dir_held(
+    dir: &Path,
+    device: &Device,
+    mode: &TrainMode,
+    seed: u64,
+    hold: HoldSpec,
+) -> anyhow::Result<LoadedModel> {
     let Folder { cfg, raw_config, tokenizer, template, weights } = read_folder(dir)?;
-    let model =
-        Model::from_tensors(cfg, weights, mode, seed, device).with_context(|| format!("loading {}", dir.display()))?;
+    let weights = weights.into_iter().map(|(k, v)| (k, BaseTensor::Tensor(v))).collect();
+    let model = Model::from_base(cfg, weights, mode, seed, device, hold)
+        .with_context(|| format!("loading {}", dir.display()))?;
     Ok(LoadedModel { model, tokenizer, template, raw_config })
 }
 
-/// Write a merged HF folder: config.json, model.safetensors (f32, LoRA folded in), and the
-/// tokenizer files copied from `tokenizer_dir`.
+/// Write a merged HF folder: config.json, model.safetensors (LoRA folded in, in the dtype the
+/// model's frozen weights were held in, `torch_dtype` saying which), and the tokenizer files
+/// copied from `tokenizer_dir`.
 pub fn save_hf_dir(
     dir: &Path,
     model: &Model,
@@ -111,11 +126,11 @@ pub fn save_hf_dir_with_template(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut config = raw_config.clone();
     if let Some(obj) = config.as_object_mut() {
-        obj.insert("torch_dtype".into(), "float32".into());
+        obj.insert("torch_dtype".into(), model.hold_spec().torch_dtype().into());
     }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     let weights: HashMap<String, Tensor> = model
-        .merged_weights()?
+        .merged_weights_as(model.hold_spec().dtype)?
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<anyhow::Result<_>>()?;
@@ -137,23 +152,27 @@ pub struct SharedBase {
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
     cfg: ModelConfig,
-    weights: HashMap<String, Tensor>,
+    weights: HashMap<String, BaseTensor>,
     device: Device,
+    hold: HoldSpec,
 }
 
 impl SharedBase {
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<SharedBase> {
+        Self::load_held(dir, device, HoldSpec::F32)
+    }
+
+    /// [`SharedBase::load`] with the frozen weights held as `hold` says, once for every model.
+    pub fn load_held(dir: &Path, device: &Device, hold: HoldSpec) -> anyhow::Result<SharedBase> {
         let Folder { cfg, raw_config, tokenizer, template, weights } = read_folder(dir)?;
-        let weights = weights
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_device(device)?.to_dtype(candle_core::DType::F32)?)))
-            .collect::<anyhow::Result<HashMap<_, _>>>()?;
-        Ok(SharedBase { raw_config, tokenizer, template, cfg, weights, device: device.clone() })
+        let weights =
+            hold_weights(&cfg, weights, hold, device).with_context(|| format!("loading {}", dir.display()))?;
+        Ok(SharedBase { raw_config, tokenizer, template, cfg, weights, device: device.clone(), hold })
     }
 
     /// A model over the shared weights (`Frozen` or `Lora`; `Full` would copy them).
     pub fn model(&self, mode: &TrainMode, seed: u64) -> anyhow::Result<Model> {
-        Model::from_tensors(self.cfg.clone(), self.weights.clone(), mode, seed, &self.device)
+        Model::from_base(self.cfg.clone(), self.weights.clone(), mode, seed, &self.device, self.hold)
     }
 }
 

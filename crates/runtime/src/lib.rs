@@ -9,6 +9,8 @@
 //!   their scalings (linear, llama3), shared with the GGUF converter and quantized decoder.
 //! - [`model`]: the decoder ([`Model`]), with LoRA or full trainable weights.
 //! - [`frozen`]: the frozen-weight matmul whose backward returns only the input gradient.
+//! - [`held`]: frozen weights held as bf16/f16 or Q8_0/Q4_0 row tiles (QLoRA), widened a tile
+//!   at a time.
 //! - [`lora`]: LoRA settings and adapters, PEFT file layout.
 //! - [`peft_import`]: a PEFT adapter trained elsewhere, loaded onto its base for merging.
 //! - [`hf`]: load/save a local HF folder (config, safetensors single or sharded, tokenizer).
@@ -18,6 +20,7 @@
 //! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
 //! - [`token_logprobs`], [`scalar_head`], [`reward`]: per-token log-probs and gradient
 //!   surrogates for dpo/ppo, the scalar head of reward models and critics, reward model I/O.
+//! - [`memory_plan`]: a training run's expected peak memory, refused before loading when it cannot fit.
 //! - [`optim`]: AdamW with checkpointable state, warmup + cosine schedule, gradient clipping.
 
 pub mod batch;
@@ -31,9 +34,11 @@ pub mod device;
 pub mod family;
 pub mod frozen;
 pub mod generate;
+pub mod held;
 pub mod hf;
 pub mod init;
 pub mod lora;
+pub mod memory_plan;
 pub mod model;
 pub mod model_dir;
 pub mod optim;

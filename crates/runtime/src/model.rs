@@ -10,6 +10,7 @@
 //!   gradients and so are never used where a gradient is needed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
@@ -20,11 +21,17 @@ use rand_chacha::ChaCha8Rng;
 use super::config::ModelConfig;
 use super::family::{Family, Rotary};
 use super::frozen::frozen_linear;
+use super::held::{HeldMatrix, HoldSpec, held_linear};
 use super::lora::{LoraConfig, peft_key};
 use super::rotary;
 
 mod batched;
+mod checkpoint;
+mod loading;
 pub use batched::BatchCache;
+use checkpoint::{Rope, Segment};
+pub use loading::{BaseTensor, hold_weights};
+use loading::{Loader, MergedOut};
 
 /// Which weights train.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,13 +51,28 @@ struct Lora {
     dropout: f64,
 }
 
+/// A linear layer's weight: an f32 tensor (trainable in full mode), or frozen and held
+/// compactly ([`HeldMatrix`], shared between the models over one base).
+enum Weight {
+    Plain(Tensor),
+    Held(Arc<HeldMatrix>),
+}
+
 /// A linear layer `y = x W^T + b` with an optional LoRA adapter.
 struct Linear {
     /// HF module path without `.weight`, e.g. `model.layers.0.self_attn.q_proj`.
     name: String,
-    w: Tensor,
+    w: Weight,
     bias: Option<Tensor>,
     lora: Option<Lora>,
+}
+
+/// The output projection `[vocab, hidden]` (the embedding when tied).
+enum Head {
+    /// Full training: a variable.
+    Trainable(Tensor),
+    /// Frozen, in row tiles (one tile in f32, so f32 math is one matmul).
+    Frozen(Arc<HeldMatrix>),
 }
 
 /// Per-call state of a forward pass.
@@ -78,7 +100,11 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Linear {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
-        let mut y = if pass.grad && !self.w.is_variable() { frozen_linear(x, &self.w)? } else { matmul_t(x, &self.w)? };
+        let mut y = match &self.w {
+            Weight::Plain(w) if pass.grad && !w.is_variable() => frozen_linear(x, w)?,
+            Weight::Plain(w) => matmul_t(x, w)?,
+            Weight::Held(w) => held_linear(x, w, pass.grad)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -96,7 +122,10 @@ impl Linear {
 
     /// The weight with the adapter folded in.
     fn merged(&self) -> anyhow::Result<Tensor> {
-        let w = self.w.detach();
+        let w = match &self.w {
+            Weight::Plain(w) => w.detach(),
+            Weight::Held(w) => w.to_f32()?,
+        };
         Ok(match &self.lora {
             Some(l) => (w + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?)?,
             None => w,
@@ -203,9 +232,14 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    /// `None` with tied embeddings.
-    lm_head: Option<Linear>,
+    head: Head,
     device: Device,
+    /// How the frozen weights are held; merged outputs are written in its dtype.
+    hold: HoldSpec,
+    /// Gradient checkpointing: keep each layer's input, recompute the layer in backward.
+    checkpoint: bool,
+    /// Checkpointed forward passes awaiting [`Model::backward`].
+    tape: std::sync::Mutex<Vec<Segment>>,
     /// Trainable tensors by name: HF names in full mode, PEFT names in LoRA mode.
     trainable: Vec<(String, Var)>,
     lora: Option<LoraConfig>,
@@ -226,15 +260,38 @@ pub struct Batch {
 }
 
 impl Model {
-    /// Build from HF-named tensors. `seed` initialises LoRA A matrices.
+    /// Build from HF-named tensors, every weight in f32. `seed` initialises LoRA A matrices.
     pub fn from_tensors(
         cfg: ModelConfig,
-        mut weights: HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         mode: &TrainMode,
         seed: u64,
         device: &Device,
     ) -> anyhow::Result<Model> {
+        let weights = weights.into_iter().map(|(k, v)| (k, BaseTensor::Tensor(v))).collect();
+        Model::from_base(cfg, weights, mode, seed, device, HoldSpec::F32)
+    }
+
+    /// Build from HF-named weights, the frozen ones held as `hold` says (tensors are held on
+    /// the way; [`BaseTensor::Held`] ones, from [`hold_weights`], are shared as they are). Full
+    /// training keeps every weight an f32 variable and uses `hold` only for the dtype merged
+    /// outputs are written in.
+    pub fn from_base(
+        cfg: ModelConfig,
+        mut weights: HashMap<String, BaseTensor>,
+        mode: &TrainMode,
+        seed: u64,
+        device: &Device,
+        hold: HoldSpec,
+    ) -> anyhow::Result<Model> {
         cfg.validate()?;
+        if let (TrainMode::Full, Some(q)) = (mode, hold.quant) {
+            bail!(
+                "base_quant = \"{}\" holds a frozen base quantized, but full training has no frozen base: \
+                 use mode = \"lora\" or drop base_quant",
+                q.name()
+            );
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut trainable = Vec::new();
         let full = matches!(mode, TrainMode::Full);
@@ -245,14 +302,14 @@ impl Model {
             }
             _ => None,
         };
-        let mut loader = Loader { weights: &mut weights, full, device };
+        let family = Family::of(&cfg);
+        let mut loader = Loader { weights: &mut weights, full, device, hold };
         let take = |l: &mut Loader, name: &str, shape: &[usize], t: &mut Vec<(String, Var)>| l.take(name, shape, t);
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
         let q_out = cfg.num_attention_heads * hd;
         let kv_out = cfg.num_key_value_heads() * hd;
-        let family = Family::of(&cfg);
-        let embed = take(&mut loader, family.embed(), &[cfg.vocab_size, h], &mut trainable)?;
+        let embed = loader.take_dense(family.embed(), &[cfg.vocab_size, h], &mut trainable)?;
         let linear = |loader: &mut Loader,
                       module: String,
                       short: &str,
@@ -262,7 +319,7 @@ impl Model {
                       trainable: &mut Vec<(String, Var)>,
                       rng: &mut ChaCha8Rng|
          -> anyhow::Result<Linear> {
-            let w = take(loader, &format!("{module}.weight"), &[out, inp], trainable)?;
+            let w = loader.take_linear(&format!("{module}.weight"), &[out, inp], trainable)?;
             let bias = if bias { Some(take(loader, &format!("{module}.bias"), &[out], trainable)?) } else { None };
             let lora = match &lora_cfg {
                 Some(l) if l.targets(short) => {
@@ -347,15 +404,64 @@ impl Model {
             );
         }
         let norm = take(&mut loader, family.final_norm(), &[h], &mut trainable)?;
-        let head = family.lm_head();
-        let lm_head = if cfg.tie_word_embeddings {
-            loader.weights.remove(&format!("{head}.weight"));
-            None
+        let head_name = format!("{}.weight", family.lm_head());
+        let head = if cfg.tie_word_embeddings {
+            loader.weights.remove(&head_name);
+            embed.clone()
         } else {
-            let w = take(&mut loader, &format!("{head}.weight"), &[cfg.vocab_size, h], &mut trainable)?;
-            Some(Linear { name: head.into(), w, bias: None, lora: None })
+            loader.take_dense(&head_name, &[cfg.vocab_size, h], &mut trainable)?
         };
-        Ok(Model { cfg, embed, layers, norm, lm_head, device: device.clone(), trainable, lora: lora_cfg })
+        let head = if full { Head::Trainable(head) } else { Head::Frozen(Arc::new(HeldMatrix::views(&head)?)) };
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm,
+            head,
+            device: device.clone(),
+            hold,
+            checkpoint: false,
+            tape: Default::default(),
+            trainable,
+            lora: lora_cfg,
+        })
+    }
+
+    /// Gradient checkpointing on or off: with it, a training forward keeps only each layer's
+    /// input and [`Model::backward`] recomputes the layers one at a time, so activation memory
+    /// is one layer's instead of every layer's. Gradients must then be taken with
+    /// [`Model::backward`], which is also right without it.
+    pub fn set_grad_checkpointing(&mut self, on: bool) {
+        self.checkpoint = on;
+    }
+
+    /// How the frozen weights are held.
+    pub fn hold_spec(&self) -> HoldSpec {
+        self.hold
+    }
+
+    /// Bytes of the frozen weights as held (embedding, head and layers; norms and biases
+    /// included, adapters not).
+    pub fn frozen_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| if t.is_variable() { 0 } else { t.elem_count() * t.dtype().size_in_bytes() };
+        let mut total = bytes(&self.embed) + bytes(&self.norm);
+        if let (Head::Frozen(m), false) = (&self.head, self.cfg.tie_word_embeddings) {
+            total += m.bytes();
+        }
+        for layer in &self.layers {
+            total += bytes(&layer.input_norm) + bytes(&layer.post_norm);
+            if let Some((q, k)) = &layer.qk_norm {
+                total += bytes(q) + bytes(k);
+            }
+            for l in layer.linears() {
+                total += match &l.w {
+                    Weight::Plain(w) => bytes(w),
+                    Weight::Held(w) => w.bytes(),
+                };
+                total += l.bias.as_ref().map_or(0, bytes);
+            }
+        }
+        total
     }
 
     pub fn device(&self) -> &Device {
@@ -403,7 +509,8 @@ impl Model {
             bail!("token id {bad} is outside the vocabulary ({} tokens)", self.cfg.vocab_size);
         }
         let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        Ok(self.embed.index_select(&ids, 0)?.reshape((shape.0, shape.1, self.cfg.hidden_size))?)
+        let rows = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        Ok(rows.reshape((shape.0, shape.1, self.cfg.hidden_size))?)
     }
 
     /// Differentiable forward to the final norm: hidden states `[b, t, hidden]`.
@@ -423,15 +530,35 @@ impl Model {
         let (cos, sin) = rotary::train_tables(&cos, &sin, self.rotary(), (b, t))?;
         let mask = self.block_causal_mask(segments, b, t)?;
         let mut x = self.embed(input_ids, (b, t))?;
-        for layer in &self.layers {
-            let hn = candle_nn::ops::rms_norm_slow(&x, &layer.input_norm, eps)?;
-            let attn = self.attention_train(layer, &hn, &cos, &sin, &mask, (b, t), pass)?;
-            x = (x + attn)?;
-            let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
-            let mlp = layer.mlp(&hn, pass)?;
-            x = (x + mlp)?;
+        if pass.grad && self.checkpoint {
+            x = self.layers_checkpointed(x, Rope { cos, sin, mask }, (b, t), pass)?;
+        } else {
+            for layer in &self.layers {
+                x = self.layer_train(layer, &x, &cos, &sin, &mask, (b, t), pass)?;
+            }
         }
         Ok(candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?)
+    }
+
+    /// One decoder layer on the differentiable path: attention and MLP, each with its residual.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_train(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        (b, t): (usize, usize),
+        pass: &mut Pass,
+    ) -> anyhow::Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let hn = candle_nn::ops::rms_norm_slow(x, &layer.input_norm, eps)?;
+        let attn = self.attention_train(layer, &hn, cos, sin, mask, (b, t), pass)?;
+        let x = (x + attn)?;
+        let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
+        let mlp = layer.mlp(&hn, pass)?;
+        Ok((x + mlp)?)
     }
 
     /// Additive mask `[b, 1, 1, t, t]`: causal, and no attention across segments.
@@ -493,11 +620,10 @@ impl Model {
     }
 
     fn lm_head(&self, h: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
-        match &self.lm_head {
-            Some(head) => head.forward(h, pass),
-            None if pass.grad && !self.embed.is_variable() => Ok(frozen_linear(h, &self.embed)?),
-            None => Ok(matmul_t(h, &self.embed)?),
-        }
+        Ok(match &self.head {
+            Head::Trainable(w) => matmul_t(h, w)?,
+            Head::Frozen(m) => held_linear(h, m, pass.grad)?,
+        })
     }
 
     /// Mean cross-entropy over the batch's targets (reply tokens only). Logits are computed only
@@ -513,8 +639,8 @@ impl Model {
         let rows = Tensor::from_vec(rows, batch.targets.len(), &self.device)?;
         let labels = Tensor::from_vec(labels, (batch.targets.len(), 1), &self.device)?;
         let h = h.index_select(&rows, 0)?;
-        if let (true, Some(w)) = (pass.grad, self.plain_head_weight()) {
-            return head_loss(&h, w, &labels);
+        if pass.grad {
+            return head_loss(self, &h, &labels);
         }
         let logits = self.lm_head(&h, pass)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
@@ -533,19 +659,29 @@ impl Model {
         Ok(h.index_select(&Tensor::from_vec(rows, batch.targets.len(), &self.device)?, 0)?)
     }
 
-    /// The output projection `[vocab, hidden]` (the embedding when tied). LoRA never targets
-    /// the head, so this is always a plain matrix.
-    pub fn output_projection(&self) -> anyhow::Result<&Tensor> {
-        self.plain_head_weight().context("the output projection has an adapter or a bias")
+    /// Logits `h W^T` of the output projection for `h: [n, hidden]`, outside the autograd graph.
+    /// LoRA never targets the head, so it is always a bare matrix (the embedding when tied).
+    pub fn head_logits(&self, h: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(match &self.head {
+            Head::Trainable(w) => h.detach().matmul(&w.detach().t()?)?,
+            Head::Frozen(m) => m.forward(&h.detach())?,
+        })
     }
 
-    /// The output projection when it is a bare matrix (tied embeddings, or an lm_head without
-    /// adapter or bias), trainable or not.
-    fn plain_head_weight(&self) -> Option<&Tensor> {
-        match &self.lm_head {
-            Some(l) if l.lora.is_none() && l.bias.is_none() => Some(&l.w),
-            Some(_) => None,
-            None => Some(&self.embed),
+    /// `g W` for `g: [n, vocab]`: the gradient of the logits with respect to `h`, given `g`
+    /// with respect to the logits; outside the graph.
+    pub fn head_input_grad(&self, g: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(match &self.head {
+            Head::Trainable(w) => g.matmul(&w.detach())?,
+            Head::Frozen(m) => m.input_grad(g)?,
+        })
+    }
+
+    /// The output projection when it trains (full mode).
+    pub fn trainable_head(&self) -> Option<&Tensor> {
+        match &self.head {
+            Head::Trainable(w) => Some(w),
+            Head::Frozen(_) => None,
         }
     }
 
@@ -624,31 +760,41 @@ impl Model {
         Ok(self.lm_head(&last, &mut pass)?.squeeze(0)?)
     }
 
-    /// All weights in HF names with LoRA folded in: what a merged model folder holds.
+    /// All weights in HF names with LoRA folded in, in f32: what a merged model folder holds.
     pub fn merged_weights(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        self.merged_weights_as(DType::F32)
+    }
+
+    /// [`Model::merged_weights`] in `dtype`, each weight converted as it is merged, so a held
+    /// base is never widened whole.
+    pub fn merged_weights_as(&self, dtype: DType) -> anyhow::Result<HashMap<String, Tensor>> {
         let family = Family::of(&self.cfg);
-        let mut out = HashMap::new();
-        out.insert(family.embed().to_string(), self.embed.detach());
-        out.insert(family.final_norm().to_string(), self.norm.detach());
+        let mut out = MergedOut { map: HashMap::new(), dtype };
+        out.insert(family.embed().to_string(), self.embed.detach())?;
+        out.insert(family.final_norm().to_string(), self.norm.detach())?;
         for (i, layer) in self.layers.iter().enumerate() {
             let p = family.layer(i);
-            out.insert(format!("{p}.input_layernorm.weight"), layer.input_norm.detach());
-            out.insert(format!("{p}.post_attention_layernorm.weight"), layer.post_norm.detach());
+            out.insert(format!("{p}.input_layernorm.weight"), layer.input_norm.detach())?;
+            out.insert(format!("{p}.post_attention_layernorm.weight"), layer.post_norm.detach())?;
             if let Some((qn, kn)) = &layer.qk_norm {
-                out.insert(format!("{p}.self_attn.q_norm.weight"), qn.detach());
-                out.insert(format!("{p}.self_attn.k_norm.weight"), kn.detach());
+                out.insert(format!("{p}.self_attn.q_norm.weight"), qn.detach())?;
+                out.insert(format!("{p}.self_attn.k_norm.weight"), kn.detach())?;
             }
             for l in layer.linears() {
-                out.insert(format!("{}.weight", l.name), l.merged()?);
+                out.insert(format!("{}.weight", l.name), l.merged()?)?;
                 if let Some(b) = &l.bias {
-                    out.insert(format!("{}.bias", l.name), b.detach());
+                    out.insert(format!("{}.bias", l.name), b.detach())?;
                 }
             }
         }
-        if let Some(head) = &self.lm_head {
-            out.insert(format!("{}.weight", head.name), head.merged()?);
+        if !self.cfg.tie_word_embeddings {
+            let w = match &self.head {
+                Head::Trainable(w) => w.detach(),
+                Head::Frozen(m) => m.to_f32()?,
+            };
+            out.insert(format!("{}.weight", family.lm_head()), w)?;
         }
-        Ok(out)
+        Ok(out.map)
     }
 
     /// The LoRA tensors under PEFT key names.
@@ -675,42 +821,16 @@ impl Model {
     }
 }
 
-struct Loader<'a> {
-    weights: &'a mut HashMap<String, Tensor>,
-    full: bool,
-    device: &'a Device,
-}
-
-impl Loader<'_> {
-    /// Remove a weight, check its shape, move it to the device as f32; a Var in full mode.
-    fn take(&mut self, name: &str, shape: &[usize], trainable: &mut Vec<(String, Var)>) -> anyhow::Result<Tensor> {
-        let t = self.weights.remove(name).with_context(|| format!("weight `{name}` is missing"))?;
-        if t.dims() != shape {
-            bail!("weight `{name}` has shape {:?}, the config implies {:?}", t.dims(), shape);
-        }
-        let t = t.to_device(self.device)?.to_dtype(DType::F32)?;
-        if self.full {
-            let var = Var::from_tensor(&t)?;
-            let out = var.as_tensor().clone();
-            trainable.push((name.to_string(), var));
-            Ok(out)
-        } else {
-            Ok(t)
-        }
-    }
-}
-
 /// Mean cross-entropy through the output projection `w` without putting the `[n, vocab]` logits
 /// into the autograd graph. With `G = (softmax(h W^T) - onehot) / n`, the gradients are
 /// `dL/dh = G W` and `dL/dW = G^T h`; both are computed here with the fused kernels and attached
 /// through a linear surrogate whose value is cancelled exactly, so the returned tensor's value is
 /// the loss and its backward gives the true gradients. Saves several vocabulary-sized tensors and
 /// their single-threaded elementwise backward ops per step.
-fn head_loss(h: &Tensor, w: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
+fn head_loss(model: &Model, h: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
     let n = h.dim(0)? as f64;
     let hd = h.detach();
-    let wd = w.detach();
-    let logits = hd.matmul(&wd.t()?)?;
+    let logits = model.head_logits(&hd)?;
     let max = logits.max_keepdim(D::Minus1)?;
     let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
     let picked = logits.gather(labels, 1)?;
@@ -720,8 +840,8 @@ fn head_loss(h: &Tensor, w: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> 
     // Subtract the one-hot targets: scatter -1 at each row's label.
     let minus_one = Tensor::full(-1f32, labels.shape(), g.device())?;
     g = (g.scatter_add(labels, &minus_one, 1)? / n)?;
-    let mut surrogate = (h * g.matmul(&wd)?)?.sum_all()?;
-    if w.is_variable() {
+    let mut surrogate = (h * model.head_input_grad(&g)?)?.sum_all()?;
+    if let Some(w) = model.trainable_head() {
         surrogate = (surrogate + (w * g.t()?.matmul(&hd)?)?.sum_all()?)?;
     }
     Ok(((&surrogate - surrogate.detach())? + value)?)

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::one_per_row;
 use super::chat::{ChatTemplate, EncodedSample};
-use super::hf::{LoadedModel, load_hf_dir};
+use super::held::HoldSpec;
+use super::hf::{LoadedModel, load_hf_dir_held};
 use super::model::{Batch, Model, Pass, TrainMode};
 use super::scalar_head::ScalarHead;
 use super::tokenizer::Tokenizer;
@@ -75,7 +76,13 @@ pub struct RewardModel {
 
 impl RewardModel {
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<RewardModel> {
-        let loaded = load_hf_dir(dir, device, &TrainMode::Frozen, 0)?;
+        Self::load_held(dir, device, HoldSpec::F32)
+    }
+
+    /// [`RewardModel::load`] with the weights held as `hold` says (ppo holds its frozen reward
+    /// model as it holds its base).
+    pub fn load_held(dir: &Path, device: &Device, hold: HoldSpec) -> anyhow::Result<RewardModel> {
+        let loaded = load_hf_dir_held(dir, device, &TrainMode::Frozen, 0, hold)?;
         let head = ScalarHead::load(&dir.join(HEAD_FILE), loaded.model.cfg.hidden_size, device)?;
         let path = dir.join(INFO_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -31,8 +31,7 @@ pub struct PolicyForward {
 
 pub fn policy_forward(model: &Model, batch: &Batch, pass: &mut Pass) -> anyhow::Result<PolicyForward> {
     let hidden = model.target_hidden(batch, pass)?;
-    let w = model.output_projection()?.detach();
-    let logits = hidden.detach().matmul(&w.t()?)?;
+    let logits = model.head_logits(&hidden.detach())?;
     let max = logits.max_keepdim(D::Minus1)?;
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -57,10 +56,8 @@ pub fn logp_surrogate(model: &Model, fwd: &PolicyForward, coef: &[f32]) -> anyho
     let c = Tensor::from_slice(coef, (n, 1), device)?;
     let idx = Tensor::from_vec(stats.labels.clone(), (n, 1), device)?;
     let g = stats.probs.broadcast_mul(&c)?.neg()?.scatter_add(&idx, &c, 1)?;
-    let w = model.output_projection()?;
-    let wd = w.detach();
-    let mut s = (&fwd.hidden * g.matmul(&wd)?)?.sum_all()?;
-    if w.is_variable() {
+    let mut s = (&fwd.hidden * model.head_input_grad(&g)?)?.sum_all()?;
+    if let Some(w) = model.trainable_head() {
         s = (s + (w * g.t()?.matmul(&fwd.hidden.detach())?)?.sum_all()?)?;
     }
     Ok((&s - s.detach())?)
