@@ -99,7 +99,8 @@ pub fn judge(registry: &Registry, args: &JudgeArgs) -> anyhow::Result<ExitCode> 
     let template = crate::runtime::model_dir::TemplateChoice::parse(
         manifest.settings.chat_template.as_deref().unwrap_or_default(),
     )?;
-    let loaded = EvalModel::load(kind, &model.path, &manifest.settings.device, template.as_ref())?;
+    let loaded =
+        EvalModel::load(kind, &model.path, &manifest.settings.device, &manifest.settings.dtype, template.as_ref())?;
     eprintln!("the clone ({}) is answering {} contexts…", model.name, drawn.len());
     let mut trials = Vec::with_capacity(drawn.len());
     for (sample, reply_seed, real) in drawn {

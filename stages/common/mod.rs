@@ -5,6 +5,7 @@ pub mod compute;
 pub mod curves;
 pub mod jsonl;
 pub mod loopback;
+pub mod memory;
 pub mod message;
 pub mod message_table;
 pub mod parallel_scan;

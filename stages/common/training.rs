@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use avatar_engine::StageContext;
 use avatar_runtime::device::select_device;
+use avatar_runtime::held::{BaseQuant, DtypeChoice, HoldSpec};
 use avatar_runtime::lora::LoraConfig;
 use avatar_runtime::optim::{AdamW, AdamWConfig, lr_at};
 
@@ -44,6 +45,17 @@ pub struct Training {
     pub epochs: usize,
     /// Seed for shuffling, LoRA init and dropout; the pipeline seed when unset.
     pub seed: Option<u64>,
+    /// How the frozen base is held ("f32", "bf16", "f16", "auto"); `[pipeline] dtype` when
+    /// unset. In the key only when set, so manifests without it keep their keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DtypeChoice>,
+    /// QLoRA: the frozen linear layers quantized, "q8_0" or "q4_0" (GGML blocks of 32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_quant: Option<BaseQuant>,
+    /// Recompute each layer in backward instead of keeping its activations (long contexts,
+    /// big bases): one more forward per step. In the key only when on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grad_checkpoint: bool,
 }
 
 /// The manifest keys of [`Training`]'s fields.
@@ -58,6 +70,9 @@ pub const TRAINING_KEYS: &[&str] = &[
     "max_seq_len",
     "epochs",
     "seed",
+    "dtype",
+    "base_quant",
+    "grad_checkpoint",
 ];
 
 impl Default for Training {
@@ -74,6 +89,9 @@ impl Default for Training {
             max_seq_len: 256,
             epochs: 1,
             seed: None,
+            dtype: None,
+            base_quant: None,
+            grad_checkpoint: false,
         }
     }
 }
@@ -98,6 +116,11 @@ impl Training {
         }
         if self.max_seq_len < 8 {
             bail!("max_seq_len must be at least 8");
+        }
+        if self.base_quant.is_some() {
+            if !lora {
+                bail!("base_quant holds a frozen base quantized: it needs LoRA training (mode = \"lora\")");
+            }
         }
         Ok(())
     }
@@ -131,6 +154,9 @@ impl Training {
             "max_seq_len" => self.max_seq_len = map.next_value()?,
             "epochs" => self.epochs = map.next_value()?,
             "seed" => self.seed = map.next_value()?,
+            "dtype" => self.dtype = map.next_value()?,
+            "base_quant" => self.base_quant = map.next_value()?,
+            "grad_checkpoint" => self.grad_checkpoint = map.next_value()?,
             other => return Err(de::Error::custom(format_args!("`{other}` is not a shared training param"))),
         }
         Ok(())
@@ -287,18 +313,29 @@ fn field_names<S: DeserializeOwned>() -> &'static [&'static str] {
 }
 
 /// What every training stage's `run` starts with: its params checked, the seed (the stage's
-/// own or the pipeline's) and the device.
+/// own or the pipeline's), the device, and how the frozen base is held there.
 pub struct TrainingSetup {
     pub seed: u64,
     pub device: Device,
+    pub hold: HoldSpec,
+    /// Gradient checkpointing ([`Training::grad_checkpoint`]).
+    pub checkpoint: bool,
 }
 
 impl TrainingSetup {
     pub fn from_ctx<S: OwnParams>(ctx: &StageContext, params: &WithTraining<S>) -> anyhow::Result<Self> {
         params.validate()?;
+        let device = select_device(&ctx.globals.device)?;
+        let dtype = match params.training.dtype {
+            Some(d) => d.name(),
+            None => ctx.globals.dtype.as_str(),
+        };
+        let hold = HoldSpec { dtype: HoldSpec::resolve_dtype(dtype, &device)?, quant: params.training.base_quant };
         Ok(TrainingSetup {
             seed: params.training.seed.unwrap_or(ctx.globals.seed),
-            device: select_device(&ctx.globals.device)?,
+            device,
+            hold,
+            checkpoint: params.training.grad_checkpoint,
         })
     }
 

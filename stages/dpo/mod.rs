@@ -50,8 +50,20 @@ impl Default for DpoOptions {
 
 impl OwnParams for DpoOptions {
     /// Every shared key but weight_decay: the policy's AdamW runs without decay.
-    const SHARED: &'static [&'static str] =
-        &["lora", "lr", "min_lr_ratio", "warmup_steps", "grad_clip", "batch_size", "max_seq_len", "epochs", "seed"];
+    const SHARED: &'static [&'static str] = &[
+        "lora",
+        "lr",
+        "min_lr_ratio",
+        "warmup_steps",
+        "grad_clip",
+        "batch_size",
+        "max_seq_len",
+        "epochs",
+        "seed",
+        "dtype",
+        "base_quant",
+        "grad_checkpoint",
+    ];
 
     fn training_defaults() -> Training {
         pair_training_defaults()
@@ -145,9 +157,13 @@ impl TypedStage for DpoStage {
         let (t, p) = (&params.training, &params.own);
         let setup = TrainingSetup::from_ctx(ctx, params)?;
         let policy_dir = ctx.input("policy")?;
-        let mut base = SharedBase::load(policy_dir, &setup.device)?;
+        // A step runs each pair's chosen and rejected reply.
+        let shape = (2 * t.batch_size, t.max_seq_len);
+        crate::common::memory::check_fits(ctx, policy_dir, &setup, Some(&t.lora), shape, 1)?;
+        let mut base = SharedBase::load_held(policy_dir, &setup.device, setup.hold)?;
         crate::common::template::apply(ctx, policy_dir, &base.tokenizer, &mut base.template)?;
-        let policy = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
+        let mut policy = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
+        policy.set_grad_checkpointing(setup.checkpoint);
         let reference = base.model(&TrainMode::Frozen, setup.seed)?;
         let pad = base.tokenizer.pad_id();
         let max_len = t.max_len(policy.cfg.max_position_embeddings);
@@ -200,7 +216,7 @@ impl TypedStage for DpoStage {
                     bail!("dpo loss became {loss} at step {}; try a lower lr", step + 1);
                 }
                 let coef: Vec<f32> = row_of.iter().map(|&r| row_coef[r]).collect();
-                let grads = logp_surrogate(&policy, &fwd, &coef)?.backward()?;
+                let grads = policy.backward(&logp_surrogate(&policy, &fwd, &coef)?)?;
                 opt.step_from(&grads, t.grad_clip, t.lr_at(step, total))?;
                 step += 1;
                 loss_curve.push((step, loss));

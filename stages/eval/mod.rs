@@ -211,6 +211,7 @@ impl TypedStage for Eval {
             Some(dir) => Some(models::FloatModel::load(
                 dir,
                 &ctx.globals.device,
+                &ctx.globals.dtype,
                 crate::common::template::choice(ctx)?.as_ref(),
             )?),
             None => None,
@@ -232,6 +233,7 @@ impl TypedStage for Eval {
                 name,
                 ctx.input(name)?,
                 &ctx.globals.device,
+                &ctx.globals.dtype,
                 crate::common::template::choice(ctx)?.as_ref(),
             )?;
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();

@@ -6,9 +6,11 @@ use anyhow::Context;
 
 use crate::common::sample::Sample;
 use avatar_runtime::batch::{build_batch, target_count};
+use avatar_runtime::held::HoldSpec;
+use avatar_runtime::hf::load_hf_dir_held;
 use avatar_runtime::model::Pass;
 use avatar_runtime::model_dir::{TemplateChoice, load_template};
-use avatar_runtime::{ChatTemplate, GenerationParams, Generator, LoadedModel, TrainMode, load_hf_dir, select_device};
+use avatar_runtime::{ChatTemplate, GenerationParams, Generator, LoadedModel, TrainMode, select_device};
 
 /// Rows per batched generation call: enough to amortise the per-step overhead of a tiny
 /// model, few enough that padding to the longest prompt stays cheap.
@@ -19,10 +21,17 @@ pub struct FloatModel {
 }
 
 impl FloatModel {
-    /// `template`: the pipeline's chat_template, replacing the folder's own.
-    pub fn load(dir: &Path, device: &str, template: Option<&TemplateChoice>) -> anyhow::Result<FloatModel> {
+    /// `dtype`: the pipeline's, how the weights are held (`"auto"`: bf16 on CUDA, f32 on the
+    /// CPU). `template`: the pipeline's chat_template, replacing the folder's own.
+    pub fn load(
+        dir: &Path,
+        device: &str,
+        dtype: &str,
+        template: Option<&TemplateChoice>,
+    ) -> anyhow::Result<FloatModel> {
         let device = select_device(device)?;
-        let mut loaded = load_hf_dir(dir, &device, &TrainMode::Frozen, 0)
+        let hold = HoldSpec { dtype: HoldSpec::resolve_dtype(dtype, &device)?, quant: None };
+        let mut loaded = load_hf_dir_held(dir, &device, &TrainMode::Frozen, 0, hold)
             .with_context(|| format!("loading model {}", dir.display()))?;
         if let Some(c) = template {
             loaded.template = load_template(dir, &loaded.tokenizer, Some(c))?;
@@ -241,11 +250,17 @@ pub enum EvalModel {
 
 impl EvalModel {
     /// `quantized` inputs go through the GGUF decoder, the rest load as float HF folders.
-    pub fn load(name: &str, path: &Path, device: &str, template: Option<&TemplateChoice>) -> anyhow::Result<EvalModel> {
+    pub fn load(
+        name: &str,
+        path: &Path,
+        device: &str,
+        dtype: &str,
+        template: Option<&TemplateChoice>,
+    ) -> anyhow::Result<EvalModel> {
         Ok(if name == "quantized" {
             EvalModel::Quant(QuantModel::load(path, template)?)
         } else {
-            EvalModel::Float(FloatModel::load(path, device, template)?)
+            EvalModel::Float(FloatModel::load(path, device, dtype, template)?)
         })
     }
 

@@ -85,13 +85,18 @@ impl TypedStage for PpoStage {
         let setup = TrainingSetup::from_ctx(ctx, params)?;
         let (seed, device) = (setup.seed, &setup.device);
         let policy_dir = ctx.input("policy")?;
-        let mut base = SharedBase::load(policy_dir, device)?;
+        // The policy and the critic train (one at a time) over one base.
+        let shape = (p.minibatch_size, p.max_prompt_tokens + p.max_new_tokens);
+        crate::common::memory::check_fits(ctx, policy_dir, &setup, Some(&t.lora), shape, 2)?;
+        let mut base = SharedBase::load_held(policy_dir, device, setup.hold)?;
         crate::common::template::apply(ctx, policy_dir, &base.tokenizer, &mut base.template)?;
-        let policy = base.model(&TrainMode::Lora(t.lora.clone()), seed)?;
+        let mut policy = base.model(&TrainMode::Lora(t.lora.clone()), seed)?;
+        policy.set_grad_checkpointing(setup.checkpoint);
         let reference = base.model(&TrainMode::Frozen, seed)?;
-        let critic = base.model(&TrainMode::Lora(t.lora.clone()), seed ^ 0x00C4_171C)?;
+        let mut critic = base.model(&TrainMode::Lora(t.lora.clone()), seed ^ 0x00C4_171C)?;
+        critic.set_grad_checkpointing(setup.checkpoint);
         let value_head = ScalarHead::zeros(critic.cfg.hidden_size, device)?;
-        let reward = RewardModel::load(ctx.input("reward")?, device)?;
+        let reward = RewardModel::load_held(ctx.input("reward")?, device, setup.hold)?;
         let prompts_path = ctx.input("prompts")?;
         let samples: Vec<Sample> = read_jsonl(prompts_path)?;
         anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());

@@ -71,7 +71,8 @@ impl Default for PpoOptions {
 }
 
 impl OwnParams for PpoOptions {
-    const SHARED: &'static [&'static str] = &["lora", "lr", "grad_clip", "seed"];
+    const SHARED: &'static [&'static str] =
+        &["lora", "lr", "grad_clip", "seed", "dtype", "base_quant", "grad_checkpoint"];
 
     fn training_defaults() -> Training {
         Training { lora: LoraConfig { dropout: 0.0, ..LoraConfig::default() }, lr: 1e-4, ..Training::default() }

@@ -61,7 +61,7 @@ pub fn step(
             coef[t] = (-ratio * adv[t] / n as f64) as f32;
         }
     }
-    opt.policy.step_from(&logp_surrogate(m.policy, &fwd, &coef)?.backward()?, grad_clip, lr.0)?;
+    opt.policy.step_from(&m.policy.backward(&logp_surrogate(m.policy, &fwd, &coef)?)?, grad_clip, lr.0)?;
 
     // Critic: L = 0.5 mean max((v-R)^2, (v_clip-R)^2).
     let values = m.value_head.forward(&m.critic.target_hidden(&batch, &mut Pass { grad: true, rng: None })?)?;
@@ -82,6 +82,6 @@ pub fn step(
             vcoef[t] = ((vn - r) / n as f64) as f32;
         }
     }
-    opt.critic.step_from(&linear_surrogate(&values, &vcoef)?.backward()?, grad_clip, lr.1)?;
+    opt.critic.step_from(&m.critic.backward(&linear_surrogate(&values, &vcoef)?)?, grad_clip, lr.1)?;
     Ok(stats)
 }

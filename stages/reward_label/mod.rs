@@ -250,7 +250,12 @@ fn generate(
     metrics: &mut Metrics,
 ) -> anyhow::Result<Vec<Vec<String>>> {
     let model_dir = ctx.input("model")?;
-    let model = FloatModel::load(model_dir, &ctx.globals.device, crate::common::template::choice(ctx)?.as_ref())?;
+    let model = FloatModel::load(
+        model_dir,
+        &ctx.globals.device,
+        &ctx.globals.dtype,
+        crate::common::template::choice(ctx)?.as_ref(),
+    )?;
     let base = ctx.globals.seed.wrapping_add(p.generation.sampling.seed);
     let bar = ctx.progress.bar((prompts.len() * n) as u64, "candidates");
     let fp = checkpoint::fingerprint(ctx, &RewardLabelStage::INFO, p, ctx.globals.seed)?;

@@ -126,9 +126,13 @@ impl TypedStage for RewardTrainStage {
         let (t, p) = (&params.training, &params.own);
         let setup = TrainingSetup::from_ctx(ctx, params)?;
         let base_dir = ctx.input("base")?;
-        let mut base = SharedBase::load(base_dir, &setup.device)?;
+        // A step scores each pair's two replies.
+        let shape = (2 * t.batch_size, t.max_seq_len);
+        crate::common::memory::check_fits(ctx, base_dir, &setup, Some(&t.lora), shape, 1)?;
+        let mut base = SharedBase::load_held(base_dir, &setup.device, setup.hold)?;
         crate::common::template::apply(ctx, base_dir, &base.tokenizer, &mut base.template)?;
-        let model = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
+        let mut model = base.model(&TrainMode::Lora(t.lora.clone()), setup.seed)?;
+        model.set_grad_checkpointing(setup.checkpoint);
         let head = ScalarHead::new(model.cfg.hidden_size, setup.seed, &setup.device)?;
         let pad = base.tokenizer.pad_id();
         let max_len = t.max_len(model.cfg.max_position_embeddings);
@@ -180,7 +184,7 @@ impl TypedStage for RewardTrainStage {
                 if !loss.is_finite() {
                     bail!("reward loss became {loss} at step {}; try a lower lr", step + 1);
                 }
-                let grads = linear_surrogate(&r, &coef)?.backward()?;
+                let grads = model.backward(&linear_surrogate(&r, &coef)?)?;
                 opt.step_from(&grads, t.grad_clip, t.lr_at(step, total))?;
                 step += 1;
                 loss_curve.push((step, loss));

@@ -20,7 +20,7 @@ use anyhow::Context;
 use crate::common::plot::line_chart;
 use crate::common::training::TrainingSetup;
 use avatar_engine::{InputSpec, Metrics, OutputSpec, StageContext, StageInfo, TypedStage};
-use avatar_runtime::hf::{load_hf_dir, save_hf_dir_with_template, save_model_adapter};
+use avatar_runtime::hf::{load_hf_dir_held, save_hf_dir_with_template, save_model_adapter};
 use avatar_runtime::model::TrainMode;
 
 pub use params::{Mode, SftOptions, SftParams};
@@ -84,13 +84,18 @@ impl TypedStage for SftStage {
 
     fn run(&self, ctx: &StageContext, p: &SftParams) -> anyhow::Result<Metrics> {
         let wall = Instant::now();
-        let TrainingSetup { seed, device } = TrainingSetup::from_ctx(ctx, p)?;
+        let setup = TrainingSetup::from_ctx(ctx, p)?;
         let base = ctx.input("base")?;
         let mode = match p.own.mode {
             Mode::Lora => TrainMode::Lora(p.training.lora.clone()),
             Mode::Full => TrainMode::Full,
         };
-        let mut loaded = load_hf_dir(base, &device, &mode, seed)?;
+        let lora = matches!(p.own.mode, Mode::Lora).then_some(&p.training.lora);
+        let shape = (p.training.batch_size, p.training.max_seq_len);
+        crate::common::memory::check_fits(ctx, base, &setup, lora, shape, 1)?;
+        let TrainingSetup { seed, device, hold, checkpoint } = setup;
+        let mut loaded = load_hf_dir_held(base, &device, &mode, seed, hold)?;
+        loaded.model.set_grad_checkpointing(checkpoint);
         crate::common::template::apply(ctx, base, &loaded.tokenizer, &mut loaded.template)?;
         let (model, tokenizer, template) = (&loaded.model, &loaded.tokenizer, &loaded.template);
         let max_len = p.training.max_len(model.cfg.max_position_embeddings);
@@ -115,12 +120,14 @@ impl TypedStage for SftStage {
         let val = data::encode_file(val_path, tokenizer, template, max_len, Some(p.own.eval_samples.max(1)))?;
         data::require_samples(&val, val_path)?;
         ctx.progress.note(&format!(
-            "{} train / {} val samples ({} skipped), {} trainable parameters on {}",
+            "{} train / {} val samples ({} skipped), {} trainable parameters on {}, frozen base {} ({:.1} MiB)",
             train.samples.len(),
             val.samples.len(),
             train.skipped + val.skipped,
             model.trainable_parameter_count(),
             avatar_runtime::device::device_class(&device),
+            hold.label(),
+            model.frozen_bytes() as f64 / (1 << 20) as f64,
         ));
 
         avatar_engine::fsutil::create_private_dir(ctx.work_dir)

@@ -111,7 +111,7 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
                 ChaCha8Rng::seed_from_u64(job.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 8) ^ k as u64);
             let loss = job.model.loss(&batch, &mut Pass { grad: true, rng: Some(&mut rng) })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            let grads = (loss / p.grad_accum as f64)?.backward()?;
+            let grads = job.model.backward(&(loss / p.grad_accum as f64)?)?;
             acc.add(&vars, &grads)?;
         }
         let train_loss = loss_sum / p.grad_accum as f64;

@@ -7,6 +7,7 @@ mod common;
 mod families;
 mod generation;
 mod gradients;
+mod held;
 mod hf_io;
 mod parity;
 mod resume;

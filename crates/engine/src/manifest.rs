@@ -22,7 +22,9 @@ pub struct PipelineSettings {
     pub seed: u64,
     /// "auto", "cpu" or "cuda".
     pub device: String,
-    /// Compute dtype; the runtime supports "f32" only so far.
+    /// How training stages hold a frozen base: "f32" (default), "bf16", "f16", or "auto" (bf16
+    /// on CUDA, f32 on the CPU). Adapters, optimiser state and the loss stay f32; merged
+    /// outputs are written in it. A stage's own `dtype` param overrides it.
     pub dtype: String,
     /// Store directory, relative to the manifest. Default `.avatar`.
     pub store: String,
@@ -161,8 +163,7 @@ impl Manifest {
                 }
                 let s = settings.unwrap_or_default();
                 check_choice(&map, &spans, "pipeline.device", &s.device, &["auto", "cpu", "cuda"], &mut diags);
-                // The model runtime computes in f32 only, for now; say so instead of ignoring it.
-                check_choice(&map, &spans, "pipeline.dtype", &s.dtype, &["f32"], &mut diags);
+                check_choice(&map, &spans, "pipeline.dtype", &s.dtype, &["f32", "bf16", "f16", "auto"], &mut diags);
                 let mut s = s;
                 if let Some(t) = s.chat_template.clone() {
                     let span = spans.value("pipeline.chat_template");

@@ -48,6 +48,15 @@ fn unknown_pipeline_setting_and_bad_choice() {
     assert!(e[1].starts_with("4:10: `pipeline.device` is `tpu`"), "{e:?}");
     let e = one("[pipeline]\ndevice = \"tpu\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
     assert!(e.starts_with("2:10: `pipeline.device` is `tpu`"), "{e}");
+    let e = one("[pipeline]\ndtype = \"f64\"\n[stages.a]\nkind = \"transform\"\ninputs = { a = \"./input.txt\" }\n");
+    assert!(e.starts_with("2:9: `pipeline.dtype` is `f64`; expected one of f32, bf16, f16, auto"), "{e}");
+    for ok in ["f32", "bf16", "f16", "auto"] {
+        let text = format!(
+            "[pipeline]\ndtype = \"{ok}\"\n[stages.a]\nkind = \"transform\"\ninputs = {{ a = \"./input.txt\" }}\n"
+        );
+        let f = Fixture::new(&text);
+        assert!(Manifest::load(&f.manifest, &f.registry).is_ok(), "dtype = {ok} is accepted");
+    }
 }
 
 #[test]
