@@ -205,6 +205,11 @@ impl HeldMatrix {
         (self.rows, self.cols)
     }
 
+    /// Whether a multiply creates widened copies (anything but f32 rows).
+    fn widens(&self) -> bool {
+        self.tiles.iter().any(|t| !matches!(t, Tile::Dense(d) if d.dtype() == DType::F32))
+    }
+
     /// Bytes the held matrix occupies (views count their rows).
     pub fn bytes(&self) -> usize {
         self.tiles
@@ -319,8 +324,10 @@ impl CustomOp2 for HeldGrad {
 }
 
 /// `x W^T` for `x: [..., cols]` through a held matrix. With `grad`, gradients flow to `x`
-/// through [`HeldGrad`], which keeps no widened tile; without, the plain ops stay
-/// differentiable (an f32 single tile is exactly the matmul it always was).
+/// through [`HeldGrad`], which keeps no widened tile. Without, f32 rows stay differentiable
+/// by candle's own ops (exactly the matmul they always were), while a widening matrix takes a
+/// detached input: otherwise a generation whose activations carry a graph (LoRA variables
+/// are in it) would keep every widened tile of every layer alive until its logits go.
 pub fn held_linear(x: &Tensor, w: &Arc<HeldMatrix>, grad: bool) -> candle_core::Result<Tensor> {
     let dims = x.dims();
     let cols = dims[dims.len() - 1];
@@ -328,6 +335,7 @@ pub fn held_linear(x: &Tensor, w: &Arc<HeldMatrix>, grad: bool) -> candle_core::
     let x2 = x.contiguous()?.reshape((rows, cols))?;
     let y = match grad {
         true => x2.apply_op2(&w.forward(&x2.detach())?.contiguous()?, HeldGrad(w.clone()))?,
+        false if w.widens() => w.forward(&x2.detach())?,
         false => w.forward(&x2)?,
     };
     let mut out = dims[..dims.len() - 1].to_vec();
