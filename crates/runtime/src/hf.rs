@@ -12,7 +12,7 @@ use super::chat::ChatTemplate;
 use super::config::ModelConfig;
 use super::held::HoldSpec;
 use super::lora::LoraConfig;
-use super::model::{BaseTensor, Model, TrainMode, hold_weights};
+use super::model::{BaseTensor, Model, TrainMode, hold_one};
 use super::tokenizer::Tokenizer;
 
 pub use super::model_dir::TOKENIZER_FILES;
@@ -27,6 +27,41 @@ pub struct LoadedModel {
 
 /// Read every weight tensor of a folder, on the CPU, keyed by HF name.
 pub fn read_weights(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for f in weight_files(dir)? {
+        let part =
+            candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// A folder's weights held on `device` as `hold` says, streamed: each tensor is read from the
+/// memory-mapped files and held before the next is read, so loading a 7B bf16 folder for QLoRA
+/// needs RAM for one tensor beyond the held weights (the mapped pages are page cache the kernel
+/// may drop), not for the whole folder. The folder must not change while it loads.
+fn read_held(
+    dir: &Path,
+    cfg: &ModelConfig,
+    hold: HoldSpec,
+    device: &Device,
+) -> anyhow::Result<HashMap<String, BaseTensor>> {
+    let files = weight_files(dir)?;
+    // SAFETY: the files are only read, and the mapping lives until every tensor is copied out.
+    let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .with_context(|| format!("reading the weights of {}", dir.display()))?;
+    let names: Vec<String> = mapped.tensors().into_iter().map(|(name, _)| name).collect();
+    let mut out = HashMap::with_capacity(names.len());
+    for name in names {
+        let t = mapped.load(&name, &Device::Cpu).with_context(|| format!("{}: reading `{name}`", dir.display()))?;
+        let held = hold_one(cfg, &name, t, hold, device)?;
+        out.insert(name, held);
+    }
+    Ok(out)
+}
+
+/// The safetensors files of a folder: model.safetensors, or the shards its index names.
+fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<std::path::PathBuf> = if single.is_file() {
@@ -44,22 +79,15 @@ pub fn read_weights(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     } else {
         bail!("{}: neither model.safetensors nor model.safetensors.index.json", dir.display());
     };
-    let mut out = HashMap::new();
-    for f in files {
-        let part =
-            candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
-        out.extend(part);
-    }
-    Ok(out)
+    Ok(files)
 }
 
-/// What a model folder holds, read from disk: the weights as stored, on the CPU.
+/// What a model folder holds besides its weights, read from disk.
 struct Folder {
     cfg: ModelConfig,
     raw_config: serde_json::Value,
     tokenizer: Tokenizer,
     template: ChatTemplate,
-    weights: HashMap<String, Tensor>,
 }
 
 fn read_folder(dir: &Path) -> anyhow::Result<Folder> {
@@ -77,8 +105,7 @@ fn read_folder(dir: &Path) -> anyhow::Result<Folder> {
             cfg.vocab_size
         );
     }
-    let weights = read_weights(dir)?;
-    Ok(Folder { cfg, raw_config, tokenizer, template, weights })
+    Ok(Folder { cfg, raw_config, tokenizer, template })
 }
 
 /// Load a model folder onto `device`, every weight in f32. `seed` initialises LoRA matrices in
@@ -95,8 +122,10 @@ pub fn load_hf_dir_held(
     seed: u64,
     hold: HoldSpec,
 ) -> anyhow::Result<LoadedModel> {
-    let Folder { cfg, raw_config, tokenizer, template, weights } = read_folder(dir)?;
-    let weights = weights.into_iter().map(|(k, v)| (k, BaseTensor::Tensor(v))).collect();
+    let Folder { cfg, raw_config, tokenizer, template } = read_folder(dir)?;
+    // Full training makes every weight an f32 variable: nothing to hold compactly.
+    let read_as = if matches!(mode, TrainMode::Full) { HoldSpec::F32 } else { hold };
+    let weights = read_held(dir, &cfg, read_as, device)?;
     let model = Model::from_base(cfg, weights, mode, seed, device, hold)
         .with_context(|| format!("loading {}", dir.display()))?;
     Ok(LoadedModel { model, tokenizer, template, raw_config })
@@ -164,9 +193,8 @@ impl SharedBase {
 
     /// [`SharedBase::load`] with the frozen weights held as `hold` says, once for every model.
     pub fn load_held(dir: &Path, device: &Device, hold: HoldSpec) -> anyhow::Result<SharedBase> {
-        let Folder { cfg, raw_config, tokenizer, template, weights } = read_folder(dir)?;
-        let weights =
-            hold_weights(&cfg, weights, hold, device).with_context(|| format!("loading {}", dir.display()))?;
+        let Folder { cfg, raw_config, tokenizer, template } = read_folder(dir)?;
+        let weights = read_held(dir, &cfg, hold, device).with_context(|| format!("loading {}", dir.display()))?;
         Ok(SharedBase { raw_config, tokenizer, template, cfg, weights, device: device.clone(), hold })
     }
 

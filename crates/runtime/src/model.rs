@@ -30,7 +30,7 @@ mod checkpoint;
 mod loading;
 pub use batched::BatchCache;
 use checkpoint::{Rope, Segment};
-pub use loading::{BaseTensor, hold_weights};
+pub use loading::{BaseTensor, hold_one, hold_weights};
 use loading::{Loader, MergedOut};
 
 /// Which weights train.

@@ -45,19 +45,29 @@ pub fn hold_weights(
     spec: HoldSpec,
     device: &Device,
 ) -> anyhow::Result<HashMap<String, BaseTensor>> {
-    let family = Family::of(cfg);
     let mut out = HashMap::with_capacity(weights.len());
     for (name, t) in weights {
-        let held = if is_dense(family, &name) {
-            BaseTensor::Tensor(t.to_device(device)?.to_dtype(spec.dtype)?)
-        } else if t.rank() == 2 && !spec.is_f32() {
-            BaseTensor::Held(Arc::new(HeldMatrix::hold(&name, &t, spec, device)?))
-        } else {
-            BaseTensor::Tensor(t.to_device(device)?.to_dtype(DType::F32)?)
-        };
+        let held = hold_one(cfg, &name, t, spec, device)?;
         out.insert(name, held);
     }
     Ok(out)
+}
+
+/// One weight of a base as [`hold_weights`] holds it.
+pub fn hold_one(
+    cfg: &ModelConfig,
+    name: &str,
+    t: Tensor,
+    spec: HoldSpec,
+    device: &Device,
+) -> anyhow::Result<BaseTensor> {
+    Ok(if is_dense(Family::of(cfg), name) {
+        BaseTensor::Tensor(t.to_device(device)?.to_dtype(spec.dtype)?)
+    } else if t.rank() == 2 && !spec.is_f32() {
+        BaseTensor::Held(Arc::new(HeldMatrix::hold(name, &t, spec, device)?))
+    } else {
+        BaseTensor::Tensor(t.to_device(device)?.to_dtype(DType::F32)?)
+    })
 }
 
 /// The embedding and an untied output head: held in the spec's dense dtype, never quantized,
