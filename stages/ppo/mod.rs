@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod gae;
 pub mod kl_control;
 pub mod params;
+pub mod rate_match;
 pub mod rollout;
 pub mod update;
 
@@ -100,6 +101,7 @@ impl TypedStage for PpoStage {
         let prompts_path = ctx.input("prompts")?;
         let samples: Vec<Sample> = read_jsonl(prompts_path)?;
         anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());
+        let habits = (p.rate_match > 0.0).then(|| rate_match::Habits::of_person(&samples));
         let m = Models {
             base: &base,
             policy: &policy,
@@ -147,7 +149,8 @@ impl TypedStage for PpoStage {
                 batch.push(&samples[order.pop().expect("refilled")]);
             }
             let coef = kl_ctl.coef;
-            let mut exps = rollout::collect(&m, &batch, p, coef, seed.wrapping_add(1_000_003 * it as u64))?;
+            let mut exps =
+                rollout::collect(&m, &batch, p, coef, habits.as_ref(), seed.wrapping_add(1_000_003 * it as u64))?;
             if p.whiten_advantages {
                 let mut all: Vec<f64> = exps.iter().flat_map(|e| e.advantages.iter().copied()).collect();
                 gae::whiten(&mut all);

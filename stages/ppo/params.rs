@@ -44,6 +44,14 @@ pub struct PpoOptions {
     pub max_prompt_tokens: usize,
     pub max_new_tokens: usize,
     pub whiten_advantages: bool,
+    /// Weight of the rate-matching reward ([`super::rate_match`]): pulls the rollout's emoji and
+    /// catchphrase rates toward the person's; 0 disables. In the key only when set.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rate_match: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for PpoOptions {
@@ -66,6 +74,7 @@ impl Default for PpoOptions {
             max_prompt_tokens: 192,
             max_new_tokens: 32,
             whiten_advantages: true,
+            rate_match: 0.0,
         }
     }
 }

@@ -57,6 +57,7 @@ pub fn collect(
     prompts: &[&Sample],
     p: &PpoOptions,
     kl_coef: f64,
+    habits: Option<&super::rate_match::Habits>,
     seed: u64,
 ) -> anyhow::Result<Vec<Experience>> {
     let tok = &m.base.tokenizer;
@@ -110,7 +111,12 @@ pub fn collect(
     let reference = policy_forward(m.reference, &batch, &mut Pass::inference())?;
     let values = m.value_head.forward(&m.critic.target_hidden(&batch, &mut Pass::inference())?)?.to_vec1::<f32>()?;
     let items: Vec<(&Sample, &str)> = prompts.iter().zip(&texts).map(|(s, t)| (*s, t.as_str())).collect();
-    let scores = m.reward.score(&items, p.minibatch_size)?;
+    let mut scores = m.reward.score(&items, p.minibatch_size)?;
+    if let Some(h) = habits {
+        for (s, b) in scores.iter_mut().zip(h.bonuses(&texts, p.rate_match)) {
+            *s += b;
+        }
+    }
 
     let n = seqs.len();
     let logp_old = per_row(&old.stats.logp, &batch, n);
