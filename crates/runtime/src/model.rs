@@ -29,7 +29,7 @@ mod batched;
 mod checkpoint;
 mod loading;
 pub use batched::BatchCache;
-use checkpoint::{Rope, Segment};
+use checkpoint::Segment;
 pub use loading::{BaseTensor, hold_one, hold_weights};
 use loading::{Loader, MergedOut};
 
@@ -243,6 +243,15 @@ pub struct Model {
     /// Trainable tensors by name: HF names in full mode, PEFT names in LoRA mode.
     trainable: Vec<(String, Var)>,
     lora: Option<LoraConfig>,
+}
+
+/// What every layer of one training forward shares: RoPE tables, the attention mask, and the
+/// batch shape `(b, t)`.
+struct Tables {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    shape: (usize, usize),
 }
 
 /// A batch for the loss: `b` rows of `t` tokens, row-major.
@@ -529,32 +538,23 @@ impl Model {
         let (cos, sin) = self.rope_tables(positions)?;
         let (cos, sin) = rotary::train_tables(&cos, &sin, self.rotary(), (b, t))?;
         let mask = self.block_causal_mask(segments, b, t)?;
+        let tables = Tables { cos, sin, mask, shape: (b, t) };
         let mut x = self.embed(input_ids, (b, t))?;
         if pass.grad && self.checkpoint {
-            x = self.layers_checkpointed(x, Rope { cos, sin, mask }, (b, t), pass)?;
+            x = self.layers_checkpointed(x, tables, pass)?;
         } else {
             for layer in &self.layers {
-                x = self.layer_train(layer, &x, &cos, &sin, &mask, (b, t), pass)?;
+                x = self.layer_train(layer, &x, &tables, pass)?;
             }
         }
         Ok(candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?)
     }
 
     /// One decoder layer on the differentiable path: attention and MLP, each with its residual.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_train(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        (b, t): (usize, usize),
-        pass: &mut Pass,
-    ) -> anyhow::Result<Tensor> {
+    fn layer_train(&self, layer: &Layer, x: &Tensor, tables: &Tables, pass: &mut Pass) -> anyhow::Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
         let hn = candle_nn::ops::rms_norm_slow(x, &layer.input_norm, eps)?;
-        let attn = self.attention_train(layer, &hn, cos, sin, mask, (b, t), pass)?;
+        let attn = self.attention_train(layer, &hn, tables, pass)?;
         let x = (x + attn)?;
         let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
         let mlp = layer.mlp(&hn, pass)?;
@@ -577,17 +577,9 @@ impl Model {
         Ok(Tensor::from_vec(m, (b, 1, 1, t, t), &self.device)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn attention_train(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        (b, t): (usize, usize),
-        pass: &mut Pass,
-    ) -> anyhow::Result<Tensor> {
+    fn attention_train(&self, layer: &Layer, x: &Tensor, tables: &Tables, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        let Tables { cos, sin, mask, shape: (b, t) } = tables;
+        let (b, t) = (*b, *t);
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads(), self.cfg.head_dim());
         let rep = nh / nkv;
         let [q, k, v] = layer.qkv(x, pass, nh * hd, nkv * hd)?;

@@ -10,19 +10,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Model, Pass};
-
-/// What every layer of one forward shares.
-pub(super) struct Rope {
-    pub cos: Tensor,
-    pub sin: Tensor,
-    pub mask: Tensor,
-}
+use super::{Model, Pass, Tables};
 
 /// One checkpointed forward pass.
 pub(super) struct Segment {
-    rope: Rope,
-    shape: (usize, usize),
+    tables: Tables,
     /// Each layer's input, detached.
     inputs: Vec<Tensor>,
     /// The dropout generator before each layer, so the recomputation draws the same masks.
@@ -39,8 +31,7 @@ impl Model {
     pub(super) fn layers_checkpointed(
         &self,
         embedded: Tensor,
-        rope: Rope,
-        shape: (usize, usize),
+        tables: Tables,
         pass: &mut Pass,
     ) -> anyhow::Result<Tensor> {
         let mut inputs = Vec::with_capacity(self.layers.len());
@@ -48,13 +39,13 @@ impl Model {
         let mut x = embedded.detach();
         for layer in &self.layers {
             rngs.push(pass.rng.as_deref().cloned());
-            let out = self.layer_train(layer, &x, &rope.cos, &rope.sin, &rope.mask, shape, pass)?;
+            let out = self.layer_train(layer, &x, &tables, pass)?;
             inputs.push(x);
             x = out.detach();
         }
         let leaf = Var::from_tensor(&x)?;
         let out = leaf.as_tensor().clone();
-        let segment = Segment { rope, shape, inputs, rngs, embedded, leaf };
+        let segment = Segment { tables, inputs, rngs, embedded, leaf };
         self.tape.lock().map_err(|_| anyhow::anyhow!("checkpoint tape poisoned"))?.push(segment);
         Ok(out)
     }
@@ -72,15 +63,7 @@ impl Model {
                 let x = Var::from_tensor(&seg.inputs[i])?;
                 let mut rng = seg.rngs[i].clone();
                 let mut pass = Pass { grad: true, rng: rng.as_mut() };
-                let out = self.layer_train(
-                    layer,
-                    x.as_tensor(),
-                    &seg.rope.cos,
-                    &seg.rope.sin,
-                    &seg.rope.mask,
-                    seg.shape,
-                    &mut pass,
-                )?;
+                let out = self.layer_train(layer, x.as_tensor(), &seg.tables, &mut pass)?;
                 let layer_grads = (out * &g)?.sum_all()?.backward()?;
                 self.merge(&mut grads, &layer_grads)?;
                 g = match layer_grads.get(x.as_tensor()) {
