@@ -26,15 +26,6 @@ pub enum BaseQuant {
 }
 
 impl BaseQuant {
-    /// The manifest's `base_quant` value.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "q8_0" => Ok(BaseQuant::Q8_0),
-            "q4_0" => Ok(BaseQuant::Q4_0),
-            other => bail!("base_quant: unknown format `{other}` (expected \"q8_0\" or \"q4_0\")"),
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             BaseQuant::Q8_0 => "q8_0",
@@ -419,8 +410,8 @@ mod tests {
 
     #[test]
     fn manifest_values_parse_and_unknown_ones_are_named() {
-        assert_eq!(BaseQuant::parse("q4_0").unwrap(), BaseQuant::Q4_0);
-        assert!(BaseQuant::parse("nf4").unwrap_err().to_string().contains("nf4"));
+        assert_eq!(serde_json::from_value::<BaseQuant>("q4_0".into()).unwrap(), BaseQuant::Q4_0);
+        assert!(serde_json::from_value::<BaseQuant>("nf4".into()).unwrap_err().to_string().contains("nf4"));
         assert_eq!(HoldSpec::resolve_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
         assert_eq!(HoldSpec::parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(HoldSpec::parse_dtype("f64").unwrap_err().to_string().contains("f64"));

@@ -30,7 +30,7 @@ mod checkpoint;
 mod loading;
 pub use batched::BatchCache;
 use checkpoint::Segment;
-pub use loading::{BaseTensor, hold_one, hold_weights};
+pub use loading::{BaseTensor, hold_one};
 use loading::{Loader, MergedOut};
 
 /// Which weights train.
@@ -282,7 +282,7 @@ impl Model {
     }
 
     /// Build from HF-named weights, the frozen ones held as `hold` says (tensors are held on
-    /// the way; [`BaseTensor::Held`] ones, from [`hold_weights`], are shared as they are). Full
+    /// the way; [`BaseTensor::Held`] ones, from [`hold_one`], are shared as they are). Full
     /// training keeps every weight an f32 variable and uses `hold` only for the dtype merged
     /// outputs are written in.
     pub fn from_base(

@@ -35,25 +35,9 @@ pub enum BaseTensor {
     Held(Arc<HeldMatrix>),
 }
 
-/// Hold a base's weights once for several frozen or LoRA models ([`Model::from_base`] shares
-/// them): linear layers as `spec` says, the embedding and an untied head as tensors in its
-/// dense dtype, norms and biases in f32, all on `device`. Each source tensor is dropped as its
-/// held form is made.
-pub fn hold_weights(
-    cfg: &ModelConfig,
-    weights: HashMap<String, Tensor>,
-    spec: HoldSpec,
-    device: &Device,
-) -> anyhow::Result<HashMap<String, BaseTensor>> {
-    let mut out = HashMap::with_capacity(weights.len());
-    for (name, t) in weights {
-        let held = hold_one(cfg, &name, t, spec, device)?;
-        out.insert(name, held);
-    }
-    Ok(out)
-}
-
-/// One weight of a base as [`hold_weights`] holds it.
+/// One weight of a base held for frozen or LoRA models ([`Model::from_base`] shares it between
+/// them): a linear layer as `spec` says, the embedding and an untied head as a tensor in its
+/// dense dtype, norms and biases in f32, all on `device`.
 pub fn hold_one(
     cfg: &ModelConfig,
     name: &str,
