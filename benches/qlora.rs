@@ -24,8 +24,12 @@ use avatar::runtime::held::{BaseQuant, HeldMatrix, HoldSpec};
 use avatar::runtime::lora::LoraConfig;
 use avatar::runtime::memory_plan::{TrainPlan, estimate};
 use avatar::runtime::model::{BaseTensor, Model, Pass, TrainMode};
-use avatar::runtime::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm};
+use avatar::runtime::optim::{AdamW, AdamWConfig};
 use candle_core::{DType, Device, Tensor};
+
+#[path = "support.rs"]
+mod support;
+use support::proc_status_mb;
 
 struct Shape {
     vocab: usize,
@@ -129,17 +133,6 @@ fn held_weights(s: &Shape, spec: HoldSpec) -> HashMap<String, BaseTensor> {
     out
 }
 
-fn proc_status_mb(key: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 struct Config {
     name: &'static str,
     shape: &'static Shape,
@@ -166,14 +159,13 @@ fn configs() -> Vec<Config> {
     };
     // One step each (a 7B step takes minutes on two cores), checkpointing on.
     let big = |name, s| Config {
-        name,
         shape: &QWEN_7B,
-        spec: s,
         r: 16,
         batch: (1, 256),
         steps: 1,
         warmup: false,
         checkpoint: true,
+        ..small(name, s)
     };
     vec![
         small("0.5b-f32", HoldSpec::F32),
@@ -222,20 +214,14 @@ fn run_one(c: &Config) -> serde_json::Value {
         .collect();
     let rows: Vec<Vec<&EncodedSample>> = samples.iter().map(|s| vec![s]).collect();
     let batch = build_batch(&rows, 0);
-    let vars = model.trainable().to_vec();
-    let mut opt = AdamW::new(vars.clone(), AdamWConfig::default()).unwrap();
+    let mut opt = AdamW::new(model.trainable().to_vec(), AdamWConfig::default()).unwrap();
     let mut last_loss = 0.0;
     let mut step = |k: u64| {
         use rand::SeedableRng;
         let mut drop_rng = rand_chacha::ChaCha8Rng::seed_from_u64(k);
         let loss = model.loss(&batch, &mut Pass { grad: true, rng: Some(&mut drop_rng) }).unwrap();
         last_loss = loss.to_scalar::<f32>().unwrap();
-        let grads = model.backward(&loss).unwrap();
-        let mut acc = GradAccumulator::new(vars.len());
-        acc.add(&vars, &grads).unwrap();
-        let mut g = acc.take(&vars).unwrap();
-        clip_grad_norm(&mut g, 1.0).unwrap();
-        opt.step(&g, 1e-4).unwrap();
+        opt.step_from(&model.backward(&loss).unwrap(), 1.0, 1e-4).unwrap();
     };
     if c.warmup {
         step(0);

@@ -16,19 +16,12 @@ use avatar::runtime::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm
 use candle_core::Device;
 use rand::{Rng, SeedableRng};
 
+#[path = "support.rs"]
+mod support;
+use support::proc_status_mb;
+
 fn peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")
-}
-
-fn proc_status_mb(key: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 fn config(json: serde_json::Value) -> ModelConfig {
