@@ -11,7 +11,8 @@ use avatar::stages::adapter_import::AdapterImportStage;
 use candle_core::{Device, Tensor};
 
 use super::common::run_stage;
-use super::stages::{Fixture, LORA, file_hash};
+use super::fixture::Fixture;
+use super::stages::{LORA, file_hash};
 
 fn import(f: &Fixture, adapter: &Path, base: &Path, out: &str) -> anyhow::Result<()> {
     run_stage(

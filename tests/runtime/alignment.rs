@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor};
 
 use super::common::run_stage;
 use super::common::{corpus, max_abs_diff, seeded_randn, tiny_config, tiny_weights, tokenizer_for_tests};
-use super::stages::Fixture;
+use super::fixture::Fixture;
 
 fn lora(r: usize) -> LoraConfig {
     LoraConfig { r, alpha: 2.0 * r as f64, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false }

@@ -13,7 +13,8 @@ use avatar::runtime::model::{BaseTensor, Model, Pass, TrainMode};
 use candle_core::{DType, Device, Tensor};
 
 use super::common::{corpus, max_abs_diff, name_seed, seeded_randn, tiny_config, tiny_weights, tokenizer_for_tests};
-use super::stages::{Fixture, LORA};
+use super::fixture::Fixture;
+use super::stages::LORA;
 
 fn lora() -> TrainMode {
     TrainMode::Lora(LoraConfig {

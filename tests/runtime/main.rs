@@ -5,6 +5,7 @@ mod adapter_import;
 mod alignment;
 mod common;
 mod families;
+mod fixture;
 mod generation;
 mod gradients;
 mod held;

@@ -9,7 +9,7 @@ use avatar::stages::common::checkpoint::{Interrupt, interrupt};
 
 use super::alignment::write_ranked;
 use super::common::run_stage;
-use super::stages::Fixture;
+use super::fixture::Fixture;
 
 /// Every file under `dir`, relative path → bytes.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
