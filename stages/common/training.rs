@@ -117,10 +117,8 @@ impl Training {
         if self.max_seq_len < 8 {
             bail!("max_seq_len must be at least 8");
         }
-        if self.base_quant.is_some() {
-            if !lora {
-                bail!("base_quant holds a frozen base quantized: it needs LoRA training (mode = \"lora\")");
-            }
+        if self.base_quant.is_some() && !lora {
+            bail!("base_quant holds a frozen base quantized: it needs LoRA training (mode = \"lora\")");
         }
         Ok(())
     }

@@ -25,17 +25,6 @@ pub struct LoadedModel {
     pub raw_config: serde_json::Value,
 }
 
-/// Read every weight tensor of a folder, on the CPU, keyed by HF name.
-pub fn read_weights(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
-    let mut out = HashMap::new();
-    for f in weight_files(dir)? {
-        let part =
-            candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))?;
-        out.extend(part);
-    }
-    Ok(out)
-}
-
 /// A folder's weights held on `device` as `hold` says, streamed: each tensor is read from the
 /// memory-mapped files and held before the next is read, so loading a 7B bf16 folder for QLoRA
 /// needs RAM for one tensor beyond the held weights (the mapped pages are page cache the kernel
