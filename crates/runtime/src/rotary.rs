@@ -62,7 +62,9 @@ pub fn apply_fused(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: Rotary) -> candl
     if rot.dims == hd {
         Ok(rotated)
     } else {
-        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot.dims, hd - rot.dims)?], D::Minus1)
+        // A last-dim cat of a narrowed view comes back strided; the KV cache is concatenated to
+        // it and multiplied, and candle's batched matmul refuses such strides.
+        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot.dims, hd - rot.dims)?], D::Minus1)?.contiguous()
     }
 }
 
