@@ -63,6 +63,7 @@ impl ScratchBaseParams {
             num_attention_heads: self.num_heads,
             num_key_value_heads: Some(self.num_kv_heads),
             head_dim: None,
+            partial_rotary_factor: None,
             max_position_embeddings: self.max_position_embeddings,
             rms_norm_eps: 1e-6,
             rope_theta: self.rope_theta,

@@ -52,6 +52,23 @@ pub fn chatglm_raw_config(vocab: usize) -> serde_json::Value {
     })
 }
 
+/// GLM-4-0414-shaped, as transformers 5 writes a Glm4Config (the RoPE share inside
+/// `rope_parameters`): heads of 16 with hidden 32 and 4 heads, RoPE on the first 8 of each.
+pub fn glm4_raw_config(vocab: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "glm4", "architectures": ["Glm4ForCausalLM"], "vocab_size": vocab, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "attention_bias": true,
+        "tie_word_embeddings": false, "hidden_act": "silu", "eos_token_id": [2, 3], "pad_token_id": 2,
+        "attention_dropout": 0.0, "dtype": "float32",
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    })
+}
+
+pub fn glm4_config(vocab: usize) -> ModelConfig {
+    ModelConfig::from_json(&glm4_raw_config(vocab), "glm4/config.json").unwrap()
+}
+
 pub fn chatglm_config(vocab: usize) -> ModelConfig {
     let named = avatar::runtime::config_chatglm::normalise(&chatglm_raw_config(vocab)).unwrap();
     let cfg: ModelConfig = serde_json::from_value(named).unwrap();
@@ -197,6 +214,72 @@ fn chatglm_logits_match_candle_transformers() {
     assert_cached_path_matches(&ours, &ref_logits);
 }
 
+#[test]
+fn glm4_0414_logits_match_candle_transformers() {
+    let dev = Device::Cpu;
+    let cfg = glm4_config(64);
+    assert_eq!((cfg.rotary_dims(), cfg.qkv_bias(), cfg.o_bias()), (8, true, false));
+    let weights = tiny_weights(&cfg, 18);
+    assert_eq!(weights["model.layers.0.mlp.gate_up_proj.weight"].dims(), &[128, 32]);
+    assert_eq!(weights["model.layers.1.post_mlp_layernorm.weight"].dims(), &[32]);
+    assert!(weights.contains_key("model.layers.0.self_attn.k_proj.bias"));
+    let ours = Model::from_tensors(cfg.clone(), weights.clone(), &TrainMode::Frozen, 0, &dev).unwrap();
+    let ref_cfg: candle_transformers::models::glm4_new::Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "head_dim": 16, "partial_rotary_factor": 0.5, "attention_bias": true,
+        "num_key_value_heads": 2, "max_position_embeddings": 256, "sliding_window": null,
+        "tie_word_embeddings": false, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "eos_token_id": 2
+    }))
+    .unwrap();
+    let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &dev);
+    let mut reference = candle_transformers::models::glm4_new::Model::new(&ref_cfg, vb).unwrap();
+    let input = Tensor::new(&IDS, &dev).unwrap().unsqueeze(0).unwrap();
+    let hidden = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
+    let ref_logits = hidden.matmul(&weights["lm_head.weight"].t().unwrap()).unwrap();
+    let diff = max_abs_diff(&ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits);
+    assert!(diff < 1e-4, "glm4 logits differ by {diff}");
+    let spread = ref_logits.flatten_all().unwrap().var(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(spread > 0.1, "logits should not be degenerate (variance {spread})");
+    assert_cached_path_matches(&ours, &ref_logits);
+
+    // The sandwich norms and the partial rotation matter: without either, other logits.
+    let mut unit = weights.clone();
+    for l in 0..2 {
+        unit.insert(format!("model.layers.{l}.post_mlp_layernorm.weight"), Tensor::ones(32, DType::F32, &dev).unwrap());
+    }
+    let other = Model::from_tensors(cfg.clone(), unit, &TrainMode::Frozen, 0, &dev).unwrap();
+    assert!(max_abs_diff(&other.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits) > 1e-3);
+    let mut full_rope = cfg;
+    full_rope.partial_rotary_factor = Some(1.0);
+    let other = Model::from_tensors(full_rope, weights, &TrainMode::Frozen, 0, &dev).unwrap();
+    assert!(max_abs_diff(&other.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits) > 1e-3);
+}
+
+#[test]
+fn glm4_config_fields_are_read_or_refused() {
+    let raw = glm4_raw_config(64);
+    // transformers 4 wrote the factor at the top level; both forms agree.
+    let mut v4 = raw.clone();
+    v4["partial_rotary_factor"] = 0.5.into();
+    v4["rope_theta"] = 10000.0.into();
+    v4.as_object_mut().unwrap().remove("rope_parameters");
+    assert_eq!(ModelConfig::from_json(&v4, "c.json").unwrap().rotary_dims(), 8);
+    let mut clash = raw.clone();
+    clash["partial_rotary_factor"] = 0.25.into();
+    let e = ModelConfig::from_json(&clash, "c.json").unwrap_err().to_string();
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+    // Only GLM-4 reads the factor: elsewhere a partial rotation is refused, not computed whole.
+    let mut llama = v4.clone();
+    llama["model_type"] = "llama".into();
+    let e = format!("{:#}", ModelConfig::from_json(&llama, "c.json").unwrap_err());
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+    let mut odd = v4;
+    odd["partial_rotary_factor"] = 0.1.into();
+    let e = format!("{:#}", ModelConfig::from_json(&odd, "c.json").unwrap_err());
+    assert!(e.contains("not an even"), "{e}");
+}
+
 fn nonzero(t: &Tensor) -> bool {
     t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0
 }
@@ -221,9 +304,12 @@ fn batch(t: usize) -> avatar::runtime::model::Batch {
 #[test]
 fn every_trainable_tensor_gets_a_gradient_in_each_family() {
     let dev = Device::Cpu;
-    for (family, cfg, modules) in
-        [("qwen3", qwen3_config(64), 7), ("llama3", llama3_config(64), 7), ("chatglm", chatglm_config(64), 4)]
-    {
+    for (family, cfg, modules) in [
+        ("qwen3", qwen3_config(64), 7),
+        ("llama3", llama3_config(64), 7),
+        ("chatglm", chatglm_config(64), 4),
+        ("glm4", glm4_config(64), 6),
+    ] {
         // Full fine-tuning: every weight, the q/k norms included.
         let weights = tiny_weights(&cfg, 13);
         let model = Model::from_tensors(cfg.clone(), weights.clone(), &TrainMode::Full, 0, &dev).unwrap();
@@ -248,9 +334,14 @@ fn every_trainable_tensor_gets_a_gradient_in_each_family() {
 }
 
 #[test]
-fn qwen3_merged_weights_keep_the_norms_and_the_adapter() {
+fn qwen3_and_glm4_merged_weights_keep_the_norms_and_the_adapter() {
+    for cfg in [qwen3_config(64), glm4_config(64)] {
+        merged_weights_keep_every_tensor(cfg);
+    }
+}
+
+fn merged_weights_keep_every_tensor(cfg: ModelConfig) {
     let dev = Device::Cpu;
-    let cfg = qwen3_config(64);
     let weights = tiny_weights(&cfg, 14);
     let model = Model::from_tensors(cfg.clone(), weights.clone(), &TrainMode::Lora(lora_all()), 5, &dev).unwrap();
     let values: HashMap<String, Tensor> =
@@ -261,7 +352,7 @@ fn qwen3_merged_weights_keep_the_norms_and_the_adapter() {
     let mut expected: Vec<&String> = weights.keys().collect();
     names.sort();
     expected.sort();
-    assert_eq!(names, expected, "a merged Qwen3 has exactly the base's tensors");
+    assert_eq!(names, expected, "a merged {} has exactly the base's tensors", cfg.model_type);
     let reloaded = Model::from_tensors(cfg, merged, &TrainMode::Frozen, 0, &dev).unwrap();
     let a = model.forward_logits(&IDS, (1, IDS.len())).unwrap();
     let b = reloaded.forward_logits(&IDS, (1, IDS.len())).unwrap();
@@ -336,4 +427,31 @@ fn glm4_9b_layout_with_rope_ratio_matches_candle_transformers() {
     let diff = max_abs_diff(&ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits);
     assert!(diff < 1e-4, "glm-4-9b-layout logits differ by {diff}");
     assert_cached_path_matches(&ours, &ref_logits);
+}
+
+/// Batched KV-cached decoding (ppo rollouts, eval) on the partial-RoPE families: rows of
+/// different lengths, then decode steps, each row as it computes alone.
+#[test]
+fn batched_decoding_of_partial_rope_families_equals_one_row_at_a_time() {
+    use avatar::runtime::model::BatchCache;
+    let dev = Device::Cpu;
+    for cfg in [chatglm_config(64), glm4_config(64)] {
+        let model = Model::from_tensors(cfg.clone(), tiny_weights(&cfg, 19), &TrainMode::Frozen, 0, &dev).unwrap();
+        let prompts: [&[u32]; 3] = [&IDS[..3], &IDS, &IDS[2..7]];
+        let mut batch = BatchCache::new(&model);
+        let mut caches: Vec<Cache> = prompts.iter().map(|_| Cache::new(&model)).collect();
+        let mut batched = model.forward_cached_batch(&prompts, &mut batch).unwrap();
+        let mut alone: Vec<Tensor> =
+            prompts.iter().zip(&mut caches).map(|(p, c)| model.forward_cached(p, c).unwrap()).collect();
+        for step in 0..3u32 {
+            for (i, a) in alone.iter().enumerate() {
+                let diff = max_abs_diff(&batched.get(i).unwrap(), a);
+                assert!(diff < 1e-4, "{}: row {i} after {step} steps differs by {diff}", cfg.model_type);
+            }
+            let next = [10 + step, 20 + step, 30 + step];
+            let rows: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
+            batched = model.forward_cached_batch(&rows, &mut batch).unwrap();
+            alone = next.iter().zip(&mut caches).map(|(t, c)| model.forward_cached(&[*t], c).unwrap()).collect();
+        }
+    }
 }

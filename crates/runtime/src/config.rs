@@ -1,4 +1,5 @@
-//! The HF `config.json` of a Qwen2/Llama-family decoder.
+//! The HF `config.json` of a Qwen2/Qwen3/Llama, GLM-4-0414 or (mapped by
+//! [`super::config_chatglm`]) ChatGLM decoder.
 
 use std::path::Path;
 
@@ -22,6 +23,9 @@ pub struct ModelConfig {
     pub num_key_value_heads: Option<usize>,
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// The leading share of each head RoPE rotates (GLM-4-0414: 0.5); all of it when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_eps")]
@@ -102,6 +106,16 @@ impl ModelConfig {
             }
             self.rope_theta = theta;
         }
+        // transformers 5 moves a partial rotary factor into the RoPE parameters too.
+        if let Some(f) = obj.get("partial_rotary_factor") {
+            let f = f
+                .as_f64()
+                .ok_or_else(|| anyhow::anyhow!("field `rope_parameters.partial_rotary_factor` must be a number"))?;
+            if self.partial_rotary_factor.is_some_and(|top| top != f) {
+                bail!("fields `partial_rotary_factor` and `rope_parameters.partial_rotary_factor` disagree");
+            }
+            self.partial_rotary_factor = Some(f);
+        }
         let kind = obj.get("rope_type").or_else(|| obj.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
         if kind != "default" {
             if self.rope_scaling.as_ref().is_some_and(|s| !s.is_null() && s != p) {
@@ -113,9 +127,14 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !matches!(self.model_type.as_str(), "qwen2" | "qwen3" | "llama" | "mistral" | "internlm2" | "yi" | "chatglm")
-        {
-            bail!("model_type `{}`: only the Qwen2/Qwen3/Llama and ChatGLM families are supported", self.model_type);
+        if !matches!(
+            self.model_type.as_str(),
+            "qwen2" | "qwen3" | "llama" | "mistral" | "internlm2" | "yi" | "chatglm" | "glm4"
+        ) {
+            bail!(
+                "model_type `{}`: only the Qwen2/Qwen3/Llama, ChatGLM and GLM-4 families are supported",
+                self.model_type
+            );
         }
         if self.hidden_act != "silu" {
             bail!("hidden_act `{}`: only silu (SwiGLU) is supported", self.hidden_act);
@@ -136,6 +155,19 @@ impl ModelConfig {
         if self.model_type == "chatglm" && self.head_dim() % 4 != 0 {
             bail!("kv_channels {} must be a multiple of 4: ChatGLM rotates its first half in pairs", self.head_dim());
         }
+        if let Some(f) = self.partial_rotary_factor {
+            // Only GLM-4 reads it; anywhere else a factor below 1 would be computed as 1.
+            if self.model_type != "glm4" && f != 1.0 {
+                bail!("partial_rotary_factor {f} is only supported for glm4 models");
+            }
+            let dims = self.rotary_dims();
+            if !(f > 0.0 && f <= 1.0) || dims == 0 || dims % 2 != 0 {
+                bail!(
+                    "partial_rotary_factor {f}: RoPE on {dims} of {} head dimensions is not an even, positive count",
+                    self.head_dim()
+                );
+            }
+        }
         self.rope_scaling()?;
         Ok(())
     }
@@ -148,15 +180,27 @@ impl ModelConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// Whether q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama).
-    pub fn qkv_bias(&self) -> bool {
-        self.attention_bias.unwrap_or(self.model_type == "qwen2")
+    /// The leading head dimensions RoPE rotates under `partial_rotary_factor` (all without one;
+    /// ChatGLM's half is [`super::family::Family::rotary`]'s), rounded down as transformers does.
+    pub fn rotary_dims(&self) -> usize {
+        match self.partial_rotary_factor {
+            Some(f) => (self.head_dim() as f64 * f) as usize,
+            None => self.head_dim(),
+        }
     }
 
-    /// Whether o_proj carries a bias (Llama with `attention_bias = true`; never for Qwen2, nor for
-    /// ChatGLM, whose `attention_bias` here is its `add_qkv_bias`).
+    /// Whether q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama and
+    /// GLM-4).
+    pub fn qkv_bias(&self) -> bool {
+        // transformers' Glm4Config defaults attention_bias to true.
+        self.attention_bias.unwrap_or(matches!(self.model_type.as_str(), "qwen2" | "glm4"))
+    }
+
+    /// Whether o_proj carries a bias (Llama with `attention_bias = true`; never for Qwen2 nor
+    /// GLM-4-0414, whose `attention_bias` biases q/k/v only, nor for ChatGLM, whose
+    /// `attention_bias` here is its `add_qkv_bias`).
     pub fn o_bias(&self) -> bool {
-        !matches!(self.model_type.as_str(), "qwen2" | "chatglm") && self.attention_bias.unwrap_or(false)
+        !matches!(self.model_type.as_str(), "qwen2" | "chatglm" | "glm4") && self.attention_bias.unwrap_or(false)
     }
 
     /// The RoPE scaling this config asks for; kinds that are not implemented are refused rather
@@ -191,7 +235,8 @@ impl ModelConfig {
             + if self.o_bias() { h } else { 0 }
             + if self.qk_norm() { 2 * self.head_dim() } else { 0 };
         let mlp = 3 * h * self.intermediate_size;
-        let layer = attn + mlp + 2 * h;
+        let norms = if self.model_type == "glm4" { 4 * h } else { 2 * h };
+        let layer = attn + mlp + norms;
         let emb = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
         emb + self.num_hidden_layers * layer + h
     }
@@ -205,6 +250,7 @@ impl ModelConfig {
             "qwen2" => "Qwen2ForCausalLM",
             "qwen3" => "Qwen3ForCausalLM",
             "chatglm" => "ChatGLMModel",
+            "glm4" => "Glm4ForCausalLM",
             _ => "LlamaForCausalLM",
         };
         obj.insert("architectures".into(), serde_json::json!([arch]));

@@ -18,6 +18,7 @@ pub const READ: &[&str] = &[
     "num_attention_heads",
     "num_key_value_heads",
     "head_dim",
+    "partial_rotary_factor",
     "max_position_embeddings",
     "rms_norm_eps",
     "rope_theta",
@@ -140,7 +141,6 @@ fn harmless_value(field: &str, value: &Value, raw: &Value) -> Option<bool> {
         "prefix_projection" => falsy(value),
         "quantization_bit" => zero(value),
         _ if CHATGLM_HARMLESS.contains(&field) => true,
-        "partial_rotary_factor" => value.as_f64() == Some(1.0),
         // A window is only used when the model turns it on (Qwen2's use_sliding_window) or, for
         // Mistral-style configs, when it is shorter than the context.
         "sliding_window" => {

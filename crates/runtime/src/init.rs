@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,53 +38,54 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f64) -> anyhow::Result<
     let i = cfg.intermediate_size;
     let family = Family::of(cfg);
     out.insert(family.embed().into(), normal((cfg.vocab_size, h), &mut rng)?);
+    let ones = |n: usize| Tensor::ones(n, DType::F32, &dev);
+    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &dev);
+    // Each family's linear modules: (path under the layer, [out, in], has a bias).
+    let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
+    let linears: Vec<(&str, (usize, usize), bool)> = match family {
+        Family::ChatGlm => vec![
+            ("self_attention.query_key_value", (q + 2 * kv, h), qb),
+            ("self_attention.dense", (h, q), false),
+            ("mlp.dense_h_to_4h", (2 * i, h), false),
+            ("mlp.dense_4h_to_h", (h, i), false),
+        ],
+        Family::Standard | Family::Glm4 => {
+            let mut v = vec![
+                ("self_attn.q_proj", (q, h), qb),
+                ("self_attn.k_proj", (kv, h), qb),
+                ("self_attn.v_proj", (kv, h), qb),
+                ("self_attn.o_proj", (h, q), ob),
+            ];
+            if family == Family::Glm4 {
+                v.push(("mlp.gate_up_proj", (2 * i, h), false));
+            } else {
+                v.extend([("mlp.gate_proj", (i, h), false), ("mlp.up_proj", (i, h), false)]);
+            }
+            v.push(("mlp.down_proj", (h, i), false));
+            v
+        }
+    };
     for l in 0..cfg.num_hidden_layers {
         let p = family.layer(l);
-        if family == Family::ChatGlm {
-            let zeros = |n: usize| Tensor::zeros(n, candle_core::DType::F32, &dev);
-            for (name, shape) in [
-                ("self_attention.query_key_value", (q + 2 * kv, h)),
-                ("self_attention.dense", (h, q)),
-                ("mlp.dense_h_to_4h", (2 * i, h)),
-                ("mlp.dense_4h_to_h", (h, i)),
-            ] {
-                out.insert(format!("{p}.{name}.weight"), normal(shape, &mut rng)?);
-            }
-            if cfg.qkv_bias() {
-                out.insert(format!("{p}.self_attention.query_key_value.bias"), zeros(q + 2 * kv)?);
-            }
-            out.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
-            out.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
-            continue;
-        }
-        for (name, shape) in [
-            ("self_attn.q_proj", (q, h)),
-            ("self_attn.k_proj", (kv, h)),
-            ("self_attn.v_proj", (kv, h)),
-            ("self_attn.o_proj", (h, q)),
-            ("mlp.gate_proj", (i, h)),
-            ("mlp.up_proj", (i, h)),
-            ("mlp.down_proj", (h, i)),
-        ] {
+        for &(name, shape, bias) in &linears {
             out.insert(format!("{p}.{name}.weight"), normal(shape, &mut rng)?);
-        }
-        if cfg.qkv_bias() {
-            for (name, n) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
-                out.insert(format!("{p}.self_attn.{name}.bias"), Tensor::zeros(n, candle_core::DType::F32, &dev)?);
+            if bias {
+                out.insert(format!("{p}.{name}.bias"), zeros(shape.0)?);
             }
         }
-        if cfg.o_bias() {
-            out.insert(format!("{p}.self_attn.o_proj.bias"), Tensor::zeros(h, candle_core::DType::F32, &dev)?);
+        out.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
+        out.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
+        if family.sandwich_norms() {
+            out.insert(format!("{p}.post_self_attn_layernorm.weight"), ones(h)?);
+            out.insert(format!("{p}.post_mlp_layernorm.weight"), ones(h)?);
         }
-        out.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
-        out.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(h, candle_core::DType::F32, &dev)?);
         if cfg.qk_norm() {
             for name in ["q_norm", "k_norm"] {
-                out.insert(format!("{p}.self_attn.{name}.weight"), Tensor::ones(hd, candle_core::DType::F32, &dev)?);
+                out.insert(format!("{p}.self_attn.{name}.weight"), ones(hd)?);
             }
         }
     }
-    out.insert(family.final_norm().into(), Tensor::ones(h, candle_core::DType::F32, &dev)?);
+    out.insert(family.final_norm().into(), ones(h)?);
     if !cfg.tie_word_embeddings {
         out.insert(format!("{}.weight", family.lm_head()), normal((cfg.vocab_size, h), &mut rng)?);
     }

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const ALL_LINEAR: [&str; 7] = super::family::STANDARD_LINEAR;
 /// The same for ChatGLM (fused query_key_value and dense_h_to_4h, as PEFT names them).
 pub const CHATGLM_LINEAR: [&str; 4] = super::family::CHATGLM_LINEAR;
+/// GLM-4-0414's fused MLP input (its other modules have Llama's names).
+pub const GLM4_GATE_UP: &str = "gate_up_proj";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,10 +48,11 @@ impl LoraConfig {
             bail!("lora.target_modules is empty");
         }
         for m in &self.target_modules {
-            if m != "all-linear" && !ALL_LINEAR.contains(&m.as_str()) && !CHATGLM_LINEAR.contains(&m.as_str()) {
+            let known = ALL_LINEAR.contains(&m.as_str()) || CHATGLM_LINEAR.contains(&m.as_str()) || m == GLM4_GATE_UP;
+            if m != "all-linear" && !known {
                 bail!(
                     "lora.target_modules: unknown module `{m}` (expected one of {ALL_LINEAR:?}, for ChatGLM \
-                     {CHATGLM_LINEAR:?}, or \"all-linear\")"
+                     {CHATGLM_LINEAR:?}, for GLM-4 also \"{GLM4_GATE_UP}\", or \"all-linear\")"
                 );
             }
         }
@@ -78,7 +81,13 @@ impl LoraConfig {
         if self.target_modules.iter().any(|m| m == "all-linear") {
             return self.resolved_modules_in(&ALL_LINEAR);
         }
-        ALL_LINEAR.iter().chain(&CHATGLM_LINEAR).filter(|m| self.targets(m)).map(|m| m.to_string()).collect()
+        ALL_LINEAR
+            .iter()
+            .chain(&CHATGLM_LINEAR)
+            .chain(&[GLM4_GATE_UP])
+            .filter(|m| self.targets(m))
+            .map(|m| m.to_string())
+            .collect()
     }
 
     /// PEFT's adapter_config.json.

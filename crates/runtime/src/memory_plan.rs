@@ -10,6 +10,7 @@ use anyhow::bail;
 use candle_core::Device;
 
 use super::config::ModelConfig;
+use super::family::Family;
 use super::held::{BaseQuant, HoldSpec};
 use super::lora::LoraConfig;
 
@@ -92,10 +93,12 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
                 ("up_proj", h, i),
                 ("down_proj", i, h),
             ];
-            // ChatGLM's fused modules have the same in + out sums when all are targeted.
+            // Fused modules (ChatGLM's, GLM-4's gate_up_proj) have the same in + out sums when all
+            // their parts are targeted.
+            let family = Family::of(c);
             let per_layer: u64 = modules
                 .iter()
-                .filter(|(name, _, _)| lora.targets(name) || lora.targets(chatglm_name(name)))
+                .filter(|(name, _, _)| lora.targets(family.linear_name(*name)))
                 .map(|&(_, inp, out)| lora.r as u64 * (inp + out))
                 .sum();
             let bytes = (l * linear_per_layer) as f64 * linear_bytes_per_weight(p.hold)
@@ -122,15 +125,6 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
         activations,
         logits: tokens * vocab * 4 * 3,
         overhead: 250 * MIB,
-    }
-}
-
-fn chatglm_name(standard: &str) -> &'static str {
-    match standard {
-        "q_proj" | "k_proj" | "v_proj" => "query_key_value",
-        "o_proj" => "dense",
-        "gate_proj" | "up_proj" => "dense_h_to_4h",
-        _ => "dense_4h_to_h",
     }
 }
 

@@ -1,7 +1,8 @@
-//! The differentiable decoder of the Qwen2/Qwen3/Llama and ChatGLM families (GQA, RoPE with
-//! linear/llama3 scaling, RMSNorm, SwiGLU, optional QKV bias, Qwen3's per-head q/k RMSNorm and
-//! explicit head_dim, ChatGLM's fused projections and half-head interleaved RoPE, tied
-//! embeddings) with each family's HF weight names ([`super::family`]).
+//! The differentiable decoder of the Qwen2/Qwen3/Llama, ChatGLM and GLM-4 families (GQA, RoPE
+//! with linear/llama3 scaling, RMSNorm, SwiGLU, optional QKV bias, Qwen3's per-head q/k RMSNorm
+//! and explicit head_dim, ChatGLM's fused projections and half-head interleaved RoPE, GLM-4's
+//! partial RoPE and sandwich norms, tied embeddings) with each family's HF weight names
+//! ([`super::family`]).
 //!
 //! Two paths share the weights:
 //! - [`Model::loss`] / [`Model::forward_hidden`]: differentiable ops only (`softmax`,
@@ -150,6 +151,9 @@ struct Layer {
     post_norm: Tensor,
     /// Qwen3's RMSNorm weights `[head_dim]` applied to each query and key head before RoPE.
     qk_norm: Option<(Tensor, Tensor)>,
+    /// GLM-4's RMSNorms of the attention and the MLP output, before each residual add
+    /// (`post_self_attn_layernorm`, `post_mlp_layernorm`).
+    out_norms: Option<(Tensor, Tensor)>,
     qkv: Qkv,
     o: Linear,
     gate_up: GateUp,
@@ -211,6 +215,15 @@ impl Layer {
             }
         };
         self.down.forward(&(candle_nn::ops::silu(&g)? * u)?, pass)
+    }
+
+    /// The attention (`which = 0`) or MLP (`1`) output as it joins the residual: normed again
+    /// where the family has sandwich norms. `fused` picks candle's fused RMSNorm kernel, which
+    /// has no gradient (generation only).
+    fn block_out(&self, y: Tensor, which: usize, eps: f32, fused: bool) -> candle_core::Result<Tensor> {
+        let Some((attn, mlp)) = &self.out_norms else { return Ok(y) };
+        let w = if which == 0 { attn } else { mlp };
+        if fused { candle_nn::ops::rms_norm(&y, w, eps) } else { candle_nn::ops::rms_norm_slow(&y, w, eps) }
     }
 }
 
@@ -360,12 +373,19 @@ impl Model {
             } else {
                 None
             };
+            let out_norms = if family.sandwich_norms() {
+                let a = take(&mut loader, &format!("{p}.post_self_attn_layernorm.weight"), &[h], t)?;
+                Some((a, take(&mut loader, &format!("{p}.post_mlp_layernorm.weight"), &[h], t)?))
+            } else {
+                None
+            };
             let l = &mut loader;
             let layer = match family {
                 Family::Standard => Layer {
                     input_norm,
                     post_norm,
                     qk_norm,
+                    out_norms,
                     qkv: Qkv::Split {
                         q: linear(l, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
                         k: linear(l, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
@@ -384,6 +404,7 @@ impl Model {
                         input_norm,
                         post_norm,
                         qk_norm,
+                        out_norms,
                         qkv: Qkv::Fused(linear(l, format!("{attn}.{qkv}"), qkv, q_out + 2 * kv_out, h, qb, t, r)?),
                         o: linear(l, format!("{attn}.dense"), "dense", h, q_out, ob, t, r)?,
                         gate_up: GateUp::Fused(linear(
@@ -399,6 +420,29 @@ impl Model {
                         down: linear(l, format!("{p}.mlp.dense_4h_to_h"), "dense_4h_to_h", h, i_dim, false, t, r)?,
                     }
                 }
+                Family::Glm4 => Layer {
+                    input_norm,
+                    post_norm,
+                    qk_norm,
+                    out_norms,
+                    qkv: Qkv::Split {
+                        q: linear(l, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
+                        k: linear(l, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
+                        v: linear(l, format!("{p}.self_attn.v_proj"), "v_proj", kv_out, h, qb, t, r)?,
+                    },
+                    o: linear(l, format!("{p}.self_attn.o_proj"), "o_proj", h, q_out, ob, t, r)?,
+                    gate_up: GateUp::Fused(linear(
+                        l,
+                        format!("{p}.mlp.gate_up_proj"),
+                        "gate_up_proj",
+                        2 * i_dim,
+                        h,
+                        false,
+                        t,
+                        r,
+                    )?),
+                    down: linear(l, format!("{p}.mlp.down_proj"), "down_proj", h, i_dim, false, t, r)?,
+                },
             };
             layers.push(layer);
         }
@@ -459,8 +503,8 @@ impl Model {
         }
         for layer in &self.layers {
             total += bytes(&layer.input_norm) + bytes(&layer.post_norm);
-            if let Some((q, k)) = &layer.qk_norm {
-                total += bytes(q) + bytes(k);
+            for (a, b) in layer.qk_norm.iter().chain(&layer.out_norms) {
+                total += bytes(a) + bytes(b);
             }
             for l in layer.linears() {
                 total += match &l.w {
@@ -554,10 +598,10 @@ impl Model {
     fn layer_train(&self, layer: &Layer, x: &Tensor, tables: &Tables, pass: &mut Pass) -> anyhow::Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
         let hn = candle_nn::ops::rms_norm_slow(x, &layer.input_norm, eps)?;
-        let attn = self.attention_train(layer, &hn, tables, pass)?;
+        let attn = layer.block_out(self.attention_train(layer, &hn, tables, pass)?, 0, eps, false)?;
         let x = (x + attn)?;
         let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
-        let mlp = layer.mlp(&hn, pass)?;
+        let mlp = layer.block_out(layer.mlp(&hn, pass)?, 1, eps, false)?;
         Ok((x + mlp)?)
     }
 
@@ -742,9 +786,9 @@ impl Model {
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((1, nkv, rep * t, total))?;
             let ctx = probs.matmul(&v)?.reshape((1, nh, t, hd))?.transpose(1, 2)?.reshape((1, t, nh * hd))?;
-            x = (x + layer.o.forward(&ctx, &mut pass)?)?;
+            x = (x + layer.block_out(layer.o.forward(&ctx, &mut pass)?, 0, eps, true)?)?;
             let hn = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            x = (x + layer.mlp(&hn, &mut pass)?)?;
+            x = (x + layer.block_out(layer.mlp(&hn, &mut pass)?, 1, eps, true)?)?;
         }
         cache.len = total;
         let last = x.i((0, t - 1))?.unsqueeze(0)?;
@@ -771,6 +815,10 @@ impl Model {
             if let Some((qn, kn)) = &layer.qk_norm {
                 out.insert(format!("{p}.self_attn.q_norm.weight"), qn.detach())?;
                 out.insert(format!("{p}.self_attn.k_norm.weight"), kn.detach())?;
+            }
+            if let Some((an, mn)) = &layer.out_norms {
+                out.insert(format!("{p}.post_self_attn_layernorm.weight"), an.detach())?;
+                out.insert(format!("{p}.post_mlp_layernorm.weight"), mn.detach())?;
             }
             for l in layer.linears() {
                 out.insert(format!("{}.weight", l.name), l.merged()?)?;

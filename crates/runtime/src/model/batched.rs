@@ -115,9 +115,9 @@ impl Model {
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, nkv, rep * t, total))?;
             let ctx = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            x = (x + layer.o.forward(&ctx, &mut pass)?)?;
+            x = (x + layer.block_out(layer.o.forward(&ctx, &mut pass)?, 0, eps, true)?)?;
             let hn = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            x = (x + layer.mlp(&hn, &mut pass)?)?;
+            x = (x + layer.block_out(layer.mlp(&hn, &mut pass)?, 1, eps, true)?)?;
         }
         cache.len = total;
         let last = x.i((.., t - 1))?.contiguous()?;
