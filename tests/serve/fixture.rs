@@ -92,7 +92,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
         w.insert(format!("{p}.self_attn.q_proj.weight"), rng.tensor(&[qd, h], 0.15));
         w.insert(format!("{p}.self_attn.k_proj.weight"), rng.tensor(&[kvd, h], 0.15));
         w.insert(format!("{p}.self_attn.v_proj.weight"), rng.tensor(&[kvd, h], 0.15));
-        if spec.arch == "qwen2" {
+        if matches!(spec.arch, "qwen2" | "glm4") {
             w.insert(format!("{p}.self_attn.q_proj.bias"), rng.tensor(&[qd], 0.1));
             w.insert(format!("{p}.self_attn.k_proj.bias"), rng.tensor(&[kvd], 0.1));
             w.insert(format!("{p}.self_attn.v_proj.bias"), rng.tensor(&[kvd], 0.1));
@@ -102,8 +102,15 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
             w.insert(format!("{p}.self_attn.k_norm.weight"), (rng.tensor(&[hd], 0.1) + 1.0).unwrap());
         }
         w.insert(format!("{p}.self_attn.o_proj.weight"), rng.tensor(&[h, qd], 0.15));
-        w.insert(format!("{p}.mlp.gate_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
-        w.insert(format!("{p}.mlp.up_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
+        if spec.arch == "glm4" {
+            // GLM-4-0414: gate|up fused, and an RMSNorm on each block's output.
+            w.insert(format!("{p}.mlp.gate_up_proj.weight"), rng.tensor(&[2 * spec.intermediate, h], 0.15));
+            w.insert(format!("{p}.post_self_attn_layernorm.weight"), ones(&mut rng));
+            w.insert(format!("{p}.post_mlp_layernorm.weight"), ones(&mut rng));
+        } else {
+            w.insert(format!("{p}.mlp.gate_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
+            w.insert(format!("{p}.mlp.up_proj.weight"), rng.tensor(&[spec.intermediate, h], 0.15));
+        }
         w.insert(format!("{p}.mlp.down_proj.weight"), rng.tensor(&[h, spec.intermediate], 0.1));
     }
     w.insert("model.norm.weight".into(), (rng.tensor(&[h], 0.1) + 1.0).unwrap());
@@ -116,6 +123,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
     let (model_type, archs) = match spec.arch {
         "llama" => ("llama", "LlamaForCausalLM"),
         "qwen3" => ("qwen3", "Qwen3ForCausalLM"),
+        "glm4" => ("glm4", "Glm4ForCausalLM"),
         _ => ("qwen2", "Qwen2ForCausalLM"),
     };
     let mut config = serde_json::json!({
@@ -131,6 +139,16 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) {
     }
     if let Some(rs) = &spec.rope_scaling {
         config["rope_scaling"] = rs.clone();
+    }
+    if spec.arch == "glm4" {
+        // As transformers 5 writes a Glm4Config: no sliding-window keys, the RoPE share in
+        // rope_parameters.
+        for k in ["sliding_window", "max_window_layers", "use_sliding_window", "rope_theta"] {
+            config.as_object_mut().unwrap().remove(k);
+        }
+        config["attention_bias"] = true.into();
+        config["rope_parameters"] =
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5});
     }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
 }

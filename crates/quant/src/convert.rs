@@ -12,7 +12,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-/// GGUF architecture name, "qwen2", "qwen3", "llama" or "chatglm", from config.json's `model_type` and
+/// GGUF architecture name, "qwen2", "qwen3", "llama", "chatglm" or "glm4", from config.json's `model_type` and
 /// `architectures` (the latter is kept in the raw JSON, not in [`ModelConfig`]).
 pub fn gguf_arch(cfg: &ModelConfig, raw: &serde_json::Value) -> Result<&'static str> {
     let mt = cfg.model_type.as_str();
@@ -23,6 +23,8 @@ pub fn gguf_arch(cfg: &ModelConfig, raw: &serde_json::Value) -> Result<&'static 
     let is = |s: &str| mt == s || architectures.iter().any(|a| a.starts_with(s));
     if mt == "chatglm" {
         Ok("chatglm")
+    } else if mt == "glm4" {
+        Ok("glm4")
     } else if is("qwen3") {
         Ok("qwen3")
     } else if is("qwen2") {
@@ -30,7 +32,7 @@ pub fn gguf_arch(cfg: &ModelConfig, raw: &serde_json::Value) -> Result<&'static 
     } else if is("llama") {
         Ok("llama")
     } else {
-        bail!("model_type `{mt}` is not supported (qwen2, qwen3, llama, chatglm)")
+        bail!("model_type `{mt}` is not supported (qwen2, qwen3, llama, chatglm, glm4)")
     }
 }
 
@@ -184,8 +186,18 @@ pub fn convert_with_template(
         if cfg.o_bias() {
             tensors.push((format!("{b}.attn_output.bias"), vector(get(&format!("{p}.self_attn.o_proj.bias"))?)?));
         }
-        push_matrix(format!("{b}.ffn_gate.weight"), get(&format!("{p}.mlp.gate_proj.weight"))?, &mut tensors)?;
-        push_matrix(format!("{b}.ffn_up.weight"), get(&format!("{p}.mlp.up_proj.weight"))?, &mut tensors)?;
+        if family == Family::Glm4 {
+            // llama.cpp's glm4: the fused gate|up matrix as ffn_up, and the sandwich norms.
+            push_matrix(format!("{b}.ffn_up.weight"), get(&format!("{p}.mlp.gate_up_proj.weight"))?, &mut tensors)?;
+            for (hf, gg) in
+                [("post_self_attn_layernorm", "post_attention_norm"), ("post_mlp_layernorm", "post_ffw_norm")]
+            {
+                tensors.push((format!("{b}.{gg}.weight"), vector(get(&format!("{p}.{hf}.weight"))?)?));
+            }
+        } else {
+            push_matrix(format!("{b}.ffn_gate.weight"), get(&format!("{p}.mlp.gate_proj.weight"))?, &mut tensors)?;
+            push_matrix(format!("{b}.ffn_up.weight"), get(&format!("{p}.mlp.up_proj.weight"))?, &mut tensors)?;
+        }
         push_matrix(format!("{b}.ffn_down.weight"), get(&format!("{p}.mlp.down_proj.weight"))?, &mut tensors)?;
     }
     tensors.push(("output_norm.weight".into(), vector(get(family.final_norm())?)?));

@@ -201,6 +201,10 @@ struct Layer {
     k_norm: Option<Vec<f32>>,
     wo: Weight,
     bo: Option<Vec<f32>>,
+    /// GLM-4's RMSNorms of the attention and FFN outputs before each residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    attn_post_norm: Option<Vec<f32>>,
+    ffn_post_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: Weight,
     up: Weight,
@@ -294,6 +298,8 @@ fn check_shapes(
             ("attn_output.bias", &l.bo, h),
             ("attn_q_norm.weight", &l.q_norm, c.head_dim),
             ("attn_k_norm.weight", &l.k_norm, c.head_dim),
+            ("post_attention_norm.weight", &l.attn_post_norm, h),
+            ("post_ffw_norm.weight", &l.ffn_post_norm, h),
         ] {
             if let Some(b) = b {
                 vector(&n(name), b, len)?;
@@ -316,9 +322,12 @@ impl QModel {
             .to_string();
         let rope_neox = match arch.as_str() {
             "qwen2" | "qwen3" => true,
-            "llama" | "chatglm" => false,
+            "llama" | "chatglm" | "glm4" => false,
             other => {
-                bail!("{}: architecture `{other}` is not supported (qwen2, qwen3, llama, chatglm)", path.display())
+                bail!(
+                    "{}: architecture `{other}` is not supported (qwen2, qwen3, llama, chatglm, glm4)",
+                    path.display()
+                )
             }
         };
         let key = |k: &str| format!("{arch}.{k}");
@@ -425,6 +434,8 @@ impl QModel {
                 k_norm: bias(&mut f, "attn_k_norm.weight")?,
                 wo: Weight::load(&mut f, &n("attn_output.weight"))?,
                 bo: bias(&mut f, "attn_output.bias")?,
+                attn_post_norm: bias(&mut f, "post_attention_norm.weight")?,
+                ffn_post_norm: bias(&mut f, "post_ffw_norm.weight")?,
                 ffn_norm: f.tensor_f32(&n("ffn_norm.weight"))?,
                 gate,
                 up,
@@ -534,6 +545,9 @@ impl QModel {
             self.attention(steps, li, &q, &pos, &owner, &mut attn);
             layer.wo.apply(&Input::new(&attn, qd), &mut proj);
             add_bias(&mut proj, layer.bo.as_deref());
+            if let Some(w) = &layer.attn_post_norm {
+                rms_norm_in_place(&mut proj, w, c.eps);
+            }
             add_into(&mut x, &proj);
 
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut normed);
@@ -547,6 +561,9 @@ impl QModel {
                 gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| kernels::silu_mul(g, u));
             }
             layer.down.apply(&Input::new(&gate, c.intermediate), &mut proj);
+            if let Some(w) = &layer.ffn_post_norm {
+                rms_norm_in_place(&mut proj, w, c.eps);
+            }
             add_into(&mut x, &proj);
         }
         for s in steps.iter_mut() {
