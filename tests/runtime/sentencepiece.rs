@@ -14,7 +14,7 @@ use avatar::runtime::spm::SpmModel;
 /// Lines of chat text: the synthetic history's messages, decorated with emoji (incl. ZWJ and
 /// skin-tone sequences), CJK extension characters, full-width forms, user-defined symbols and
 /// whitespace the normaliser must treat as the library does.
-fn chat_lines(n: usize) -> Vec<String> {
+pub fn chat_lines(n: usize) -> Vec<String> {
     let history = avatar::synth::history::generate(n, 7, 60);
     let decorations = [
         "😂",

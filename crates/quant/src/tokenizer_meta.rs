@@ -58,8 +58,15 @@ impl TokenizerMeta {
                 avatar_runtime::model_dir::load_template(dir, &tk, None)?.source().to_string()
             }
         };
-        let mut meta =
-            if dir.join("tokenizer.json").is_file() { Self::read_hf(dir, cfg)? } else { Self::read_spm(dir, cfg)? };
+        let mut meta = if dir.join("tokenizer.json").is_file() {
+            Self::read_hf(dir, cfg)?
+        } else if let Some(tj) = avatar_runtime::model_dir::tiktoken_json(dir)? {
+            // GLM-4's tiktoken ranks: the byte-level BPE they define, as convert_hf_to_gguf
+            // writes them (`gpt2` tokens and merges).
+            Self::from_tokenizer_json(dir, cfg, &tj, &dir.join("tokenizer.model"))?
+        } else {
+            Self::read_spm(dir, cfg)?
+        };
         meta.chat_template = Some(chat_template);
         Ok(meta)
     }
@@ -115,6 +122,11 @@ impl TokenizerMeta {
         let text = std::fs::read_to_string(&tpath).with_context(|| format!("cannot read {}", tpath.display()))?;
         let tj: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", tpath.display()))?;
+        Self::from_tokenizer_json(dir, cfg, &tj, &tpath)
+    }
+
+    /// A tokenizer.json value (`tpath`: the file it came from, for errors).
+    fn from_tokenizer_json(dir: &Path, cfg: &ModelConfig, tj: &serde_json::Value, tpath: &Path) -> Result<Self> {
         let model = &tj["model"];
         if model["type"].as_str().unwrap_or("BPE") != "BPE" {
             bail!("{}: only BPE tokenizers can be written to GGUF (found `{}`)", tpath.display(), model["type"]);

@@ -49,6 +49,7 @@ pub mod rotary;
 pub mod sampling;
 pub mod scalar_head;
 pub mod spm;
+pub mod tiktoken;
 pub mod token_logprobs;
 pub mod tokenizer;
 

@@ -1,6 +1,6 @@
 //! What a model folder's tokenizer and chat-template files mean, read the same way by every
-//! stage: tokenizer.json, else a SentencePiece tokenizer.model (with ChatGLM's extra specials
-//! and tokenizer_config.json's added tokens); the chat template from the pipeline's
+//! stage: tokenizer.json, else a tokenizer.model: GLM-4's tiktoken ranks or a SentencePiece
+//! model (with ChatGLM's extra specials and tokenizer_config.json's added tokens); the chat template from the pipeline's
 //! `chat_template` setting, else chat_template.jinja (transformers 5), else
 //! tokenizer_config.json, else the family's own format.
 
@@ -64,7 +64,8 @@ fn is_chatglm3(dir: &Path) -> bool {
         .any(|f| std::fs::read_to_string(dir.join(f)).is_ok_and(|t| t.contains("<|user|>")))
 }
 
-/// The folder's tokenizer: tokenizer.json, else tokenizer.model.
+/// The folder's tokenizer: tokenizer.json, else tokenizer.model (GLM-4's tiktoken ranks or a
+/// SentencePiece model).
 pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
@@ -72,7 +73,13 @@ pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
     }
     let model_path = dir.join("tokenizer.model");
     if !model_path.is_file() {
-        bail!("{}: neither tokenizer.json nor a SentencePiece tokenizer.model", dir.display());
+        bail!("{}: neither tokenizer.json nor a tokenizer.model", dir.display());
+    }
+    if let Some(value) = tiktoken_json(dir)? {
+        let inner: tokenizers::Tokenizer = serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("{}: building the BPE tokenizer", model_path.display()))?;
+        return Ok(Tokenizer::from_inner(inner));
     }
     let model = SpmModel::from_file(&model_path)?;
     let mut extra: Vec<(String, u32)> = Vec::new();
@@ -82,8 +89,39 @@ pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
             extra.push((t.to_string(), (model.len() + i) as u32));
         }
     }
-    // tokenizer_config.json's added tokens (transformers writes every special here).
+    for (content, id) in added_tokens(dir)? {
+        if !extra.iter().any(|(c, i)| *c == content && *i == id) {
+            extra.push((content, id));
+        }
+    }
+    let spm = SpmTokenizer::new(model, &extra).with_context(|| format!("{}", model_path.display()))?;
+    Ok(Tokenizer::from_spm(spm))
+}
+
+/// When the folder's tokenizer.model holds tiktoken ranks (GLM-4-9B-Chat), its tokenizer.json
+/// value ([`super::tiktoken`]), with tokenizer_config.json's added tokens as specials.
+pub fn tiktoken_json(dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = dir.join("tokenizer.model");
+    let head = match std::fs::File::open(&path) {
+        Ok(f) => {
+            use std::io::Read;
+            let mut buf = Vec::with_capacity(512);
+            f.take(512).read_to_end(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            buf
+        }
+        Err(_) => return Ok(None),
+    };
+    if !super::tiktoken::looks_like_tiktoken(&head) {
+        return Ok(None);
+    }
+    super::tiktoken::load_json(&path, &added_tokens(dir)?).map(Some)
+}
+
+/// tokenizer_config.json's `added_tokens_decoder` as (text, id) (transformers writes every
+/// special there).
+fn added_tokens(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
     let tc_path = dir.join("tokenizer_config.json");
+    let mut out = Vec::new();
     if let Some(tc) = read_json(&tc_path)? {
         if let Some(added) = tc["added_tokens_decoder"].as_object() {
             for (id, t) in added {
@@ -93,14 +131,11 @@ pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
                 let content = t["content"]
                     .as_str()
                     .with_context(|| format!("{}: added_tokens_decoder.{id} has no `content`", tc_path.display()))?;
-                if !extra.iter().any(|(c, i)| c == content && *i == id) {
-                    extra.push((content.to_string(), id));
-                }
+                out.push((content.to_string(), id));
             }
         }
     }
-    let spm = SpmTokenizer::new(model, &extra).with_context(|| format!("{}", model_path.display()))?;
-    Ok(Tokenizer::from_spm(spm))
+    Ok(out)
 }
 
 /// The built-in format for a folder without a template: ChatGLM's, Atom's for a SentencePiece
