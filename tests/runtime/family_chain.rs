@@ -1,7 +1,8 @@
 //! Every newer family through the seeds' chain as a user runs it, from its own HF folder (the
-//! family's config.json and weight names, a tokenizer.json with a chat template): sft (LoRA) →
-//! reward-train → ppo → dpo → eval → quantize, and the GGUF the serving decoder loads gives
-//! the ppo model's logits.
+//! family's config.json and weight names, a tokenizer.json with a chat template, or for
+//! GLM-4-9B-Chat a tiktoken tokenizer.model): sft (LoRA,
+//! and QLoRA-4 in bf16) → reward-train → ppo → dpo → eval → quantize, and the GGUF the serving
+//! decoder loads gives the ppo model's logits.
 
 use std::path::Path;
 
@@ -28,6 +29,45 @@ fn write_base(dir: &Path, raw: serde_json::Value) {
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
 }
 
+/// GLM-4-9B-Chat's shape: the ChatGLM layout with `rope_ratio`, and a tiktoken tokenizer.model
+/// (the tests' byte-level BPE vocabulary written as ranks) whose specials are listed in
+/// tokenizer_config.json.
+fn write_glm4_chat_base(dir: &Path, vocab: usize) {
+    let mut raw = chatglm_raw_config(vocab);
+    raw["rope_ratio"] = 500.into();
+    write_base(dir, raw);
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let tk = tokenizer_for_tests();
+    let hf = tk.inner().unwrap();
+    let added = hf.get_added_tokens_decoder();
+    let byte_of: std::collections::HashMap<char, u8> =
+        avatar::runtime::tiktoken::byte_chars().iter().enumerate().map(|(b, c)| (*c, b as u8)).collect();
+    use base64::Engine;
+    let mut lines: Vec<(u32, String)> = hf
+        .get_vocab(false)
+        .into_iter()
+        .filter(|(_, id)| !added.contains_key(id))
+        .map(|(text, id)| {
+            let bytes: Vec<u8> = text.chars().map(|c| byte_of[&c]).collect();
+            (id, format!("{} {id}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+        })
+        .collect();
+    lines.sort();
+    let ranks: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+    std::fs::write(dir.join("tokenizer.model"), ranks.join("\n")).unwrap();
+    let decoder: serde_json::Map<String, serde_json::Value> = added
+        .iter()
+        .map(|(id, t)| (id.to_string(), serde_json::json!({"content": t.content, "special": t.special})))
+        .collect();
+    let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "tokenizer_class": "ChatGLM4Tokenizer", "added_tokens_decoder": decoder});
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}
+
+fn raw_is_tiktoken(dir: &Path) -> bool {
+    avatar::runtime::model_dir::tiktoken_json(dir).unwrap().is_some()
+}
+
 fn metric(m: &avatar::engine::Metrics, k: &str) -> f64 {
     m.get(k).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("metric {k} missing: {m:?}"))
 }
@@ -50,10 +90,15 @@ fn each_family_runs_sft_reward_ppo_dpo_eval_and_quantize_from_its_own_folder() {
         ("llama3", with_vocab(llama3_config(vocab).to_json())),
         ("chatglm", with_vocab(chatglm_raw_config(vocab))),
         ("glm4", with_vocab(glm4_raw_config(vocab))),
+        ("glm4-9b-chat", serde_json::Value::Null),
     ];
     for (family, raw) in families {
         let d = |n: &str| p(&format!("{family}/{n}"));
-        write_base(&d("base"), raw);
+        if raw.is_null() {
+            write_glm4_chat_base(&d("base"), vocab);
+        } else {
+            write_base(&d("base"), raw);
+        }
         let sft = run_stage(
             &avatar::stages::sft::SftStage,
             "lr = 3e-3\nmax_steps = 3\nbatch_size = 4\nmax_seq_len = 64\nwarmup_steps = 1\neval_every = 0\ncheckpoint_every = 0",
@@ -63,6 +108,18 @@ fn each_family_runs_sft_reward_ppo_dpo_eval_and_quantize_from_its_own_folder() {
         )
         .unwrap_or_else(|e| panic!("{family} sft: {e:#}"));
         assert!(metric(&sft, "final_val_loss").is_finite(), "{family}");
+        // The same sft with the frozen base held as QLoRA-4 in bf16, with checkpointing.
+        let qlora = run_stage(
+            &avatar::stages::sft::SftStage,
+            "lr = 3e-3\nmax_steps = 3\nbatch_size = 4\nmax_seq_len = 64\nwarmup_steps = 1\neval_every = 0\n\
+             checkpoint_every = 0\ndtype = \"bf16\"\nbase_quant = \"q4_0\"\ngrad_checkpoint = true",
+            &[("base", &d("base")), ("train", &p("train.jsonl")), ("val", &p("val.jsonl"))],
+            &d("sft-qlora"),
+            &d("work-sft-qlora"),
+        )
+        .unwrap_or_else(|e| panic!("{family} QLoRA sft: {e:#}"));
+        let (f32_loss, q_loss) = (metric(&sft, "final_val_loss"), metric(&qlora, "final_val_loss"));
+        assert!((q_loss / f32_loss - 1.0).abs() < 0.05, "{family}: QLoRA val loss {q_loss} vs f32 {f32_loss}");
         let policy = d("sft/model");
         run_stage(
             &avatar::stages::reward_train::RewardTrainStage,
@@ -97,6 +154,9 @@ fn each_family_runs_sft_reward_ppo_dpo_eval_and_quantize_from_its_own_folder() {
         )
         .unwrap_or_else(|e| panic!("{family} quantize: {e:#}"));
         let gguf = d("quantize/gguf/model-q8_0.gguf");
+        if raw_is_tiktoken(&d("base")) {
+            assert!(d("ppo/model/tokenizer.model").is_file() && d("quantize/gguf/tokenizer.model").is_file());
+        }
         let eval = run_stage(
             &avatar::stages::eval::Eval,
             "prompts = 2\nperplexity_samples = 2\nmax_len = 96\nexamples = 0\n[generation]\nmax_tokens = 4\n",
@@ -126,8 +186,8 @@ fn each_family_runs_sft_reward_ppo_dpo_eval_and_quantize_from_its_own_folder() {
         let err = ours.iter().zip(&served).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
         assert!(err < 1e-4, "{family}: served f32 logits differ from the ppo model's by {err}");
         eprintln!(
-            "{family}: sft → reward → ppo → dpo → eval → quantize ok; served f32 logit error {err:.1e}, \
-             q8_0 perplexity {ppl_q:.3} vs ppo {ppl_ppo:.3}"
+            "{family}: sft → reward → ppo → dpo → eval → quantize ok; QLoRA-4 val loss {q_loss:.4} vs f32 \
+             {f32_loss:.4}; served f32 logit error {err:.1e}, q8_0 perplexity {ppl_q:.3} vs ppo {ppl_ppo:.3}"
         );
     }
 }

@@ -73,7 +73,7 @@ pub fn read_ranks(text: &str, origin: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)
 
 /// GPT-2's byte → printable-character map, the alphabet byte-level BPE vocabularies are
 /// written in (printable Latin-1 bytes stand for themselves, the rest shift past U+0100).
-fn byte_chars() -> [char; 256] {
+pub fn byte_chars() -> [char; 256] {
     let mut out = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..=255u8 {
