@@ -161,7 +161,7 @@ impl ModelConfig {
                 bail!("partial_rotary_factor {f} is only supported for glm4 models");
             }
             let dims = self.rotary_dims();
-            if !(f > 0.0 && f <= 1.0) || dims == 0 || dims % 2 != 0 {
+            if !(f > 0.0 && f <= 1.0) || dims == 0 || !dims.is_multiple_of(2) {
                 bail!(
                     "partial_rotary_factor {f}: RoPE on {dims} of {} head dimensions is not an even, positive count",
                     self.head_dim()

@@ -98,7 +98,7 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
             let family = Family::of(c);
             let per_layer: u64 = modules
                 .iter()
-                .filter(|(name, _, _)| lora.targets(family.linear_name(*name)))
+                .filter(|(name, _, _)| lora.targets(family.linear_name(name)))
                 .map(|&(_, inp, out)| lora.r as u64 * (inp + out))
                 .sum();
             let bytes = (l * linear_per_layer) as f64 * linear_bytes_per_weight(p.hold)

@@ -122,18 +122,15 @@ pub fn tiktoken_json(dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
 fn added_tokens(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
     let tc_path = dir.join("tokenizer_config.json");
     let mut out = Vec::new();
-    if let Some(tc) = read_json(&tc_path)? {
-        if let Some(added) = tc["added_tokens_decoder"].as_object() {
-            for (id, t) in added {
-                let id: u32 = id
-                    .parse()
-                    .with_context(|| format!("{}: added_tokens_decoder key `{id}` is not an id", tc_path.display()))?;
-                let content = t["content"]
-                    .as_str()
-                    .with_context(|| format!("{}: added_tokens_decoder.{id} has no `content`", tc_path.display()))?;
-                out.push((content.to_string(), id));
-            }
-        }
+    let Some(tc) = read_json(&tc_path)? else { return Ok(out) };
+    for (id, t) in tc["added_tokens_decoder"].as_object().into_iter().flatten() {
+        let id: u32 = id
+            .parse()
+            .with_context(|| format!("{}: added_tokens_decoder key `{id}` is not an id", tc_path.display()))?;
+        let content = t["content"]
+            .as_str()
+            .with_context(|| format!("{}: added_tokens_decoder.{id} has no `content`", tc_path.display()))?;
+        out.push((content.to_string(), id));
     }
     Ok(out)
 }
