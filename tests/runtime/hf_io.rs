@@ -40,6 +40,31 @@ fn merged_save_loads_back_with_identical_logits() {
     assert_eq!(loaded.tokenizer.vocab_size(), tk.vocab_size());
 }
 
+/// A base with custom code (ChatGLM's auto_map): the merged folder carries the Python files
+/// config.json and tokenizer_config.json name, so transformers' trust_remote_code loads it.
+#[test]
+fn merged_folder_carries_the_remote_code_auto_map_names() {
+    let src = tempfile::tempdir().unwrap();
+    let auto_map = serde_json::json!({"auto_map": {
+        "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+        "AutoModelForCausalLM": "THUDM/chatglm3-6b--modeling_chatglm.ChatGLMForConditionalGeneration"}});
+    std::fs::write(src.path().join("config.json"), auto_map.to_string()).unwrap();
+    let tc = serde_json::json!({"auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", null]}});
+    std::fs::write(src.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+    for f in ["configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py", "unrelated.py"] {
+        std::fs::write(src.path().join(f), format!("# {f}\n")).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let copied = avatar::runtime::model_dir::copy_remote_code(src.path(), out.path()).unwrap();
+    assert_eq!(copied, ["configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py"]);
+    assert!(!out.path().join("unrelated.py").exists());
+    // A module name that escapes the folder is refused, naming it.
+    let bad = serde_json::json!({"auto_map": {"AutoConfig": "../../etc/passwd.X"}});
+    std::fs::write(src.path().join("config.json"), bad.to_string()).unwrap();
+    let e = avatar::runtime::model_dir::copy_remote_code(src.path(), out.path()).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("../../etc/passwd"), "{e}");
+}
+
 #[test]
 fn missing_folder_and_bad_config_are_clear_errors() {
     let dev = Device::Cpu;

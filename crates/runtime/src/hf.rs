@@ -155,6 +155,7 @@ pub fn save_hf_dir_with_template(
     candle_core::safetensors::save(&weights, dir.join("model.safetensors"))
         .with_context(|| format!("writing {}", dir.join("model.safetensors").display()))?;
     super::model_dir::copy_tokenizer_files(tokenizer_dir, dir)?;
+    super::model_dir::copy_remote_code(tokenizer_dir, dir)?;
     if let Some(t) = template {
         let path = dir.join("chat_template.jinja");
         std::fs::write(&path, t.source()).with_context(|| format!("writing {}", path.display()))?;

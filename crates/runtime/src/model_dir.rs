@@ -215,6 +215,47 @@ pub const TOKENIZER_FILES: [&str; 9] = [
     "merges.txt",
 ];
 
+/// The Python files `auto_map` in `from`'s config.json and tokenizer_config.json names (ChatGLM's
+/// modeling_chatglm.py, configuration_chatglm.py, tokenization_chatglm.py): copied into `to` so
+/// transformers' `trust_remote_code=True` loads a merged folder as it loads the base. Returns
+/// the file names copied; a module name that is not a plain Python path is an error naming it.
+pub fn copy_remote_code(from: &Path, to: &Path) -> anyhow::Result<Vec<String>> {
+    let mut files = std::collections::BTreeSet::new();
+    for name in ["config.json", "tokenizer_config.json"] {
+        let Some(json) = read_json(&from.join(name))? else { continue };
+        let Some(map) = json["auto_map"].as_object() else { continue };
+        let refs = map.values().flat_map(|v| match v {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>(),
+            other => other.as_str().into_iter().collect(),
+        });
+        for r in refs {
+            // "module.Class", or "owner/repo--module.Class" when it points into another repo.
+            let local = r.rsplit("--").next().unwrap_or(r);
+            let Some((module, _class)) = local.rsplit_once('.') else {
+                bail!("{}: auto_map entry `{r}` is not `module.Class`", from.join(name).display());
+            };
+            let plain = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !module.split('.').all(plain) {
+                bail!("{}: auto_map module `{module}` is not a Python module path", from.join(name).display());
+            }
+            files.insert(format!("{}.py", module.replace('.', "/")));
+        }
+    }
+    let mut copied = Vec::new();
+    for f in files {
+        let src = from.join(&f);
+        if src.is_file() {
+            let dst = to.join(&f);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+            copied.push(f);
+        }
+    }
+    Ok(copied)
+}
+
 /// Copy the tokenizer files of `from` into `to`; returns the names copied.
 pub fn copy_tokenizer_files(from: &Path, to: &Path) -> anyhow::Result<Vec<&'static str>> {
     let mut copied = Vec::new();
