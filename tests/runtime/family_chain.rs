@@ -62,6 +62,11 @@ fn write_glm4_chat_base(dir: &Path, vocab: usize) {
     let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
         "tokenizer_class": "ChatGLM4Tokenizer", "added_tokens_decoder": decoder});
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let read = avatar::runtime::model_dir::load_tokenizer(dir).unwrap();
+    for (id, t) in &added {
+        assert_eq!(read.token_to_id(&t.content), Some(*id), "special `{}` keeps its id", t.content);
+    }
+    assert_eq!(read.decode(&read.encode("在吗<s>哈哈").unwrap(), false).unwrap(), "在吗<s>哈哈");
 }
 
 fn raw_is_tiktoken(dir: &Path) -> bool {

@@ -2,7 +2,7 @@
 //! is given (ranks trained by the reference script on synthetic chat text), with GLM-4's
 //! pre-tokenizer regex and specials, tokenizes held-out lines id for id like the library and
 //! decodes them back; the folder's chat template renders with the specials at their ids, and
-//! the GGUF metadata carries the same byte-level BPE.
+//! the GGUF metadata carries the same byte-level BPE, which llama.cpp tokenizes as we do.
 
 use std::path::Path;
 use std::process::Command;
@@ -123,6 +123,52 @@ fn glm4_tiktoken_model_tokenizes_like_the_library() {
     let Value::Array(merges) = get("tokenizer.ggml.merges") else { panic!("merges") };
     assert!(merges.len() >= tk.vocab_size() - 256 - 10, "every merged rank has a merge");
     assert!(matches!(get("tokenizer.ggml.eos_token_id"), Value::U32(e) if e == id("<|endoftext|>")));
+
+    // llama.cpp reads that vocabulary back and tokenizes the held-out lines as we do.
+    llama_cpp_tokenizes_like_us(dir, &tk, &held);
+}
+
+/// A tiny GLM-4-9B-shaped (ChatGLM layout) model with this folder's tokenizer, converted to
+/// GGUF; llama.cpp's tokenizer over its metadata gives our ids. Runs wherever llama_cpp is
+/// importable (scripts/install-test-deps installs it).
+fn llama_cpp_tokenizes_like_us(dir: &Path, tk: &avatar::runtime::Tokenizer, lines: &[String]) {
+    let has = Command::new("python3").args(["-c", "import llama_cpp"]).output().is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!("SKIPPED: llama_cpp (pip install llama-cpp-python) is not installed");
+        return;
+    }
+    let mut raw = super::families::chatglm_raw_config(tk.vocab_size());
+    raw["rope_ratio"] = 500.into();
+    std::fs::write(dir.join("config.json"), raw.to_string()).unwrap();
+    let cfg = avatar::runtime::config::ModelConfig::from_json(&raw, "config.json").unwrap();
+    let weights = super::common::tiny_weights(&cfg, 3);
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let gguf = dir.join("model.gguf");
+    avatar::quant::convert(dir, avatar::quant::parse_type("f32").unwrap(), &gguf).unwrap();
+    let lines: Vec<&String> = lines.iter().filter(|l| !l.is_empty()).collect();
+    std::fs::write(dir.join("lines.json"), serde_json::to_string(&lines).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/runtime/llama_cpp_tokenize.py");
+    let out = Command::new("python3").arg(&script).arg(&gguf).arg(dir.join("lines.json")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "llama.cpp could not read our GGUF vocabulary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let differ: Vec<String> = lines
+        .iter()
+        .zip(&theirs)
+        .filter(|(l, t)| tk.encode(l).unwrap() != **t)
+        .map(|(l, t)| format!("{l:?}: ours {:?} llama.cpp {t:?}", tk.encode(l).unwrap()))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {} lines differ:\n{}",
+        differ.len(),
+        lines.len(),
+        differ[..differ.len().min(5)].join("\n")
+    );
+    eprintln!("llama.cpp tokenizes {} held-out lines from our GGUF as we do", lines.len());
 }
 
 #[test]

@@ -95,13 +95,28 @@ fn to_chars(bytes: &[u8], map: &[char; 256]) -> String {
 
 /// A tokenizer.json value for `ranks` (token bytes and their rank, which is the id) split by
 /// `pattern`, with `specials` (text, id) as special added tokens.
-pub fn tokenizer_json(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &[(String, u32)]) -> serde_json::Value {
+pub fn tokenizer_json(
+    ranks: &[(Vec<u8>, u32)],
+    pattern: &str,
+    specials: &[(String, u32)],
+) -> anyhow::Result<serde_json::Value> {
     let map = byte_chars();
     let rank_of: HashMap<&[u8], u32> = ranks.iter().map(|(t, r)| (t.as_slice(), *r)).collect();
     let text_of: HashMap<u32, String> = ranks.iter().map(|(t, r)| (*r, to_chars(t, &map))).collect();
-    let mut vocab = serde_json::Map::with_capacity(ranks.len());
+    let mut vocab = serde_json::Map::with_capacity(ranks.len() + specials.len());
     for (t, rank) in ranks {
         vocab.insert(to_chars(t, &map), (*rank).into());
+    }
+    // The specials join the model's vocabulary at their ids: `tokenizers` gives an added token
+    // the id its model has for it, and would otherwise number them on from the vocabulary's
+    // size, whatever ids the file says.
+    for (content, id) in specials {
+        if text_of.contains_key(id) {
+            bail!("special token `{content}` has id {id}, which is a BPE token's rank");
+        }
+        if let Some(other) = vocab.insert(content.clone(), (*id).into()) {
+            bail!("special token `{content}` (id {id}) is also the BPE token of rank {other}");
+        }
     }
     // (merged rank, left rank, right rank) for every split of a token into two tokens.
     let mut merges: Vec<(u32, u32, u32)> = Vec::new();
@@ -121,7 +136,7 @@ pub fn tokenizer_json(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &[(Stri
                 "rstrip": false, "normalized": false, "special": true})
         })
         .collect();
-    serde_json::json!({
+    Ok(serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
@@ -136,7 +151,7 @@ pub fn tokenizer_json(ranks: &[(Vec<u8>, u32)], pattern: &str, specials: &[(Stri
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
             "vocab": vocab, "merges": merges}
-    })
+    }))
 }
 
 /// The tokenizer.json value of the tiktoken `tokenizer.model` at `path`, with
@@ -146,13 +161,7 @@ pub fn load_json(path: &Path, specials: &[(String, u32)]) -> anyhow::Result<serd
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {origin}"))?;
     let ranks = read_ranks(&text, &origin)?;
-    let taken: std::collections::HashSet<u32> = ranks.iter().map(|(_, r)| *r).collect();
-    for (content, id) in specials {
-        if taken.contains(id) {
-            bail!("{origin}: special token `{content}` has id {id}, which is a BPE token's rank");
-        }
-    }
-    Ok(tokenizer_json(&ranks, GLM4_PATTERN, specials))
+    tokenizer_json(&ranks, GLM4_PATTERN, specials).with_context(|| origin.clone())
 }
 
 #[cfg(test)]
@@ -177,7 +186,7 @@ mod tests {
         assert!(looks_like_tiktoken(text.as_bytes()));
         assert!(!looks_like_tiktoken(b"\x0a\x0b\x12\x05hello"));
         let ranks = read_ranks(&text, "t.model").unwrap();
-        let json = tokenizer_json(&ranks, GLM4_PATTERN, &[("<|user|>".into(), 300)]);
+        let json = tokenizer_json(&ranks, GLM4_PATTERN, &[("<|user|>".into(), 300)]).unwrap();
         let tk: tokenizers::Tokenizer = serde_json::from_value(json).unwrap();
         let ids = |s: &str| tk.encode(s, false).unwrap().get_ids().to_vec();
         // "abc" is a token: taken whole. "abcab": a|b|c|a|b → ab (256) first, then abc (258).
@@ -185,6 +194,11 @@ mod tests {
         assert_eq!(ids("abcab"), vec![258, 256]);
         assert_eq!(ids("<|user|>你"), vec![300, 259]);
         assert_eq!(tk.decode(&ids("abc 你好"), false).unwrap(), "abc 你好");
+        assert_eq!(tk.decode(&[300, 259], false).unwrap(), "<|user|>你");
+        // A special cannot take a rank's id.
+        assert!(
+            tokenizer_json(&ranks, GLM4_PATTERN, &[("<|user|>".into(), 257)]).unwrap_err().to_string().contains("257")
+        );
 
         let e = read_ranks(&format!("{text}\n!!! 400"), "t.model").unwrap_err();
         assert!(format!("{e:#}").contains("t.model:261"), "{e:#}");
