@@ -16,7 +16,7 @@ use avatar::runtime::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm
 use candle_core::Device;
 use rand::{Rng, SeedableRng};
 
-#[path = "support.rs"]
+#[path = "shared/support.rs"]
 mod support;
 use support::proc_status_mb;
 
