@@ -238,4 +238,28 @@ mod tests {
         assert!(err.contains("11.0 GiB the cuda has free"), "{err}");
         assert!(check(&plan(HoldSpec::F32, false), &f32, None, "cpu").is_ok(), "unknown capacity: no refusal");
     }
+
+    /// pipelines/glm4-9b.toml's claim: GLM-4-9B-0414 in QLoRA-4, 1×256, checkpointing, fits the
+    /// seeds' 11 GB card by the planner (whose 7B estimates were within 8 % of measured peaks).
+    #[test]
+    fn glm4_9b_qlora4_is_planned_under_11_gb() {
+        let c: ModelConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "glm4", "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696,
+            "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+            "partial_rotary_factor": 0.5, "attention_bias": true, "tie_word_embeddings": false
+        }))
+        .unwrap();
+        let lora = LoraConfig { r: 16, ..Default::default() };
+        let est = estimate(&TrainPlan {
+            cfg: &c,
+            hold: HoldSpec { dtype: DType::BF16, quant: Some(BaseQuant::Q4_0) },
+            lora: Some(&lora),
+            rows: 1,
+            seq_len: 256,
+            checkpoint: true,
+            adapted_models: 1,
+        });
+        eprintln!("glm4-9b QLoRA-4: {}", est.describe());
+        assert!(est.total() < 10 << 30, "{}", est.describe());
+    }
 }
