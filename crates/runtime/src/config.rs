@@ -226,17 +226,14 @@ impl ModelConfig {
     /// Number of parameters (tied embeddings counted once).
     pub fn parameter_count(&self) -> usize {
         let h = self.hidden_size;
-        let kv = self.num_key_value_heads() * self.head_dim();
-        let q = self.num_attention_heads * self.head_dim();
-        let attn = h * q
-            + 2 * h * kv
-            + q * h
-            + if self.qkv_bias() { q + 2 * kv } else { 0 }
-            + if self.o_bias() { h } else { 0 }
-            + if self.qk_norm() { 2 * self.head_dim() } else { 0 };
-        let mlp = 3 * h * self.intermediate_size;
+        let linears: usize = super::family::Family::of(self)
+            .layer_linears(self)
+            .iter()
+            .map(|s| s.out * s.inp + if s.bias { s.out } else { 0 })
+            .sum();
+        let qk_norms = if self.qk_norm() { 2 * self.head_dim() } else { 0 };
         let norms = if self.model_type == "glm4" { 4 * h } else { 2 * h };
-        let layer = attn + mlp + norms;
+        let layer = linears + qk_norms + norms;
         let emb = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
         emb + self.num_hidden_layers * layer + h
     }

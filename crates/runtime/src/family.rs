@@ -26,6 +26,23 @@ pub const STANDARD_LINEAR: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", 
 pub const CHATGLM_LINEAR: [&str; 4] = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"];
 pub const GLM4_LINEAR: [&str; 6] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"];
 
+/// One linear module of a layer as the HF checkpoint stores it: `{layer}.{path}.weight` of
+/// shape `[out, inp]`, and `{layer}.{path}.bias` when `bias`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearSpec {
+    pub path: &'static str,
+    pub out: usize,
+    pub inp: usize,
+    pub bias: bool,
+}
+
+impl LinearSpec {
+    /// The module's own name, what LoRA `target_modules` name (`q_proj`, `query_key_value`).
+    pub fn name(&self) -> &'static str {
+        self.path.rsplit('.').next().unwrap_or(self.path)
+    }
+}
+
 /// Where RoPE rotates within each head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rotary {
@@ -44,17 +61,50 @@ impl Family {
         }
     }
 
-    /// The name this family gives the Qwen2/Llama linear module `standard` (its fused module
-    /// where it fuses several).
-    pub fn linear_name(self, standard: &'static str) -> &'static str {
-        match (self, standard) {
-            (Family::ChatGlm, "q_proj" | "k_proj" | "v_proj") => "query_key_value",
-            (Family::ChatGlm, "o_proj") => "dense",
-            (Family::ChatGlm, "gate_proj" | "up_proj") => "dense_h_to_4h",
-            (Family::ChatGlm, "down_proj") => "dense_4h_to_h",
-            (Family::Glm4, "gate_proj" | "up_proj") => "gate_up_proj",
-            _ => standard,
+    /// A layer's linear modules in decoder order (q, k, v, o, gate, up, down, each fused group
+    /// as one entry): the one description of a family's layout that loading, random
+    /// initialisation and the memory planner read. The order is also the order LoRA's A
+    /// matrices are drawn in, so it must not change.
+    pub fn layer_linears(self, cfg: &ModelConfig) -> Vec<LinearSpec> {
+        let h = cfg.hidden_size;
+        let q = cfg.num_attention_heads * cfg.head_dim();
+        let kv = cfg.num_key_value_heads() * cfg.head_dim();
+        let i = cfg.intermediate_size;
+        let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
+        let spec = |path, out, inp, bias| LinearSpec { path, out, inp, bias };
+        match self {
+            Family::ChatGlm => vec![
+                spec("self_attention.query_key_value", q + 2 * kv, h, qb),
+                spec("self_attention.dense", h, q, ob),
+                spec("mlp.dense_h_to_4h", 2 * i, h, false),
+                spec("mlp.dense_4h_to_h", h, i, false),
+            ],
+            Family::Standard | Family::Glm4 => {
+                let mut v = vec![
+                    spec("self_attn.q_proj", q, h, qb),
+                    spec("self_attn.k_proj", kv, h, qb),
+                    spec("self_attn.v_proj", kv, h, qb),
+                    spec("self_attn.o_proj", h, q, ob),
+                ];
+                if self == Family::Glm4 {
+                    v.push(spec("mlp.gate_up_proj", 2 * i, h, false));
+                } else {
+                    v.extend([spec("mlp.gate_proj", i, h, false), spec("mlp.up_proj", i, h, false)]);
+                }
+                v.push(spec("mlp.down_proj", h, i, false));
+                v
+            }
         }
+    }
+
+    /// Whether q, k and v are one matrix (ChatGLM's `query_key_value`).
+    pub fn fused_qkv(self) -> bool {
+        self == Family::ChatGlm
+    }
+
+    /// Whether gate and up are one matrix (`dense_h_to_4h`, `gate_up_proj`), gate rows first.
+    pub fn fused_gate_up(self) -> bool {
+        self != Family::Standard
     }
 
     /// Whether each layer norms its attention and MLP outputs before the residual add.
@@ -107,5 +157,40 @@ impl Family {
             // modeling_glm4.py: int(head_dim * partial_rotary_factor) dims, interleaved pairs.
             Family::Glm4 => Rotary { dims: cfg.rotary_dims(), interleaved: true },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(model_type: &str) -> ModelConfig {
+        let json = serde_json::json!({
+            "model_type": model_type, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 128, "partial_rotary_factor": if model_type == "glm4" { 0.5 } else { 1.0 },
+        });
+        serde_json::from_value(json).expect("config")
+    }
+
+    #[test]
+    fn the_layout_names_the_modules_lora_can_target_in_order() {
+        for (model_type, family) in [("qwen2", Family::Standard), ("chatglm", Family::ChatGlm), ("glm4", Family::Glm4)]
+        {
+            let cfg = config(model_type);
+            assert_eq!(Family::of(&cfg), family);
+            let names: Vec<_> = family.layer_linears(&cfg).iter().map(|s| s.name()).collect();
+            assert_eq!(names, family.linear_names(), "{model_type}");
+        }
+    }
+
+    #[test]
+    fn fused_modules_hold_their_parts_rows() {
+        let cfg = config("chatglm");
+        let specs = Family::ChatGlm.layer_linears(&cfg);
+        // q: 4 heads × 8, k and v: 2 heads × 8 each; gate and up: 48 rows each.
+        assert_eq!((specs[0].out, specs[0].inp), (64, 32));
+        assert_eq!((specs[2].out, specs[2].inp), (96, 32));
+        assert_eq!((specs[3].out, specs[3].inp), (32, 48));
     }
 }

@@ -33,44 +33,17 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f64) -> anyhow::Result<
     };
     let h = cfg.hidden_size;
     let hd = cfg.head_dim();
-    let q = cfg.num_attention_heads * hd;
-    let kv = cfg.num_key_value_heads() * hd;
-    let i = cfg.intermediate_size;
     let family = Family::of(cfg);
     out.insert(family.embed().into(), normal((cfg.vocab_size, h), &mut rng)?);
     let ones = |n: usize| Tensor::ones(n, DType::F32, &dev);
     let zeros = |n: usize| Tensor::zeros(n, DType::F32, &dev);
-    // Each family's linear modules: (path under the layer, [out, in], has a bias).
-    let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
-    let linears: Vec<(&str, (usize, usize), bool)> = match family {
-        Family::ChatGlm => vec![
-            ("self_attention.query_key_value", (q + 2 * kv, h), qb),
-            ("self_attention.dense", (h, q), false),
-            ("mlp.dense_h_to_4h", (2 * i, h), false),
-            ("mlp.dense_4h_to_h", (h, i), false),
-        ],
-        Family::Standard | Family::Glm4 => {
-            let mut v = vec![
-                ("self_attn.q_proj", (q, h), qb),
-                ("self_attn.k_proj", (kv, h), qb),
-                ("self_attn.v_proj", (kv, h), qb),
-                ("self_attn.o_proj", (h, q), ob),
-            ];
-            if family == Family::Glm4 {
-                v.push(("mlp.gate_up_proj", (2 * i, h), false));
-            } else {
-                v.extend([("mlp.gate_proj", (i, h), false), ("mlp.up_proj", (i, h), false)]);
-            }
-            v.push(("mlp.down_proj", (h, i), false));
-            v
-        }
-    };
+    let linears = family.layer_linears(cfg);
     for l in 0..cfg.num_hidden_layers {
         let p = family.layer(l);
-        for &(name, shape, bias) in &linears {
-            out.insert(format!("{p}.{name}.weight"), normal(shape, &mut rng)?);
-            if bias {
-                out.insert(format!("{p}.{name}.bias"), zeros(shape.0)?);
+        for s in &linears {
+            out.insert(format!("{p}.{}.weight", s.path), normal((s.out, s.inp), &mut rng)?);
+            if s.bias {
+                out.insert(format!("{p}.{}.bias", s.path), zeros(s.out)?);
             }
         }
         out.insert(format!("{p}.input_layernorm.weight"), ones(h)?);

@@ -80,29 +80,16 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
     let kv = (c.num_key_value_heads() * c.head_dim()) as u64;
     let nh = c.num_attention_heads as u64;
     let vocab = c.vocab_size as u64;
-    let linear_per_layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+    let family = Family::of(c);
+    let linears = family.layer_linears(c);
+    let linear_per_layer: u64 = linears.iter().map(|s| (s.out * s.inp) as u64).sum();
     let embed = vocab * h * if c.tie_word_embeddings { 1 } else { 2 };
     let small = l * (2 * h + q + 2 * kv + h) + h;
     let (weights, trainable) = match p.lora {
         None => (0, c.parameter_count() as u64),
         Some(lora) => {
-            let modules: [(&str, u64, u64); 7] = [
-                ("q_proj", h, q),
-                ("k_proj", h, kv),
-                ("v_proj", h, kv),
-                ("o_proj", q, h),
-                ("gate_proj", h, i),
-                ("up_proj", h, i),
-                ("down_proj", i, h),
-            ];
-            // Fused modules (ChatGLM's, GLM-4's gate_up_proj) have the same in + out sums when all
-            // their parts are targeted.
-            let family = Family::of(c);
-            let per_layer: u64 = modules
-                .iter()
-                .filter(|(name, _, _)| lora.targets(family.linear_name(name)))
-                .map(|&(_, inp, out)| lora.r as u64 * (inp + out))
-                .sum();
+            let per_layer: u64 =
+                linears.iter().filter(|s| lora.targets(s.name())).map(|s| lora.r as u64 * (s.inp + s.out) as u64).sum();
             let bytes = (l * linear_per_layer) as f64 * linear_bytes_per_weight(p.hold)
                 + (embed * p.hold.dtype.size_in_bytes() as u64) as f64
                 + (small * 4) as f64;

@@ -329,8 +329,6 @@ impl Model {
         let take = |l: &mut Loader, name: &str, shape: &[usize], t: &mut Vec<(String, Var)>| l.take(name, shape, t);
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
-        let q_out = cfg.num_attention_heads * hd;
-        let kv_out = cfg.num_key_value_heads() * hd;
         let embed = loader.take_dense(family.embed(), &[cfg.vocab_size, h], &mut trainable)?;
         let linear = |loader: &mut Loader,
                       module: String,
@@ -361,8 +359,6 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = family.layer(i);
-            let (qb, ob) = (cfg.qkv_bias(), cfg.o_bias());
-            let i_dim = cfg.intermediate_size;
             let t = &mut trainable;
             let r = &mut rng;
             let input_norm = take(&mut loader, &format!("{p}.input_layernorm.weight"), &[h], t)?;
@@ -380,70 +376,22 @@ impl Model {
                 None
             };
             let l = &mut loader;
-            let layer = match family {
-                Family::Standard => Layer {
-                    input_norm,
-                    post_norm,
-                    qk_norm,
-                    out_norms,
-                    qkv: Qkv::Split {
-                        q: linear(l, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
-                        k: linear(l, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
-                        v: linear(l, format!("{p}.self_attn.v_proj"), "v_proj", kv_out, h, qb, t, r)?,
-                    },
-                    o: linear(l, format!("{p}.self_attn.o_proj"), "o_proj", h, q_out, ob, t, r)?,
-                    gate_up: GateUp::Split {
-                        gate: linear(l, format!("{p}.mlp.gate_proj"), "gate_proj", i_dim, h, false, t, r)?,
-                        up: linear(l, format!("{p}.mlp.up_proj"), "up_proj", i_dim, h, false, t, r)?,
-                    },
-                    down: linear(l, format!("{p}.mlp.down_proj"), "down_proj", h, i_dim, false, t, r)?,
-                },
-                Family::ChatGlm => {
-                    let (qkv, attn) = ("query_key_value", format!("{p}.self_attention"));
-                    Layer {
-                        input_norm,
-                        post_norm,
-                        qk_norm,
-                        out_norms,
-                        qkv: Qkv::Fused(linear(l, format!("{attn}.{qkv}"), qkv, q_out + 2 * kv_out, h, qb, t, r)?),
-                        o: linear(l, format!("{attn}.dense"), "dense", h, q_out, ob, t, r)?,
-                        gate_up: GateUp::Fused(linear(
-                            l,
-                            format!("{p}.mlp.dense_h_to_4h"),
-                            "dense_h_to_4h",
-                            2 * i_dim,
-                            h,
-                            false,
-                            t,
-                            r,
-                        )?),
-                        down: linear(l, format!("{p}.mlp.dense_4h_to_h"), "dense_4h_to_h", h, i_dim, false, t, r)?,
-                    }
-                }
-                Family::Glm4 => Layer {
-                    input_norm,
-                    post_norm,
-                    qk_norm,
-                    out_norms,
-                    qkv: Qkv::Split {
-                        q: linear(l, format!("{p}.self_attn.q_proj"), "q_proj", q_out, h, qb, t, r)?,
-                        k: linear(l, format!("{p}.self_attn.k_proj"), "k_proj", kv_out, h, qb, t, r)?,
-                        v: linear(l, format!("{p}.self_attn.v_proj"), "v_proj", kv_out, h, qb, t, r)?,
-                    },
-                    o: linear(l, format!("{p}.self_attn.o_proj"), "o_proj", h, q_out, ob, t, r)?,
-                    gate_up: GateUp::Fused(linear(
-                        l,
-                        format!("{p}.mlp.gate_up_proj"),
-                        "gate_up_proj",
-                        2 * i_dim,
-                        h,
-                        false,
-                        t,
-                        r,
-                    )?),
-                    down: linear(l, format!("{p}.mlp.down_proj"), "down_proj", h, i_dim, false, t, r)?,
-                },
+            let mut specs = family.layer_linears(&cfg).into_iter();
+            let mut next = || -> anyhow::Result<Linear> {
+                let s = specs.next().expect("layer_linears lists every module the layer needs");
+                linear(l, format!("{p}.{}", s.path), s.name(), s.out, s.inp, s.bias, t, r)
             };
+            let qkv = match family.fused_qkv() {
+                true => Qkv::Fused(next()?),
+                false => Qkv::Split { q: next()?, k: next()?, v: next()? },
+            };
+            let o = next()?;
+            let gate_up = match family.fused_gate_up() {
+                true => GateUp::Fused(next()?),
+                false => GateUp::Split { gate: next()?, up: next()? },
+            };
+            let down = next()?;
+            let layer = Layer { input_norm, post_norm, qk_norm, out_norms, qkv, o, gate_up, down };
             layers.push(layer);
         }
         if let Some(l) = &lora_cfg
