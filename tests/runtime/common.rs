@@ -127,3 +127,14 @@ pub fn run_stage(
     };
     stage.run(&ctx, &canonical)
 }
+
+/// Fails with the count and the first five lines when a tokenizer disagreed with its reference
+/// on any line (`mismatches`: one description per disagreeing line).
+pub fn assert_every_line_agrees(what: &str, mismatches: &[String], lines: usize) {
+    assert!(
+        mismatches.is_empty(),
+        "{what}: {} of {lines} lines differ:\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(5)].join("\n")
+    );
+}

@@ -76,15 +76,33 @@ pub fn chatglm_config(vocab: usize) -> ModelConfig {
     cfg
 }
 
-fn assert_cached_path_matches(ours: &Model, reference: &Tensor) {
+/// Our logits on `IDS` for these weights (training path, one row).
+fn logits(cfg: &ModelConfig, weights: HashMap<String, Tensor>) -> Tensor {
+    let model = Model::from_tensors(cfg.clone(), weights, &TrainMode::Frozen, 0, &Device::Cpu).unwrap();
+    model.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap()
+}
+
+/// `ours` computes the reference's logits on the training path and on the KV-cache path, and
+/// the reference's logits are not degenerate (so agreement means something).
+fn assert_matches_reference(ours: &Model, reference: &Tensor, family: &str) {
+    let diff = max_abs_diff(&ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), reference);
+    assert!(diff < 1e-4, "{family} training-path logits differ by {diff}");
+    let spread = reference.flatten_all().unwrap().var(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(spread > 0.1, "{family} logits should not be degenerate (variance {spread})");
     let mut cache = Cache::new(ours);
     let last = ours.forward_cached(&IDS[..6], &mut cache).unwrap();
     assert!(max_abs_diff(&last, &reference.i(5).unwrap()) < 1e-4);
     for p in 6..IDS.len() {
         let step = ours.forward_cached(&IDS[p..p + 1], &mut cache).unwrap();
         let diff = max_abs_diff(&step, &reference.i(p).unwrap());
-        assert!(diff < 1e-4, "cached logits at {p} differ by {diff}");
+        assert!(diff < 1e-4, "{family} cached logits at {p} differ by {diff}");
     }
+}
+
+/// A change the reference computes (a norm, the RoPE layout) shows in the logits.
+fn assert_differs(cfg: &ModelConfig, weights: HashMap<String, Tensor>, reference: &Tensor, what: &str) {
+    let diff = max_abs_diff(&logits(cfg, weights), reference);
+    assert!(diff > 1e-3, "{what} should change the logits (they differ by {diff})");
 }
 
 #[test]
@@ -111,20 +129,14 @@ fn qwen3_logits_match_candle_transformers() {
     let embed = &weights["model.embed_tokens.weight"];
     let ref_logits = hidden.squeeze(0).unwrap().matmul(&embed.t().unwrap()).unwrap();
 
-    let our_logits = ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap();
-    let diff = max_abs_diff(&our_logits, &ref_logits);
-    assert!(diff < 1e-4, "qwen3 training-path logits differ by {diff}");
-    let spread = ref_logits.flatten_all().unwrap().var(0).unwrap().to_scalar::<f32>().unwrap();
-    assert!(spread > 0.1, "logits should not be degenerate (variance {spread})");
-    assert_cached_path_matches(&ours, &ref_logits);
+    assert_matches_reference(&ours, &ref_logits, "qwen3");
 
     // The q/k norms matter: unit norms give other logits.
     let mut unit = weights.clone();
     for l in 0..2 {
         unit.insert(format!("model.layers.{l}.self_attn.q_norm.weight"), Tensor::ones(16, DType::F32, &dev).unwrap());
     }
-    let other = Model::from_tensors(cfg, unit, &TrainMode::Frozen, 0, &dev).unwrap();
-    assert!(max_abs_diff(&other.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits) > 1e-3);
+    assert_differs(&cfg, unit, &ref_logits, "the q norms");
 }
 
 #[test]
@@ -154,16 +166,12 @@ fn llama3_rope_scaling_logits_match_candle_transformers() {
         })
         .collect();
     let ref_logits = Tensor::stack(&rows, 0).unwrap();
-    let ours_all = ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap();
-    let diff = max_abs_diff(&ours_all, &ref_logits);
-    assert!(diff < 1e-4, "llama3-scaled logits differ by {diff}");
-    assert_cached_path_matches(&ours, &ref_logits);
+    assert_matches_reference(&ours, &ref_logits, "llama3-scaled");
 
     // The scaling matters: the same weights without it give other logits.
     let mut plain_cfg = cfg;
     plain_cfg.rope_scaling = None;
-    let plain = Model::from_tensors(plain_cfg, weights, &TrainMode::Frozen, 0, &dev).unwrap();
-    assert!(max_abs_diff(&plain.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits) > 1e-3);
+    assert_differs(&plain_cfg, weights, &ref_logits, "the RoPE scaling");
 }
 
 #[test]
@@ -206,12 +214,7 @@ fn chatglm_logits_match_candle_transformers() {
         })
         .collect();
     let ref_logits = Tensor::stack(&rows, 0).unwrap();
-    let ours_all = ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap();
-    let diff = max_abs_diff(&ours_all, &ref_logits);
-    assert!(diff < 1e-4, "chatglm logits differ by {diff}");
-    let spread = ref_logits.flatten_all().unwrap().var(0).unwrap().to_scalar::<f32>().unwrap();
-    assert!(spread > 0.1, "logits should not be degenerate (variance {spread})");
-    assert_cached_path_matches(&ours, &ref_logits);
+    assert_matches_reference(&ours, &ref_logits, "chatglm");
 }
 
 #[test]
@@ -237,23 +240,17 @@ fn glm4_0414_logits_match_candle_transformers() {
     let input = Tensor::new(&IDS, &dev).unwrap().unsqueeze(0).unwrap();
     let hidden = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
     let ref_logits = hidden.matmul(&weights["lm_head.weight"].t().unwrap()).unwrap();
-    let diff = max_abs_diff(&ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits);
-    assert!(diff < 1e-4, "glm4 logits differ by {diff}");
-    let spread = ref_logits.flatten_all().unwrap().var(0).unwrap().to_scalar::<f32>().unwrap();
-    assert!(spread > 0.1, "logits should not be degenerate (variance {spread})");
-    assert_cached_path_matches(&ours, &ref_logits);
+    assert_matches_reference(&ours, &ref_logits, "glm4");
 
     // The sandwich norms and the partial rotation matter: without either, other logits.
     let mut unit = weights.clone();
     for l in 0..2 {
         unit.insert(format!("model.layers.{l}.post_mlp_layernorm.weight"), Tensor::ones(32, DType::F32, &dev).unwrap());
     }
-    let other = Model::from_tensors(cfg.clone(), unit, &TrainMode::Frozen, 0, &dev).unwrap();
-    assert!(max_abs_diff(&other.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits) > 1e-3);
+    assert_differs(&cfg, unit, &ref_logits, "the post-MLP norms");
     let mut full_rope = cfg;
     full_rope.partial_rotary_factor = Some(1.0);
-    let other = Model::from_tensors(full_rope, weights, &TrainMode::Frozen, 0, &dev).unwrap();
-    assert!(max_abs_diff(&other.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits) > 1e-3);
+    assert_differs(&full_rope, weights, &ref_logits, "rotating the whole head");
 }
 
 #[test]
@@ -424,9 +421,7 @@ fn glm4_9b_layout_with_rope_ratio_matches_candle_transformers() {
         })
         .collect();
     let ref_logits = Tensor::stack(&rows, 0).unwrap();
-    let diff = max_abs_diff(&ours.forward_logits(&IDS, (1, IDS.len())).unwrap().squeeze(0).unwrap(), &ref_logits);
-    assert!(diff < 1e-4, "glm-4-9b-layout logits differ by {diff}");
-    assert_cached_path_matches(&ours, &ref_logits);
+    assert_matches_reference(&ours, &ref_logits, "glm-4-9b-layout");
 }
 
 /// Batched KV-cached decoding (ppo rollouts, eval) on the partial-RoPE families: rows of

@@ -104,65 +104,59 @@ fn each_family_runs_sft_reward_ppo_dpo_eval_and_quantize_from_its_own_folder() {
         } else {
             write_base(&d("base"), raw);
         }
-        let sft = run_stage(
+        // One stage into `{family}/{what}`, failing the test with the family and the stage's name.
+        let run = |what: &str, stage: &dyn avatar::engine::Stage, params: &str, inputs: &[(&str, &Path)]| {
+            run_stage(stage, params, inputs, &d(what), &d(&format!("work-{what}")))
+                .unwrap_or_else(|e| panic!("{family} {what}: {e:#}"))
+        };
+        let sft = run(
+            "sft",
             &avatar::stages::sft::SftStage,
             "lr = 3e-3\nmax_steps = 3\nbatch_size = 4\nmax_seq_len = 64\nwarmup_steps = 1\neval_every = 0\ncheckpoint_every = 0",
             &[("base", &d("base")), ("train", &p("train.jsonl")), ("val", &p("val.jsonl"))],
-            &d("sft"),
-            &d("work-sft"),
-        )
-        .unwrap_or_else(|e| panic!("{family} sft: {e:#}"));
+        );
         assert!(metric(&sft, "final_val_loss").is_finite(), "{family}");
         // The same sft with the frozen base held as QLoRA-4 in bf16, with checkpointing.
-        let qlora = run_stage(
+        let qlora = run(
+            "sft-qlora",
             &avatar::stages::sft::SftStage,
             "lr = 3e-3\nmax_steps = 3\nbatch_size = 4\nmax_seq_len = 64\nwarmup_steps = 1\neval_every = 0\n\
              checkpoint_every = 0\ndtype = \"bf16\"\nbase_quant = \"q4_0\"\ngrad_checkpoint = true",
             &[("base", &d("base")), ("train", &p("train.jsonl")), ("val", &p("val.jsonl"))],
-            &d("sft-qlora"),
-            &d("work-sft-qlora"),
-        )
-        .unwrap_or_else(|e| panic!("{family} QLoRA sft: {e:#}"));
+        );
         let (f32_loss, q_loss) = (metric(&sft, "final_val_loss"), metric(&qlora, "final_val_loss"));
         assert!((q_loss / f32_loss - 1.0).abs() < 0.05, "{family}: QLoRA val loss {q_loss} vs f32 {f32_loss}");
         let policy = d("sft/model");
-        run_stage(
+        run(
+            "reward",
             &avatar::stages::reward_train::RewardTrainStage,
             "lr = 3e-3\nepochs = 1\nbatch_size = 8\nmax_seq_len = 64\nval_fraction = 0.25",
             &[("base", &policy), ("ranked", &p("ranked.jsonl"))],
-            &d("reward"),
-            &d("work-reward"),
-        )
-        .unwrap_or_else(|e| panic!("{family} reward-train: {e:#}"));
-        run_stage(
+        );
+        run(
+            "ppo",
             &avatar::stages::ppo::PpoStage,
             "lr = 2e-3\niterations = 1\nrollout_size = 4\nminibatch_size = 2\nmax_new_tokens = 6\nmax_prompt_tokens = 48",
             &[("policy", &policy), ("reward", &d("reward/model")), ("prompts", &p("train.jsonl"))],
-            &d("ppo"),
-            &d("work-ppo"),
-        )
-        .unwrap_or_else(|e| panic!("{family} ppo: {e:#}"));
-        run_stage(
+        );
+        run(
+            "dpo",
             &avatar::stages::dpo::DpoStage,
             "lr = 3e-3\nepochs = 1\nbatch_size = 8\nmax_seq_len = 64",
             &[("policy", &policy), ("ranked", &p("ranked.jsonl"))],
-            &d("dpo"),
-            &d("work-dpo"),
-        )
-        .unwrap_or_else(|e| panic!("{family} dpo: {e:#}"));
-        run_stage(
+        );
+        run(
+            "quantize",
             &avatar::stages::quantize::QuantizeStage,
             "types = [\"f32\", \"q8_0\"]",
             &[("model", &d("ppo/model"))],
-            &d("quantize"),
-            &d("work-quantize"),
-        )
-        .unwrap_or_else(|e| panic!("{family} quantize: {e:#}"));
+        );
         let gguf = d("quantize/gguf/model-q8_0.gguf");
         if raw_is_tiktoken(&d("base")) {
             assert!(d("ppo/model/tokenizer.model").is_file() && d("quantize/gguf/tokenizer.model").is_file());
         }
-        let eval = run_stage(
+        let eval = run(
+            "eval",
             &avatar::stages::eval::Eval,
             "prompts = 2\nperplexity_samples = 2\nmax_len = 96\nexamples = 0\n[generation]\nmax_tokens = 4\n",
             &[
@@ -172,10 +166,7 @@ fn each_family_runs_sft_reward_ppo_dpo_eval_and_quantize_from_its_own_folder() {
                 ("dpo", &d("dpo/model")),
                 ("quantized", &gguf),
             ],
-            &d("eval"),
-            &d("work-eval"),
-        )
-        .unwrap_or_else(|e| panic!("{family} eval: {e:#}"));
+        );
         let (ppl_ppo, ppl_q) = (metric(&eval, "ppo.perplexity"), metric(&eval, "quantized.perplexity"));
         assert!((ppl_q / ppl_ppo - 1.0).abs() < 0.05, "{family}: served perplexity {ppl_q} vs ppo {ppl_ppo}");
 

@@ -114,13 +114,7 @@ fn sentencepiece_models_tokenize_like_the_library() {
             }
             assert_eq!(model.decode(&ours), decoded[i].as_str().unwrap(), "{kind}: decoding line {i} {line:?}");
         }
-        assert!(
-            mismatches.is_empty(),
-            "{kind}: {} of {} lines differ:\n{}",
-            mismatches.len(),
-            held.len(),
-            mismatches[..mismatches.len().min(5)].join("\n")
-        );
+        crate::common::assert_every_line_agrees(kind, &mismatches, held.len());
         // The rare characters really went through byte fallback.
         assert!(byte_pieces > 0, "{kind}: no line needed byte fallback; the test lost its rare characters");
         eprintln!("{kind}: {} held-out lines equal to the library, {byte_pieces} byte-fallback pieces", held.len());

@@ -84,13 +84,7 @@ fn glm4_tiktoken_model_tokenizes_like_the_library() {
         assert_eq!(tk.decode(&ours, false).unwrap(), decoded[i].as_str().unwrap(), "decoding line {i} {line:?}");
         assert_eq!(decoded[i].as_str().unwrap(), line, "the library round-trips line {i}");
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} lines differ:\n{}",
-        mismatches.len(),
-        held.len(),
-        mismatches[..mismatches.len().min(5)].join("\n")
-    );
+    super::common::assert_every_line_agrees("tiktoken", &mismatches, held.len());
     assert!(multi_byte_merges > 1000, "the trained ranks barely merge ({multi_byte_merges}); the test lost its BPE");
     eprintln!("{} held-out lines equal to tiktoken's ids, {multi_byte_merges} merged tokens", held.len());
 
@@ -161,13 +155,7 @@ fn llama_cpp_tokenizes_like_us(dir: &Path, tk: &avatar::runtime::Tokenizer, line
         .filter(|(l, t)| tk.encode(l).unwrap() != **t)
         .map(|(l, t)| format!("{l:?}: ours {:?} llama.cpp {t:?}", tk.encode(l).unwrap()))
         .collect();
-    assert!(
-        differ.is_empty(),
-        "{} of {} lines differ:\n{}",
-        differ.len(),
-        lines.len(),
-        differ[..differ.len().min(5)].join("\n")
-    );
+    super::common::assert_every_line_agrees("llama.cpp", &differ, lines.len());
     eprintln!("llama.cpp tokenizes {} held-out lines from our GGUF as we do", lines.len());
 }
 
