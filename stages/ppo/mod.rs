@@ -16,6 +16,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod civility;
 pub mod gae;
 pub mod kl_control;
 pub mod params;
@@ -64,6 +65,11 @@ impl TypedStage for PpoStage {
             },
             InputSpec { name: "reward", required: true, help: "reward model folder (reward-train.model)" },
             InputSpec {
+                name: "blocked_words",
+                required: false,
+                help: "blocked words, one per line: each one in a rollout reply costs blocked_penalty",
+            },
+            InputSpec {
                 name: "prompts",
                 required: true,
                 help: "samples JSONL whose contexts are the prompts (split.train)",
@@ -102,6 +108,10 @@ impl TypedStage for PpoStage {
         let samples: Vec<Sample> = read_jsonl(prompts_path)?;
         anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());
         let habits = (p.rate_match > 0.0).then(|| rate_match::Habits::of_person(&samples));
+        let civility = match ctx.optional_input("blocked_words") {
+            Some(path) => Some(civility::Civility::new(crate::eval::read_word_list(path)?, p.blocked_penalty)),
+            None => None,
+        };
         let m = Models {
             base: &base,
             policy: &policy,
@@ -149,8 +159,15 @@ impl TypedStage for PpoStage {
                 batch.push(&samples[order.pop().expect("refilled")]);
             }
             let coef = kl_ctl.coef;
-            let mut exps =
-                rollout::collect(&m, &batch, p, coef, habits.as_ref(), seed.wrapping_add(1_000_003 * it as u64))?;
+            let mut exps = rollout::collect(
+                &m,
+                &batch,
+                p,
+                coef,
+                habits.as_ref(),
+                civility.as_ref(),
+                seed.wrapping_add(1_000_003 * it as u64),
+            )?;
             if p.whiten_advantages {
                 let mut all: Vec<f64> = exps.iter().flat_map(|e| e.advantages.iter().copied()).collect();
                 gae::whiten(&mut all);

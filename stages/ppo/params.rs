@@ -48,6 +48,26 @@ pub struct PpoOptions {
     /// catchphrase rates toward the person's; 0 disables. In the key only when set.
     #[serde(skip_serializing_if = "is_zero")]
     pub rate_match: f64,
+    /// The temperature rollouts are sampled at, and so the one the policy is optimised at
+    /// (softmax of logits / temperature). Set it to the temperature the model is served at:
+    /// a policy tuned at 1 and sampled at 0.8 over-uses whatever it already favours.
+    /// In the key only when not 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub temperature: f64,
+    /// What each blocked word in a rollout reply costs ([`super::civility`]), with the
+    /// `blocked_words` input; the rules judge's default. In the key only when not 3.
+    #[serde(skip_serializing_if = "is_default_blocked_penalty")]
+    pub blocked_penalty: f64,
+}
+
+const DEFAULT_BLOCKED_PENALTY: f64 = 3.0;
+
+fn is_default_blocked_penalty(x: &f64) -> bool {
+    *x == DEFAULT_BLOCKED_PENALTY
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -75,6 +95,8 @@ impl Default for PpoOptions {
             max_new_tokens: 32,
             whiten_advantages: true,
             rate_match: 0.0,
+            temperature: 1.0,
+            blocked_penalty: DEFAULT_BLOCKED_PENALTY,
         }
     }
 }
@@ -88,12 +110,18 @@ impl OwnParams for PpoOptions {
     }
 
     fn validate(&self, _: &Training) -> anyhow::Result<()> {
-        for (name, v) in
-            [("critic_lr", self.critic_lr), ("clip_range", self.clip_range), ("reward_clip", self.reward_clip)]
-        {
+        for (name, v) in [
+            ("critic_lr", self.critic_lr),
+            ("clip_range", self.clip_range),
+            ("reward_clip", self.reward_clip),
+            ("temperature", self.temperature),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("{name} must be a positive number");
             }
+        }
+        if !(self.blocked_penalty >= 0.0 && self.blocked_penalty.is_finite()) {
+            bail!("blocked_penalty must be a number >= 0");
         }
         if self.kl_coef < 0.0 || self.value_clip < 0.0 || self.entropy_coef < 0.0 {
             bail!("kl_coef, value_clip and entropy_coef must not be negative");

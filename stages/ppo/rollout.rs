@@ -11,7 +11,7 @@ use avatar_runtime::model::{Batch, Model, Pass};
 use avatar_runtime::reward::RewardModel;
 use avatar_runtime::sampling::SamplingParams;
 use avatar_runtime::scalar_head::ScalarHead;
-use avatar_runtime::token_logprobs::policy_forward;
+use avatar_runtime::token_logprobs::policy_forward_at;
 
 use super::gae::{gae, token_rewards};
 use super::params::PpoOptions;
@@ -49,15 +49,18 @@ fn per_row<T: Copy>(flat: &[T], batch: &Batch, rows: usize) -> Vec<Vec<T>> {
     out
 }
 
-/// Sample a response to each prompt (temperature 1, no truncation: the ratio in PPO's
-/// objective needs the policy's true distribution) and score it.
-/// `kl_coef`: the KL controller's current coefficient.
+/// Sample a response to each prompt (at `temperature`, untruncated: the ratio in PPO's
+/// objective needs the exact distribution sampled from, softmax(logits / temperature)) and
+/// score it.
+/// `kl_coef`: the KL controller's current coefficient; `habits` and `civility` add their
+/// terms to the reward model's score.
 pub fn collect(
     m: &Models,
     prompts: &[&Sample],
     p: &PpoOptions,
     kl_coef: f64,
     habits: Option<&super::rate_match::Habits>,
+    civility: Option<&super::civility::Civility>,
     seed: u64,
 ) -> anyhow::Result<Vec<Experience>> {
     let tok = &m.base.tokenizer;
@@ -73,7 +76,7 @@ pub fn collect(
         params.push(GenerationParams {
             max_tokens: p.max_new_tokens,
             sampling: SamplingParams {
-                temperature: 1.0,
+                temperature: p.temperature,
                 top_p: 1.0,
                 top_k: 0,
                 repetition_penalty: 1.0,
@@ -107,14 +110,19 @@ pub fn collect(
     let pad = tok.pad_id();
     let refs: Vec<&EncodedSample> = seqs.iter().collect();
     let batch = one_per_row(&refs, pad);
-    let old = policy_forward(m.policy, &batch, &mut Pass::inference())?;
-    let reference = policy_forward(m.reference, &batch, &mut Pass::inference())?;
+    let old = policy_forward_at(m.policy, &batch, &mut Pass::inference(), p.temperature)?;
+    let reference = policy_forward_at(m.reference, &batch, &mut Pass::inference(), p.temperature)?;
     let values = m.value_head.forward(&m.critic.target_hidden(&batch, &mut Pass::inference())?)?.to_vec1::<f32>()?;
     let items: Vec<(&Sample, &str)> = prompts.iter().zip(&texts).map(|(s, t)| (*s, t.as_str())).collect();
     let mut scores = m.reward.score(&items, p.minibatch_size)?;
     if let Some(h) = habits {
         for (s, b) in scores.iter_mut().zip(h.bonuses(&texts, p.rate_match)) {
             *s += b;
+        }
+    }
+    if let Some(c) = civility {
+        for (s, t) in scores.iter_mut().zip(&texts) {
+            *s += c.term(t);
         }
     }
 

@@ -5,7 +5,7 @@ use avatar_runtime::batch::one_per_row;
 use avatar_runtime::chat::EncodedSample;
 use avatar_runtime::model::Pass;
 use avatar_runtime::optim::AdamW;
-use avatar_runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward};
+use avatar_runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward_at};
 
 use super::params::PpoParams;
 use super::rollout::{Experience, Models};
@@ -44,7 +44,7 @@ pub fn step(
 
     // Policy: L = -mean min(ρA, clip(ρ)A); where the unclipped term is the minimum,
     // dL/d log π = -ρA/n, else 0.
-    let fwd = policy_forward(m.policy, &batch, &mut Pass { grad: true, rng: None })?;
+    let fwd = policy_forward_at(m.policy, &batch, &mut Pass { grad: true, rng: None }, p.temperature)?;
     let (lo, hi) = (1.0 - p.clip_range, 1.0 + p.clip_range);
     let mut coef = vec![0f32; n];
     for t in 0..n {

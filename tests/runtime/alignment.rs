@@ -10,7 +10,7 @@ use avatar::runtime::lora::LoraConfig;
 use avatar::runtime::model::{Model, Pass, TrainMode};
 use avatar::runtime::reward::{last_token_batch, score_batch};
 use avatar::runtime::scalar_head::ScalarHead;
-use avatar::runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward};
+use avatar::runtime::token_logprobs::{linear_surrogate, logp_surrogate, policy_forward, policy_forward_at};
 use avatar::stages::common::jsonl::write_jsonl;
 use avatar::stages::common::ranked::Ranked;
 use candle_core::{Device, Tensor};
@@ -78,6 +78,48 @@ fn logp_surrogate_gives_the_cross_entropy_gradient() {
                 .max(1e-6);
             assert!(max_abs_diff(a, b) / scale < 1e-3, "{name}: surrogate gradient differs from autograd");
         }
+    }
+}
+
+#[test]
+fn the_tempered_surrogate_is_the_gradient_of_the_tempered_log_probs() {
+    // ppo at `temperature = T` optimises log softmax(z / T): the surrogate's gradient must match
+    // central finite differences of the mean tempered log-prob, and not the untempered one's.
+    let dev = Device::Cpu;
+    let cfg = tiny_config("qwen2", 320, true);
+    let model = Model::from_tensors(cfg.clone(), tiny_weights(&cfg, 9), &TrainMode::Lora(lora(2)), 1, &dev).unwrap();
+    perturb_adapters(&model);
+    let batch = batch_for_tests();
+    let t = 0.5;
+    let mean_logp = |temperature: f64| -> f64 {
+        let f = policy_forward_at(&model, &batch, &mut Pass::inference(), temperature).unwrap();
+        f.stats.logp.iter().map(|x| *x as f64).sum::<f64>() / f.stats.logp.len() as f64
+    };
+    let fwd = policy_forward_at(&model, &batch, &mut Pass { grad: true, rng: None }, t).unwrap();
+    let n = batch.targets.len();
+    let grads = logp_surrogate(&model, &fwd, &vec![1.0 / n as f32; n]).unwrap().backward().unwrap();
+    let (name, var) = model.trainable().iter().find(|(name, _)| name.contains("lora_B")).expect("a LoRA B");
+    let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    // The three largest entries: their differences stand well above f32 rounding.
+    let mut order: Vec<usize> = (0..g.len()).collect();
+    order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+    let original = var.as_tensor().copy().unwrap();
+    let eps = 1e-2f32;
+    for &i in &order[..3] {
+        let shifted = |d: f32| {
+            let mut v: Vec<f32> = original.flatten_all().unwrap().to_vec1().unwrap();
+            v[i] += d;
+            var.set(&Tensor::from_vec(v, original.dims(), &dev).unwrap()).unwrap();
+        };
+        shifted(eps);
+        let (up, up1) = (mean_logp(t), mean_logp(1.0));
+        shifted(-eps);
+        let (down, down1) = (mean_logp(t), mean_logp(1.0));
+        var.set(&original).unwrap();
+        let (numeric, untempered) = ((up - down) / (2.0 * eps as f64), (up1 - down1) / (2.0 * eps as f64));
+        let got = g[i] as f64;
+        assert!((got - numeric).abs() <= 0.03 * numeric.abs(), "{name}[{i}]: surrogate {got} vs numeric {numeric}");
+        assert!((got - untempered).abs() > 0.1 * numeric.abs(), "{name}[{i}]: T must matter ({untempered})");
     }
 }
 

@@ -20,6 +20,8 @@ pub struct TokenStats {
     /// Softmax `[n, vocab]`, kept for [`logp_surrogate`].
     probs: Tensor,
     labels: Vec<u32>,
+    /// The temperature the logits were divided by (1: the model's own distribution).
+    temperature: f64,
 }
 
 /// The forward pass of a policy on a batch: hidden states with their graph (when `pass.grad`)
@@ -30,8 +32,23 @@ pub struct PolicyForward {
 }
 
 pub fn policy_forward(model: &Model, batch: &Batch, pass: &mut Pass) -> anyhow::Result<PolicyForward> {
+    policy_forward_at(model, batch, pass, 1.0)
+}
+
+/// [`policy_forward`] of the policy sampled at `temperature` (softmax of logits / temperature):
+/// what ppo optimises when its rollouts are sampled as the model will be served.
+pub fn policy_forward_at(
+    model: &Model,
+    batch: &Batch,
+    pass: &mut Pass,
+    temperature: f64,
+) -> anyhow::Result<PolicyForward> {
+    anyhow::ensure!(temperature > 0.0 && temperature.is_finite(), "temperature must be positive, got {temperature}");
     let hidden = model.target_hidden(batch, pass)?;
-    let logits = model.head_logits(&hidden.detach())?;
+    let mut logits = model.head_logits(&hidden.detach())?;
+    if temperature != 1.0 {
+        logits = logits.affine(1.0 / temperature, 0.0)?;
+    }
     let max = logits.max_keepdim(D::Minus1)?;
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -41,7 +58,7 @@ pub fn policy_forward(model: &Model, batch: &Batch, pass: &mut Pass) -> anyhow::
     let idx = Tensor::from_vec(labels.clone(), (labels.len(), 1), logits.device())?;
     let logp = logp_all.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?;
     let entropy = (&probs * &logp_all)?.sum(D::Minus1)?.neg()?.to_vec1::<f32>()?;
-    Ok(PolicyForward { hidden, stats: TokenStats { logp, entropy, probs, labels } })
+    Ok(PolicyForward { hidden, stats: TokenStats { logp, entropy, probs, labels, temperature } })
 }
 
 /// A zero-valued tensor whose backward accumulates `sum_t coef[t] * grad(log p_t)` into the
@@ -52,8 +69,9 @@ pub fn logp_surrogate(model: &Model, fwd: &PolicyForward, coef: &[f32]) -> anyho
     anyhow::ensure!(coef.len() == stats.labels.len(), "{} coefficients for {} tokens", coef.len(), stats.labels.len());
     let device = fwd.hidden.device();
     let n = coef.len();
-    // dL/dz = c * (onehot - p) = -(c * p) + c * onehot.
-    let c = Tensor::from_slice(coef, (n, 1), device)?;
+    // With z' = z / T: dL/dz = c * (onehot - p') / T = -(c' * p') + c' * onehot, c' = c / T.
+    let scaled: Vec<f32> = coef.iter().map(|c| (*c as f64 / stats.temperature) as f32).collect();
+    let c = Tensor::from_slice(&scaled, (n, 1), device)?;
     let idx = Tensor::from_vec(stats.labels.clone(), (n, 1), device)?;
     let g = stats.probs.broadcast_mul(&c)?.neg()?.scatter_add(&idx, &c, 1)?;
     let mut s = (&fwd.hidden * model.head_input_grad(&g)?)?.sum_all()?;
