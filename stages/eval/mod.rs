@@ -47,6 +47,12 @@ pub struct EvalParams {
     pub catchphrases: Vec<String>,
     /// How many example conversations to keep in the report.
     pub examples: usize,
+    /// The `quantized` model answers through the serving word guard over the blocked_words
+    /// input, as `avatar serve` does when the serve stage gets the same list; the float
+    /// models answer unguarded, so the table still shows what training alone achieved.
+    /// In the key only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub guard_quantized: bool,
 }
 
 impl Default for EvalParams {
@@ -61,6 +67,7 @@ impl Default for EvalParams {
             generation,
             catchphrases: Vec::new(),
             examples: 6,
+            guard_quantized: false,
         }
     }
 }
@@ -177,6 +184,10 @@ impl TypedStage for Eval {
             Some(path) => read_word_list(path)?,
             None => Vec::new(),
         };
+        anyhow::ensure!(
+            !p.guard_quantized || ctx.optional_input("blocked_words").is_some(),
+            "guard_quantized = true needs the blocked_words input (the words to guard against)"
+        );
         let prompts: Vec<&Sample> = test.iter().take(p.prompts).collect();
         let person_replies: Vec<String> = prompts.iter().map(|s| s.reply.clone()).collect();
         let person = style_stats(&person_replies, &catchphrases, &blocked);
@@ -229,13 +240,16 @@ impl TypedStage for Eval {
             .collect();
         for name in &present {
             let started = Instant::now();
-            let model = EvalModel::load(
+            let mut model = EvalModel::load(
                 name,
                 ctx.input(name)?,
                 &ctx.globals.device,
                 &ctx.globals.dtype,
                 crate::common::template::choice(ctx)?.as_ref(),
             )?;
+            if let (true, EvalModel::Quant(q)) = (p.guard_quantized, &mut model) {
+                q.guard(&blocked);
+            }
             let ppl_samples: Vec<Sample> = test.iter().take(p.perplexity_samples).cloned().collect();
             let (ppl, _) =
                 model.perplexity(&ppl_samples, p.max_len).with_context(|| format!("perplexity of `{name}`"))?;

@@ -126,6 +126,35 @@ impl QuantModel {
         Ok(QuantModel { loaded })
     }
 
+    /// Answer as `avatar serve` does with these blocked words in serve.json: a token that
+    /// would complete one is redrawn.
+    pub fn guard(&mut self, words: &[String]) {
+        self.loaded.guard = avatar_runtime::word_guard::WordGuard::new(words);
+    }
+
+    /// The next token of a reply that has produced `produced` (`seen` = prompt + produced),
+    /// or `None` when the reply ends (a stop token, or every draw completes a blocked word).
+    fn next_token(
+        &self,
+        sampler: &mut avatar_runtime::Sampler,
+        logits: &[f32],
+        seen: &[u32],
+        produced: &[u32],
+    ) -> anyhow::Result<Option<u32>> {
+        let l = &self.loaded;
+        let t = if l.guard.is_empty() {
+            sampler.sample(logits, seen)
+        } else {
+            let now = l.tokenizer.decode(produced, false)?;
+            let with = |t: u32| l.tokenizer.decode(&[produced, &[t]].concat(), false);
+            match l.guard.sample(sampler, &mut logits.to_vec(), seen, &now, with)? {
+                Some(t) => t,
+                None => return Ok(None),
+            }
+        };
+        Ok((!l.stop_ids.contains(&t)).then_some(t))
+    }
+
     pub fn reply(&self, sample: &Sample, params: &GenerationParams, max_prompt: usize) -> anyhow::Result<String> {
         use avatar_quant::SeqStep;
         let l = &self.loaded;
@@ -136,10 +165,7 @@ impl QuantModel {
         let mut out = Vec::new();
         let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }])?.remove(0);
         while out.len() < params.max_tokens && seen.len() < l.model.cfg.context {
-            let t = sampler.sample(&logits, &seen);
-            if l.stop_ids.contains(&t) {
-                break;
-            }
+            let Some(t) = self.next_token(&mut sampler, &logits, &seen, &out)? else { break };
             out.push(t);
             seen.push(t);
             logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &[t] }])?.remove(0);
@@ -191,10 +217,9 @@ impl QuantModel {
                     if produced[i].len() >= p.max_tokens || seen[i].len() >= l.model.cfg.context {
                         continue;
                     }
-                    let t = samplers[i].sample(&logits[slot], &seen[i]);
-                    if l.stop_ids.contains(&t) {
+                    let Some(t) = self.next_token(&mut samplers[i], &logits[slot], &seen[i], &produced[i])? else {
                         continue;
-                    }
+                    };
                     produced[i].push(t);
                     seen[i].push(t);
                     feed[i] = vec![t];

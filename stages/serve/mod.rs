@@ -52,11 +52,18 @@ impl TypedStage for ServeStage {
         // pipeline's chat_template is written into serve.json.
         version: 3,
         summary: "validate a model for serving and write serve.json for `avatar serve`",
-        inputs: &[InputSpec {
-            name: "model",
-            required: true,
-            help: "quantize output directory, a .gguf file, or an HF folder (converted to q8_0)",
-        }],
+        inputs: &[
+            InputSpec {
+                name: "model",
+                required: true,
+                help: "quantize output directory, a .gguf file, or an HF folder (converted to q8_0)",
+            },
+            InputSpec {
+                name: "blocked_words",
+                required: false,
+                help: "blocked words, one per line: the server never completes one in a reply",
+            },
+        ],
         outputs: &[OutputSpec {
             name: "config",
             path: "serve.json",
@@ -90,6 +97,9 @@ impl TypedStage for ServeStage {
         cfg.name = params.name.trim().to_string();
         cfg.defaults = params.defaults.clone();
         cfg.limits = params.limits.clone();
+        if let Some(path) = ctx.optional_input("blocked_words") {
+            cfg.blocked_words = crate::eval::read_word_list(path)?;
+        }
 
         // Validate: load and generate a few tokens greedily, the model found as serve.json's
         // reader will find it once the store has committed the artifact.

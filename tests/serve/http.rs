@@ -40,9 +40,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(key: Option<&str>, limits: Limits) -> TestServer {
+        TestServer::start_guarded(key, limits, &[])
+    }
+
+    /// A server whose serve.json lists `blocked_words`.
+    pub fn start_guarded(key: Option<&str>, limits: Limits, blocked_words: &[&str]) -> TestServer {
         let mut cfg = ServeConfig::resolve(model_dir(), &["q8_0"]).unwrap();
         cfg.name = "avatar-test".into();
         cfg.limits = limits;
+        cfg.blocked_words = blocked_words.iter().map(|w| w.to_string()).collect();
         let app = build_app(ServerSetup { cfg, api_key: key.map(String::from) }).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -352,6 +358,35 @@ fn reply_text(a: SocketAddr, body: &Value) -> (String, String) {
         }
     }
     (text, finish)
+}
+
+#[test]
+fn the_word_guard_keeps_blocked_words_out_of_every_reply() {
+    let words = ["ab", "ca"];
+    let has_word = |t: &str| words.iter().any(|w| t.contains(w));
+    let replies = |srv: &TestServer| -> Vec<String> {
+        let mut out = Vec::new();
+        for seed in 1..10 {
+            for stream in [false, true] {
+                let body = json!({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 32, "seed": seed,
+                    "temperature": 1.0, "repetition_penalty": 1.0, "logit_bias": visible_bias(), "stream": stream});
+                out.push(reply_text(srv.addr, &body).0);
+            }
+        }
+        out
+    };
+    let open = TestServer::start(None, Limits::default());
+    let unguarded = replies(&open);
+    open.shutdown();
+    assert!(unguarded.iter().any(|t| has_word(t)), "the biased model writes the words unguarded: {unguarded:?}");
+    let srv = TestServer::start_guarded(None, Limits::default(), &words);
+    let guarded = replies(&srv);
+    srv.shutdown();
+    assert!(guarded.iter().all(|t| !has_word(t)), "guarded replies: {guarded:?}");
+    assert!(
+        guarded.iter().filter(|t| t.len() >= 8).count() >= 4,
+        "the guard redraws, it does not cut replies short: {guarded:?}"
+    );
 }
 
 #[test]

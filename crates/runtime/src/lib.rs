@@ -20,6 +20,7 @@
 //! - [`generate`], [`sampling`]: KV-cache generation with streaming callback, logit sampling.
 //! - [`token_logprobs`], [`scalar_head`], [`reward`]: per-token log-probs and gradient
 //!   surrogates for dpo/ppo, the scalar head of reward models and critics, reward model I/O.
+//! - [`word_guard`]: the decoder never completes a blocked word (serving).
 //! - [`memory_plan`]: a training run's expected peak memory, refused before loading when it cannot fit.
 //! - [`optim`]: AdamW with checkpointable state, warmup + cosine schedule, gradient clipping.
 
@@ -52,6 +53,7 @@ pub mod spm;
 pub mod tiktoken;
 pub mod token_logprobs;
 pub mod tokenizer;
+pub mod word_guard;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedSample};
 pub use config::ModelConfig;

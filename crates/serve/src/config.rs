@@ -11,6 +11,7 @@ use super::engine::Loaded;
 use avatar_quant::QModel;
 use avatar_quant::gguf::GgufFile;
 use avatar_runtime::model_dir;
+use avatar_runtime::word_guard::WordGuard;
 
 /// The model id served when nothing names one.
 pub const DEFAULT_NAME: &str = "avatar";
@@ -30,6 +31,10 @@ pub struct ServeConfig {
     pub chat_template: String,
     pub defaults: Defaults,
     pub limits: Limits,
+    /// Words no reply may hold ([`avatar_runtime::word_guard`]): the decoder redraws a token
+    /// that would complete one. Server policy: a request cannot lift it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_words: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +46,7 @@ impl Default for ServeConfig {
             chat_template: String::new(),
             defaults: Defaults::default(),
             limits: Limits::default(),
+            blocked_words: Vec::new(),
         }
     }
 }
@@ -258,7 +264,8 @@ impl ServeConfig {
                 self.model.display()
             );
         }
-        Ok(Loaded { model, tokenizer, template, stop_ids, name: self.name.clone() })
+        let guard = WordGuard::new(&self.blocked_words);
+        Ok(Loaded { model, tokenizer, template, stop_ids, name: self.name.clone(), guard })
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Loaded {
     pub stop_ids: Vec<u32>,
     /// Name reported by `/v1/models`.
     pub name: String,
+    /// serve.json's blocked words, refused token by token.
+    pub guard: avatar_runtime::word_guard::WordGuard,
 }
 
 #[derive(Debug, Clone)]
@@ -370,7 +372,22 @@ impl Worker {
         }
         keep_top_k(logits, p.sampling.top_k);
         let seen: Vec<u32> = s.job.prompt.iter().chain(&s.generated).copied().collect();
-        let tok = s.sampler.sample(logits, &seen);
+        let tok = if self.loaded.guard.is_empty() {
+            s.sampler.sample(logits, &seen)
+        } else {
+            let tk = &self.loaded.tokenizer;
+            let now = match tk.decode(&s.generated, false) {
+                Ok(t) => t,
+                Err(e) => return self.fail(s, e.to_string()),
+            };
+            let with = |t: u32| tk.decode(&[&s.generated[..], &[t]].concat(), false);
+            match self.loaded.guard.sample(&mut s.sampler, logits, &seen, &now, with) {
+                Ok(Some(t)) => t,
+                // Every likely token completes a blocked word: end the reply here.
+                Ok(None) => return self.end(s, Finish::Stop),
+                Err(e) => return self.fail(s, e.to_string()),
+            }
+        };
         s.sampled += 1;
         let ctx = self.loaded.model.cfg.context;
         if self.loaded.stop_ids.contains(&tok) {
@@ -380,11 +397,7 @@ impl Worker {
         *s.counts.entry(tok).or_insert(0) += 1;
         let text = match self.loaded.tokenizer.decode(&s.generated, false) {
             Ok(t) => t,
-            Err(e) => {
-                s.job.send(Event::Error(e.to_string()));
-                s.done = true;
-                return;
-            }
+            Err(e) => return self.fail(s, e.to_string()),
         };
         // An incomplete UTF-8 sequence at the end waits for its next token.
         let ready = text.trim_end_matches('\u{FFFD}').len();
@@ -399,6 +412,12 @@ impl Worker {
         if s.generated.len() >= s.job.params.max_tokens || s.cache.len() + 1 >= ctx {
             self.end(s, Finish::Length);
         }
+    }
+
+    /// The reply cannot go on: the client gets the error.
+    fn fail(&self, s: &mut Seq, msg: String) {
+        s.job.send(Event::Error(msg));
+        s.done = true;
     }
 
     /// The reply ends: show what the bubble filter held back, then finish (a stop string
