@@ -400,7 +400,12 @@ mod tests {
         assert_eq!(r.repetition_penalty, 1.2, "the client's own penalty");
         let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":0.7}"#);
         assert_eq!(r.repetition_penalty, 1.3, "serve.json's penalty when sampling");
-        assert_eq!(Defaults::default().repetition_penalty, 1.0, "off by default");
+        let (d, eval) = (Defaults::default(), avatar_runtime::SamplingParams::default());
+        assert_eq!(
+            (d.temperature, d.top_p, d.top_k, d.repetition_penalty),
+            (eval.temperature, eval.top_p, eval.top_k, eval.repetition_penalty),
+            "the server samples as eval measured"
+        );
     }
 
     #[test]

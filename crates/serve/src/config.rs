@@ -72,13 +72,15 @@ pub struct Defaults {
 }
 
 impl Default for Defaults {
+    /// The runtime's sampling defaults, which eval measures the clone with: what is served is
+    /// what was evaluated. (A request with temperature 0 still means greedy, no penalty.)
     fn default() -> Self {
+        let sampling = avatar_runtime::SamplingParams::default();
         Self {
-            temperature: 0.8,
-            top_p: 0.9,
-            top_k: 40,
-            // OpenAI has no repetition penalty: a client asking for temperature 0 means greedy.
-            repetition_penalty: 1.0,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k,
+            repetition_penalty: sampling.repetition_penalty,
             max_tokens: 256,
             bubble_separator: "\n".into(),
             system_prompt: String::new(),
