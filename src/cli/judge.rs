@@ -99,8 +99,12 @@ pub fn judge(registry: &Registry, args: &JudgeArgs) -> anyhow::Result<ExitCode> 
     let template = crate::runtime::model_dir::TemplateChoice::parse(
         manifest.settings.chat_template.as_deref().unwrap_or_default(),
     )?;
-    let loaded =
+    let mut loaded =
         EvalModel::load(kind, &model.path, &manifest.settings.device, &manifest.settings.dtype, template.as_ref())?;
+    if let (true, EvalModel::Quant(q)) = (eval.guard_quantized, &mut loaded) {
+        // As eval measured it: the served model behind the word guard.
+        q.guard(&eval_blocked_words(&manifest)?);
+    }
     eprintln!("the clone ({}) is answering {} contexts…", model.name, drawn.len());
     let mut trials = Vec::with_capacity(drawn.len());
     for (sample, reply_seed, real) in drawn {
@@ -162,6 +166,20 @@ fn eval_params(manifest: &Manifest) -> anyhow::Result<EvalParams> {
         Some(decl) => crate::engine::stage::parse_params::<EvalParams>(&decl.params)
             .map_err(|e| anyhow!("stage `{}`: {}: {}", decl.name, e.path, e.message)),
         None => Ok(EvalParams::default()),
+    }
+}
+
+/// The eval stage's `blocked_words` file (a path in the manifest; a stage output is not
+/// resolved here, so it is refused rather than silently left out).
+fn eval_blocked_words(manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+    let decl = manifest.stages.iter().find(|s| s.kind == "eval").ok_or_else(|| anyhow!("no eval stage"))?;
+    match decl.inputs.get("blocked_words") {
+        Some(crate::engine::manifest::InputRef::Path(p)) => crate::stages::eval::read_word_list(p),
+        Some(other) => bail!(
+            "stage `{}`: guard_quantized with blocked_words = {other}: the judge reads only a file path",
+            decl.name
+        ),
+        None => bail!("stage `{}`: guard_quantized = true needs the blocked_words input", decl.name),
     }
 }
 
