@@ -137,21 +137,12 @@ impl QuantModel {
     fn next_token(
         &self,
         sampler: &mut avatar_runtime::Sampler,
-        logits: &[f32],
+        logits: &mut [f32],
         seen: &[u32],
         produced: &[u32],
     ) -> anyhow::Result<Option<u32>> {
         let l = &self.loaded;
-        let t = if l.guard.is_empty() {
-            sampler.sample(logits, seen)
-        } else {
-            let now = l.tokenizer.decode(produced, false)?;
-            let with = |t: u32| l.tokenizer.decode(&[produced, &[t]].concat(), false);
-            match l.guard.sample(sampler, &mut logits.to_vec(), seen, &now, with)? {
-                Some(t) => t,
-                None => return Ok(None),
-            }
-        };
+        let Some(t) = l.guard.sample_next(sampler, logits, seen, &l.tokenizer, produced)? else { return Ok(None) };
         Ok((!l.stop_ids.contains(&t)).then_some(t))
     }
 
@@ -165,7 +156,7 @@ impl QuantModel {
         let mut out = Vec::new();
         let mut logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &ids }])?.remove(0);
         while out.len() < params.max_tokens && seen.len() < l.model.cfg.context {
-            let Some(t) = self.next_token(&mut sampler, &logits, &seen, &out)? else { break };
+            let Some(t) = self.next_token(&mut sampler, &mut logits, &seen, &out)? else { break };
             out.push(t);
             seen.push(t);
             logits = l.model.forward(&mut [SeqStep { cache: &mut cache, tokens: &[t] }])?.remove(0);
@@ -201,7 +192,7 @@ impl QuantModel {
             let mut feed: Vec<Vec<u32>> = seen.clone();
             let mut active: Vec<usize> = (0..n).collect();
             while !active.is_empty() {
-                let logits = {
+                let mut logits = {
                     // `active` is ascending, so the filter keeps the slot order.
                     let mut steps: Vec<SeqStep> = caches
                         .iter_mut()
@@ -217,7 +208,7 @@ impl QuantModel {
                     if produced[i].len() >= p.max_tokens || seen[i].len() >= l.model.cfg.context {
                         continue;
                     }
-                    let Some(t) = self.next_token(&mut samplers[i], &logits[slot], &seen[i], &produced[i])? else {
+                    let Some(t) = self.next_token(&mut samplers[i], &mut logits[slot], &seen[i], &produced[i])? else {
                         continue;
                     };
                     produced[i].push(t);

@@ -4,26 +4,23 @@
 //! `blocked_penalty` per occurrence on top of the reward model's score: the rules judge's hard
 //! penalty, applied where the policy learns.
 
-/// The blocked words and what each occurrence costs.
+use avatar_runtime::word_guard::WordGuard;
+
+/// The blocked words (counted as the serving guard counts them) and what each occurrence costs.
 pub struct Civility {
-    words: Vec<String>,
+    words: WordGuard,
     penalty: f64,
 }
 
 impl Civility {
     /// `words` as read by [`crate::eval::read_word_list`]; blanks are dropped.
-    pub fn new(words: Vec<String>, penalty: f64) -> Civility {
-        Civility { words: words.into_iter().filter(|w| !w.is_empty()).collect(), penalty }
-    }
-
-    /// Non-overlapping occurrences of blocked words in `reply` (the rules judge's count).
-    pub fn occurrences(&self, reply: &str) -> usize {
-        self.words.iter().map(|w| reply.matches(w.as_str()).count()).sum()
+    pub fn new(words: &[String], penalty: f64) -> Civility {
+        Civility { words: WordGuard::new(words), penalty }
     }
 
     /// What `reply` adds to its score: `-penalty ×` its occurrences (0 for a civil reply).
     pub fn term(&self, reply: &str) -> f64 {
-        -self.penalty * self.occurrences(reply) as f64
+        -self.penalty * self.words.occurrences(reply) as f64
     }
 }
 
@@ -33,10 +30,10 @@ mod tests {
 
     #[test]
     fn each_occurrence_costs_the_penalty_and_a_civil_reply_nothing() {
-        let c = Civility::new(vec!["傻".into(), String::new(), "滚".into()], 3.0);
+        let c = Civility::new(&["傻".into(), String::new(), "滚".into()], 3.0);
         assert_eq!(c.term("好的呀"), 0.0);
         assert_eq!(c.term("傻不傻"), -6.0);
         assert_eq!(c.term("滚吧傻"), -6.0);
-        assert_eq!(c.occurrences(""), 0, "a blank word matches nothing");
+        assert_eq!(c.term(""), 0.0, "a blank word matches nothing");
     }
 }

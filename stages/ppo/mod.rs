@@ -109,7 +109,7 @@ impl TypedStage for PpoStage {
         anyhow::ensure!(!samples.is_empty(), "{}: no prompts", prompts_path.display());
         let habits = (p.rate_match > 0.0).then(|| rate_match::Habits::of_person(&samples));
         let civility = match ctx.optional_input("blocked_words") {
-            Some(path) => Some(civility::Civility::new(crate::eval::read_word_list(path)?, p.blocked_penalty)),
+            Some(path) => Some(civility::Civility::new(&crate::eval::read_word_list(path)?, p.blocked_penalty)),
             None => None,
         };
         let m = Models {

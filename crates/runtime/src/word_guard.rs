@@ -5,6 +5,7 @@
 //! The check is on decoded text, so it holds whatever tokens spell the word.
 
 use crate::sampling::Sampler;
+use crate::tokenizer::Tokenizer;
 
 /// Draws tried before the guard gives up on a step (the caller then ends the reply).
 const MAX_REDRAWS: usize = 16;
@@ -27,6 +28,24 @@ impl WordGuard {
     /// Occurrences of blocked words in `text` (non-overlapping, per word).
     pub fn occurrences(&self, text: &str) -> usize {
         self.words.iter().map(|w| text.matches(w.as_str()).count()).sum()
+    }
+
+    /// The next token of a reply that has produced `produced` so far (`seen`: prompt and
+    /// produced), by [`WordGuard::sample`] over the texts `tokenizer` decodes. Nothing is
+    /// decoded when the guard is empty.
+    pub fn sample_next(
+        &self,
+        sampler: &mut Sampler,
+        logits: &mut [f32],
+        seen: &[u32],
+        tokenizer: &Tokenizer,
+        produced: &[u32],
+    ) -> anyhow::Result<Option<u32>> {
+        if self.is_empty() {
+            return Ok(Some(sampler.sample(logits, seen)));
+        }
+        let now = tokenizer.decode(produced, false)?;
+        self.sample(sampler, logits, seen, &now, |t| tokenizer.decode(&[produced, &[t]].concat(), false))
     }
 
     /// The next token, drawn by `sampler` from `logits` (masked in place as tokens are

@@ -372,21 +372,12 @@ impl Worker {
         }
         keep_top_k(logits, p.sampling.top_k);
         let seen: Vec<u32> = s.job.prompt.iter().chain(&s.generated).copied().collect();
-        let tok = if self.loaded.guard.is_empty() {
-            s.sampler.sample(logits, &seen)
-        } else {
-            let tk = &self.loaded.tokenizer;
-            let now = match tk.decode(&s.generated, false) {
-                Ok(t) => t,
-                Err(e) => return self.fail(s, e.to_string()),
-            };
-            let with = |t: u32| tk.decode(&[&s.generated[..], &[t]].concat(), false);
-            match self.loaded.guard.sample(&mut s.sampler, logits, &seen, &now, with) {
-                Ok(Some(t)) => t,
-                // Every likely token completes a blocked word: end the reply here.
-                Ok(None) => return self.end(s, Finish::Stop),
-                Err(e) => return self.fail(s, e.to_string()),
-            }
+        let l = &self.loaded;
+        let tok = match l.guard.sample_next(&mut s.sampler, logits, &seen, &l.tokenizer, &s.generated) {
+            Ok(Some(t)) => t,
+            // Every likely token completes a blocked word: end the reply here.
+            Ok(None) => return self.end(s, Finish::Stop),
+            Err(e) => return self.fail(s, e.to_string()),
         };
         s.sampled += 1;
         let ctx = self.loaded.model.cfg.context;
