@@ -1,13 +1,15 @@
 //! `dpo`: Direct Preference Optimization on the same ranked candidates that `reward-train`
 //! reads, as a drop-in swap for reward-train + ppo. The policy is LoRA on the SFT model; the
 //! reference is the same SFT weights without the adapter (shared in memory, computed once per
-//! pair). Loss: `-log σ(β · ((π_c - ref_c) - (π_r - ref_r)))` on summed reply log-probs.
+//! pair). Loss: `-log σ(β · ((π_c - ref_c) - (π_r - ref_r)))` on summed reply log-probs, plus
+//! `sft_coef` × the chosen reply's per-token NLL (0 by default).
 //!
 //! ```toml
 //! [stages.dpo]
 //! kind = "dpo"
 //! inputs = { policy = "sft.model", ranked = "label.ranked" }
 //! beta = 0.1
+//! sft_coef = 2.0
 //! ```
 
 use std::time::Instant;
@@ -40,11 +42,15 @@ pub struct DpoOptions {
     pub min_margin: f64,
     /// Share of prompts held out for preference accuracy.
     pub val_fraction: f64,
+    /// Weight of the chosen reply's per-token NLL added to the DPO loss (RPO; LLaMA-Factory's
+    /// `pref_ftx`). DPO alone can lower the chosen reply's likelihood along with the rejected
+    /// one's; this term holds the policy's perplexity on real replies near sft's.
+    pub sft_coef: f64,
 }
 
 impl Default for DpoOptions {
     fn default() -> Self {
-        DpoOptions { beta: 0.1, min_margin: 0.0, val_fraction: 0.2 }
+        DpoOptions { beta: 0.1, min_margin: 0.0, val_fraction: 0.2, sft_coef: 0.0 }
     }
 }
 
@@ -73,42 +79,71 @@ impl OwnParams for DpoOptions {
         if !(self.beta > 0.0 && self.beta.is_finite()) {
             bail!("beta must be a positive number");
         }
+        if !(self.sft_coef >= 0.0 && self.sft_coef.is_finite()) {
+            bail!("sft_coef must be a number ≥ 0");
+        }
         validate_pair_training(training, self.val_fraction)
     }
 }
 
 pub struct DpoStage;
 
-/// Summed reply log-probs of `seqs` under `model`, one per sequence, plus the forward pass
-/// (for the surrogate) and each target's sequence index.
-fn sequence_logps(
-    model: &Model,
-    seqs: &[&EncodedSample],
-    pad: u32,
-    pass: &mut Pass,
-) -> anyhow::Result<(Vec<f64>, avatar_runtime::token_logprobs::PolicyForward, Vec<usize>)> {
+/// One forward pass over sequences: each one's summed reply log-prob and reply token count,
+/// the pass itself (for the surrogate) and each target's sequence index.
+struct SequenceLogps {
+    sums: Vec<f64>,
+    tokens: Vec<usize>,
+    fwd: avatar_runtime::token_logprobs::PolicyForward,
+    row_of: Vec<usize>,
+}
+
+fn sequence_logps(model: &Model, seqs: &[&EncodedSample], pad: u32, pass: &mut Pass) -> anyhow::Result<SequenceLogps> {
     let batch = one_per_row(seqs, pad);
     let fwd = policy_forward(model, &batch, pass)?;
     let row_of: Vec<usize> = batch.targets.iter().map(|(i, _)| *i as usize / batch.t).collect();
     let mut sums = vec![0f64; seqs.len()];
+    let mut tokens = vec![0usize; seqs.len()];
     for (lp, &r) in fwd.stats.logp.iter().zip(&row_of) {
         sums[r] += *lp as f64;
+        tokens[r] += 1;
     }
-    Ok((sums, fwd, row_of))
+    Ok(SequenceLogps { sums, tokens, fwd, row_of })
 }
 
-/// Reference log-probs (chosen, rejected) of every pair.
-fn reference_logps(model: &Model, pairs: &[EncodedPair], batch: usize, pad: u32) -> anyhow::Result<Vec<(f64, f64)>> {
+/// Per-token NLL of one reply from its summed log-prob.
+fn per_token_nll(sum: f64, tokens: usize) -> f64 {
+    -sum / tokens.max(1) as f64
+}
+
+/// Reference log-probs (chosen, rejected) of every pair, and the chosen replies' mean per-token
+/// NLL under the reference.
+fn reference_logps(
+    model: &Model,
+    pairs: &[EncodedPair],
+    batch: usize,
+    pad: u32,
+) -> anyhow::Result<(Vec<(f64, f64)>, f64)> {
     let mut out = Vec::with_capacity(pairs.len());
+    let mut nll = 0f64;
     for chunk in pairs.chunks(batch) {
-        let (sums, _, _) = sequence_logps(model, &chosen_then_rejected(chunk.iter()), pad, &mut Pass::inference())?;
+        let lp = sequence_logps(model, &chosen_then_rejected(chunk.iter()), pad, &mut Pass::inference())?;
         let n = chunk.len();
-        out.extend((0..n).map(|i| (sums[i], sums[n + i])));
+        out.extend((0..n).map(|i| (lp.sums[i], lp.sums[n + i])));
+        nll += (0..n).map(|i| per_token_nll(lp.sums[i], lp.tokens[i])).sum::<f64>();
     }
-    Ok(out)
+    Ok((out, nll / pairs.len().max(1) as f64))
 }
 
-/// (preference accuracy of the implicit reward, mean implicit margin, mean loss).
+/// How the policy does on a set of pairs.
+struct PairEval {
+    /// Share of pairs whose implicit reward prefers the chosen reply.
+    accuracy: f64,
+    margin: f64,
+    loss: f64,
+    /// Mean per-token NLL of the chosen replies (what `sft_coef` holds down).
+    chosen_nll: f64,
+}
+
 fn evaluate(
     model: &Model,
     pairs: &[EncodedPair],
@@ -116,17 +151,20 @@ fn evaluate(
     beta: f64,
     batch: usize,
     pad: u32,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<PairEval> {
     let mut stats = PairStats::default();
+    let mut nll = 0f64;
     for (k, chunk) in pairs.chunks(batch).enumerate() {
-        let (sums, _, _) = sequence_logps(model, &chosen_then_rejected(chunk.iter()), pad, &mut Pass::inference())?;
+        let lp = sequence_logps(model, &chosen_then_rejected(chunk.iter()), pad, &mut Pass::inference())?;
         let n = chunk.len();
         for i in 0..n {
             let (rc, rr) = refs[k * batch + i];
-            stats.add(beta * ((sums[i] - rc) - (sums[n + i] - rr)));
+            stats.add(beta * ((lp.sums[i] - rc) - (lp.sums[n + i] - rr)));
+            nll += per_token_nll(lp.sums[i], lp.tokens[i]);
         }
     }
-    Ok(stats.means())
+    let (accuracy, margin, loss) = stats.means();
+    Ok(PairEval { accuracy, margin, loss, chosen_nll: nll / pairs.len().max(1) as f64 })
 }
 
 impl TypedStage for DpoStage {
@@ -168,8 +206,8 @@ impl TypedStage for DpoStage {
         let pad = base.tokenizer.pad_id();
         let max_len = t.max_len(policy.cfg.max_position_embeddings);
         let data = load_stage_pairs(ctx, &base, max_len, p.min_margin, p.val_fraction)?;
-        let train_refs = reference_logps(&reference, &data.train, t.batch_size, pad)?;
-        let val_refs = reference_logps(&reference, &data.val, t.batch_size, pad)?;
+        let (train_refs, reference_chosen_nll) = reference_logps(&reference, &data.train, t.batch_size, pad)?;
+        let (val_refs, _) = reference_logps(&reference, &data.val, t.batch_size, pad)?;
         drop(reference);
 
         let mut opt = t.optimiser(policy.trainable().to_vec())?;
@@ -199,24 +237,27 @@ impl TypedStage for DpoStage {
                 }
                 let n = chunk.len();
                 let seqs = chosen_then_rejected(chunk.iter().map(|&i| &data.train[i]));
-                let (sums, fwd, row_of) = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
-                // dL/d(log p) of each sequence: chosen rows +g, rejected rows -g, g = -β σ(-x) / n.
+                let lp = sequence_logps(&policy, &seqs, pad, &mut Pass { grad: true, rng: None })?;
+                // dL/d(log p) of each sequence: chosen rows +g, rejected rows -g, g = -β σ(-x) / n;
+                // the sft term, sft_coef · mean chosen per-token NLL, adds -sft_coef / (n · tokens).
                 let mut row_coef = vec![0f32; 2 * n];
                 let mut stats = PairStats::default();
+                let mut chosen_nll = 0f64;
                 for (j, &i) in chunk.iter().enumerate() {
                     let (rc, rr) = train_refs[i];
-                    let x = p.beta * ((sums[j] - rc) - (sums[n + j] - rr));
+                    let x = p.beta * ((lp.sums[j] - rc) - (lp.sums[n + j] - rr));
                     stats.add(x);
                     let g = -p.beta * sigmoid(-x) / n as f64;
-                    row_coef[j] = g as f32;
+                    chosen_nll += per_token_nll(lp.sums[j], lp.tokens[j]) / n as f64;
+                    row_coef[j] = (g - p.sft_coef / (n * lp.tokens[j].max(1)) as f64) as f32;
                     row_coef[n + j] = -g as f32;
                 }
-                let (_, _, loss) = stats.means();
+                let loss = stats.means().2 + p.sft_coef * chosen_nll;
                 if !loss.is_finite() {
                     bail!("dpo loss became {loss} at step {}; try a lower lr", step + 1);
                 }
-                let coef: Vec<f32> = row_of.iter().map(|&r| row_coef[r]).collect();
-                let grads = policy.backward(&logp_surrogate(&policy, &fwd, &coef)?)?;
+                let coef: Vec<f32> = lp.row_of.iter().map(|&r| row_coef[r]).collect();
+                let grads = policy.backward(&logp_surrogate(&policy, &lp.fwd, &coef)?)?;
                 opt.step_from(&grads, t.grad_clip, t.lr_at(step, total))?;
                 step += 1;
                 loss_curve.push((step, loss));
@@ -227,12 +268,11 @@ impl TypedStage for DpoStage {
             }
             // An epoch evaluated before the checkpoint has its point in the restored curve.
             if !data.val.is_empty() && val_curve.len() <= epoch {
-                val_curve.push((step, evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?.0));
+                val_curve.push((step, evaluate(&policy, &data.val, &val_refs, p.beta, t.batch_size, pad)?.accuracy));
             }
         }
         bar.finish_and_clear();
-        let (train_acc, train_margin, train_loss) =
-            evaluate(&policy, &data.train, &train_refs, p.beta, t.batch_size, pad)?;
+        let train = evaluate(&policy, &data.train, &train_refs, p.beta, t.batch_size, pad)?;
         let held_out = if data.val.is_empty() {
             None
         } else {
@@ -260,13 +300,16 @@ impl TypedStage for DpoStage {
         let mut m = Metrics::new();
         m.insert("train_pairs".into(), data.train.len().into());
         m.insert("val_pairs".into(), data.val.len().into());
-        m.insert("train_accuracy".into(), train_acc.into());
-        m.insert("train_margin".into(), train_margin.into());
-        m.insert("final_train_loss".into(), train_loss.into());
-        if let Some((acc, margin, loss)) = held_out {
-            m.insert("val_accuracy".into(), acc.into());
-            m.insert("val_margin".into(), margin.into());
-            m.insert("val_loss".into(), loss.into());
+        m.insert("train_accuracy".into(), train.accuracy.into());
+        m.insert("train_margin".into(), train.margin.into());
+        m.insert("final_train_loss".into(), train.loss.into());
+        m.insert("train_chosen_nll".into(), train.chosen_nll.into());
+        m.insert("reference_chosen_nll".into(), reference_chosen_nll.into());
+        if let Some(v) = held_out {
+            m.insert("val_accuracy".into(), v.accuracy.into());
+            m.insert("val_margin".into(), v.margin.into());
+            m.insert("val_loss".into(), v.loss.into());
+            m.insert("val_chosen_nll".into(), v.chosen_nll.into());
         }
         m.insert("steps".into(), step.into());
         m.insert("wall_seconds".into(), wall.elapsed().as_secs_f64().into());

@@ -245,6 +245,25 @@ fn reward_train_then_ppo_and_dpo_on_a_tiny_model() {
     assert!(metric(&dpo, "train_accuracy") > 0.8, "DPO learns the preference: {dpo:?}");
     assert!(metric(&dpo, "train_margin") > 0.0, "{dpo:?}");
     assert!(fx.path("dpo/model/model.safetensors").is_file() && fx.path("dpo/adapter/adapter_config.json").is_file());
+
+    // The sft term (sft_coef) holds the chosen replies' likelihood: same run, same seed, with it
+    // the chosen NLL ends lower than without it, and the implicit reward still prefers the chosen.
+    let anchored = run_stage(
+        &avatar::stages::dpo::DpoStage,
+        "lr = 3e-3\nepochs = 4\nbatch_size = 8\nmax_seq_len = 64\nbeta = 0.5\nsft_coef = 2.0",
+        &[("policy", &sft), ("ranked", &ranked)],
+        &fx.path("dpo-anchored"),
+        &fx.path("work-dpo-anchored"),
+    )
+    .unwrap();
+    assert_eq!(metric(&anchored, "reference_chosen_nll"), metric(&dpo, "reference_chosen_nll"));
+    assert!(
+        metric(&anchored, "train_chosen_nll") < metric(&dpo, "train_chosen_nll") - 0.05,
+        "with sft_coef the chosen NLL is lower: {anchored:?} vs {dpo:?}"
+    );
+    // Plain DPO raises the chosen NLL above the reference's (the failure the term exists for).
+    assert!(metric(&dpo, "train_chosen_nll") > metric(&dpo, "reference_chosen_nll"), "{dpo:?}");
+    assert!(metric(&anchored, "train_margin") > 1.0, "the preference is still learned: {anchored:?}");
 }
 
 #[test]
