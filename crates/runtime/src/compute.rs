@@ -3,9 +3,10 @@
 //! `COMPUTE_METRIC`) so `avatar run --check` compares like with like.
 //!
 //! On the CPU, candle's matrix multiplies go through the `gemm` crate, which picks its
-//! microkernel at run time: FMA on x86-64 (AVX2 + FMA; its AVX-512 kernels are not compiled in,
-//! candle does not enable gemm's `x86-v4` feature), plain scalar code on an x86-64 without FMA,
-//! NEON on aarch64. Fused and unfused multiply-adds round differently. gemm also splits an inner
+//! microkernel at run time: AVX-512 on an x86-64 that has it (the workspace enables gemm's
+//! `x86-v4` feature, which candle leaves off), FMA (AVX2 + FMA) on other x86-64, plain scalar
+//! code on one without FMA, NEON on aarch64. The AVX-512 kernels use wider tiles, so their sums
+//! differ from the FMA kernels' in the last bits. Fused and unfused multiply-adds round differently. gemm also splits an inner
 //! dimension above 512 into blocks sized from the L1 data cache's geometry (512 on a 32 KiB
 //! 8-way L1d, 1024 on a 48 KiB 12-way one), which changes the order of the sums. Both are in the
 //! name, so two machines with the same name produce the same bytes. candle's other CPU ops are
@@ -14,7 +15,7 @@
 
 use candle_core::Device;
 
-/// "cuda", or e.g. "x86_64 fma, L1d 48K/12" for the CPU.
+/// "cuda", or e.g. "x86_64 avx512f, L1d 48K/12" for the CPU.
 pub fn float_path(device: &Device) -> String {
     if device.is_cuda() {
         return "cuda".into();
@@ -26,7 +27,14 @@ pub fn float_path(device: &Device) -> String {
 fn cpu_kernel() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("fma") { "fma" } else { "scalar" }
+        // gemm-common's own dispatch order.
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "avx512f"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "fma"
+        } else {
+            "scalar"
+        }
     }
     #[cfg(target_arch = "aarch64")]
     {
