@@ -6,12 +6,13 @@
 //! microkernel at run time: AVX-512 on an x86-64 that has it (the workspace enables gemm's
 //! `x86-v4` feature, which candle leaves off), FMA (AVX2 + FMA) on other x86-64, plain scalar
 //! code on one without FMA, NEON on aarch64. The AVX-512 kernels use wider tiles, so their sums
-//! differ from the FMA kernels' in the last bits. Fused and unfused multiply-adds round differently. gemm also splits an inner
-//! dimension above 512 into blocks sized from the L1 data cache's geometry (512 on a 32 KiB
-//! 8-way L1d, 1024 on a 48 KiB 12-way one), which changes the order of the sums. Both are in the
-//! name, so two machines with the same name produce the same bytes. candle's other CPU ops are
-//! plain Rust loops in a fixed order (its AVX paths are compile-time only, off in a default
-//! build), and the thread count changes no sum: gemm parallelises over rows and columns only.
+//! differ from the FMA kernels' in the last bits; fused and unfused multiply-adds round
+//! differently. gemm also splits an inner dimension above 512 into blocks sized from the L1
+//! data cache's geometry (512 on a 32 KiB 8-way L1d, 1024 on a 48 KiB 12-way one), which changes
+//! the order of the sums. Both are in the name, so two machines with the same name produce the
+//! same bytes. candle's other CPU ops are plain Rust loops in a fixed order (its AVX paths are
+//! compile-time only, off in a default build), and the thread count changes no sum: gemm
+//! parallelises over rows and columns only.
 
 use candle_core::Device;
 
