@@ -9,6 +9,7 @@
 //!   their scalings (linear, llama3), shared with the GGUF converter and quantized decoder.
 //! - [`model`]: the decoder ([`Model`]), with LoRA or full trainable weights.
 //! - [`frozen`]: the frozen-weight matmul whose backward returns only the input gradient.
+//! - [`fused`]: the training path's RMSNorm, SwiGLU and softmax as one CPU pass each way.
 //! - [`held`]: frozen weights held as bf16/f16 or Q8_0/Q4_0 row tiles (QLoRA), widened a tile
 //!   at a time.
 //! - [`lora`]: LoRA settings and adapters, PEFT file layout.
@@ -34,6 +35,7 @@ pub mod config_fields;
 pub mod device;
 pub mod family;
 pub mod frozen;
+pub mod fused;
 pub mod generate;
 pub mod held;
 pub mod hf;

@@ -5,8 +5,8 @@
 //! ([`super::family`]).
 //!
 //! Two paths share the weights:
-//! - [`Model::loss`] / [`Model::forward_hidden`]: differentiable ops only (`softmax`,
-//!   `rms_norm_slow`, a rotate-half RoPE), frozen weights through [`frozen_linear`].
+//! - [`Model::loss`] / [`Model::forward_hidden`]: differentiable ops only ([`fused`]'s RMSNorm,
+//!   SwiGLU and softmax, a rotate-half RoPE), frozen weights through [`frozen_linear`].
 //! - [`Model::forward_cached`]: generation with a KV cache and candle's fused kernels, which drop
 //!   gradients and so are never used where a gradient is needed.
 
@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::ModelConfig;
 use super::family::{Family, Rotary};
 use super::frozen::frozen_linear;
+use super::fused;
 use super::held::{HeldMatrix, HoldSpec, held_linear};
 use super::lora::{LoraConfig, peft_key};
 use super::rotary;
@@ -214,7 +215,7 @@ impl Layer {
                 (y.narrow(D::Minus1, 0, n)?, y.narrow(D::Minus1, n, n)?)
             }
         };
-        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?, pass)
+        self.down.forward(&fused::swiglu(&g, &u)?, pass)
     }
 
     /// The attention (`which = 0`) or MLP (`1`) output as it joins the residual: normed again
@@ -223,7 +224,7 @@ impl Layer {
     fn block_out(&self, y: Tensor, which: usize, eps: f32, fused: bool) -> candle_core::Result<Tensor> {
         let Some((attn, mlp)) = &self.out_norms else { return Ok(y) };
         let w = if which == 0 { attn } else { mlp };
-        if fused { candle_nn::ops::rms_norm(&y, w, eps) } else { candle_nn::ops::rms_norm_slow(&y, w, eps) }
+        if fused { candle_nn::ops::rms_norm(&y, w, eps) } else { fused::rms_norm(&y, w, eps) }
     }
 }
 
@@ -539,16 +540,16 @@ impl Model {
                 x = self.layer_train(layer, &x, &tables, pass)?;
             }
         }
-        Ok(candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?)
+        Ok(fused::rms_norm(&x, &self.norm, eps)?)
     }
 
     /// One decoder layer on the differentiable path: attention and MLP, each with its residual.
     fn layer_train(&self, layer: &Layer, x: &Tensor, tables: &Tables, pass: &mut Pass) -> anyhow::Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
-        let hn = candle_nn::ops::rms_norm_slow(x, &layer.input_norm, eps)?;
+        let hn = fused::rms_norm(x, &layer.input_norm, eps)?;
         let attn = layer.block_out(self.attention_train(layer, &hn, tables, pass)?, 0, eps, false)?;
         let x = (x + attn)?;
-        let hn = candle_nn::ops::rms_norm_slow(&x, &layer.post_norm, eps)?;
+        let hn = fused::rms_norm(&x, &layer.post_norm, eps)?;
         let mlp = layer.block_out(layer.mlp(&hn, pass)?, 1, eps, false)?;
         Ok((x + mlp)?)
     }
@@ -581,7 +582,7 @@ impl Model {
         let (q, k) = match &layer.qk_norm {
             Some((qn, kn)) => {
                 let eps = self.cfg.rms_norm_eps as f32;
-                (candle_nn::ops::rms_norm_slow(&q, qn, eps)?, candle_nn::ops::rms_norm_slow(&k, kn, eps)?)
+                (fused::rms_norm(&q, qn, eps)?, fused::rms_norm(&k, kn, eps)?)
             }
             None => (q, k),
         };
@@ -590,7 +591,7 @@ impl Model {
         // GQA without copying K/V: the `rep` query heads sharing a KV head become extra rows.
         let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, nkv, rep * t, hd))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.reshape((b, nkv, rep * t, t))?;
+        let probs = fused::softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
         let ctx = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         layer.o.forward(&ctx, pass)
     }
@@ -816,18 +817,8 @@ impl Model {
 /// the loss and its backward gives the true gradients. Saves several vocabulary-sized tensors and
 /// their single-threaded elementwise backward ops per step.
 fn head_loss(model: &Model, h: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
-    let n = h.dim(0)? as f64;
     let hd = h.detach();
-    let logits = model.head_logits(&hd)?;
-    let max = logits.max_keepdim(D::Minus1)?;
-    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
-    let picked = logits.gather(labels, 1)?;
-    let value = (lse - picked)?.mean_all()?;
-    let mut g = candle_nn::ops::softmax_last_dim(&logits)?;
-    drop(logits);
-    // Subtract the one-hot targets: scatter -1 at each row's label.
-    let minus_one = Tensor::full(-1f32, labels.shape(), g.device())?;
-    g = (g.scatter_add(labels, &minus_one, 1)? / n)?;
+    let (value, g) = fused::cross_entropy_with_grad(&model.head_logits(&hd)?, labels)?;
     let mut surrogate = (h * model.head_input_grad(&g)?)?.sum_all()?;
     if let Some(w) = model.trainable_head() {
         surrogate = (surrogate + (w * g.t()?.matmul(&hd)?)?.sum_all()?)?;
