@@ -1,6 +1,6 @@
 //! Frozen base weights held compactly: bf16 or f16, or GGML's Q8_0 / Q4_0 blocks (QLoRA), in
-//! row tiles. The forward pass and the input gradient widen one tile at a time to f32 and
-//! multiply there, so no f32 copy of a whole frozen matrix is ever resident, and the math is
+//! row tiles. The forward pass and the input gradient widen one tile at a time to f32 (on the
+//! CPU on every core, [`widen`]) and multiply there, so no f32 copy of a whole frozen matrix is ever resident, and the math is
 //! exactly that of the dequantized matrix in f32. LoRA weights, optimiser state, norms, biases
 //! and the loss stay f32 (master weights).
 //!
@@ -16,6 +16,8 @@ use anyhow::{Context, bail};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+
+mod widen;
 
 /// A quantized format for the frozen linear layers (manifest: `base_quant = "q4_0"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -214,7 +216,9 @@ impl HeldMatrix {
 
     fn tile_f32(&self, i: usize) -> candle_core::Result<Tensor> {
         match &self.tiles[i] {
+            Tile::Dense(t) if t.device().is_cpu() && t.dtype() != DType::F32 => widen::dense(t),
             Tile::Dense(t) => t.to_dtype(DType::F32),
+            Tile::Quant(q) if self.device.is_cpu() => widen::quantized(q),
             Tile::Quant(q) => q.dequantize(&self.device),
         }
     }
