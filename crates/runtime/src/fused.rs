@@ -10,6 +10,10 @@
 //!
 //! Off the CPU, or for other dtypes, the composite candle ops run: they have CUDA kernels and
 //! their autograd is correct there.
+//!
+//! The backward ops take detached operands, so a gradient carries no graph: gradient
+//! checkpointing backpropagates a recomputed layer against the gradient of the layer above,
+//! and that gradient must be a constant there (these ops have no second derivative).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Storage, Tensor};
@@ -80,7 +84,8 @@ impl CustomOp2 for RmsNorm {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = x.elem_count();
-        let both = x.apply_op3(w, &grad.contiguous()?, RmsNormBwd { eps: self.eps, weight_grad: w.is_variable() })?;
+        let op = RmsNormBwd { eps: self.eps, weight_grad: w.is_variable() };
+        let both = x.detach().apply_op3(&w.detach(), &grad.detach().contiguous()?, op)?;
         let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = w.is_variable().then(|| both.narrow(0, n, w.elem_count())).transpose()?;
         Ok((Some(dx), dw))
@@ -172,7 +177,7 @@ impl CustomOp2 for SwiGlu {
 
     fn bwd(&self, g: &Tensor, u: &Tensor, _h: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = g.elem_count();
-        let both = g.apply_op3(u, &grad.contiguous()?, SwiGluBwd)?;
+        let both = g.detach().apply_op3(&u.detach(), &grad.detach().contiguous()?, SwiGluBwd)?;
         Ok((Some(both.narrow(0, 0, n)?.reshape(g.shape())?), Some(both.narrow(0, n, n)?.reshape(u.shape())?)))
     }
 }
@@ -254,7 +259,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2(&grad.contiguous()?, SoftmaxBwd)?))
+        Ok(Some(y.detach().apply_op2(&grad.detach().contiguous()?, SoftmaxBwd)?))
     }
 }
 

@@ -98,7 +98,9 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
     };
     let tokens = (p.rows * p.seq_len) as u64;
     // f32 values each token keeps per layer for the backward.
-    let mut per_layer = 30 * h + 15 * (q + 2 * kv) + 15 * i + 5 * nh * p.seq_len as u64;
+    // Refitted for the fused RMSNorm, SwiGLU and softmax (runtime/fused.rs), which keep fewer
+    // intermediates than the composite ops did.
+    let mut per_layer = 26 * h + 15 * (q + 2 * kv) + 12 * i + 2 * nh * p.seq_len as u64;
     if !p.hold.is_f32() {
         // The held matmul's product is kept twice (its operand and its output).
         per_layer += q + 2 * kv + 2 * h + 2 * i;
@@ -112,7 +114,8 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
         weights,
         training_state: trainable * 4 * 5,
         activations,
-        logits: tokens * vocab * 4 * 3,
+        // The logits and their gradient, computed in one pass (fused::cross_entropy_with_grad).
+        logits: tokens * vocab * 4 * 2,
         overhead: 250 * MIB,
     }
 }
