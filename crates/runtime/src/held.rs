@@ -1,8 +1,8 @@
 //! Frozen base weights held compactly: bf16 or f16, or GGML's Q8_0 / Q4_0 blocks (QLoRA), in
 //! row tiles. The forward pass and the input gradient widen one tile at a time to f32 (on the
-//! CPU on every core, [`widen`]) and multiply there, so no f32 copy of a whole frozen matrix is ever resident, and the math is
-//! exactly that of the dequantized matrix in f32. LoRA weights, optimiser state, norms, biases
-//! and the loss stay f32 (master weights).
+//! CPU on every core, [`widen`]) and multiply there, so no f32 copy of a whole frozen matrix is
+//! ever resident, and the math is exactly that of the dequantized matrix in f32. LoRA weights,
+//! optimiser state, norms, biases and the loss stay f32 (master weights).
 //!
 //! Why GGML's Q8_0 / Q4_0 rather than bitsandbytes' NF4: they are the formats the project's
 //! quantize stage, serving decoder and llama.cpp already run, candle quantizes and dequantizes
