@@ -17,6 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
+mod cpu_product;
 mod widen;
 
 /// A quantized format for the frozen linear layers (manifest: `base_quant = "q4_0"`).
@@ -229,10 +230,13 @@ impl HeldMatrix {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    /// `x W^T` for `x: [m, cols]`. Differentiable through `x` by candle's own ops, which keep
-    /// the widened tiles in the graph: pass a detached `x` where a gradient is taken
-    /// ([`held_linear`] does).
+    /// `x W^T` for `x: [m, cols]`. Only f32 rows are sure to stay differentiable through `x`:
+    /// a widening matrix's CPU product is computed outside candle's ops, and elsewhere its
+    /// widened tiles would stay in the graph. Pass a detached `x` ([`held_linear`] does).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if cpu_product::applies(self, x) {
+            return cpu_product::forward(self, x);
+        }
         if self.tiles.len() == 1 {
             return x.matmul(&self.tile_f32(0)?.t()?);
         }
@@ -244,6 +248,9 @@ impl HeldMatrix {
 
     /// `g W` for `g: [m, rows]`: the gradient of `x W^T` with respect to `x`.
     pub fn input_grad(&self, g: &Tensor) -> candle_core::Result<Tensor> {
+        if cpu_product::applies(self, g) {
+            return cpu_product::input_grad(self, g);
+        }
         if self.tiles.len() == 1 {
             return g.matmul(&self.tile_f32(0)?);
         }
@@ -379,6 +386,12 @@ mod tests {
             let expected = (reference * 2.0).unwrap().broadcast_matmul(&dense).unwrap();
             let rel = max_diff(gx, &expected) / expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(rel < 1e-4, "{}: input gradient differs by {rel} (relative)", spec.label());
+            // One row (a generation step) and none.
+            let one = Tensor::randn(0f32, 1.0, (1, 1024), &Device::Cpu).unwrap();
+            let d = max_diff(&held.forward(&one).unwrap(), &one.matmul(&dense.t().unwrap()).unwrap());
+            assert!(d < 1e-3, "{}: one-row forward differs by {d}", spec.label());
+            let none = Tensor::zeros((0, 1200), DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(held.input_grad(&none).unwrap().dims(), &[0, 1024]);
         }
     }
 

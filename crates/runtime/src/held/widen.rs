@@ -14,9 +14,21 @@ const TASK: usize = 64 * 1024;
 /// A bf16 or f16 CPU tensor in f32.
 pub fn dense(t: &Tensor) -> Result<Tensor> {
     let t = t.contiguous()?;
+    let mut out = vec![0f32; t.elem_count()];
+    if !dense_into(&t, &mut out)? {
+        return t.to_dtype(DType::F32);
+    }
+    Tensor::from_vec(out, t.shape().clone(), t.device())
+}
+
+/// Widens a contiguous bf16 or f16 CPU tensor into `out` (as long as the tensor); false, with
+/// `out` untouched, for any other tensor.
+pub fn dense_into(t: &Tensor, out: &mut [f32]) -> Result<bool> {
     let (storage, layout) = t.storage_and_layout();
-    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("widen: not contiguous") };
-    let mut out = vec![0f32; b - a];
+    let Some((a, b)) = layout.contiguous_offsets() else { return Ok(false) };
+    if out.len() != b - a {
+        candle_core::bail!("widen: {} values into {}", b - a, out.len());
+    }
     match &*storage {
         Storage::Cpu(CpuStorage::BF16(v)) => {
             out.par_chunks_mut(TASK).zip(v[a..b].par_chunks(TASK)).for_each(|(o, v)| {
@@ -28,14 +40,9 @@ pub fn dense(t: &Tensor) -> Result<Tensor> {
                 o.iter_mut().zip(v).for_each(|(o, v)| *o = v.to_f32());
             })
         }
-        _ => {
-            drop(storage);
-            return t.to_dtype(DType::F32);
-        }
+        _ => return Ok(false),
     }
-    let shape = t.shape().clone();
-    drop(storage);
-    Tensor::from_vec(out, shape, t.device())
+    Ok(true)
 }
 
 /// Widens one 32-value block from its bytes.
@@ -43,22 +50,31 @@ type BlockWidener = fn(&[u8], &mut [f32]);
 
 /// A Q8_0 or Q4_0 CPU tensor dequantized, as `QTensor::dequantize` computes it.
 pub fn quantized(q: &QTensor) -> Result<Tensor> {
+    let mut out = vec![0f32; q.shape().elem_count()];
+    if !quantized_into(q, &mut out)? {
+        return q.dequantize(&candle_core::Device::Cpu);
+    }
+    Tensor::from_vec(out, q.shape().clone(), &candle_core::Device::Cpu)
+}
+
+/// Dequantizes a Q8_0 or Q4_0 CPU tensor into `out` (as long as the tensor); false, with
+/// `out` untouched, for other formats.
+pub fn quantized_into(q: &QTensor, out: &mut [f32]) -> Result<bool> {
     let (block_bytes, widen_block): (usize, BlockWidener) = match q.dtype() {
         GgmlDType::Q8_0 => (34, q8_0),
         GgmlDType::Q4_0 => (18, q4_0),
-        _ => return q.dequantize(&candle_core::Device::Cpu),
+        _ => return Ok(false),
     };
     let data = q.data()?;
     let n = q.shape().elem_count();
-    if data.len() != n / 32 * block_bytes || !n.is_multiple_of(32) {
-        candle_core::bail!("widen: {} bytes for {n} values of {:?}", data.len(), q.dtype());
+    if data.len() != n / 32 * block_bytes || !n.is_multiple_of(32) || out.len() != n {
+        candle_core::bail!("widen: {} bytes for {n} values of {:?} into {}", data.len(), q.dtype(), out.len());
     }
-    let mut out = vec![0f32; n];
     let blocks = TASK / 32;
     out.par_chunks_mut(blocks * 32).zip(data.par_chunks(blocks * block_bytes)).for_each(|(o, d)| {
         o.chunks_exact_mut(32).zip(d.chunks_exact(block_bytes)).for_each(|(o, d)| widen_block(d, o));
     });
-    Tensor::from_vec(out, q.shape().clone(), &candle_core::Device::Cpu)
+    Ok(true)
 }
 
 fn scale(block: &[u8]) -> f32 {
