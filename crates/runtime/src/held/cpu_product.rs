@@ -14,7 +14,8 @@ use gemm::{Parallelism, gemm};
 use super::{HeldMatrix, Tile, widen};
 
 thread_local! {
-    /// One widened tile: at most `TILE_F32_BYTES`, kept so no multiply faults in fresh pages.
+    /// One widened tile (about `TILE_F32_BYTES`, up to `MIN_TILE_ROWS` rows of a very wide
+    /// matrix), kept so that no multiply faults in fresh pages.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
