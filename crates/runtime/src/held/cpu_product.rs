@@ -33,90 +33,105 @@ pub fn applies(w: &HeldMatrix, x: &Tensor) -> bool {
 
 /// `x W^T` for `x: [m, cols]`.
 pub fn forward(w: &HeldMatrix, x: &Tensor) -> Result<Tensor> {
-    let (m, cols) = x.dims2()?;
-    check_inner("forward", cols, w.cols)?;
-    let mut out = vec![0f32; m * w.rows];
-    if m == 0 {
-        return Tensor::from_vec(out, (m, w.rows), x.device());
-    }
-    with_f32(x, |x| {
-        each_widened_tile(w, |r0, n, tile| {
-            // SAFETY: `x` holds m × cols values (row stride cols); `tile` n × cols (read as its
-            // transpose, cols × n); the destination is columns r0..r0+n of the m × rows `out`.
-            unsafe {
-                gemm(
-                    m,
-                    n,
-                    cols,
-                    out.as_mut_ptr().add(r0),
-                    1,
-                    w.rows as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    cols as isize,
-                    tile.as_ptr(),
-                    cols as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                )
-            }
-        })
-    })?;
-    Tensor::from_vec(out, (m, w.rows), x.device())
+    product(w, x, "forward", w.cols, w.rows, |x, out, m, r0, n, tile| {
+        // SAFETY: `x` holds m × cols values; `tile` n × cols, read as its transpose (cols × n:
+        // row stride 1, column stride cols); the destination is columns r0..r0+n of the
+        // m × rows `out`.
+        unsafe {
+            gemm_into(m, n, w.cols, out[r0..].as_mut_ptr(), w.rows, false, x.as_ptr(), w.cols, tile.as_ptr(), 1, w.cols)
+        }
+    })
 }
 
 /// `g W` for `g: [m, rows]`: the gradient of `x W^T` with respect to `x`.
 pub fn input_grad(w: &HeldMatrix, g: &Tensor) -> Result<Tensor> {
-    let (m, rows) = g.dims2()?;
-    check_inner("input gradient", rows, w.rows)?;
-    let mut out = vec![0f32; m * w.cols];
-    if m == 0 {
-        return Tensor::from_vec(out, (m, w.cols), g.device());
-    }
-    with_f32(g, |g| {
-        each_widened_tile(w, |r0, n, tile| {
-            // SAFETY: the left operand is columns r0..r0+n of the m × rows `g`; `tile` holds
-            // n × cols values; the destination is the m × cols `out`, added to after the first
-            // tile (gemm computes `dst = alpha·dst + beta·lhs·rhs`).
-            unsafe {
-                gemm(
-                    m,
-                    w.cols,
-                    n,
-                    out.as_mut_ptr(),
-                    1,
-                    w.cols as isize,
-                    r0 > 0,
-                    g.as_ptr().add(r0),
-                    1,
-                    rows as isize,
-                    tile.as_ptr(),
-                    1,
-                    w.cols as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                )
-            }
-        })
-    })?;
-    Tensor::from_vec(out, (m, w.cols), g.device())
+    product(w, g, "input gradient", w.rows, w.cols, |g, out, m, r0, n, tile| {
+        // SAFETY: the left operand is columns r0..r0+n of the m × rows `g`; `tile` holds
+        // n × cols values; the destination is the m × cols `out`, added to after the first tile.
+        unsafe {
+            gemm_into(
+                m,
+                w.cols,
+                n,
+                out.as_mut_ptr(),
+                w.cols,
+                r0 > 0,
+                g[r0..].as_ptr(),
+                w.rows,
+                tile.as_ptr(),
+                w.cols,
+                1,
+            )
+        }
+    })
 }
 
-fn check_inner(what: &str, got: usize, want: usize) -> Result<()> {
-    if got != want {
-        candle_core::bail!("held matmul {what}: inner dimension {got}, the matrix has {want}");
+/// The `[m, out_cols]` product of `a: [m, inner]` and `w`, built tile by tile:
+/// `tile_product(a, out, m, first_row, rows, tile)` adds one widened tile's part to `out`.
+fn product(
+    w: &HeldMatrix,
+    a: &Tensor,
+    what: &str,
+    inner: usize,
+    out_cols: usize,
+    mut tile_product: impl FnMut(&[f32], &mut [f32], usize, usize, usize, &[f32]),
+) -> Result<Tensor> {
+    let (m, k) = a.dims2()?;
+    if k != inner {
+        candle_core::bail!("held matmul {what}: inner dimension {k}, the matrix has {inner}");
     }
-    Ok(())
+    let mut out = vec![0f32; m * out_cols];
+    if m > 0 {
+        with_f32(a, |a| each_widened_tile(w, |r0, n, tile| tile_product(a, &mut out, m, r0, n, tile)))?;
+    }
+    Tensor::from_vec(out, (m, out_cols), a.device())
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, for an m × k `lhs` and a k × n
+/// `rhs`. `dst` and `lhs` are row-major with the given row strides, `rhs` has both strides.
+///
+/// # Safety
+/// Every operand's pointer must address all the elements its shape and strides reach.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    // gemm computes `dst = alpha·dst + beta·lhs·rhs` (dst read only when `accumulate`).
+    let alpha = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: the caller's.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            alpha,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
 }
 
 /// Calls `f(first_row, rows, values)` with each tile widened to f32, in row order.

@@ -30,19 +30,18 @@ pub fn dense_into(t: &Tensor, out: &mut [f32]) -> Result<bool> {
         candle_core::bail!("widen: {} values into {}", b - a, out.len());
     }
     match &*storage {
-        Storage::Cpu(CpuStorage::BF16(v)) => {
-            out.par_chunks_mut(TASK).zip(v[a..b].par_chunks(TASK)).for_each(|(o, v)| {
-                o.iter_mut().zip(v).for_each(|(o, v)| *o = v.to_f32());
-            })
-        }
-        Storage::Cpu(CpuStorage::F16(v)) => {
-            out.par_chunks_mut(TASK).zip(v[a..b].par_chunks(TASK)).for_each(|(o, v)| {
-                o.iter_mut().zip(v).for_each(|(o, v)| *o = v.to_f32());
-            })
-        }
+        Storage::Cpu(CpuStorage::BF16(v)) => widen_each(&v[a..b], out, |v| v.to_f32()),
+        Storage::Cpu(CpuStorage::F16(v)) => widen_each(&v[a..b], out, |v| v.to_f32()),
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// `out[i] = widen(values[i])`, in parallel tasks of [`TASK`] values.
+fn widen_each<T: Copy + Sync>(values: &[T], out: &mut [f32], widen: impl Fn(T) -> f32 + Sync) {
+    out.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| {
+        o.iter_mut().zip(v).for_each(|(o, &v)| *o = widen(v));
+    });
 }
 
 /// Widens one 32-value block from its bytes.
