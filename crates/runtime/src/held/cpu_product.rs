@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use gemm::{Parallelism, gemm};
 
@@ -26,8 +25,8 @@ pub fn applies(w: &HeldMatrix, x: &Tensor) -> bool {
         && x.device().is_cpu()
         && w.device.is_cpu()
         && w.tiles.iter().all(|t| match t {
-            Tile::Dense(d) => d.device().is_cpu() && matches!(d.dtype(), DType::BF16 | DType::F16),
-            Tile::Quant(q) => matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_0),
+            Tile::Dense(d) => d.device().is_cpu() && widen::widens_dense(d.dtype()),
+            Tile::Quant(q) => widen::widens_quantized(q.dtype()),
         })
 }
 

@@ -37,6 +37,11 @@ pub fn dense_into(t: &Tensor, out: &mut [f32]) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether [`dense_into`] widens a CPU tensor of this dtype.
+pub fn widens_dense(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
 /// `out[i] = widen(values[i])`, in parallel tasks of [`TASK`] values.
 fn widen_each<T: Copy + Sync>(values: &[T], out: &mut [f32], widen: impl Fn(T) -> f32 + Sync) {
     out.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| {
@@ -59,11 +64,7 @@ pub fn quantized(q: &QTensor) -> Result<Tensor> {
 /// Dequantizes a Q8_0 or Q4_0 CPU tensor into `out` (as long as the tensor); false, with
 /// `out` untouched, for other formats.
 pub fn quantized_into(q: &QTensor, out: &mut [f32]) -> Result<bool> {
-    let (block_bytes, widen_block): (usize, BlockWidener) = match q.dtype() {
-        GgmlDType::Q8_0 => (34, q8_0),
-        GgmlDType::Q4_0 => (18, q4_0),
-        _ => return Ok(false),
-    };
+    let Some((block_bytes, widen_block)) = block_format(q.dtype()) else { return Ok(false) };
     let data = q.data()?;
     let n = q.shape().elem_count();
     if data.len() != n / 32 * block_bytes || !n.is_multiple_of(32) || out.len() != n {
@@ -74,6 +75,20 @@ pub fn quantized_into(q: &QTensor, out: &mut [f32]) -> Result<bool> {
         o.chunks_exact_mut(32).zip(d.chunks_exact(block_bytes)).for_each(|(o, d)| widen_block(d, o));
     });
     Ok(true)
+}
+
+/// Whether [`quantized_into`] dequantizes this format.
+pub fn widens_quantized(format: GgmlDType) -> bool {
+    block_format(format).is_some()
+}
+
+/// A format's bytes per 32-value block and its block widener.
+fn block_format(format: GgmlDType) -> Option<(usize, BlockWidener)> {
+    match format {
+        GgmlDType::Q8_0 => Some((34, q8_0)),
+        GgmlDType::Q4_0 => Some((18, q4_0)),
+        _ => None,
+    }
 }
 
 fn scale(block: &[u8]) -> f32 {
