@@ -9,6 +9,10 @@
 //!   are made one matrix at a time straight into the held format; a 7B in f32 does not fit a
 //!   24 GB machine.
 //!
+//! `cpu s` is a step's CPU time over all threads: another tenant on a shared machine stretches
+//! wall time but hardly this, so it compares avatar's rows (what each held format costs) when
+//! the wall times are disturbed.
+//!
 //! Every configuration runs in a process of its own (`qlora one <name>`), so each peak RSS is
 //! its own. Args: `speed`, `7b`, or configuration names (`0.5b-q4_0`, `7b-bf16`, `torch`, …).
 
@@ -111,24 +115,38 @@ fn main() {
             }
         }
     }
-    let torch = rows.iter().find(|r| r["name"] == "torch-peft-f32").and_then(|r| r["tok_s"].as_f64());
+    let torch = rows.iter().find(|r| r["name"] == "torch-peft-f32");
     println!(
-        "{:<16} {:<12} {:>3} {:>6} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "config", "base", "r", "batch", "step s", "tok/s", "frozen MiB", "loaded MiB", "peak MiB", "plan MiB", "÷torch"
+        "{:<16} {:<12} {:>3} {:>6} {:>9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "config",
+        "base",
+        "r",
+        "batch",
+        "step s",
+        "cpu s",
+        "tok/s",
+        "frozen MiB",
+        "loaded MiB",
+        "peak MiB",
+        "plan MiB",
+        "÷torch"
     );
     for r in &rows {
-        // Only the 0.5B rows share the reference's shape.
-        let ratio = match (torch, r["tok_s"].as_f64(), r["name"].as_str()) {
-            (Some(t), Some(x), Some(n)) if !n.starts_with("7b") => format!("{:.2}", x / t),
+        // Torch's step over this row's, in wall time: PyTorch's OpenMP threads spin while they
+        // wait, so CPU seconds do not compare across the two. Only the 0.5B rows share the
+        // reference's shape.
+        let ratio = match (torch.and_then(|t| t["step_s"].as_f64()), r["step_s"].as_f64(), r["name"].as_str()) {
+            (Some(t), Some(x), Some(n)) if !n.starts_with("7b") => format!("{:.2}", t / x),
             _ => "-".into(),
         };
         println!(
-            "{:<16} {:<12} {:>3} {:>6} {:>9.2} {:>8.1} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8}",
+            "{:<16} {:<12} {:>3} {:>6} {:>9.2} {:>8.2} {:>8.1} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8}",
             r["name"].as_str().unwrap_or("?"),
             r["base"].as_str().unwrap_or("?"),
             r["r"],
             r["batch"].as_str().unwrap_or("?"),
             r["step_s"].as_f64().unwrap_or(f64::NAN),
+            r["cpu_s"].as_f64().unwrap_or(f64::NAN),
             r["tok_s"].as_f64().unwrap_or(f64::NAN),
             r["frozen_mb"].as_f64().unwrap_or(f64::NAN),
             r["loaded_mb"].as_f64().unwrap_or(f64::NAN),

@@ -39,14 +39,15 @@ def main():
         return loss.item()
 
     step()  # warm-up, as avatar's rows
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         loss = step()
     step_s = (time.perf_counter() - start) / steps
+    cpu_s = (time.process_time() - cpu_start) / steps
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "name": "torch-peft-f32", "base": f"torch {torch.__version__.split('+')[0]}", "r": r,
-        "batch": f"{b}x{t}", "step_s": step_s, "tok_s": b * t / step_s, "frozen_mb": None,
+        "batch": f"{b}x{t}", "step_s": step_s, "cpu_s": cpu_s, "tok_s": b * t / step_s, "frozen_mb": None,
         "loaded_mb": None, "peak_mb": peak_mb, "loss": loss,
     }))
 

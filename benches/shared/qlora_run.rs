@@ -182,18 +182,31 @@ pub fn run_one(c: &Config) -> serde_json::Value {
     if c.warmup {
         step(0);
     }
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     for k in 1..=c.steps {
         step(k as u64);
     }
     let step_s = start.elapsed().as_secs_f64() / c.steps as f64;
+    let cpu_s = (cpu_seconds() - cpu_start) / c.steps as f64;
     let plan_parts = [plan.weights, plan.training_state, plan.activations, plan.logits, plan.overhead]
         .map(|b| (b as f64 / 1048576.0).round());
     serde_json::json!({
         "name": c.name, "base": c.spec.label(), "r": c.r, "batch": format!("{b}x{t}"), "checkpoint": c.checkpoint,
-        "step_s": step_s, "tok_s": (b * t) as f64 / step_s, "frozen_mb": model.frozen_bytes() as f64 / 1048576.0,
+        "step_s": step_s, "cpu_s": cpu_s, "tok_s": (b * t) as f64 / step_s, "frozen_mb": model.frozen_bytes() as f64 / 1048576.0,
         "loaded_mb": loaded_mb, "peak_mb": proc_status_mb("VmHWM:"), "load_s": load_s, "loss": last_loss,
         "plan_mb": plan.total() as f64 / 1048576.0,
         "plan_parts_mb": plan_parts,
     })
+}
+
+/// CPU seconds this process has run (user + system, all threads). On a shared machine a step's
+/// CPU time moves less than its wall time when another tenant takes the cores.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
