@@ -33,20 +33,31 @@ fn cuda(required: bool) -> anyhow::Result<Device> {
 }
 
 /// Run candle's CPU elementwise kernels on the calling thread (`CANDLE_NUM_THREADS=1`) unless
-/// the user chose otherwise; matrix multiplies keep their own thread pool (`RAYON_NUM_THREADS`).
+/// the user chose otherwise; matrix multiplies keep their own thread pool (`RAYON_NUM_THREADS`),
+/// pinned here to the count candle picks by default, so that it is worked out once.
 ///
 /// candle 0.11 parallelises elementwise ops over a spin-waiting barrier pool. On a 2-core machine
 /// shared with anything else, a worker that gets descheduled stalls every op: measured with
 /// `cargo bench --bench sft` at load ~5, a LoRA step on a 0.5B-shaped model took 14.7 s with the
 /// pool and 4.9 s without it (26 tok/s); the scratch model went from ~300–460 to ~800–930 tok/s.
 ///
+/// Without `RAYON_NUM_THREADS`, candle works the count out again on every matmul, by parsing
+/// /proc/cpuinfo: 58 µs a call on this 2-core machine, more with more cores, so ~0.1 s of every
+/// 0.5B LoRA step and most of a tiny model's decoding step. Set, it reads the variable (0.2 µs).
+/// rayon's own pool then has candle's count of threads too (physical cores, not SMT siblings).
+///
 /// # Safety
-/// Sets an environment variable: call it first thing in `main`, before any other thread exists
+/// Sets environment variables: call it first thing in `main`, before any other thread exists
 /// and before any candle op runs (the pool reads the variable once).
 pub unsafe fn configure_cpu_threads() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: the caller guarantees no other thread is running.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads().to_string();
+        // SAFETY: as above.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads) };
     }
 }
 
