@@ -96,7 +96,7 @@ fn bench(name: &str, cfg: ModelConfig, mode: TrainMode, b: usize, t: usize, step
 }
 
 fn main() {
-    // What the avatar binary should do at start-up (runtime::device::configure_cpu_threads);
+    // What the avatar binary does at start-up (runtime::device::configure_cpu_threads, src/main.rs);
     // `CANDLE_NUM_THREADS=2 cargo bench --bench sft` measures candle's own elementwise pool.
     // SAFETY: first statement of main, no other thread exists yet.
     unsafe { avatar::runtime::device::configure_cpu_threads() };
