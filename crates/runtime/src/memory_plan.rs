@@ -98,12 +98,14 @@ pub fn estimate(p: &TrainPlan) -> Estimate {
     };
     let tokens = (p.rows * p.seq_len) as u64;
     // f32 values each token keeps per layer for the backward.
-    // Refitted for the fused RMSNorm, SwiGLU and softmax (runtime/fused.rs), which keep fewer
-    // intermediates than the composite ops did.
-    let mut per_layer = 26 * h + 15 * (q + 2 * kv) + 12 * i + 2 * nh * p.seq_len as u64;
+    // Refitted for the fused RMSNorm, SwiGLU and softmax (runtime/fused.rs), and again for the
+    // adapted linear as one graph node (model/lora_node.rs), which keeps its output once where
+    // candle's ops kept the frozen product, the adapter's delta and their sum.
+    let mut per_layer = 16 * h + 11 * (q + 2 * kv) + 6 * i + 2 * nh * p.seq_len as u64;
     if !p.hold.is_f32() {
-        // The held matmul's product is kept twice (its operand and its output).
-        per_layer += q + 2 * kv + 2 * h + 2 * i;
+        // A held matmul without an adapter keeps its product twice (operand and output).
+        let adapted = |name: &str| p.lora.is_some_and(|lora| lora.targets(name));
+        per_layer += linears.iter().filter(|s| !adapted(s.name())).map(|s| s.out as u64).sum::<u64>();
     }
     let activations = match p.checkpoint {
         // Every layer's input, and one layer's activations while it is recomputed.

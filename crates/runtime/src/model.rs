@@ -6,7 +6,8 @@
 //!
 //! Two paths share the weights:
 //! - [`Model::loss`] / [`Model::forward_hidden`]: differentiable ops only ([`fused`]'s RMSNorm,
-//!   SwiGLU and softmax, a rotate-half RoPE), frozen weights through [`frozen_linear`].
+//!   SwiGLU and softmax, a rotate-half RoPE), frozen weights through [`frozen_linear`], a
+//!   frozen linear with its adapter as one node ([`lora_node`]).
 //! - [`Model::forward_cached`]: generation with a KV cache and candle's fused kernels, which drop
 //!   gradients and so are never used where a gradient is needed.
 
@@ -30,6 +31,7 @@ use super::rotary;
 mod batched;
 mod checkpoint;
 mod loading;
+mod lora_node;
 pub use batched::BatchCache;
 use checkpoint::Segment;
 pub use loading::{BaseTensor, hold_one};
@@ -55,6 +57,7 @@ struct Lora {
 
 /// A linear layer's weight: an f32 tensor (trainable in full mode), or frozen and held
 /// compactly ([`HeldMatrix`], shared between the models over one base).
+#[derive(Clone)]
 enum Weight {
     Plain(Tensor),
     Held(Arc<HeldMatrix>),
@@ -102,6 +105,12 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Linear {
     fn forward(&self, x: &Tensor, pass: &mut Pass) -> anyhow::Result<Tensor> {
+        if let Some(l) = &self.lora
+            && pass.grad
+            && self.frozen()
+        {
+            return lora_node::lora_linear(x, &self.w, self.bias.as_ref(), l, pass.rng.as_deref_mut());
+        }
         let mut y = match &self.w {
             Weight::Plain(w) if pass.grad && !w.is_variable() => frozen_linear(x, w)?,
             Weight::Plain(w) => matmul_t(x, w)?,
@@ -122,6 +131,15 @@ impl Linear {
         Ok(y)
     }
 
+    /// Whether neither the weight nor the bias trains.
+    fn frozen(&self) -> bool {
+        let w = match &self.w {
+            Weight::Plain(w) => !w.is_variable(),
+            Weight::Held(_) => true,
+        };
+        w && !self.bias.as_ref().is_some_and(|b| b.is_variable())
+    }
+
     /// The weight with the adapter folded in.
     fn merged(&self) -> anyhow::Result<Tensor> {
         let w = match &self.w {
@@ -137,14 +155,18 @@ impl Linear {
 
 /// Inverted dropout with a seeded mask (candle's CPU rng cannot be seeded).
 fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
+    Ok((x * dropout_mask(x, p, rng)?)?)
+}
+
+/// The mask of [`dropout`]: `0` or `1 / (1 - p)` per element of `x`.
+fn dropout_mask(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> anyhow::Result<Tensor> {
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
     let n = x.elem_count();
     // Integer threshold: one u32 draw per element.
     let threshold = (keep * u32::MAX as f64) as u32;
     let mask: Vec<f32> = (0..n).map(|_| if rng.random::<u32>() < threshold { scale } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
+    Ok(Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)
 }
 
 struct Layer {
