@@ -142,17 +142,17 @@ impl ModelConfig {
         if self.num_attention_heads == 0 || self.num_key_value_heads() == 0 {
             bail!("num_attention_heads and num_key_value_heads must be positive");
         }
-        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads()) {
             bail!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.num_key_value_heads()
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("head_dim {} must be even for rotary embeddings", self.head_dim());
         }
-        if self.model_type == "chatglm" && self.head_dim() % 4 != 0 {
+        if self.model_type == "chatglm" && !self.head_dim().is_multiple_of(4) {
             bail!("kv_channels {} must be a multiple of 4: ChatGLM rotates its first half in pairs", self.head_dim());
         }
         if let Some(f) = self.partial_rotary_factor {

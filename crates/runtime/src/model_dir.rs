@@ -170,10 +170,10 @@ pub fn load_template(
         let (bos, eos) = special_strings(dir, tokenizer)?;
         return ChatTemplate::new(&source, &bos, &eos).with_context(|| format!("{}", jinja.display()));
     }
-    if tc.is_file() {
-        if let Some(t) = ChatTemplate::from_tokenizer_config_if_any(&tc)? {
-            return Ok(t);
-        }
+    if tc.is_file()
+        && let Some(t) = ChatTemplate::from_tokenizer_config_if_any(&tc)?
+    {
+        return Ok(t);
     }
     ChatTemplate::builtin(family_default(dir, tokenizer)?)
 }

@@ -123,10 +123,10 @@ impl SpmModel {
         }
         // A denormaliser rewrites decoded text; none of the supported models ship one.
         for field in Fields::new(denormalizer.unwrap_or(&[])) {
-            if let (2, Wire::Bytes(b)) = field? {
-                if !b.is_empty() {
-                    bail!("the model has a denormalizer_spec rule set, which avatar does not implement");
-                }
+            if let (2, Wire::Bytes(b)) = field?
+                && !b.is_empty()
+            {
+                bail!("the model has a denormalizer_spec rule set, which avatar does not implement");
             }
         }
         let n = pieces.len() as i64;
