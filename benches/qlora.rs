@@ -86,10 +86,11 @@ fn main() {
     let args: Vec<String> = raw.iter().filter(|a| !a.starts_with('-')).cloned().collect();
     let names: Vec<&str> = configs().iter().map(|c| c.name).collect();
     let known = |a: &str| ["speed", "7b", "torch", "one"].contains(&a) || names.contains(&a);
-    if raw.iter().any(|a| a == "-h" || a == "--help") || args.iter().any(|a| !known(a)) {
+    let help = raw.iter().any(|a| a == "-h" || a == "--help");
+    if help || args.iter().any(|a| !known(a)) {
         eprintln!("usage: qlora [speed | 7b | torch | CONFIG ...]  (none: everything, the 7B rows take minutes each)");
         eprintln!("configurations: {}", names.join(", "));
-        std::process::exit(if raw.iter().any(|a| a == "-h" || a == "--help") { 0 } else { 2 });
+        std::process::exit(if help { 0 } else { 2 });
     }
     if args.first().map(String::as_str) == Some("one") {
         let c = configs().into_iter().find(|c| Some(c.name) == args.get(1).map(String::as_str)).expect("a config name");
